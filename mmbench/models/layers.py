@@ -1,0 +1,154 @@
+"""Shared transformer building blocks used by every encoder and fusion.
+
+There is exactly one attention implementation (`Attention`, through
+`F.scaled_dot_product_attention`) and one block (`Block`). Architectures differ by how they
+stack blocks (see `mmbench/models/fusion/`), never by copies of the block.
+
+Masks: a *key padding mask* is a bool tensor (B, S) that is True for real tokens and False for
+padding. Attention masks handed to SDPA are bool tensors broadcastable to (B, nh, T, S) where
+True means "may attend".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_mask(
+    key_mask: torch.Tensor | None, query_len: int, causal: bool = False
+) -> torch.Tensor | None:
+    """Combine a key padding mask (B, S) and an optional causal mask into a SDPA bool mask (B, 1, T, S)."""
+    mask = None
+    if key_mask is not None:
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    if causal:
+        S = key_mask.shape[1] if key_mask is not None else query_len
+        tri = torch.ones(query_len, S, dtype=torch.bool, device=key_mask.device if key_mask is not None else None).tril()
+        mask = tri[None, None] if mask is None else mask & tri
+    return mask
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        context_dim = context_dim or dim
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.k = nn.Linear(context_dim, dim, bias=bias)
+        self.v = nn.Linear(context_dim, dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.dropout = dropout
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        B, T, D = x.shape
+        context = x if context is None else context
+        S = context.shape[1]
+        nh, hs = self.heads, D // self.heads
+        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+        v = self.v(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: Linear -> act -> Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.GELU, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Transformer block: self-attention, optional cross-attention into a context, feed-forward.
+
+    `prenorm=True` is the ViT/ViLT/GPT layout (x + f(norm(x))), `prenorm=False` the BERT/LXMERT
+    layout (norm(x + f(x))). Either sublayer can be switched off (`self_attention=False` gives the
+    LXMERT/ViLBERT cross-only sublayer; `cross_attention=True` the ALBEF fusion layer). Disabled
+    parts are `None`-free: they are simply not built and skipped by a flag fixed in `__init__`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        self_attention: bool = True,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+        feed_forward: bool = True,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
+    ):
+        super().__init__()
+        self.prenorm = prenorm
+        self.sublayers = nn.ModuleDict()
+        self.norms = nn.ModuleDict()
+        if self_attention:
+            self.sublayers["self_attn"] = Attention(dim, heads, dropout=dropout)
+            self.norms["self_attn"] = norm_layer(dim)
+        if cross_attention:
+            self.sublayers["cross_attn"] = Attention(dim, heads, context_dim=context_dim, dropout=dropout)
+            self.norms["cross_attn"] = norm_layer(dim)
+        if feed_forward:
+            self.sublayers["mlp"] = MLP(dim, int(dim * mlp_ratio), act_layer=act_layer, dropout=dropout)
+            self.norms["mlp"] = norm_layer(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def _residual(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        f, norm = self.sublayers[name], self.norms[name]
+        if self.prenorm:
+            return x + self.drop(f(norm(x), **kwargs))
+        return norm(x + self.drop(f(x, **kwargs)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D); mask: SDPA mask for self-attention; context (B, S, Dc); context_mask (B, 1, 1|T, S)."""
+        if "self_attn" in self.sublayers:
+            x = self._residual("self_attn", x, mask=mask)
+        if "cross_attn" in self.sublayers:
+            x = self._residual("cross_attn", x, context=context, mask=context_mask)
+        if "mlp" in self.sublayers:
+            x = self._residual("mlp", x)
+        return x
+
+
+class Pooler(nn.Module):
+    """BERT pooler: Linear + tanh on the first token."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(tokens[:, 0]))
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of tokens (B, T, D) over positions where mask (B, T) is True -> (B, D)."""
+    w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)

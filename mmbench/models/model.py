@@ -1,0 +1,42 @@
+"""`MultimodalModel`: every architecture is text encoder + vision encoder + fusion.
+
+Objectives talk to the model only through three calls (see DESIGN.md):
+
+    text  = model.encode_text(input_ids, attention_mask)   # Features
+    image = model.encode_image(batch)                       # Features
+    joint = model.fuse(text, image, causal_text=False)      # Fused
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmbench.models.outputs import Capabilities, Features, Fused
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, text_encoder: nn.Module, vision_encoder: nn.Module, fusion: nn.Module, dim: int):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.vision_encoder = vision_encoder
+        self.fusion = fusion
+        self.dim = dim
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.fusion.capabilities
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """Input word embeddings, tied to the output layer of MLM / LM heads."""
+        return self.text_encoder.word_embeddings
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:
+        return self.text_encoder(input_ids, attention_mask, causal=causal)
+
+    def encode_image(self, batch: dict[str, torch.Tensor]) -> Features:
+        return self.vision_encoder(batch)
+
+    def fuse(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
+        return self.fusion(text, image, causal_text=causal_text)

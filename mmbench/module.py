@@ -1,0 +1,87 @@
+"""The LightningModule: one `MultimodalModel`, a dict of objectives, optimiser and schedule.
+
+Each step encodes text and image once and hands the features to every objective; the training
+loss is the weighted sum of the objectives' losses. Logged names: `<split>/loss`,
+`<split>/<objective>/loss` and `<split>/<objective>/<metric>` (e.g. `test/vqa/acc`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from mmbench.models.model import MultimodalModel
+from mmbench.objectives.base import Objective
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0):
+    """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio` x lr."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class MMBenchModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: MultimodalModel,
+        objectives: dict[str, Objective],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__()
+        if not objectives:
+            raise ValueError("at least one objective is required")
+        self.model = model
+        self.objectives = nn.ModuleDict(objectives)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weight_decay = weight_decay
+
+    def shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # once per step
+        image = self.model.encode_image(batch)  # once per step
+        context: dict = {}
+        total = torch.zeros((), device=self.device)
+        B = batch["input_ids"].shape[0]
+        for name, objective in self.objectives.items():
+            out = objective(self.model, batch, text, image, context)
+            total = total + objective.weight * out.loss
+            self.log(f"{split}/{name}/loss", out.loss, batch_size=B, on_step=False, on_epoch=True)
+            for key, value in out.metrics.items():
+                self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True)
+        self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True)
+        return total
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        # nanoGPT's rule: decay matrices and embeddings (dim >= 2), not biases, norms or temperatures.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

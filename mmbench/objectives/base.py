@@ -1,0 +1,47 @@
+"""Common interface of all objectives.
+
+An objective is an `nn.Module` that owns its heads and computes one weighted loss term from the
+unimodal features of the step (computed once by the LightningModule and shared by every
+objective). It declares which fusion capabilities it needs in `requires`, so that config
+validation can refuse an impossible pairing before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mmbench.models.model import MultimodalModel
+from mmbench.models.outputs import Features
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # scalar, unweighted
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. {"acc": ...}, logged as <split>/<name>/<key>
+
+
+class Objective(nn.Module):
+    #: fusion capabilities (field names of `Capabilities`) this objective needs
+    requires: tuple[str, ...] = ()
+    #: batch fields this objective reads besides input_ids / attention_mask / images
+    batch_fields: tuple[str, ...] = ()
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"objective weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def forward(
+        self,
+        model: MultimodalModel,
+        batch: dict[str, torch.Tensor],
+        text: Features,
+        image: Features,
+        context: dict,
+    ) -> ObjectiveOutput:
+        """`context` is shared by the objectives of one step (e.g. ITC leaves its similarities there)."""
+        raise NotImplementedError

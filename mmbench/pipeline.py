@@ -1,0 +1,128 @@
+"""One training run: validate -> data -> model -> fit -> test -> metrics.json.
+
+Kept apart from `train.py` so the CLI imports nothing heavy before Hydra has parsed the command
+line (`mmbench-train --help` stays fast) and so tests can call `run(cfg)` on a composed config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmbench.config import ConfigError, choices_of, validate
+from mmbench.record import git_sha, versions, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def complexity(module, batch: dict, train_seconds: float | None, train_samples: int) -> dict:
+    """Parameters (total, trainable, per component), FLOPs per sample of one forward through the
+    three calls (torch's flop counter), and training throughput."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = module.model
+    params = {
+        "params": sum(p.numel() for p in module.parameters()),
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "params_per_component": {
+            "text_encoder": sum(p.numel() for p in model.text_encoder.parameters()),
+            "vision_encoder": sum(p.numel() for p in model.vision_encoder.parameters()),
+            "fusion": sum(p.numel() for p in model.fusion.parameters()),
+            **{f"objective/{n}": sum(p.numel() for p in o.parameters()) for n, o in module.objectives.items()},
+        },
+    }
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.fuse(model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch))
+    model.train(was_training)
+    params["flops_per_sample"] = counter.get_total_flops() / batch["input_ids"].shape[0]
+    params["train_samples_per_s"] = (train_samples / train_seconds) if train_seconds else None
+    return params
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train, test and write `metrics.json` into `cfg.paths.output_dir`. Returns the record."""
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    record: dict = {
+        "status": "running",
+        "choices": choices_of(cfg),
+        "overrides": _overrides(),
+        "seed": int(cfg.seed),
+        "metrics": {},
+        "complexity": {},
+        "versions": versions(),
+        "git": git_sha(),
+        "wall_s": None,
+    }
+    try:
+        validate(cfg)
+        record["metrics"], record["complexity"] = _train(cfg, out_dir)
+        record["status"] = "completed"
+        return record
+    except ConfigError as err:
+        record.update(status="failed", error=str(err))
+        raise
+    except BaseException as err:  # noqa: BLE001 - record every failure, then re-raise
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        record["wall_s"] = round(time.time() - start, 3)
+        write_metrics(out_dir / "metrics.json", record)
+        if "wandb" in sys.modules:  # close this job's W&B run so the next job of a sweep gets its own
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=0 if record["status"] == "completed" else 1)
+
+
+def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from mmbench.builder import build_datamodule, build_module
+
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.info)
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["choices"] = choices_of(cfg)  # top-level keys so dashboards can group by them
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hparams)
+
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm)
+    train_seconds = time.time() - t0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        for res in results:
+            metrics.update({k: float(v) for k, v in res.items()})
+    if dm.info.majority_baseline is not None:
+        metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
+    metrics = dict(sorted(metrics.items()))
+
+    batch = next(iter(dm.test_dataloader()))
+    samples = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
+    comp = complexity(module, batch, train_seconds, samples)
+    log.info("metrics: %s", metrics)
+    return metrics, comp
