@@ -66,6 +66,8 @@ class TextTransformer(nn.Module):
         self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout)
         self.pooling = pooling
         self.max_len = max_len
+        nn.init.normal_(self.word_embeddings.weight, std=0.02)  # BERT init; also keeps tied MLM logits small
+        nn.init.normal_(self.position_embeddings.weight, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:
         B, T = input_ids.shape

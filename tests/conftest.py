@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny Shapes config cached once per session, compose-API helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from mmbench.config import register_resolvers
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+
+# a small Shapes benchmark and a tiny model: a full run takes seconds
+TINY = [
+    "data.source.num_train=240",
+    "data.source.num_val=48",
+    "data.source.num_test=48",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "model.sizes.tiny.dim=32",
+    "model.sizes.tiny.heads=2",
+    "model.sizes.tiny.fusion_depth=1",
+    "objective.itc.embed_dim=16",
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mmbench-cache")
+    os.environ["MMBENCH_CACHE"] = str(path)  # also inherited by CLI subprocesses
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _wandb_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None):
+    """Compose conf/train.yaml like the CLI does (hydra config included, so ${hydra:...} resolves)."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(cache_dir, tmp_path):
+    def make(*extra: str):
+        return compose_cfg(TINY + list(extra), tmp_path / "run")
+
+    return make

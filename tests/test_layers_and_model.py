@@ -1,0 +1,128 @@
+"""Model-level behaviour: output shapes, padding invariance, no causal leakage, SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmbench.models.encoders import PatchEncoder, TextTransformer
+from mmbench.models.fusion.merged import MergedFusion
+from mmbench.models.layers import Attention, masked_mean
+from mmbench.models.model import MultimodalModel
+
+D, H = 32, 4
+
+
+def tiny_model(text_depth=1, fusion_depth=2, seed=0) -> MultimodalModel:
+    torch.manual_seed(seed)
+    model = MultimodalModel(
+        TextTransformer(vocab_size=50, dim=D, depth=text_depth, heads=H, max_len=16, pooling=masked_mean),
+        PatchEncoder(dim=D, image_size=16, patch_size=8, depth=0, heads=H),
+        MergedFusion(dim=D, depth=fusion_depth, heads=H),
+        dim=D,
+    )
+    return model.eval()
+
+
+def inputs(B=3, T=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, 50, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    pixels = torch.randn(B, 3, 16, 16, generator=g)
+    return ids, mask, {"pixel_values": pixels}
+
+
+def test_shapes():
+    model = tiny_model()
+    ids, mask, batch = inputs()
+    text, image = model.encode_text(ids, mask), model.encode_image(batch)
+    assert text.tokens.shape == (3, 6, D) and text.pooled.shape == (3, D)
+    assert image.tokens.shape == (3, 5, D) and image.mask.all()  # 4 patches + [CLS]
+    joint = model.fuse(text, image)
+    assert joint.text_tokens.shape == (3, 6, D)
+    assert joint.image_tokens.shape == (3, 5, D)
+    assert joint.pooled.shape == (3, D)
+
+
+def test_padding_never_changes_outputs():
+    model = tiny_model()
+    ids, mask, batch = inputs(T=6)
+    pad = torch.zeros(3, 4, dtype=torch.long)
+    ids_p, mask_p = torch.cat([ids, pad], 1), torch.cat([mask, pad], 1)
+    with torch.no_grad():
+        a = model.fuse(model.encode_text(ids, mask), model.encode_image(batch))
+        b = model.fuse(model.encode_text(ids_p, mask_p), model.encode_image(batch))
+        ta, tb = model.encode_text(ids, mask), model.encode_text(ids_p, mask_p)
+    torch.testing.assert_close(ta.pooled, tb.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.pooled, b.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.text_tokens, b.text_tokens[:, :6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.image_tokens, b.image_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_is_masked_not_ignored_by_accident():
+    """Sanity check of the test above: changing a *real* token does change the output."""
+    model = tiny_model()
+    ids, mask, batch = inputs()
+    ids2 = ids.clone()
+    ids2[:, 2] = (ids2[:, 2] + 1 - 7) % 43 + 7
+    with torch.no_grad():
+        a = model.fuse(model.encode_text(ids, mask), model.encode_image(batch)).pooled
+        b = model.fuse(model.encode_text(ids2, mask), model.encode_image(batch)).pooled
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("t", [0, 2, 4])
+def test_merged_causal_text_has_no_future_leakage(t):
+    model = tiny_model()
+    ids, mask, batch = inputs(T=6)
+    ids2 = ids.clone()
+    ids2[:, t + 1] = (ids2[:, t + 1] + 5 - 7) % 43 + 7
+    with torch.no_grad():
+        img = model.encode_image(batch)
+        a = model.fuse(model.encode_text(ids, mask, causal=True), img, causal_text=True)
+        b = model.fuse(model.encode_text(ids2, mask, causal=True), img, causal_text=True)
+    torch.testing.assert_close(a.text_tokens[:, : t + 1], b.text_tokens[:, : t + 1])
+    torch.testing.assert_close(a.image_tokens, b.image_tokens)
+    assert not torch.allclose(a.text_tokens[:, t + 1 :], b.text_tokens[:, t + 1 :])
+
+
+def test_gradients_reach_both_modalities():
+    model = tiny_model().train()
+    ids, mask, batch = inputs()
+    model.fuse(model.encode_text(ids, mask), model.encode_image(batch)).pooled.sum().backward()
+    assert model.text_encoder.word_embeddings.weight.grad.abs().sum() > 0
+    assert model.vision_encoder.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_attention_uses_sdpa(monkeypatch):
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    Attention(D, H)(torch.randn(2, 3, D))
+    assert calls
+
+
+def test_attention_matches_manual_softmax():
+    torch.manual_seed(0)
+    attn = Attention(D, H).eval()
+    x = torch.randn(2, 5, D)
+    key_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = attn(x, mask=key_mask[:, None, None, :])
+    q = attn.q(x).view(2, 5, H, D // H).transpose(1, 2)
+    k = attn.k(x).view(2, 5, H, D // H).transpose(1, 2)
+    v = attn.v(x).view(2, 5, H, D // H).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / (D // H) ** 0.5
+    scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    ref = attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, D))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_size_must_divide_image_size():
+    with pytest.raises(ValueError, match="not divisible"):
+        PatchEncoder(dim=D, image_size=20, patch_size=8)

@@ -1,0 +1,157 @@
+"""Known-answer tests for each objective's loss, its gradients, and negative sampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mmbench.models.outputs import Features
+from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
+from mmbench.objectives.itm import ITM, sample_negatives
+from mmbench.objectives.mlm import MLM, mask_tokens
+from mmbench.objectives.vqa import VQA
+from tests.test_layers_and_model import D, inputs, tiny_model
+
+
+def test_itc_known_answer_single_positive():
+    # Orthonormal embeddings, temperature 1: logits are the identity matrix.
+    emb = torch.eye(2)
+    loss, acc = multi_positive_contrastive_loss(emb, emb, torch.tensor([0, 1]), 1.0)
+    expected = -math.log(math.e / (math.e + 1))  # each row: softmax([1, 0])[0]
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    assert acc.item() == 1.0
+
+
+def test_itc_known_answer_multi_positive():
+    # Rows 0 and 1 are two captions of the same image: both columns are positives (target 1/2 each).
+    img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    ids = torch.tensor([7, 7, 9])
+    loss, _ = multi_positive_contrastive_loss(img, txt, ids, 1.0)
+    logits = img @ txt.T
+    target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())  # noqa: E731
+    expected = 0.5 * (by_hand(logits, target) + by_hand(logits.T, target))
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    # a same-image caption is never a negative: a model that cannot tell the two captions of
+    # image 7 apart (identical text embeddings) loses nothing for it
+    txt_same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss_same, acc_same = multi_positive_contrastive_loss(img, txt_same, ids, 100.0 ** -1)
+    assert loss_same.item() < 0.01 + math.log(2) and acc_same.item() == 1.0
+
+
+def test_itc_objective_gradient_and_temperature_clamp():
+    torch.manual_seed(0)
+    itc = ITC(dim=D, embed_dim=8, temperature_init=0.07)
+    text = Features(torch.randn(4, 3, D), torch.ones(4, 3, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
+    image = Features(torch.randn(4, 5, D), torch.ones(4, 5, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
+    ctx = {}
+    out = itc(None, {"image_id": torch.arange(4)}, text, image, ctx)
+    out.loss.backward()
+    assert text.pooled.grad.abs().sum() > 0 and image.pooled.grad.abs().sum() > 0
+    assert itc.temperature.grad is not None and ctx["itc_sim_i2t"].shape == (4, 4)
+    with torch.no_grad():
+        itc.temperature.fill_(1e-5)
+    out = itc(None, {"image_id": torch.arange(4)}, text, image, {})
+    assert math.isclose(out.metrics["temperature"].item(), 0.01, rel_tol=1e-6)
+
+
+def test_negative_sampling_never_returns_same_image():
+    ids = torch.tensor([0, 0, 1, 1, 2, 3, 3, 3])
+    g = torch.Generator().manual_seed(0)
+    for scores in (None, torch.randn(8, 8, generator=g) * 10):
+        for _ in range(50):
+            idx, valid = sample_negatives(ids, scores, generator=g)
+            assert valid.all()
+            assert (ids[idx] != ids).all()
+
+
+def test_negative_sampling_follows_scores():
+    ids = torch.arange(3)
+    scores = torch.tensor([[0.0, 50.0, -50.0], [0.0, 0.0, 50.0], [50.0, -50.0, 0.0]])
+    idx, _ = sample_negatives(ids, scores)
+    assert idx.tolist() == [1, 2, 0]
+
+
+def test_negative_sampling_when_every_item_shares_the_image():
+    ids = torch.tensor([5, 5, 5, 5])
+    idx, valid = sample_negatives(ids, torch.randn(4, 4))
+    assert not valid.any() and not torch.isnan(idx.float()).any()
+    idx, valid = sample_negatives(torch.tensor([5, 5, 5, 6]), torch.randn(4, 4))
+    assert valid.all() and idx[:3].eq(3).all() and ids[idx[3]] == 5
+
+
+def test_itm_loss_and_gradients_reach_both_modalities():
+    model = tiny_model().train()
+    ids, mask, batch = inputs(B=4)
+    batch.update(input_ids=ids, attention_mask=mask, image_id=torch.arange(4))
+    itm = ITM(dim=D)
+    out = itm(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    assert 0 <= out.metrics["acc"] <= 1
+    # chance-level head at init: loss near log(2)
+    assert abs(out.loss.item() - math.log(2)) < 0.5
+    out.loss.backward()
+    assert model.text_encoder.word_embeddings.weight.grad.abs().sum() > 0
+    assert model.vision_encoder.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_itm_all_same_image_uses_positives_only():
+    model = tiny_model()
+    ids, mask, batch = inputs(B=3)
+    batch.update(input_ids=ids, attention_mask=mask, image_id=torch.zeros(3, dtype=torch.long))
+    out = ITM(dim=D)(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    assert torch.isfinite(out.loss)
+
+
+def test_mask_tokens_recipe():
+    g = torch.Generator().manual_seed(0)
+    B, T = 64, 64
+    ids = torch.randint(7, 1000, (B, T), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    attn = torch.ones(B, T, dtype=torch.long)
+    attn[:, -8:] = 0
+    ids[:, -8:] = 0
+    special = torch.arange(7)
+    masked, selected = mask_tokens(ids, attn, special, mask_id=4, vocab_size=1000, generator=g)
+    maskable = attn.bool() & (ids >= 7)
+    assert not selected[~maskable].any()  # never padding or special tokens
+    assert (masked[~selected] == ids[~selected]).all()
+    rate = selected.sum() / maskable.sum()
+    assert 0.13 < rate < 0.17
+    sel = selected.sum().float()
+    frac_mask = ((masked == 4) & selected).sum() / sel
+    frac_same = ((masked == ids) & selected).sum() / sel
+    assert 0.76 < frac_mask < 0.84 and 0.07 < frac_same < 0.14
+
+
+def test_mlm_head_is_tied_and_loss_matches_cross_entropy():
+    model = tiny_model()
+    ids, mask, batch = inputs(B=4, T=8)
+    batch.update(input_ids=ids, attention_mask=mask)
+    mlm = MLM(dim=D, vocab_size=50, mask_id=4, special_ids=list(range(7)), mask_prob=0.5)
+    torch.manual_seed(3)
+    out = mlm(model, batch, None, model.encode_image(batch), {})
+    assert math.log(50) * 0.5 < out.loss.item() < math.log(50) * 2  # near uniform at init
+    out.loss.backward()
+    assert model.text_encoder.word_embeddings.weight.grad is not None  # tied decoder
+    assert not any(p is model.text_encoder.word_embeddings.weight for p in mlm.parameters())
+
+
+def test_vqa_known_answer():
+    class Stub(torch.nn.Module):
+        """Fused pooled vector fixed; only the VQA head is under test."""
+
+    model = tiny_model()
+    vqa = VQA(dim=D, num_answers=3, question_field=None)
+    torch.nn.init.zeros_(vqa.head[-1].weight)
+    with torch.no_grad():
+        vqa.head[-1].bias.copy_(torch.tensor([2.0, 0.0, -1.0]))
+    ids, mask, batch = inputs(B=2)
+    batch["answer_scores"] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.3, 1.0]])
+    out = vqa(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    logits = torch.tensor([[2.0, 0.0, -1.0]] * 2)
+    expected = F.binary_cross_entropy_with_logits(logits, batch["answer_scores"], reduction="sum") / 2
+    assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-5)
+    assert math.isclose(out.metrics["acc"].item(), 0.5)  # argmax = answer 0: score 1 then 0
