@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmbench.models.encoders import PatchEncoder, TextTransformer
+from mmbench.models.text import TextTransformer
+from mmbench.models.vision.patch import PatchEncoder
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.layers import Attention, masked_mean
 from mmbench.models.model import MultimodalModel

@@ -44,7 +44,7 @@ def test_itc_known_answer_multi_positive():
 
 def test_itc_objective_gradient_and_temperature_clamp():
     torch.manual_seed(0)
-    itc = ITC(dim=D, embed_dim=8, temperature_init=0.07)
+    itc = ITC(text_dim=D, image_dim=D, embed_dim=8, temperature_init=0.07)
     text = Features(torch.randn(4, 3, D), torch.ones(4, 3, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
     image = Features(torch.randn(4, 5, D), torch.ones(4, 5, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
     ctx = {}

@@ -11,6 +11,8 @@ True means "may attend".
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,3 +154,33 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of tokens (B, T, D) over positions where mask (B, T) is True -> (B, D)."""
     w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, T, 1)
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+#: pooling functions map (tokens (B, N, D), mask (B, N)) -> (B, D)
+Pooling = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cls_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """First-token pooling (B, N, D) -> (B, D)."""
+    return tokens[:, 0]
+
+
+class TransformerStack(nn.Module):
+    """`depth` blocks with a padding mask, plus a final norm for pre-norm stacks."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout) for _ in range(depth)
+        )
+        # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
+        self.norm = nn.LayerNorm(dim) if (prenorm and depth > 0) else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, N)
+        if causal:
+            N = x.shape[1]
+            attn_mask = attn_mask & torch.ones(N, N, dtype=torch.bool, device=x.device).tril()  # (B, 1, N, N)
+        for block in self.blocks:
+            x = block(x, mask=attn_mask)
+        return self.norm(x)

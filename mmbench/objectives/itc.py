@@ -67,7 +67,8 @@ class ITC(Objective):
 
     def __init__(
         self,
-        dim: int,
+        text_dim: int,
+        image_dim: int,
         embed_dim: int = 128,
         temperature_init: float = 0.07,
         min_temperature: float = 0.01,
@@ -75,8 +76,8 @@ class ITC(Objective):
         weight: float = 1.0,
     ):
         super().__init__(weight)
-        self.text_proj = nn.Linear(dim, embed_dim)
-        self.image_proj = nn.Linear(dim, embed_dim)
+        self.text_proj = nn.Linear(text_dim, embed_dim)  # towers may differ in width (CLIP: 512 vs 768)
+        self.image_proj = nn.Linear(image_dim, embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.bounds = (min_temperature, max_temperature)
 
