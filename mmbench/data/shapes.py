@@ -1,0 +1,809 @@
+"""The built-in "Shapes" benchmark: procedurally generated scenes with captions, VQA and hard negatives.
+
+Every scene is a small RGB image (default 64x64) on a light-gray background holding 1-3 objects
+placed on a 3x3 grid (at most one object per cell). An object has a shape (`SHAPES`), a colour
+(`COLORS`) and a size (`SIZES`); its centre is jittered by a few pixels inside its cell. Everything
+said about a scene is derived from this symbolic description, so all text is true by construction:
+
+* captions   - template captions with paraphrases: attributes ("a small red circle"), relations
+               ("a red circle left of a blue square", derived from the grid cells and only stated
+               when strictly true) and counts ("there are two objects", "two circles and a square");
+* VQA        - questions of types color / shape / count / exist / relation, with yes/no answers
+               balanced so that no answer dominates;
+* matching   - one true statement per scene (`match_text`) and Winoground-style hard negatives
+               built from the same words (`attribute_swap`, `relation_swap`) or a wrong count
+               (`count_change`); a bag-of-words model cannot tell them apart;
+* regions    - a normalised box and a label (shape_index * len(COLORS) + color_index) per object.
+
+A compositional hold-out (`holdout=[[colour, shape], ...]`) removes those colour x shape
+combinations from train/val/test and adds a `test_holdout` split whose scenes all contain one.
+Splits are disjoint as scenes (see `scene_key`). Generation is deterministic from `seed`
+(numpy Generators seeded with [seed, split index]; no global RNG state) and fast: rendering
+pastes precomputed numpy masks, so tens of thousands of scenes take a few seconds.
+
+`build_shapes` generates the splits once and caches them as Arrow (HF `datasets`) under
+`<cache_dir>/shapes-<config hash>`; later calls load the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import datasets
+import numpy as np
+
+GENERATOR_VERSION = 2  # bump when the generated data changes; part of the cache key
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
+SIZES = ("small", "large")
+NUM_LABELS = len(SHAPES) * len(COLORS)  # region labels are shape_index * len(COLORS) + color_index
+COLOR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 50, 180),
+    "cyan": (30, 200, 210),
+}
+SIZE_RADIUS = {"small": 0.22, "large": 0.38}  # object half-extent, as a fraction of the cell side
+BACKGROUND = 230  # light-gray background value (all three channels)
+JITTER = 0.2  # max offset of an object centre from its cell centre, as a fraction of the cell side
+
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+LONG_RELATION = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+QUESTION_TYPES = ("color", "shape", "count", "exist", "relation")
+NEGATIVE_TYPES = ("attribute_swap", "relation_swap", "count_change")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                "eighteen", "nineteen", "twenty")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+SPLITS = ("train", "val", "test", "test_holdout")
+SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}  # second word of each split's RNG seed
+# evaluation splits first, so their scenes do not change when num_train changes
+GENERATION_ORDER = ("test", "test_holdout", "val", "train")
+
+MIN_IMAGE_SIZE = 16
+MIN_CELL_PIXELS = 8
+MAX_ATTEMPTS = 100_000  # draws per scene before giving up on finding one owned by the split
+RANDOM_BLOCK = 4096
+
+ATTRIBUTE_TEMPLATES = (
+    "a {size} {color} {shape}",
+    "there is a {size} {color} {shape}",
+    "a {color} {shape}",
+    "there is a {color} {shape}",
+    "the image shows a {size} {color} {shape}",
+)
+RELATION_TEMPLATES = ("a {a} {rel} a {b}", "there is a {a} {rel} a {b}", "a {a} is {long_rel} a {b}")
+
+FEATURES = datasets.Features({
+    "image_id": datasets.Value("int64"),
+    "pixels": datasets.Value("binary"),
+    "image_size": datasets.Value("int32"),
+    "boxes": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
+    "labels": datasets.Sequence(datasets.Value("int32")),
+    "obj_shape": datasets.Sequence(datasets.Value("string")),
+    "obj_color": datasets.Sequence(datasets.Value("string")),
+    "obj_size": datasets.Sequence(datasets.Value("string")),
+    "captions": datasets.Sequence(datasets.Value("string")),
+    "questions": datasets.Sequence(datasets.Value("string")),
+    "answers": datasets.Sequence(datasets.Value("string")),
+    "question_types": datasets.Sequence(datasets.Value("string")),
+    "match_text": datasets.Value("string"),
+    "match_negatives": datasets.Sequence(datasets.Value("string")),
+    "match_negative_types": datasets.Sequence(datasets.Value("string")),
+})
+
+Description = tuple[str, str]  # (colour, shape): how objects are named in relations and questions
+SceneKey = tuple[tuple[int, str, str, str], ...]
+
+
+# --------------------------------------------------------------------------- scenes and their truth
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object: grid cell (row, col), attributes and optionally its centre pixel (x, y)."""
+
+    row: int
+    col: int
+    shape: str
+    color: str
+    size: str
+    x: int | None = None  # centre pixel; None = the centre of the cell
+    y: int | None = None
+
+    @property
+    def desc(self) -> Description:
+        return (self.color, self.shape)
+
+    @property
+    def label(self) -> int:
+        return SHAPES.index(self.shape) * len(COLORS) + COLORS.index(self.color)
+
+
+Scene = tuple[ShapeObject, ...]
+
+
+def scene_key(scene: Iterable[ShapeObject], grid: int) -> SceneKey:
+    """Canonical identity of a scene: sorted (cell, shape, colour, size) of its objects, jitter excluded."""
+    return tuple(sorted((o.row * grid + o.col, o.shape, o.color, o.size) for o in scene))
+
+
+def strict_relations(a: ShapeObject, b: ShapeObject) -> list[str]:
+    """The relations R for which "a R b" is strictly true (different column / row)."""
+    rels = []
+    if a.col != b.col:
+        rels.append("left of" if a.col < b.col else "right of")
+    if a.row != b.row:
+        rels.append("above" if a.row < b.row else "below")
+    return rels
+
+
+def has_object(scene: Scene, color: str | None = None, shape: str | None = None, size: str | None = None) -> bool:
+    """Whether some object matches all the given attributes."""
+    return any((color is None or o.color == color) and (shape is None or o.shape == shape)
+               and (size is None or o.size == size) for o in scene)
+
+
+def count_objects(scene: Scene, shape: str | None = None) -> int:
+    return sum(1 for o in scene if shape is None or o.shape == shape)
+
+
+def relation_claim_true(scene: Scene, a: Description, relation: str, b: Description) -> bool:
+    """Truth of "a {a} {relation} a {b}": some object described by a stands in the relation to some b."""
+    return any(x.desc == a and y.desc == b and relation in strict_relations(x, y)
+               for x in scene for y in scene if x is not y)
+
+
+def unique_objects(scene: Scene) -> list[ShapeObject]:
+    """Objects whose (colour, shape) description names them unambiguously."""
+    descs = [o.desc for o in scene]
+    return [o for o in scene if descs.count(o.desc) == 1]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def number_word(n: int) -> str:
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def count_text(n: int, template: int = 0) -> str:
+    """ "there are {n} objects" (template 0) or "the image contains {n} objects" (template 1)."""
+    noun = "object" if n == 1 else "objects"
+    if template == 0:
+        return f"there {'is' if n == 1 else 'are'} {number_word(n)} {noun}"
+    return f"the image contains {number_word(n)} {noun}"
+
+
+def shape_count_text(shape: str, n: int) -> str:
+    return f"there is one {shape}" if n == 1 else f"there are {number_word(n)} {PLURALS[shape]}"
+
+
+def inventory_text(scene: Scene) -> str:
+    """Every object by shape, e.g. "two circles and a square" (shapes in `SHAPES` order)."""
+    parts = []
+    for shape in SHAPES:
+        n = count_objects(scene, shape)
+        if n:
+            parts.append(f"a {shape}" if n == 1 else f"{number_word(n)} {PLURALS[shape]}")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def relation_text(a: Description, relation: str, b: Description, template: int = 0) -> str:
+    return RELATION_TEMPLATES[template].format(a=" ".join(a), rel=relation, long_rel=LONG_RELATION[relation],
+                                               b=" ".join(b))
+
+
+def attribute_text(o: ShapeObject, template: int = 0) -> str:
+    return ATTRIBUTE_TEMPLATES[template].format(size=o.size, color=o.color, shape=o.shape)
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+class RandomStream:
+    """Uniform draws from a numpy Generator, buffered in blocks (much cheaper per draw in Python)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = RANDOM_BLOCK):
+        self.rng = rng
+        self.block = block
+        self.buffer: list[float] = []
+        self.pos = 0
+
+    def uniform(self) -> float:
+        if self.pos == len(self.buffer):
+            self.buffer, self.pos = self.rng.random(self.block).tolist(), 0
+        self.pos += 1
+        return self.buffer[self.pos - 1]
+
+    def below(self, n: int) -> int:
+        """An int in [0, n)."""
+        if self.pos == len(self.buffer):
+            self.buffer, self.pos = self.rng.random(self.block).tolist(), 0
+        self.pos += 1
+        return min(int(self.buffer[self.pos - 1] * n), n - 1)
+
+    def pick(self, seq: Sequence):
+        return seq[self.below(len(seq))]
+
+    def coin(self) -> bool:
+        return self.uniform() < 0.5
+
+    def sample(self, n: int, k: int) -> list[int]:
+        """k distinct ints of range(n) in random order (partial Fisher-Yates)."""
+        pool = list(range(n))
+        for i in range(k):
+            j = i + self.below(n - i)
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+
+def _fresh(generators: Sequence[Callable[[], object]], taken: Sequence, tries: int = 6):
+    """The first output of the generators (tried in order) not in `taken`; a repeat if none is new."""
+    out = None
+    for generate in generators:
+        for _ in range(tries):
+            out = generate()
+            text = out[0] if isinstance(out, tuple) else out
+            if text not in taken:
+                return out
+    return out
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _attribute_caption(scene: Scene, rs: RandomStream) -> str:
+    return attribute_text(rs.pick(scene), rs.below(len(ATTRIBUTE_TEMPLATES)))
+
+
+def _relation_caption(scene: Scene, rs: RandomStream) -> str:
+    i, j = rs.sample(len(scene), 2)
+    a, b = scene[i], scene[j]
+    return relation_text(a.desc, rs.pick(strict_relations(a, b)), b.desc, rs.below(len(RELATION_TEMPLATES)))
+
+
+def _count_caption(scene: Scene, rs: RandomStream) -> str:
+    kind = rs.below(3)
+    if kind == 0:
+        return count_text(len(scene), rs.below(2))
+    if kind == 1:
+        return inventory_text(scene)
+    shape = rs.pick(scene).shape
+    return shape_count_text(shape, count_objects(scene, shape))
+
+
+def make_captions(scene: Scene, n: int, rs: RandomStream) -> list[str]:
+    """n captions, distinct when possible, mixing attribute, relation (>= 2 objects) and count captions."""
+    kinds = {"attribute": _attribute_caption, "relation": _relation_caption, "count": _count_caption}
+    plan = ("relation", "attribute", "count", "relation") if len(scene) > 1 else ("attribute", "count")
+    available = [k for k in kinds if k != "relation" or len(scene) > 1]
+    offset = rs.below(len(plan))
+    captions: list[str] = []
+    for k in range(n):
+        first = plan[(offset + k) % len(plan)]
+        order = [first] + [kind for kind in available if kind != first]
+        captions.append(_fresh([lambda kind=kind: kinds[kind](scene, rs) for kind in order], captions))
+    return captions
+
+
+# --------------------------------------------------------------------------- questions
+
+
+def _color_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
+    shapes = [o.shape for o in scene]
+    o = rs.pick([o for o in scene if shapes.count(o.shape) == 1])
+    return f"what color is the {o.shape}?", o.color
+
+
+def _shape_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
+    colors = [o.color for o in scene]
+    o = rs.pick([o for o in scene if colors.count(o.color) == 1])
+    return f"what shape is the {o.color} object?", o.shape
+
+
+def _count_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
+    if rs.coin():
+        return "how many objects are there?", number_word(len(scene))
+    shape = rs.pick(SHAPES)  # may be absent -> "zero"
+    return f"how many {PLURALS[shape]} are there?", number_word(count_objects(scene, shape))
+
+
+def _exist_question(scene: Scene, rs: RandomStream, banned: frozenset[Description]) -> tuple[str, str]:
+    if rs.coin():
+        o = rs.pick(scene)
+        return f"is there a {o.color} {o.shape}?", "yes"
+    present = {o.desc for o in scene}
+    # held-out combinations are never named in train/val/test text: "no" would leak that they never occur
+    absent = [(c, s) for s in SHAPES for c in COLORS if (c, s) not in present and (c, s) not in banned]
+    if not absent:  # only possible with an extreme holdout
+        o = rs.pick(scene)
+        return f"is there a {o.color} {o.shape}?", "yes"
+    color, shape = rs.pick(absent)
+    return f"is there a {color} {shape}?", "no"
+
+
+def _relation_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
+    unique = unique_objects(scene)
+    i, j = rs.sample(len(unique), 2)
+    a, b = unique[i], unique[j]
+    if rs.coin():
+        relation, answer = rs.pick(strict_relations(a, b)), "yes"
+    else:  # the inverse of a strict relation is strictly false
+        relation, answer = rs.pick(strict_relations(b, a)), "no"
+    return f"is the {a.color} {a.shape} {relation} the {b.color} {b.shape}?", answer
+
+
+def available_question_types(scene: Scene) -> list[str]:
+    """Question types that can be asked unambiguously about the scene."""
+    shapes, colors = [o.shape for o in scene], [o.color for o in scene]
+    types = []
+    if any(shapes.count(s) == 1 for s in shapes):
+        types.append("color")
+    if any(colors.count(c) == 1 for c in colors):
+        types.append("shape")
+    types += ["count", "exist"]
+    if len(unique_objects(scene)) >= 2:
+        types.append("relation")
+    return types
+
+
+def make_questions(scene: Scene, n: int, rs: RandomStream,
+                   banned: frozenset[Description] = frozenset()) -> tuple[list[str], list[str], list[str]]:
+    """n (question, answer, type) triples, distinct when possible; the type is uniform over available types."""
+    makers = {
+        "color": _color_question,
+        "shape": _shape_question,
+        "count": _count_question,
+        "exist": lambda s, r: _exist_question(s, r, banned),
+        "relation": _relation_question,
+    }
+    types = available_question_types(scene)
+    questions, answers, qtypes = [], [], []
+    for _ in range(n):
+        first = rs.pick(types)
+        order = [first] + [t for t in types if t != first]
+        q, a, t = _fresh([lambda t=t: (*makers[t](scene, rs), t) for t in order], questions)
+        questions.append(q)
+        answers.append(a)
+        qtypes.append(t)
+    return questions, answers, qtypes
+
+
+# --------------------------------------------------------------------------- matching diagnostics
+
+
+def _match_pair(scene: Scene, rs: RandomStream) -> tuple[ShapeObject, ShapeObject]:
+    """Two objects for the relation statement, preferring uniquely described objects that differ in
+    both colour and shape (only then is an attribute swap different from swapping the objects)."""
+    pairs = [(a, b) for a in scene for b in scene if a is not b]
+    unique = unique_objects(scene)
+    both = [(a, b) for a, b in pairs if a.color != b.color and a.shape != b.shape]
+    for pool in ([p for p in both if p[0] in unique and p[1] in unique], both,
+                 [p for p in pairs if p[0] in unique and p[1] in unique], [p for p in pairs if p[0].desc != p[1].desc]):
+        if pool:
+            return rs.pick(pool)
+    return rs.pick(pairs)
+
+
+def _wrong_count(scene: Scene, rs: RandomStream) -> str:
+    n = len(scene)
+    return count_text(rs.pick([n - 1, n + 1]) if n > 1 else n + 1)
+
+
+def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str]]:
+    """A true statement and hard negatives (each verified false) with their types."""
+    negatives: list[tuple[str, str]] = []
+    if len(scene) == 1:
+        o = scene[0]
+        text = attribute_text(o)
+        if rs.coin():
+            changed = ShapeObject(o.row, o.col, o.shape, rs.pick([c for c in COLORS if c != o.color]), o.size)
+        else:
+            changed = ShapeObject(o.row, o.col, rs.pick([s for s in SHAPES if s != o.shape]), o.color, o.size)
+        if not has_object(scene, changed.color, changed.shape, changed.size):
+            negatives.append(("attribute_swap", attribute_text(changed)))
+    else:
+        a, b = _match_pair(scene, rs)
+        relation = rs.pick(strict_relations(a, b))
+        text = relation_text(a.desc, relation, b.desc)
+        # swap colours or shapes; when the other attribute is equal, that would just swap the objects
+        swaps = [((b.color, a.shape), (a.color, b.shape)), ((a.color, b.shape), (b.color, a.shape))]
+        if a.color == b.color or a.shape == b.shape:
+            swaps = []
+        elif rs.coin():
+            swaps.reverse()
+        for x, y in swaps:
+            if not relation_claim_true(scene, x, relation, y):
+                negatives.append(("attribute_swap", relation_text(x, relation, y)))
+                break
+        if not relation_claim_true(scene, b.desc, relation, a.desc):
+            negatives.append(("relation_swap", relation_text(b.desc, relation, a.desc)))
+    negatives.append(("count_change", _wrong_count(scene, rs)))
+    return text, [t for _, t in negatives], [kind for kind, _ in negatives]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Precomputed mask of one (shape, size), centred on pixel (half, half)."""
+
+    mask: np.ndarray  # (2*half+1, 2*half+1) bool
+    half: int
+    extent: tuple[int, int, int, int]  # painted x0, y0, x1, y1 (exclusive) relative to the centre pixel
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything rendering needs for one (image_size, grid): stamps and allowed centre positions."""
+
+    image_size: int
+    grid: int
+    stamps: dict[tuple[str, str], Stamp]
+    centres: dict[tuple[int, str], tuple[int, int]]  # (row or col index, size) -> [lo, hi] centre pixel
+
+
+def shape_mask(shape: str, radius: float) -> np.ndarray:
+    """Boolean mask of a shape of half-extent `radius` (pixels) on the integer grid around its centre."""
+    half = int(math.floor(radius))
+    d = np.arange(-half, half + 1, dtype=np.float64)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    if shape == "circle":
+        return dx**2 + dy**2 <= radius**2
+    if shape == "square":
+        side = 0.8 * radius
+        return (np.abs(dx) <= side) & (np.abs(dy) <= side)
+    if shape == "triangle":  # apex up, base at the bottom
+        return (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
+    if shape == "cross":
+        bar = radius / 3
+        return ((np.abs(dx) <= bar) & (np.abs(dy) <= radius)) | ((np.abs(dy) <= bar) & (np.abs(dx) <= radius))
+    raise ValueError(f"unknown shape {shape!r}; valid shapes: {list(SHAPES)}")
+
+
+def _stamp(shape: str, radius: float) -> Stamp:
+    mask = shape_mask(shape, radius)
+    half = mask.shape[0] // 2
+    ys, xs = np.nonzero(mask)
+    return Stamp(mask, half, (int(xs.min()) - half, int(ys.min()) - half, int(xs.max()) - half + 1,
+                              int(ys.max()) - half + 1))
+
+
+@lru_cache(maxsize=16)
+def layout(image_size: int, grid: int) -> Layout:
+    cell = image_size / grid
+    stamps = {(shape, size): _stamp(shape, SIZE_RADIUS[size] * cell) for shape in SHAPES for size in SIZES}
+    jitter = int(math.floor(JITTER * cell))
+    centres = {}
+    for i in range(grid):
+        lo, hi = i * image_size // grid, (i + 1) * image_size // grid  # pixels [lo, hi) of cell i
+        mid = (lo + hi - 1) / 2
+        for size in SIZES:
+            half = stamps[("circle", size)].half  # same half for every shape of this size
+            first, last = max(lo + half, math.ceil(mid - jitter)), min(hi - 1 - half, math.floor(mid + jitter))
+            centres[(i, size)] = (first, last) if first <= last else (round(mid), round(mid))
+    return Layout(image_size, grid, stamps, centres)
+
+
+def _centre(o: ShapeObject, lay: Layout) -> tuple[int, int]:
+    """Centre pixel of an object: its own, or the middle of its allowed range (= its cell centre)."""
+    if o.x is not None and o.y is not None:
+        return o.x, o.y
+    (xlo, xhi), (ylo, yhi) = lay.centres[(o.col, o.size)], lay.centres[(o.row, o.size)]
+    return (xlo + xhi) // 2, (ylo + yhi) // 2
+
+
+def paint(image: np.ndarray, scene: Scene, lay: Layout) -> list[list[float]]:
+    """Paint the objects into an HWC uint8 image (in place); return their normalised boxes."""
+    boxes = []
+    size = lay.image_size
+    for o in scene:
+        stamp = lay.stamps[(o.shape, o.size)]
+        x, y = _centre(o, lay)
+        h = stamp.half
+        image[y - h:y + h + 1, x - h:x + h + 1][stamp.mask] = COLOR_RGB[o.color]
+        x0, y0, x1, y1 = stamp.extent
+        boxes.append([(x + x0) / size, (y + y0) / size, (x + x1) / size, (y + y1) / size])
+    return boxes
+
+
+def render(scene: Scene, image_size: int = 64, grid: int = 3) -> tuple[np.ndarray, list[list[float]]]:
+    """Render a scene: (S, S, 3) uint8 image and the normalised (x0, y0, x1, y1) box of each object."""
+    image = np.full((image_size, image_size, 3), BACKGROUND, dtype=np.uint8)
+    return image, paint(image, scene, layout(image_size, grid))
+
+
+# --------------------------------------------------------------------------- scene sampling
+
+
+def _triples(pairs: Iterable[Description]) -> list[tuple[str, str, str]]:
+    """(shape, colour, size) options for objects whose (colour, shape) is in pairs."""
+    return [(shape, color, size) for color, shape in pairs for size in SIZES]
+
+
+def _draw_key(rs: RandomStream, grid: int, min_objects: int, max_objects: int,
+              options: list[tuple[str, str, str]], forced: list[tuple[str, str, str]] | None) -> SceneKey:
+    """A random scene key; with `forced`, the first object is drawn from those options."""
+    k = min_objects + rs.below(max_objects - min_objects + 1)
+    objects = []
+    for j, cell in enumerate(rs.sample(grid * grid, k)):
+        shape, color, size = rs.pick(forced if forced and j == 0 else options)
+        objects.append((cell, shape, color, size))
+    return tuple(sorted(objects))
+
+
+def _place(key: SceneKey, rs: RandomStream, lay: Layout) -> Scene:
+    """Objects of a scene key with jittered centres."""
+    objects = []
+    for cell, shape, color, size in key:
+        row, col = divmod(cell, lay.grid)
+        (xlo, xhi), (ylo, yhi) = lay.centres[(col, size)], lay.centres[(row, size)]
+        x, y = xlo + rs.below(xhi - xlo + 1), ylo + rs.below(yhi - ylo + 1)
+        objects.append(ShapeObject(row, col, shape, color, size, x, y))
+    return tuple(objects)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def normalize_holdout(holdout) -> list[list[str]]:
+    """Validated, sorted, de-duplicated [colour, shape] pairs (accepts any iterable of pairs)."""
+    pairs = set()
+    for item in holdout or ():
+        pair = [str(x) for x in item] if not isinstance(item, str) else [item]
+        if len(pair) != 2:
+            raise ValueError(f"holdout entries must be [colour, shape] pairs, got {item!r}")
+        color, shape = pair
+        if color not in COLORS:
+            raise ValueError(f"holdout: unknown colour {color!r}; valid colours: {list(COLORS)}")
+        if shape not in SHAPES:
+            raise ValueError(f"holdout: unknown shape {shape!r}; valid shapes: {list(SHAPES)}")
+        pairs.add((color, shape))
+    if len(pairs) == len(COLORS) * len(SHAPES):
+        raise ValueError("holdout covers every colour x shape combination; nothing is left for train/val/test")
+    return [list(p) for p in sorted(pairs)]
+
+
+def _validate_scene_args(*, seed, image_size, grid, min_objects, max_objects, captions_per_image,
+                         questions_per_image) -> None:
+    _check_int("seed", seed, 0)
+    _check_int("image_size", image_size, MIN_IMAGE_SIZE)
+    _check_int("grid", grid, 1)
+    if image_size < MIN_CELL_PIXELS * grid:
+        raise ValueError(f"image_size={image_size} is too small for grid={grid}: cells need >= {MIN_CELL_PIXELS} "
+                         f"pixels, i.e. image_size >= {MIN_CELL_PIXELS * grid} or a smaller grid")
+    _check_int("min_objects", min_objects, 1)
+    _check_int("max_objects", max_objects, min_objects)
+    if max_objects > grid * grid:
+        raise ValueError(f"max_objects={max_objects} exceeds the {grid * grid} cells of grid={grid} "
+                         f"(grid*grid must be >= max_objects)")
+    _check_int("captions_per_image", captions_per_image, 1)
+    _check_int("questions_per_image", questions_per_image, 0)
+
+
+def scene_capacity(grid: int, min_objects: int, max_objects: int, holdout=(), held_out_split: bool = False) -> int:
+    """Number of distinct scene keys available to the regular splits (or to `test_holdout`)."""
+    n_held = len(normalize_holdout(holdout))
+    total, allowed = len(SHAPES) * len(COLORS) * len(SIZES), (len(SHAPES) * len(COLORS) - n_held) * len(SIZES)
+    cells = grid * grid
+    return sum(math.comb(cells, k) * (total**k - allowed**k if held_out_split else allowed**k)
+               for k in range(min_objects, max_objects + 1))
+
+
+# --------------------------------------------------------------------------- splits
+
+#: share of the scene space owned by each evaluation split; every other scene key belongs to train
+SPLIT_SHARES = (("test", 0.1), ("val", 0.1))
+
+
+def split_of(key: SceneKey) -> str:
+    """The split that owns a scene key, from a stable hash of the key.
+
+    Partitioning the scene space (instead of drawing test first and rejecting its scenes later)
+    keeps the distribution of object counts equal across splits: there are only 432 one-object
+    scenes, and drawing test first used to leave train almost none of them. A split may repeat a
+    key it owns (objects then sit at other jittered positions), never a key of another split.
+    """
+    h = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=4).digest(), "big") / 2**32
+    for split, share in SPLIT_SHARES:
+        if h < share:
+            return split
+        h -= share
+    return "train"
+
+
+def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid: int = 3, min_objects: int = 1,
+                   max_objects: int = 3, captions_per_image: int = 4, questions_per_image: int = 4,
+                   holdout=(), id_offset: int) -> dict[str, list]:
+    """Generate n scenes of one split as a column dict (see `FEATURES`).
+
+    Only scene keys owned by the split (`split_of`) are kept, so splits are disjoint; test_holdout
+    scenes contain a held-out combination that no other split has. Image ids are id_offset, id_offset + 1, ...
+    """
+    if split not in SPLIT_INDEX:
+        raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+    _validate_scene_args(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
+                         max_objects=max_objects, captions_per_image=captions_per_image,
+                         questions_per_image=questions_per_image)
+    n = _check_int("n", n, 0)
+    held = [tuple(p) for p in normalize_holdout(holdout)]
+    if split == "test_holdout" and not held:
+        raise ValueError("split 'test_holdout' needs a non-empty holdout")
+
+    all_pairs = [(c, s) for s in SHAPES for c in COLORS]
+    options = _triples(all_pairs if split == "test_holdout" else [p for p in all_pairs if p not in held])
+    forced = _triples(held) if split == "test_holdout" else None
+    banned = frozenset() if split == "test_holdout" else frozenset(held)
+    lay = layout(image_size, grid)
+    rs = RandomStream(np.random.default_rng([seed, SPLIT_INDEX[split]]))
+
+    image = np.empty((image_size, image_size, 3), dtype=np.uint8)  # reused canvas
+    columns: dict[str, list] = {name: [] for name in FEATURES}
+    for i in range(n):
+        for _ in range(MAX_ATTEMPTS):
+            key = _draw_key(rs, grid, min_objects, max_objects, options, forced)
+            if (split == "test_holdout" or split_of(key) == split):
+                break
+        else:
+            raise RuntimeError(f"split {split!r}: no scene of this split after {MAX_ATTEMPTS} draws; the scene space "
+                               f"(grid={grid}, objects {min_objects}..{max_objects}) is nearly exhausted")
+        scene = _place(key, rs, lay)
+        image.fill(BACKGROUND)
+        boxes = paint(image, scene, lay)
+        captions = make_captions(scene, captions_per_image, rs)
+        questions, answers, qtypes = make_questions(scene, questions_per_image, rs, banned)
+        match_text, negatives, negative_types = make_match(scene, rs)
+        row = {
+            "image_id": id_offset + i,
+            "pixels": image.tobytes(),
+            "image_size": image_size,
+            "boxes": boxes,
+            "labels": [o.label for o in scene],
+            "obj_shape": [o.shape for o in scene],
+            "obj_color": [o.color for o in scene],
+            "obj_size": [o.size for o in scene],
+            "captions": captions,
+            "questions": questions,
+            "answers": answers,
+            "question_types": qtypes,
+            "match_text": match_text,
+            "match_negatives": negatives,
+            "match_negative_types": negative_types,
+        }
+        for name, value in row.items():
+            columns[name].append(value)
+    return columns
+
+
+def decode_pixels(pixels: bytes, image_size: int) -> np.ndarray:
+    """The (S, S, 3) uint8 image of a `pixels` cell."""
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(image_size, image_size, 3)
+
+
+# --------------------------------------------------------------------------- cached dataset
+
+
+def shapes_config_hash(**kwargs) -> str:
+    """16 hex chars identifying a generator config (and GENERATOR_VERSION)."""
+    payload = json.dumps({"config": kwargs, "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_objects: int = 1, max_objects: int = 3,
+                  num_train: int = 8000, num_val: int = 1000, num_test: int = 1000, captions_per_image: int = 4,
+                  questions_per_image: int = 4, holdout=(), num_holdout: int | None = None) -> dict:
+    """Validated, canonical (JSON-able) config of `build_shapes`; raises ValueError on bad arguments."""
+    _validate_scene_args(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
+                         max_objects=max_objects, captions_per_image=captions_per_image,
+                         questions_per_image=questions_per_image)
+    sizes = {name: _check_int(name, value, 0) for name, value in
+             (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))}
+    held = normalize_holdout(holdout)
+    if held:
+        num_holdout = sizes["num_test"] if num_holdout is None else _check_int("num_holdout", num_holdout, 0)
+    elif num_holdout:
+        raise ValueError(f"num_holdout={num_holdout} needs a non-empty holdout (list of [colour, shape] pairs)")
+    else:
+        num_holdout = 0
+    capacity = scene_capacity(grid, min_objects, max_objects, held)
+    if sum(sizes.values()) > capacity:
+        raise ValueError(f"num_train + num_val + num_test = {sum(sizes.values())} exceeds the {capacity} distinct "
+                         f"scenes of grid={grid}, objects {min_objects}..{max_objects}, holdout={held}")
+    held_capacity = scene_capacity(grid, min_objects, max_objects, held, held_out_split=True)
+    if num_holdout > held_capacity:
+        raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
+    return {"seed": int(seed), "image_size": int(image_size), "grid": int(grid), "min_objects": int(min_objects),
+            "max_objects": int(max_objects), **sizes, "captions_per_image": int(captions_per_image),
+            "questions_per_image": int(questions_per_image), "holdout": held, "num_holdout": num_holdout}
+
+
+def generate_shapes(config: dict) -> datasets.DatasetDict:
+    """All splits of a canonical config (see `shapes_config`), in memory."""
+    scene_args = {k: config[k] for k in ("seed", "image_size", "grid", "min_objects", "max_objects",
+                                         "captions_per_image", "questions_per_image", "holdout")}
+    sizes = {"train": config["num_train"], "val": config["num_val"], "test": config["num_test"]}
+    if config["holdout"]:
+        sizes["test_holdout"] = config["num_holdout"]
+    offset = 0
+    splits = {}
+    for split in (s for s in GENERATION_ORDER if s in sizes):
+        columns = generate_split(split, sizes[split], id_offset=offset, **scene_args)
+        splits[split] = datasets.Dataset.from_dict(columns, features=FEATURES)
+        offset += sizes[split]
+    return datasets.DatasetDict({split: splits[split] for split in SPLITS if split in splits})
+
+
+def _is_complete(directory: Path, config: dict) -> bool:
+    try:
+        saved = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == config and (directory / "dataset_dict.json").is_file()
+
+
+def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64, grid: int = 3,
+                 min_objects: int = 1, max_objects: int = 3, num_train: int = 8000, num_val: int = 1000,
+                 num_test: int = 1000, captions_per_image: int = 4, questions_per_image: int = 4,
+                 holdout=(), num_holdout: int | None = None) -> tuple[datasets.DatasetDict, Path]:
+    """The Shapes benchmark as a DatasetDict, and its cache directory `<cache_dir>/shapes-<hash>`.
+
+    Loads the cache when it is complete; otherwise generates the data, saves it into a temporary
+    sibling directory and renames that into place, so a crash never leaves a cache that loads.
+    """
+    config = shapes_config(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
+                           max_objects=max_objects, num_train=num_train, num_val=num_val, num_test=num_test,
+                           captions_per_image=captions_per_image, questions_per_image=questions_per_image,
+                           holdout=holdout, num_holdout=num_holdout)
+    root = Path(cache_dir)
+    target = root / f"shapes-{shapes_config_hash(**config)}"
+    if not _is_complete(target, config):
+        root.mkdir(parents=True, exist_ok=True)
+        _write_atomically(generate_shapes(config), config, target)
+    return datasets.load_from_disk(str(target)), target
+
+
+def _write_atomically(dsd: datasets.DatasetDict, config: dict, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        bars_were_disabled = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a few fast local writes; keep logs clean
+        try:
+            dsd.save_to_disk(str(tmp))
+        finally:
+            if not bars_were_disabled:
+                datasets.enable_progress_bars()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if target.exists() and not _is_complete(target, config):
+            shutil.rmtree(target)  # a stale or foreign directory, never a complete cache
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_complete(target, config):  # another process finished first: keep its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

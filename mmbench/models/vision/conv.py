@@ -1,0 +1,126 @@
+"""Grid-feature vision input: a small ResNet whose feature map becomes the image tokens.
+
+`ConvBackbone` is a ResNet (He et al., 2016) cut down for small images: a 3x3 stem and `stages`
+stages of two BasicBlocks, the first of each stage with stride 2, so the output stride is
+2**stages (64x64 pixels -> 8x8 grid with 3 stages).
+
+`ConvEncoder` is the hybrid ViT of Dosovitskiy et al. (2021, sec. 3.1) and the grid features of
+Pixel-BERT / "In Defense of Grid Features" (Jiang et al., 2020): the CNN feature map is treated as
+an image with `out_channels` channels and patch size 1, i.e. it is handed to `PatchEncoder`, which
+adds the 1x1 projection to `dim`, a [CLS] token, learned position embeddings (one per grid cell)
+and `depth` transformer blocks. So
+
+    Features(tokens (B, 1 + h*w, D), mask (B, 1 + h*w) all True, pooled (B, D))
+
+Normalisation: GroupNorm by default, not BatchNorm. GroupNorm (Wu & He, 2018) computes statistics
+per sample, so an image's features never depend on the other rows of the batch -- in train mode
+too. That matters here because ITM builds batches of mined negatives, evaluation pads or
+duplicates rows, DDP would need SyncBatchNorm, and batch sizes on CPU are small. BatchNorm is one
+argument away: `norm_layer=nn.BatchNorm2d`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from mmbench.models.layers import Pooling, masked_mean
+from mmbench.models.outputs import Features
+from mmbench.models.vision.patch import PatchEncoder
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups (Wu & He's default), fewer when `channels` is small."""
+    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+
+
+class ConvBackbone(nn.Module):
+    """Small ResNet: conv3x3 stem, then `stages` x 2 BasicBlocks (stride 2 at each stage start).
+
+    Stage i has `width * 2**i` channels. Output (B, out_channels, H / stride, W / stride).
+    """
+
+    def __init__(
+        self,
+        width: int = 64,
+        stages: int = 3,
+        in_channels: int = 3,
+        norm_layer: Callable[[int], nn.Module] = group_norm,
+    ):
+        super().__init__()
+        if stages < 1:
+            raise ValueError(f"stages={stages}: a ConvBackbone needs at least one stage")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
+        )
+        layers, channels = [], width
+        for i in range(stages):
+            out = width * 2**i
+            shortcut = nn.Sequential(nn.Conv2d(channels, out, kernel_size=1, stride=2, bias=False), norm_layer(out))
+            layers += [
+                BasicBlock(channels, out, stride=2, downsample=shortcut, norm_layer=norm_layer),
+                BasicBlock(out, out, norm_layer=norm_layer),
+            ]
+            channels = out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = channels
+        self.stride = 2**stages
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # torchvision ResNet init
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(pixels))  # (B, 3, H, W) -> (B, C, H/s, W/s)
+
+
+class ConvEncoder(nn.Module):
+    """Hybrid ViT: CNN grid features -> PatchEncoder with patch size 1 (projection, [CLS], positions,
+    `depth` blocks). `image_size` fixes the grid, hence the number of position embeddings."""
+
+    needs_regions = False
+
+    def __init__(
+        self,
+        dim: int,
+        backbone: nn.Module,
+        image_size: int,
+        depth: int = 0,
+        heads: int = 1,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        pooling: Pooling = masked_mean,
+    ):
+        super().__init__()
+        if image_size % backbone.stride != 0:
+            raise ValueError(
+                f"image_size={image_size} is not divisible by the backbone stride {backbone.stride}; "
+                f"use fewer stages or an image size that is a multiple of {backbone.stride}"
+            )
+        self.backbone = backbone
+        self.grid_size = image_size // backbone.stride
+        self.grid_encoder = PatchEncoder(
+            dim,
+            image_size=self.grid_size,
+            patch_size=1,  # one token per grid cell: the patch embedding is a 1x1 projection
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            prenorm=prenorm,
+            dropout=dropout,
+            in_channels=backbone.out_channels,
+            pooling=pooling,
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+        grid = self.backbone(batch["pixel_values"])  # (B, C, h, w)
+        if grid.shape[-2:] != (self.grid_size, self.grid_size):
+            raise ValueError(
+                f"images of size {tuple(batch['pixel_values'].shape[-2:])} give a {tuple(grid.shape[-2:])} grid, "
+                f"but the encoder was built for {self.grid_size}x{self.grid_size} (image_size must match data.image_size)"
+            )
+        return self.grid_encoder({"pixel_values": grid})  # tokens (B, 1 + h*w, D)

@@ -1,0 +1,170 @@
+"""Region (object) vision inputs: LXMERT / ViLBERT / VisualBERT / UNITER style.
+
+Each object box becomes one image token. As in LXMERT's visual feature encoder (Tan & Bansal,
+2019, sec. 2.1) a region's token is the average of two LayerNorm'd projections, one of its
+appearance feature and one of its box geometry:
+
+    token_r = (LN(W_f f_r) + LN(W_b g(box_r))) / 2
+
+Two ways to get the appearance features f_r:
+
+* `RegionFeatureEncoder` reads them precomputed from the batch (`region_feats` (B, R, F)), the
+  Faster R-CNN features of LXMERT / ViLBERT / VisualBERT (F = 2048).
+* `RegionEncoder` computes them end to end: one CNN pass over `pixel_values`, RoIAlign (He et al.,
+  2017) at `region_boxes` and an average over each RoI's bins. Gradients reach the CNN.
+
+A learned [IMG] token is prepended (ViLBERT starts the image stream with an IMG token too). Its mask
+is always True, so an image without objects still has one valid token and no attention row is
+ever fully masked. Then `depth` transformer blocks attend over [IMG; regions] with the key padding
+mask (LXMERT's object-relationship encoder; `prenorm=False` gives its post-norm BERT layout).
+
+    Features(tokens (B, 1 + R, D), mask (B, 1 + R) = [True] + region_mask, pooled (B, D))
+
+Padded regions (region_mask False) may hold anything, even NaN: their boxes and features are
+zeroed before use, so they never change the outputs of real regions or the pooled vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from mmbench.models.layers import Pooling, TransformerStack, masked_mean
+from mmbench.models.outputs import Features
+
+
+class BoxEmbedding(nn.Module):
+    """Geometry embedding of normalised boxes (x0, y0, x1, y1) in [0, 1]: Linear -> LayerNorm.
+
+    LXMERT's box_fc sees the 4 coordinates; we use UNITER's 7-d geometry (x0, y0, x1, y1, w, h,
+    w*h). w and h are linear in the coordinates; the area is the one non-linear extra.
+    """
+
+    num_features = 7
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(self.num_features, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    @staticmethod
+    def geometry(boxes: torch.Tensor) -> torch.Tensor:
+        x0, y0, x1, y1 = boxes.unbind(-1)  # each (B, R)
+        w, h = x1 - x0, y1 - y0
+        return torch.stack([x0, y0, x1, y1, w, h, w * h], dim=-1)  # (B, R, 7)
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(self.geometry(boxes)))  # (B, R, 4) -> (B, R, D)
+
+
+class RegionEmbedding(nn.Module):
+    """LXMERT visual feature encoder: (LN(fc(feats)) + LN(fc(box))) / 2."""
+
+    def __init__(self, feat_dim: int, dim: int):
+        super().__init__()
+        self.feat_fc = nn.Linear(feat_dim, dim)
+        self.feat_norm = nn.LayerNorm(dim)
+        self.box = BoxEmbedding(dim)
+
+    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """feats (B, R, F), boxes (B, R, 4) -> (B, R, D)."""
+        return (self.feat_norm(self.feat_fc(feats)) + self.box(boxes)) / 2
+
+
+class RegionFeatureEncoder(nn.Module):
+    """Precomputed region features (B, R, F) + boxes -> [IMG; regions] tokens, `depth` blocks."""
+
+    needs_regions = True
+
+    def __init__(
+        self,
+        dim: int,
+        feat_dim: int,
+        depth: int = 0,
+        heads: int = 1,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        pooling: Pooling = masked_mean,
+    ):
+        super().__init__()
+        self.embed = RegionEmbedding(feat_dim, dim)
+        self.img_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.img_token, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout)
+        self.pooling = pooling
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+        region_mask = batch["region_mask"].bool()  # (B, R)
+        B = region_mask.shape[0]
+        real = region_mask[..., None]  # (B, R, 1)
+        boxes = torch.where(real, batch["region_boxes"], 0.0)  # (B, R, 4) padding -> 0 (NaN-safe)
+        feats = torch.where(real, batch["region_feats"], 0.0)  # (B, R, F)
+        x = torch.cat([self.img_token.expand(B, -1, -1), self.embed(feats, boxes)], dim=1)  # (B, 1+R, D)
+        mask = torch.cat([region_mask.new_ones(B, 1), region_mask], dim=1)  # (B, 1+R)
+        x = self.stack(self.drop(x), mask)  # (B, 1+R, D)
+        return Features(x, mask, self.pooling(x, mask))
+
+
+class RegionEncoder(nn.Module):
+    """End-to-end regions: CNN once per image, RoIAlign at the boxes, then `RegionFeatureEncoder`.
+
+    `backbone` maps (B, 3, H, W) -> (B, C, H/stride, W/stride) and exposes `out_channels` and
+    `stride` (e.g. `ConvBackbone`). Boxes are normalised, so they are scaled by `image_size` to
+    pixels and by 1/stride (RoIAlign's `spatial_scale`) to the feature map; `aligned=True` puts
+    pixel centres at +0.5 so that a box [0, 1] covers exactly the whole image.
+    """
+
+    needs_regions = True
+
+    def __init__(
+        self,
+        dim: int,
+        backbone: nn.Module,
+        image_size: int,
+        roi_size: int = 4,
+        sampling_ratio: int = 2,
+        depth: int = 0,
+        heads: int = 1,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        pooling: Pooling = masked_mean,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.image_size = image_size
+        self.roi_size = roi_size
+        self.sampling_ratio = sampling_ratio  # fixed samples per bin: cost independent of box size
+        self.regions = RegionFeatureEncoder(
+            dim, backbone.out_channels, depth, heads, mlp_ratio, prenorm, dropout, pooling
+        )
+
+    def roi_features(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Average RoIAlign feature of each box: fmap (B, C, h, w), boxes (B, R, 4) normalised -> (B, R, C)."""
+        B, R, _ = boxes.shape
+        C = fmap.shape[1]
+        index = torch.arange(B, device=fmap.device, dtype=fmap.dtype).repeat_interleave(R)  # (B*R,) image of each box
+        rois = torch.cat([index[:, None], boxes.reshape(B * R, 4).to(fmap.dtype) * self.image_size], dim=1)  # (B*R, 5)
+        pooled = roi_align(
+            fmap,
+            rois,
+            output_size=self.roi_size,
+            spatial_scale=1.0 / self.backbone.stride,
+            sampling_ratio=self.sampling_ratio,
+            aligned=True,
+        )  # (B*R, C, r, r)
+        return pooled.mean(dim=(2, 3)).view(B, R, C)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+        pixels, region_mask = batch["pixel_values"], batch["region_mask"].bool()  # (B, 3, H, W), (B, R)
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images are {tuple(pixels.shape[-2:])} but the region encoder was built for "
+                f"image_size={self.image_size} (it scales normalised boxes by it); set it to data.image_size"
+            )
+        boxes = torch.where(region_mask[..., None], batch["region_boxes"], 0.0)  # (B, R, 4) padding -> empty box
+        feats = self.roi_features(self.backbone(pixels), boxes)  # (B, R, C)
+        return self.regions({"region_feats": feats, "region_boxes": boxes, "region_mask": region_mask})

@@ -1,0 +1,292 @@
+"""The Shapes generator: determinism, disjoint splits, hold-out, truth of all text, rendering, cache."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mmbench.data import shapes
+from mmbench.data.shapes import (BACKGROUND, COLOR_RGB, COLORS, NEGATIVE_TYPES, QUESTION_TYPES, SHAPES, SIZES,
+                                 ShapeObject, build_shapes, generate_split)
+
+NUMBERS = {w: i for i, w in enumerate(shapes.NUMBER_WORDS)}
+SMALL = dict(num_train=300, num_val=60, num_test=60)
+
+
+# --------------------------------------------------------------------------- an independent truth checker
+
+
+def objects_of(row: dict, grid: int = 3) -> list[dict]:
+    """Objects of a dataset row, with their grid cell recovered from the box centre."""
+    objs = []
+    for (x0, y0, x1, y1), shape, color, size in zip(row["boxes"], row["obj_shape"], row["obj_color"], row["obj_size"]):
+        col, rowi = int((x0 + x1) / 2 * grid), int((y0 + y1) / 2 * grid)
+        objs.append({"row": rowi, "col": col, "shape": shape, "color": color, "size": size})
+    return objs
+
+
+def key_of(row: dict, grid: int = 3) -> tuple:
+    return tuple(sorted((o["row"] * grid + o["col"], o["shape"], o["color"], o["size"]) for o in objects_of(row, grid)))
+
+
+def holds(a: dict, rel: str, b: dict) -> bool:
+    rel = rel.replace("to the ", "")
+    return {"left of": a["col"] < b["col"], "right of": a["col"] > b["col"],
+            "above": a["row"] < b["row"], "below": a["row"] > b["row"]}[rel]
+
+
+def singular(word: str) -> str:
+    if word in SHAPES:
+        return word
+    return word[:-2] if word.endswith("sses") else word[:-1] if word.endswith("s") else word
+
+
+def is_true(text: str, objs: list[dict]) -> bool:
+    """Truth of a caption / match statement, parsed independently of the generator."""
+    if m := re.fullmatch(r"(?:there is |the image shows )?a (?:(small|large) )?(\w+) (\w+)", text):
+        size, color, shape = m.groups()
+        assert color in COLORS and shape in SHAPES, text
+        return any(o["color"] == color and o["shape"] == shape and size in (None, o["size"]) for o in objs)
+    rel = r"(left of|right of|above|below|to the left of|to the right of)"
+    if m := re.fullmatch(rf"(?:there is )?a (\w+) (\w+) (?:is )?{rel} a (\w+) (\w+)", text):
+        c1, s1, r, c2, s2 = m.groups()
+        return any(a is not b and a["color"] == c1 and a["shape"] == s1 and b["color"] == c2 and b["shape"] == s2
+                   and holds(a, r, b) for a in objs for b in objs)
+    if m := re.fullmatch(r"(?:there (?:is|are)|the image contains) (\w+) objects?", text):
+        return NUMBERS[m.group(1)] == len(objs)
+    if m := re.fullmatch(r"there (?:is|are) (\w+) (\w+)", text):
+        shape = singular(m.group(2))
+        assert shape in SHAPES, text
+        return NUMBERS[m.group(1)] == sum(o["shape"] == shape for o in objs)
+    parts = re.split(r", | and ", text)  # inventory: "two circles and a square"
+    counts = {}
+    for part in parts:
+        n, word = part.split(" ")
+        assert singular(word) in SHAPES, text
+        counts[singular(word)] = 1 if n == "a" else NUMBERS[n]
+    return counts == dict(Counter(o["shape"] for o in objs))
+
+
+def expected_answer(question: str, objs: list[dict]) -> str:
+    """The answer to a question, computed independently; asserts the question is unambiguous."""
+    if m := re.fullmatch(r"what color is the (\w+)\?", question):
+        found = [o for o in objs if o["shape"] == m.group(1)]
+        assert len(found) == 1, question
+        return found[0]["color"]
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", question):
+        found = [o for o in objs if o["color"] == m.group(1)]
+        assert len(found) == 1, question
+        return found[0]["shape"]
+    if question == "how many objects are there?":
+        return shapes.NUMBER_WORDS[len(objs)]
+    if m := re.fullmatch(r"how many (\w+) are there\?", question):
+        return shapes.NUMBER_WORDS[sum(o["shape"] == singular(m.group(1)) for o in objs)]
+    if m := re.fullmatch(r"is there a (\w+) (\w+)\?", question):
+        return "yes" if any(o["color"] == m.group(1) and o["shape"] == m.group(2) for o in objs) else "no"
+    m = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", question)
+    assert m, question
+    c1, s1, rel, c2, s2 = m.groups()
+    (a,) = [o for o in objs if o["color"] == c1 and o["shape"] == s1]
+    (b,) = [o for o in objs if o["color"] == c2 and o["shape"] == s2]
+    axis = "col" if rel in ("left of", "right of") else "row"
+    assert a[axis] != b[axis], f"relation not strictly defined: {question}"
+    return "yes" if holds(a, rel, b) else "no"
+
+
+def split(n: int, name: str = "train", seed: int = 0, **kw) -> dict:
+    return generate_split(name, n, seed=seed, id_offset=0, **kw)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_determinism():
+    a, b, c = split(150), split(150), split(150, seed=1)
+    assert a == b  # every column, pixel bytes included
+    assert a["pixels"] != c["pixels"] and a["captions"] != c["captions"]
+    assert set(a) == set(shapes.FEATURES)
+
+
+def test_text_is_true_and_negatives_false():
+    cols = split(600, max_objects=4)
+    rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+    negative_types = Counter()
+    for row in rows:
+        objs = objects_of(row)
+        assert len(set(row["captions"])) == len(row["captions"]) == 4
+        for caption in row["captions"]:
+            assert is_true(caption, objs), (caption, objs)
+        assert is_true(row["match_text"], objs), (row["match_text"], objs)
+        assert 1 <= len(row["match_negatives"]) == len(row["match_negative_types"])
+        assert len(set(row["match_negatives"])) == len(row["match_negatives"])
+        for negative, kind in zip(row["match_negatives"], row["match_negative_types"]):
+            assert kind in NEGATIVE_TYPES
+            assert not is_true(negative, objs), (negative, kind, objs)
+            if len(objs) > 1 and kind != "count_change":  # same bag of words as the true statement
+                assert sorted(negative.split()) == sorted(row["match_text"].split())
+            negative_types[kind] += 1
+        for question, answer, qtype in zip(row["questions"], row["answers"], row["question_types"]):
+            assert qtype in QUESTION_TYPES
+            assert expected_answer(question, objs) == answer, (question, answer, objs)
+        assert row["labels"] == [SHAPES.index(s) * len(COLORS) + COLORS.index(c)
+                                 for s, c in zip(row["obj_shape"], row["obj_color"])]
+    assert set(negative_types) == set(NEGATIVE_TYPES)
+
+
+def test_truth_functions_on_hand_built_scene():
+    # red circle | blue square | red circle in the top row, green triangle below the square
+    scene = (ShapeObject(0, 0, "circle", "red", "small"), ShapeObject(0, 1, "square", "blue", "large"),
+             ShapeObject(0, 2, "circle", "red", "small"), ShapeObject(1, 1, "triangle", "green", "small"))
+    assert shapes.strict_relations(scene[0], scene[1]) == ["left of"]
+    assert shapes.strict_relations(scene[3], scene[0]) == ["right of", "below"]
+    assert shapes.relation_claim_true(scene, ("red", "circle"), "left of", ("blue", "square"))
+    assert shapes.relation_claim_true(scene, ("blue", "square"), "left of", ("red", "circle"))  # the other circle
+    assert not shapes.relation_claim_true(scene, ("blue", "square"), "below", ("green", "triangle"))
+    assert shapes.has_object(scene, "blue", "square", "large") and not shapes.has_object(scene, "blue", "square", "small")
+    assert shapes.inventory_text(scene) == "two circles, a square and a triangle"
+    assert shapes.available_question_types(scene) == ["color", "shape", "count", "exist", "relation"]
+    objs = [{"row": o.row, "col": o.col, "shape": o.shape, "color": o.color, "size": o.size} for o in scene]
+    rs = shapes.RandomStream(np.random.default_rng(0))
+    for _ in range(50):  # the duplicated red circle makes naive swaps true; they must be filtered out
+        text, negatives, _ = shapes.make_match(scene, rs)
+        assert is_true(text, objs) and not any(is_true(n, objs) for n in negatives)
+
+
+def test_pixels_of_hand_built_scene():
+    for shape in SHAPES:
+        obj = ShapeObject(1, 2, shape, "purple", "large")  # middle row, right column, no jitter
+        image, (box,) = shapes.render((obj,), image_size=64, grid=3)
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        x, y = shapes._centre(obj, shapes.layout(64, 3))
+        assert tuple(image[y, x]) == COLOR_RGB["purple"], shape
+        assert tuple(image[0, 0]) == tuple(image[63, 63]) == (BACKGROUND,) * 3
+        x0, y0, x1, y1 = box
+        assert 2 / 3 <= x0 <= x / 64 < x1 <= 1 and 1 / 3 <= y0 <= y / 64 < y1 <= 2 / 3  # inside its cell
+    cols = split(20)
+    image = shapes.decode_pixels(cols["pixels"][0], 64)
+    (x0, y0, x1, y1), color = cols["boxes"][0][0], cols["obj_color"][0][0]
+    inside = image[int(y0 * 64):int(y1 * 64), int(x0 * 64):int(x1 * 64)].reshape(-1, 3)
+    assert (inside == COLOR_RGB[color]).all(axis=1).any()
+
+
+def test_splits_disjoint_and_holdout(tmp_path):
+    holdout = [["red", "circle"], ["blue", "square"]]
+    dsd, _ = build_shapes(tmp_path, holdout=holdout, num_holdout=50, **SMALL)
+    assert list(dsd) == ["train", "val", "test", "test_holdout"]
+    keys, ids = {name: set() for name in dsd}, []
+    for name, ds in dsd.items():
+        for row in ds:
+            keys[name].add(key_of(row))
+            ids.append(row["image_id"])
+            combos = set(zip(row["obj_color"], row["obj_shape"]))
+            held = combos & {tuple(p) for p in holdout}
+            assert bool(held) == (name == "test_holdout"), (name, combos)
+            if name != "test_holdout":  # held-out combinations are never named in regular splits
+                text = " ".join(row["captions"] + row["questions"])
+                assert "red circle" not in text and "blue square" not in text
+    assert len(set(ids)) == len(ids) == sum(len(ds) for ds in dsd.values())
+    names = list(keys)
+    for i, a in enumerate(names):  # no scene (objects, cells, attributes) is shared by two splits
+        for b in names[i + 1:]:
+            assert not keys[a] & keys[b], (a, b)
+
+
+def test_object_counts_are_balanced_across_splits(tmp_path):
+    dsd, _ = build_shapes(tmp_path, num_train=1500, num_val=300, num_test=300)
+    for name in ("train", "val", "test"):
+        counts = np.bincount([len(s) for s in dsd[name]["obj_shape"]], minlength=4)[1:] / len(dsd[name])
+        assert np.all(np.abs(counts - 1 / 3) < 0.1), (name, counts)  # was 0.01 for train before
+
+
+def test_evaluation_splits_do_not_depend_on_num_train(tmp_path):
+    a, _ = build_shapes(tmp_path, num_train=50, num_val=40, num_test=40)
+    b, _ = build_shapes(tmp_path, num_train=200, num_val=40, num_test=40)
+    assert a["test"][:] == b["test"][:] and a["val"][:] == b["val"][:]
+
+
+def test_cache_reuse_and_atomicity(tmp_path, monkeypatch):
+    first, path = build_shapes(tmp_path, **SMALL)
+    assert path == tmp_path / f"shapes-{path.name.split('-')[1]}" and (path / "config.json").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated although the cache is complete")
+
+    monkeypatch.setattr(shapes, "generate_shapes", fail)
+    second, path2 = build_shapes(tmp_path, **SMALL)
+    assert path2 == path
+    for name in first:
+        assert first[name][:] == second[name][:]
+    monkeypatch.undo()
+
+    _, other = build_shapes(tmp_path, seed=1, **SMALL)
+    assert other != path
+
+    # a crash while saving leaves neither the target nor a temporary directory behind
+    def crash(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shapes.datasets.DatasetDict, "save_to_disk", crash)
+    with pytest.raises(OSError):
+        build_shapes(tmp_path, seed=2, **SMALL)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, other.name])
+
+    # a half-written directory (no config.json) is regenerated, not loaded
+    stale = tmp_path / f"shapes-{shapes.shapes_config_hash(**shapes.shapes_config(seed=3, **SMALL))}"
+    (stale / "train").mkdir(parents=True)
+    dsd, path3 = build_shapes(tmp_path, seed=3, **SMALL)
+    assert path3 == stale and len(dsd["train"]) == SMALL["num_train"]
+
+
+def test_config_hash():
+    h = shapes.shapes_config_hash(**shapes.shapes_config())
+    assert re.fullmatch(r"[0-9a-f]{16}", h)
+    assert h != shapes.shapes_config_hash(**shapes.shapes_config(seed=1))
+    a = shapes.shapes_config(holdout=[["red", "circle"], ["blue", "cross"]])
+    b = shapes.shapes_config(holdout=(("blue", "cross"), ("red", "circle")))
+    assert shapes.shapes_config_hash(**a) == shapes.shapes_config_hash(**b)
+    assert shapes.shapes_config(holdout=[]) == shapes.shapes_config(holdout=())
+
+
+def test_answer_distribution():
+    cols = split(2000)
+    answers = Counter(a for row in cols["answers"] for a in row)
+    assert max(answers.values()) / sum(answers.values()) < 0.35, answers.most_common(3)
+    for qtype in ("exist", "relation"):
+        yes_no = Counter(a for row_a, row_t in zip(cols["answers"], cols["question_types"])
+                         for a, t in zip(row_a, row_t) if t == qtype)
+        assert set(yes_no) == {"yes", "no"} and 0.4 < yes_no["yes"] / sum(yes_no.values()) < 0.6, (qtype, yes_no)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(grid=2, max_objects=5), "max_objects"),
+    (dict(image_size=8), "image_size"),
+    (dict(image_size=32, grid=5), "image_size"),
+    (dict(min_objects=0), "min_objects"),
+    (dict(min_objects=3, max_objects=2), "max_objects"),
+    (dict(holdout=[["pink", "circle"]]), "valid colours: ['red', 'green', 'blue', 'yellow', 'purple', 'cyan']"),
+    (dict(holdout=[["red", "hexagon"]]), "valid shapes: ['circle', 'square', 'triangle', 'cross']"),
+    (dict(holdout=["red"]), "holdout"),
+    (dict(num_train=-1), "num_train"),
+    (dict(captions_per_image=0), "captions_per_image"),
+    (dict(num_holdout=10), "num_holdout"),
+    (dict(grid=1, max_objects=1, num_train=100), "distinct"),
+    (dict(seed=-1), "seed"),
+])
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_shapes(tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())
+
+
+def test_generate_split_arguments():
+    with pytest.raises(ValueError, match=re.escape(str(list(shapes.SPLITS)))):
+        split(5, name="dev")
+    with pytest.raises(ValueError, match="holdout"):
+        split(5, name="test_holdout")
+    a = generate_split("test", 30, seed=0, id_offset=100)
+    assert a["image_id"] == list(range(100, 130))
+    assert set(a["obj_size"][0]) <= set(SIZES)
