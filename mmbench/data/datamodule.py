@@ -131,15 +131,19 @@ class VLDataModule(pl.LightningDataModule):
     def __init__(
         self,
         source: Callable[[], tuple],
+        image_size: int,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         max_text_len: int = 32,
         vocab_size: int = 1000,
         seed: int = 0,
+        num_region_labels: int | None = None,
     ):
         super().__init__()
         self.source = source
+        self.image_size = image_size
+        self.num_region_labels = num_region_labels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -178,7 +182,10 @@ class VLDataModule(pl.LightningDataModule):
             top = counts.most_common(1)[0][0]
             test_answers = [a for row in dsd["test"]["answers"] for a in row]
             majority = float(np.mean([a == top for a in test_answers])) if test_answers else None
-        labels = [l for row in train["labels"] for l in row] if "labels" in train.column_names else []
+        size = int(train[0]["image_size"])
+        if size != self.image_size:
+            raise ValueError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
+        labels = [l for row in train["labels"] for l in row] if "labels" in train.column_names else []  # noqa: E741
         self.answer_index = {a: i for i, a in enumerate(answers)}
         self.datasets = {name: PairDataset(split, self.answer_index) for name, split in dsd.items()}
         self.tokenizer = tok
@@ -192,9 +199,9 @@ class VLDataModule(pl.LightningDataModule):
             eos_id=tok.token_to_id(tokenization.EOS),
             special_ids=special,
             max_text_len=self.max_text_len,
-            image_size=int(train[0]["image_size"]),
+            image_size=size,
             answers=answers,
-            num_region_labels=(max(labels) + 1) if labels else 0,
+            num_region_labels=self.num_region_labels or ((max(labels) + 1) if labels else 0),
             majority_baseline=majority,
         )
 
