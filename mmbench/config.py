@@ -108,3 +108,38 @@ def register_resolvers() -> None:
     for name, fn in (("mmbench.run_name", _run_name), ("mmbench.run_group", _run_group)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def check_group_options(args: list[str], conf_dir: str) -> str | None:
+    """Error message for an unknown option inside a *list* choice (`objective=[itc,nope]`), else None.
+
+    Hydra lists the valid options for an unknown single choice (`model=nope`) but only says
+    "Could not load" for an entry of a multi-select list, so the CLI checks lists itself.
+    """
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
+        return None
+    root = Path(conf_dir)
+    for override in parsed:
+        group = root / override.key_or_group
+        if override.package or not group.is_dir():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if isinstance(value, str) and value.startswith("["):
+                value = OverridesParser.create().parse_override(f"x={value}").value()
+            names = value if isinstance(value, list) else []
+            valid = sorted(p.stem for p in group.glob("*.yaml"))
+            unknown = [str(n) for n in names if str(n) not in valid]
+            if unknown:
+                return (
+                    f"unknown option(s) {unknown} in '{override.key_or_group}'; "
+                    f"available options in '{override.key_or_group}': {', '.join(valid)}"
+                )
+    return None

@@ -16,8 +16,19 @@ register_resolvers()
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def main() -> None:
+    """Console entry point: check list choices, then hand over to Hydra."""
+    from mmbench.config import check_group_options
+
+    problem = check_group_options(sys.argv[1:], CONFIG_DIR)
+    if problem:
+        print(f"mmbench: {problem}", file=sys.stderr)
+        sys.exit(2)
+    train()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | None:
     from mmbench.config import ConfigError
     from mmbench.pipeline import run
 

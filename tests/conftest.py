@@ -56,8 +56,9 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
-    if output_dir is not None:
-        with open_dict(cfg):
+    with open_dict(cfg):
+        del cfg["hydra"]  # the CLI hands the task function a config without it, too
+        if output_dir is not None:
             cfg.paths.output_dir = str(output_dir)
     return cfg
 

@@ -1,0 +1,107 @@
+"""End to end: compose-API runs, determinism, the CLI (single run, multirun, errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmbench.pipeline import run
+from tests.conftest import ROOT, TINY
+
+CLI = [sys.executable, "-m", "mmbench.train"]
+
+
+def test_train_and_test_through_compose_api(tiny_cfg):
+    cfg = tiny_cfg()
+    record = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["status"] == "completed" == record["status"]
+    assert saved["choices"]["model"] == "vilt" and saved["choices"]["objective"] == ["itc", "itm", "mlm", "vqa"]
+    for key in ("test/loss", "test/itc/acc", "test/itm/acc", "test/mlm/acc", "test/vqa/acc", "test/vqa/majority_baseline"):
+        assert key in saved["metrics"], key
+    assert saved["complexity"]["params"] > 0 and saved["complexity"]["flops_per_sample"] > 0
+    assert saved["versions"]["torch"] and saved["seed"] == 0 and saved["wall_s"] > 0
+    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "checkpoints" / "best.ckpt").exists()
+    assert (out / "csv" / "metrics.csv").exists()
+
+
+def test_same_seed_same_metrics(tiny_cfg, tmp_path):
+    a = run(tiny_cfg())["metrics"]
+    b = run(tiny_cfg())["metrics"]
+    assert a == b
+    c = run(tiny_cfg("seed=1"))["metrics"]
+    assert c["test/loss"] != a["test/loss"]
+
+
+def test_training_reduces_loss_on_fixed_batches(tiny_cfg):
+    """A few epochs over the same batches: the training loss must fall clearly."""
+    cfg = tiny_cfg("trainer.max_epochs=6", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1")
+    run(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
+    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_failed_run_records_status(tiny_cfg):
+    cfg = tiny_cfg("data.batch_size=0")
+    with pytest.raises(Exception):
+        run(cfg)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert saved["status"] == "failed" and "batch_size" in saved["error"]
+
+
+def _cli(args, cwd, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=nope", "Available options in 'model'"),
+        ("fusion=nope", "Available options in 'fusion'"),
+        ("objective=[itc,nope]", "available options in 'objective': itc, itm, mlm, vqa"),
+        ("model.sizes.tiny.patch_size=7", "not divisible by patch size 7"),
+        ("objective.itm.weight=-1", "objective.itm.weight=-1"),
+        ("objective=[]", "objective list is empty"),
+        ("fusion=none", "objective 'itm' needs a fusion with joint_pooled"),
+    ],
+)
+def test_bad_config_is_one_clear_message(override, message, cache_dir, tmp_path):
+    res = _cli([override, "logger=csv"], tmp_path)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "outputs" / "runs").exists() or not list((tmp_path / "outputs" / "runs").glob("*/checkpoints"))
+
+
+def test_multirun_one_dir_metrics_and_wandb_run_per_job(cache_dir, tmp_path):
+    overrides = [o for o in TINY if not o.startswith("logger")]  # default loggers: CSV + W&B offline
+    res = _cli(["-m", "seed=0,1", "objective=[itc,itm],[itc,itm,mlm]", *overrides], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        rec = json.loads((job / "metrics.json").read_text())
+        assert rec["status"] == "completed"
+        seen.add((rec["seed"], tuple(rec["choices"]["objective"])))
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, job
+    assert seen == {(s, o) for s in (0, 1) for o in (("itc", "itm"), ("itc", "itm", "mlm"))}
+
+
+def test_help_is_fast_and_lists_groups(tmp_path):
+    res = _cli(["--help"], tmp_path, timeout=60)
+    assert res.returncode == 0 and "model:" in res.stdout and "objective:" in res.stdout
+    assert "torch" not in res.stderr
