@@ -239,7 +239,7 @@ def _root(vision_yaml: str):
     return OmegaConf.create(
         {
             "model": {
-                "vision_dim": D, "vision_depth": 1, "heads": H, "mlp_ratio": 4.0, "prenorm": True,
+                "vision_dim": D, "vision_depth": 1, "vision_heads": H, "backbone_width": 8, "mlp_ratio": 4.0, "prenorm": True,
                 "dropout": 0.0, "patch_size": 8, "region_feat_dim": F,
             },
             "data": {"image_size": S},
@@ -265,7 +265,7 @@ def test_config_composes_with_train_yaml(name):
     """The group option composes with the real conf/train.yaml (default vilt sizes)."""
     from conftest import compose_cfg
 
-    extra = ["+model.region_feat_dim=16"] if name == "region_feats" else []
+    extra = ["model.region_feat_dim=16"] if name == "region_feats" else []
     cfg = compose_cfg([f"encoder/vision={name}", *extra])
     enc = instantiate(cfg.encoder.vision)
     assert enc.needs_regions if name.startswith("region") else not getattr(enc, "needs_regions", False)
