@@ -43,6 +43,7 @@ class Capabilities:
     """What a fusion can provide; config validation checks objectives against it before building."""
 
     joint_pooled: bool = False  # produces a joint pooled vector (ITM, VQA, classify)
-    text_tokens: bool = False  # produces image-conditioned text tokens (MLM)
+    text_tokens: bool = False  # produces image-conditioned text tokens (MLM, LM)
+    image_tokens: bool = False  # produces text-conditioned image tokens (MRM)
     causal_text: bool = False  # text stays leakage-free under causal masking (LM)
     needs_regions: bool = False  # requires region features in the batch

@@ -50,7 +50,7 @@ class CoAttentionLayer(nn.Module):
 
 
 class CoAttentionFusion(nn.Module):
-    capabilities = Capabilities(joint_pooled=True, text_tokens=True, causal_text=False)
+    capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=False)
 
     def __init__(
         self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = False, dropout: float = 0.0

@@ -18,7 +18,7 @@ from mmbench.models.outputs import Capabilities, Features, Fused
 
 
 class MergedFusion(nn.Module):
-    capabilities = Capabilities(joint_pooled=True, text_tokens=True, causal_text=True)
+    capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=True)
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = True, dropout: float = 0.0):
         super().__init__()
