@@ -117,6 +117,12 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
         results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
+        from mmbench.metrics.diagnostics import matching_diagnostics
+
+        diagnostics = matching_diagnostics(module, dm, "test")
+        for lg in trainer.loggers:
+            lg.log_metrics(diagnostics, step=trainer.global_step)
+        metrics.update(diagnostics)
     if dm.info.majority_baseline is not None:
         metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
     metrics = dict(sorted(metrics.items()))

@@ -120,7 +120,9 @@ def test_text_is_true_and_negatives_false():
         for caption in row["captions"]:
             assert is_true(caption, objs), (caption, objs)
         assert is_true(row["match_text"], objs), (row["match_text"], objs)
-        assert 1 <= len(row["match_negatives"]) == len(row["match_negative_types"])
+        assert 1 <= len(row["match_negatives"]) == len(row["match_negative_types"]) == len(row["match_positives"])
+        for positive, kind in zip(row["match_positives"], row["match_negative_types"]):
+            assert is_true(positive, objs) and (positive == row["match_text"]) == (kind != "count_change")
         assert len(set(row["match_negatives"])) == len(row["match_negatives"])
         for negative, kind in zip(row["match_negatives"], row["match_negative_types"]):
             assert kind in NEGATIVE_TYPES
@@ -151,7 +153,7 @@ def test_truth_functions_on_hand_built_scene():
     objs = [{"row": o.row, "col": o.col, "shape": o.shape, "color": o.color, "size": o.size} for o in scene]
     rs = shapes.RandomStream(np.random.default_rng(0))
     for _ in range(50):  # the duplicated red circle makes naive swaps true; they must be filtered out
-        text, negatives, _ = shapes.make_match(scene, rs)
+        text, negatives, _, _ = shapes.make_match(scene, rs)
         assert is_true(text, objs) and not any(is_true(n, objs) for n in negatives)
 
 

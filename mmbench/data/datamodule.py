@@ -67,6 +67,7 @@ class PairDataset(Dataset):
         self.boxes = split["boxes"] if "boxes" in cols else None
         self.labels = split["labels"] if "labels" in cols else None
         self.answer_index = answer_index
+        self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
         # flat index -> (image row, caption index)
         counts = np.array([len(c) for c in self.captions])
         self.rows = np.repeat(np.arange(len(counts)), counts)
@@ -75,15 +76,20 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def image_item(self, r: int, text: str) -> dict:
+        """Image row r paired with an arbitrary text (for evaluation protocols)."""
+        item = {"image": self.images[r], "image_id": self.image_ids[r], "caption": text}
+        if self.boxes is not None:
+            item["boxes"], item["labels"] = self.boxes[r], self.labels[r]
+        return item
+
     def __getitem__(self, i: int) -> dict:
         r, k = int(self.rows[i]), int(self.caps[i])
-        item = {"image": self.images[r], "image_id": self.image_ids[r], "caption": self.captions[r][k]}
+        item = self.image_item(r, self.captions[r][k])
         if self.questions is not None and self.questions[r]:
             q = k % len(self.questions[r])
             item["question"] = self.questions[r][q]
             item["answer"] = self.answer_index.get(self.answers[r][q], -1)
-        if self.boxes is not None:
-            item["boxes"], item["labels"] = self.boxes[r], self.labels[r]
         return item
 
 

@@ -12,7 +12,9 @@ said about a scene is derived from this symbolic description, so all text is tru
                balanced so that no answer dominates;
 * matching   - one true statement per scene (`match_text`) and Winoground-style hard negatives
                built from the same words (`attribute_swap`, `relation_swap`) or a wrong count
-               (`count_change`); a bag-of-words model cannot tell them apart;
+               (`count_change`); a bag-of-words model cannot tell them apart. Each negative has
+               its true counterpart of the same template in `match_positives` (the match text, or
+               the true count for `count_change`), so a score compares like with like;
 * regions    - a normalised box and a label (shape_index * len(COLORS) + color_index) per object.
 
 A compositional hold-out (`holdout=[[colour, shape], ...]`) removes those colour x shape
@@ -41,7 +43,7 @@ from typing import Callable, Iterable, Sequence
 import datasets
 import numpy as np
 
-GENERATOR_VERSION = 2  # bump when the generated data changes; part of the cache key
+GENERATOR_VERSION = 3  # bump when the generated data changes; part of the cache key
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
@@ -103,6 +105,7 @@ FEATURES = datasets.Features({
     "question_types": datasets.Sequence(datasets.Value("string")),
     "match_text": datasets.Value("string"),
     "match_negatives": datasets.Sequence(datasets.Value("string")),
+    "match_positives": datasets.Sequence(datasets.Value("string")),
     "match_negative_types": datasets.Sequence(datasets.Value("string")),
 })
 
@@ -405,8 +408,9 @@ def _wrong_count(scene: Scene, rs: RandomStream) -> str:
     return count_text(rs.pick([n - 1, n + 1]) if n > 1 else n + 1)
 
 
-def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str]]:
-    """A true statement and hard negatives (each verified false) with their types."""
+def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str], list[str]]:
+    """A true statement, hard negatives (each verified false), their types, and for each negative
+    the true statement of the same template (the statement itself, or the true count)."""
     negatives: list[tuple[str, str]] = []
     if len(scene) == 1:
         o = scene[0]
@@ -434,7 +438,8 @@ def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str
         if not relation_claim_true(scene, b.desc, relation, a.desc):
             negatives.append(("relation_swap", relation_text(b.desc, relation, a.desc)))
     negatives.append(("count_change", _wrong_count(scene, rs)))
-    return text, [t for _, t in negatives], [kind for kind, _ in negatives]
+    positives = [count_text(len(scene)) if kind == "count_change" else text for kind, _ in negatives]
+    return text, [t for _, t in negatives], [kind for kind, _ in negatives], positives
 
 
 # --------------------------------------------------------------------------- rendering
@@ -676,7 +681,7 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
         boxes = paint(image, scene, lay)
         captions = make_captions(scene, captions_per_image, rs)
         questions, answers, qtypes = make_questions(scene, questions_per_image, rs, banned)
-        match_text, negatives, negative_types = make_match(scene, rs)
+        match_text, negatives, negative_types, positives = make_match(scene, rs)
         row = {
             "image_id": id_offset + i,
             "pixels": image.tobytes(),
@@ -692,6 +697,7 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
             "question_types": qtypes,
             "match_text": match_text,
             "match_negatives": negatives,
+            "match_positives": positives,
             "match_negative_types": negative_types,
         }
         for name, value in row.items():

@@ -29,6 +29,10 @@ class Objective(nn.Module):
     #: batch fields this objective reads besides input_ids / attention_mask / images
     batch_fields: tuple[str, ...] = ()
 
+    #: objectives that can score (image, text) pairs for evaluation set a rank; the highest is used
+    #: (ITM, which sees both modalities jointly, outranks ITC's cosine similarity)
+    pair_score_rank: int = 0
+
     def __init__(self, weight: float = 1.0):
         super().__init__()
         if weight < 0:
@@ -45,3 +49,7 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         """`context` is shared by the objectives of one step (e.g. ITC leaves its similarities there)."""
         raise NotImplementedError
+
+    def pair_score(self, model: MultimodalModel, text: Features, image: Features) -> torch.Tensor:
+        """Matching score (B,) of row-aligned pairs (text[i], image[i]); higher = better match."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score image-text pairs")

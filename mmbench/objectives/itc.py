@@ -64,6 +64,7 @@ def multi_positive_contrastive_loss(
 
 class ITC(Objective):
     requires = ()
+    pair_score_rank = 1
 
     def __init__(
         self,
@@ -96,3 +97,7 @@ class ITC(Objective):
         # Local similarities for objectives that mine hard negatives (ITM), without gradient.
         context["itc_sim_i2t"] = (image_emb @ text_emb.T / temp).detach()  # (B, B)
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})
+
+    def pair_score(self, model, text, image) -> torch.Tensor:
+        text_emb, image_emb = self.embed(text.pooled, image.pooled)
+        return (text_emb * image_emb).sum(-1)  # cosine similarity (B,)

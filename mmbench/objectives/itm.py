@@ -39,6 +39,7 @@ def sample_negatives(
 
 class ITM(Objective):
     requires = ("joint_pooled",)
+    pair_score_rank = 2
 
     def __init__(self, dim: int, hard_negatives: bool = True, weight: float = 1.0):
         super().__init__(weight)
@@ -60,3 +61,7 @@ class ITM(Objective):
         loss = F.cross_entropy(logits[keep], labels[keep])
         acc = (logits[keep].argmax(-1) == labels[keep]).float().mean()
         return ObjectiveOutput(loss, {"acc": acc})
+
+    def pair_score(self, model, text, image) -> torch.Tensor:
+        logits = self.head(model.fuse(text, image).pooled)  # (B, 2)
+        return logits[:, 1] - logits[:, 0]  # log-odds of "match"
