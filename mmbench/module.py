@@ -53,15 +53,16 @@ class MMBenchModule(pl.LightningModule):
         text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # once per step
         image = self.model.encode_image(batch)  # once per step
         context: dict = {}
+        sync = split != "train"  # val/test epoch metrics are reduced over DDP ranks (a no-op on one process)
         total = torch.zeros((), device=self.device)
         B = batch["input_ids"].shape[0]
         for name, objective in self.objectives.items():
             out = objective(self.model, batch, text, image, context)
             total = total + objective.weight * out.loss
-            self.log(f"{split}/{name}/loss", out.loss, batch_size=B, on_step=False, on_epoch=True)
+            self.log(f"{split}/{name}/loss", out.loss, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
             for key, value in out.metrics.items():
-                self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True)
-        self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True)
+                self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
+        self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True, sync_dist=sync)
         return total
 
     def training_step(self, batch, batch_idx):
