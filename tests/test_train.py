@@ -68,7 +68,7 @@ def _cli(args, cwd, timeout=600):
     [
         ("model=nope", "Available options in 'model'"),
         ("fusion=nope", "Available options in 'fusion'"),
-        ("objective=[itc,nope]", "available options in 'objective': itc, itm, mlm, vqa"),
+        ("objective=[itc,nope]", "available options in 'objective': classify, itc, itm, lm, mlm, mrm, vqa"),
         ("model.sizes.tiny.patch_size=7", "not divisible by patch size 7"),
         ("objective.itm.weight=-1", "objective.itm.weight=-1"),
         ("objective=[]", "objective list is empty"),

@@ -1,0 +1,55 @@
+"""Classify: a plain supervised classifier on the fused pooled vector (NLVR2 / SNLI-VE style tasks).
+
+`model.fuse(text, image).pooled` (B, D) -> Linear -> `num_labels` logits, cross-entropy against
+`batch[label_field]` (B,) long class indices. Negative labels (e.g. -1 = unknown) are ignored.
+`num_labels` is set in the yaml (there is no DataInfo field for it). Metric: `acc`.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from mmbench.objectives.base import Objective, ObjectiveOutput
+
+
+class MissingBatchFieldError(KeyError):
+    """The batch lacks a field an objective reads."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class Classify(Objective):
+    requires = ("joint_pooled",)
+
+    def __init__(self, dim: int, num_labels: int, label_field: str = "labels", weight: float = 1.0):
+        super().__init__(weight)
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}; set it to the dataset's label count")
+        self.head = nn.Linear(dim, num_labels)
+        self.num_labels = num_labels
+        self.label_field = label_field
+        self.batch_fields = (label_field,)
+
+    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+        if self.label_field not in batch:
+            raise MissingBatchFieldError(
+                f"objective 'classify' reads batch['{self.label_field}'] (class indices (B,)) but the batch "
+                f"has only {sorted(batch)}; set objective.classify.label_field to one of them or use data "
+                f"with a '{self.label_field}' column"
+            )
+        targets = batch[self.label_field].long()  # (B,)
+        if targets.numel() and int(targets.max()) >= self.num_labels:
+            raise ValueError(
+                f"batch['{self.label_field}'] holds label {int(targets.max())} but num_labels={self.num_labels}; "
+                f"set objective.classify.num_labels to the dataset's label count"
+            )
+        logits = self.head(model.fuse(text, image).pooled)  # (B, L)
+        keep = targets >= 0
+        if not keep.any():  # no labelled row in this batch: zero loss that keeps the graph
+            zero = logits.sum() * 0.0
+            return ObjectiveOutput(zero, {"acc": zero.detach()})
+        loss = F.cross_entropy(logits[keep], targets[keep])
+        acc = (logits[keep].argmax(-1) == targets[keep]).float().mean()
+        return ObjectiveOutput(loss, {"acc": acc})

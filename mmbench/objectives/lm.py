@@ -1,0 +1,168 @@
+"""LM: image-conditioned causal language modeling (captioning), as BLIP's image-grounded text decoder
+(Li et al., 2022), SimVLM's prefix-LM (Wang et al., 2022) and Flamingo (Alayrac et al., 2022).
+
+Training is teacher forcing on the caption of the batch. The tokenizer wraps every caption as
+"[CLS] caption [SEP]"; the LM reads [CLS] as begin-of-sequence and [SEP] as end-of-sequence, so no
+extra tokens are needed and the same batches serve ITC / ITM / MLM and LM. (The tokenizer's own
+[BOS] / [EOS] ids, `DataInfo.bos_id` / `eos_id`, never occur in the captions, which is why
+`generate` takes `bos_id` / `eos_id` explicitly: pass the [CLS] and [SEP] ids.)
+
+The caption is re-encoded *causally*: `model.encode_text(ids, mask, causal=True)` then
+`model.fuse(text, image, causal_text=True)`. The step's shared `text` features are bidirectional
+(every token has seen the whole caption) and would leak the answer, so they are not used. A head on
+`joint.text_tokens` predicts token t+1 from position t; it is MLM's head (`MLMHead`: dense, GELU,
+LayerNorm, decoder tied to the input word embeddings, own bias). Loss: cross-entropy over the real
+next tokens (targets at padding positions are ignored; the [SEP] target, i.e. "stop", counts), with
+optional label smoothing. Metrics: `ppl` = exp(unsmoothed cross-entropy of the batch) (Lightning's
+epoch value is the mean of the batch perplexities) and `acc` = next-token accuracy.
+
+Generation (`LM.generate`) is greedy (`num_beams=1`) or beam search. The image is encoded once and
+repeated for the B*K rows of the beams; every step re-runs `encode_text(causal=True)` + `fuse` over
+the whole prefix and reads the logits of its last position. There is no KV cache: a step costs
+O(prefix length) more than a cached one, i.e. O(L^2) per caption instead of O(L), which is negligible
+for captions of ~10-30 tokens and keeps every fusion usable unchanged (no fusion needs a cache API).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmbench.models.model import MultimodalModel
+from mmbench.models.outputs import Features
+from mmbench.objectives.base import Objective, ObjectiveOutput
+from mmbench.objectives.mlm import MLMHead
+
+
+class LM(Objective):
+    requires = ("text_tokens", "causal_text")
+
+    def __init__(self, dim: int, vocab_size: int, pad_id: int, label_smoothing: float = 0.0, weight: float = 1.0):
+        super().__init__(weight)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.head = MLMHead(dim, vocab_size)
+        self.vocab_size, self.pad_id, self.label_smoothing = vocab_size, pad_id, label_smoothing
+
+    def hidden(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
+        """Causal, image-conditioned text states (B, T, D): position t has seen tokens <= t only."""
+        text = model.encode_text(ids, mask, causal=True)
+        return model.fuse(text, image, causal_text=True).text_tokens  # (B, T, D)
+
+    def logits(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
+        """Next-token logits (B, T, vocab): row t scores token t+1."""
+        return self.head(self.hidden(model, ids, mask, image), model.word_embeddings)
+
+    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+        ids, attn = batch["input_ids"], batch["attention_mask"]  # (B, T) "[CLS] caption [SEP] [PAD]..."
+        h = self.hidden(model, ids, attn, image)  # (B, T, D); `text` (bidirectional) is deliberately unused
+        valid = attn[:, 1:].bool()  # (B, T-1) position t predicts a real token t+1
+        targets = ids[:, 1:][valid]  # (N,)
+        logits = self.head(h[:, :-1][valid], model.word_embeddings)  # (N, vocab), only where needed
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            nll = F.cross_entropy(logits, targets) if self.label_smoothing > 0 else loss
+            acc = (logits.argmax(-1) == targets).float().mean()
+        return ObjectiveOutput(loss, {"ppl": nll.detach().exp(), "acc": acc})
+
+    def _next_log_probs(self, model: MultimodalModel, seq: torch.Tensor, image: Features) -> torch.Tensor:
+        """Log-probabilities (N, vocab) of the token after the prefix seq (N, L); no cache, full re-run."""
+        h = self.hidden(model, seq, torch.ones_like(seq), image)  # (N, L, D)
+        return self.head(h[:, -1], model.word_embeddings).float().log_softmax(-1)  # (N, vocab)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: MultimodalModel,
+        batch: dict[str, torch.Tensor],
+        max_len: int,
+        num_beams: int = 1,
+        *,
+        bos_id: int,
+        eos_id: int,
+        length_penalty: float = 1.0,
+    ) -> torch.Tensor:
+        """Caption ids (B, <= max_len) for the images of `batch`, without the leading `bos_id`.
+
+        Each row ends at its first `eos_id` (included) or at `max_len`, then `pad_id` follows.
+        `num_beams=1` is greedy decoding; `num_beams=K>1` is beam search with length normalisation
+        (see `beam_search`). Call with the model in eval mode.
+        """
+        if max_len < 1 or num_beams < 1:
+            raise ValueError(f"max_len and num_beams must be >= 1, got {max_len} and {num_beams}")
+        image = model.encode_image(batch)  # once
+        if num_beams == 1:
+            return self.greedy(model, image, max_len, bos_id, eos_id)
+        return self.beam_search(model, image, max_len, num_beams, bos_id, eos_id, length_penalty)
+
+    @torch.no_grad()
+    def greedy(self, model: MultimodalModel, image: Features, max_len: int, bos_id: int, eos_id: int) -> torch.Tensor:
+        """Argmax decoding from already encoded images; returns (B, <= max_len)."""
+        B = image.tokens.shape[0]
+        seq = torch.full((B, 1), bos_id, dtype=torch.long, device=image.tokens.device)  # (B, 1)
+        done = torch.zeros(B, dtype=torch.bool, device=seq.device)
+        for _ in range(max_len):
+            nxt = self._next_log_probs(model, seq, image).argmax(-1)  # (B,)
+            nxt = nxt.masked_fill(done, self.pad_id)
+            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, L+1)
+            done |= nxt == eos_id
+            if done.all():
+                break
+        return seq[:, 1:]
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        model: MultimodalModel,
+        image: Features,
+        max_len: int,
+        num_beams: int,
+        bos_id: int,
+        eos_id: int,
+        length_penalty: float = 1.0,
+    ) -> torch.Tensor:
+        """Beam search over B*K rows at once (one loop over time steps, none over the batch).
+
+        Hypotheses are ranked by the length-normalised log-probability
+            score(y) = sum_t log p(y_t | y_<t, image) / |y| ** length_penalty
+        where |y| counts the generated tokens including the final [SEP]/eos. `length_penalty=1`
+        (default) is the mean per-token log-probability, 0 the raw sum (which favours short
+        captions). A finished beam stays in the beam as a candidate whose only continuation is
+        padding at no cost, so it competes with the live beams at every step and is returned if it
+        scores best at the end. Search stops when every beam of every sample has finished.
+        """
+        B, K, V = image.tokens.shape[0], num_beams, self.vocab_size
+        dev = image.tokens.device
+        rep = lambda x: x.repeat_interleave(K, 0)  # noqa: E731 - row b*K + k is beam k of sample b
+        image = Features(rep(image.tokens), rep(image.mask), rep(image.pooled))  # (B*K, V_img, D)
+        seq = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)  # (B*K, 1)
+        score = torch.full((B, K), float("-inf"), device=dev)
+        score[:, 0] = 0.0  # all beams start identical: expand only the first one at step 0
+        length = torch.zeros(B, K, device=dev)  # generated tokens per beam
+        done = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        pad_only = torch.full((V,), float("-inf"), device=dev)
+        pad_only[self.pad_id] = 0.0  # the one continuation of a finished beam: padding, log-prob 0
+        for _ in range(max_len):
+            logp = self._next_log_probs(model, seq, image).view(B, K, V)  # (B, K, V)
+            logp = torch.where(done[..., None], pad_only, logp)
+            cand = score[..., None] + logp  # (B, K, V) total log-prob of each extension
+            cand_len = (length + (~done).float())[..., None].expand(B, K, V)  # (B, K, V)
+            norm = cand / cand_len.clamp_min(1.0) ** length_penalty
+            top = norm.view(B, K * V).topk(K, dim=1).indices  # (B, K)
+            beam, token = top // V, top % V  # source beam and new token, (B, K)
+            score = cand.view(B, K * V).gather(1, top)
+            length = cand_len.reshape(B, K * V).gather(1, top)
+            done = done.gather(1, beam) | (token == eos_id)
+            rows = (beam + torch.arange(B, device=dev)[:, None] * K).view(-1)  # (B*K,) rows of the sources
+            seq = torch.cat([seq[rows], token.view(-1, 1)], 1)  # (B*K, L+1)
+            if done.all():
+                break
+        best = (score / length.clamp_min(1.0) ** length_penalty).argmax(1)  # (B,)
+        out = seq.view(B, K, -1)[torch.arange(B, device=dev), best, 1:]  # (B, L)
+        keep = int(length.gather(1, best[:, None]).max().item())
+        return out[:, :keep]
+
+
+def decode(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Token ids (B, L) -> B strings, special tokens ([PAD], [SEP], ...) skipped."""
+    return tokenizer.decode_batch(ids.tolist(), skip_special_tokens=True)

@@ -1,0 +1,122 @@
+"""ITC under DDP equals ITC on one process over the whole batch; a Lightning DDP run through the CLI.
+
+ITC all-gathers the embeddings of every rank with gradient and each rank scores its local rows
+against all columns. Since DDP averages gradients over ranks (all_reduce SUM / world_size), the
+mean of the per-rank losses and the averaged gradients must equal those of a single process on
+the concatenated batch. Two CPU processes on the gloo backend check this, with captions of one
+image split across ranks so multi-positive targets that span ranks are covered.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.conftest import ROOT, TINY
+from tests.ddp_worker import features, itc_worker, make_itc
+
+WORLD = 2
+TEXT_DIM, IMAGE_DIM, EMBED_DIM = 12, 10, 6
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _global_batch() -> dict:
+    """8 rows, 4 per rank. Image 3 has a caption on each rank (rows 3 and 4), so has image 0
+    (rows 0 and 7); image 5 has two captions on rank 1. Captions of one image share its features."""
+    g = torch.Generator().manual_seed(123)
+    image_id = torch.tensor([0, 1, 2, 3, 3, 5, 5, 0])  # rank 0: [0,1,2,3], rank 1: [3,5,5,0]
+    image_table = torch.randn(6, IMAGE_DIM, generator=g)
+    return {
+        "text": torch.randn(8, TEXT_DIM, generator=g),  # (N, Dt) pooled text features
+        "image": image_table[image_id],  # (N, Di) pooled image features
+        "image_id": image_id,
+        "embed_dim": EMBED_DIM,
+    }
+
+
+def test_itc_ddp_matches_single_process(tmp_path):
+    data = _global_batch()
+    mp.spawn(itc_worker, args=(WORLD, _free_port(), str(tmp_path), data), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    # single process, whole batch (no process group: ITC's gather is the identity)
+    itc = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM)
+    text, image = features(data["text"]), features(data["image"])
+    ref = itc(None, {"image_id": data["image_id"]}, text, image, {})
+    ref.loss.backward()
+
+    ddp_loss = torch.stack([r["loss"] for r in ranks]).mean()
+    torch.testing.assert_close(ddp_loss, ref.loss.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.stack([r["acc"] for r in ranks]).mean(), ref.metrics["acc"])
+
+    # parameters (projections and temperature): DDP's averaged grads = single-process grads
+    names = {n for n, _ in itc.named_parameters()}
+    assert names == {"text_proj.weight", "text_proj.bias", "image_proj.weight", "image_proj.bias", "temperature"}
+    for name, p in itc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(ranks[0]["param_grads"][name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(ranks[1]["param_grads"][name], ranks[0]["param_grads"][name], rtol=0, atol=0)
+
+    # inputs: a rank's features receive the gradient of EVERY rank's loss (all_gather's backward
+    # sums over ranks); the encoder parameters behind them are then averaged by DDP, so the
+    # single-process input grads are the concatenated per-rank grads / world_size
+    for key, leaf in (("text_grad", text.pooled), ("image_grad", image.pooled)):
+        ddp_grad = torch.cat([r[key] for r in ranks]) / WORLD  # (N, D)
+        torch.testing.assert_close(ddp_grad, leaf.grad, rtol=1e-5, atol=1e-7, msg=key)
+
+    # negative control: without the gather (local batch only) the loss is different, so the
+    # checks above can fail; the cross-rank positives (images 0 and 3) are what it misses
+    local_only = torch.stack([r["local_loss"] for r in ranks]).mean()
+    assert abs(local_only.item() - ref.loss.item()) > 1e-2 * abs(ref.loss.item())
+
+
+# ---------------------------------------------------------------- Lightning DDP through the CLI
+
+_METRICS_LINE = re.compile(r"\[mmbench\.pipeline\]\[INFO\] - metrics: (\{.*\})")
+
+
+def _logged_metrics(log: Path) -> dict:
+    (line,) = _METRICS_LINE.findall(log.read_text())
+    return ast.literal_eval(line)
+
+
+@pytest.mark.skip(
+    reason="needs the DDP fixes proposed in the report: sync_dist=True in MMBenchModule.shared_step "
+    "(val/test metrics are per-rank today) and metrics.json written by global rank 0 only in pipeline.run"
+)
+def test_lightning_ddp_cli_on_cpu(cache_dir, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    args = [*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    res = subprocess.run(
+        [sys.executable, "-m", "mmbench.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    # Lightning re-executes the command for rank 1 with hydra.run.dir pinned to rank 0's directory
+    (run_dir,) = list((tmp_path / "outputs" / "runs").iterdir())
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "completed"
+    assert not list(run_dir.glob("*.json.tmp"))
+
+    # both ranks see the same, reduced, val/test metrics, and metrics.json holds them
+    rank0, rank1 = _logged_metrics(run_dir / "train.log"), _logged_metrics(run_dir / "train_ddp_process_1.log")
+    evaluated = [k for k in rank0 if k.startswith(("val/", "test/"))]
+    assert any(k.startswith("test/itc/") for k in evaluated)
+    for key in evaluated:
+        assert rank0[key] == pytest.approx(rank1[key], rel=1e-6), key
+        assert rec["metrics"][key] == pytest.approx(rank0[key], rel=1e-6), key
