@@ -25,10 +25,14 @@ class VQA(Objective):
         self.head = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim), nn.Linear(2 * dim, num_answers))
         self.question_field = question_field
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def answer_logits(self, model, batch, text, image):
+        """Answer logits (B, A); the question is read from `batch` (or is `text` when question_field is None)."""
         if self.question_field is not None:
             text = model.encode_text(batch[f"{self.question_field}_ids"], batch[f"{self.question_field}_mask"])
-        logits = self.head(model.fuse(text, image).pooled)  # (B, A)
+        return self.head(model.fuse(text, image).pooled)  # (B, A)
+
+    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+        logits = self.answer_logits(model, batch, text, image)  # (B, A)
         scores = batch["answer_scores"]  # (B, A)
         loss = F.binary_cross_entropy_with_logits(logits, scores, reduction="sum") / scores.shape[0]
         acc = scores.gather(1, logits.argmax(1, keepdim=True)).mean()
