@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 
 from hydra.utils import get_class, get_method, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mmbench.data.datamodule import DataInfo, VLDataModule
 from mmbench.models.model import MultimodalModel
@@ -39,14 +39,32 @@ def build_datamodule(cfg: DictConfig) -> VLDataModule:
     return dm
 
 
+#: options every model part (encoder/text, encoder/vision, fusion) may carry besides its constructor's
+PART_OPTIONS = ("freeze", "lr_mult")
+
+
+def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float]:
+    """(constructor config, freeze, lr_mult) of one part config; the options default to (False, 1.0)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    ctor = OmegaConf.create({k: v for k, v in resolved.items() if k not in PART_OPTIONS})
+    return ctor, bool(cfg.get("freeze", False)), float(cfg.get("lr_mult", 1.0))
+
+
 def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
     parts = {
         "text_encoder": cfg.encoder.text,
         "vision_encoder": cfg.encoder.vision,
         "fusion": cfg.fusion,
     }
-    built = {name: instantiate(c, **data_kwargs(c, info)) for name, c in parts.items()}
-    return MultimodalModel(**built, dim=cfg.model.dim)
+    built, frozen, lr_mult = {}, [], {}
+    for name, part_cfg in parts.items():
+        ctor, freeze, mult = split_part_options(part_cfg)
+        built[name] = instantiate(ctor, **data_kwargs(ctor, info))
+        if freeze:
+            frozen.append(name)
+        if mult != 1.0:
+            lr_mult[name] = mult
+    return MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
 
 
 def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:

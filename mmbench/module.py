@@ -76,12 +76,22 @@ class MMBenchModule(pl.LightningModule):
 
     def configure_optimizers(self):
         # nanoGPT's rule: decay matrices and embeddings (dim >= 2), not biases, norms or temperatures.
-        params = [p for p in self.parameters() if p.requires_grad]
+        # Parts of the model with an lr multiplier (encoder `lr_mult`) get their own groups; frozen
+        # parameters (requires_grad False) are left out.
+        prefixes = {f"model.{part}.": mult for part, mult in self.model.lr_mult.items()}
+        buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            mult = next((m for prefix, m in prefixes.items() if name.startswith(prefix)), 1.0)
+            buckets.setdefault((p.dim() >= 2, mult), []).append(p)
+        keys = sorted(buckets, key=lambda k: (k[1] != 1.0, k[1], not k[0]))  # (decay, no decay) at x1 first
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": buckets[k], "weight_decay": self.weight_decay if k[0] else 0.0, "lr_mult": k[1]} for k in keys
         ]
         optimizer = self.optimizer_factory(params=groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group["lr_mult"]  # before the scheduler records base_lrs
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

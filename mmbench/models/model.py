@@ -15,13 +15,45 @@ from torch import nn
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
+PARTS = ("text_encoder", "vision_encoder", "fusion")
+
+
 class MultimodalModel(nn.Module):
-    def __init__(self, text_encoder: nn.Module, vision_encoder: nn.Module, fusion: nn.Module, dim: int):
+    """Text encoder + vision encoder + fusion.
+
+    `frozen` parts get `requires_grad=False` and stay in eval mode (no dropout, fixed norm
+    statistics) when the model is put in training mode. `lr_mult` maps a part to a multiplier of
+    the base learning rate; the LightningModule turns it into optimizer parameter groups.
+    """
+
+    def __init__(
+        self,
+        text_encoder: nn.Module,
+        vision_encoder: nn.Module,
+        fusion: nn.Module,
+        dim: int,
+        frozen: tuple[str, ...] = (),
+        lr_mult: dict[str, float] | None = None,
+    ):
         super().__init__()
         self.text_encoder = text_encoder
         self.vision_encoder = vision_encoder
         self.fusion = fusion
         self.dim = dim
+        unknown = [p for p in [*frozen, *(lr_mult or {})] if p not in PARTS]
+        if unknown:
+            raise ValueError(f"unknown model part(s) {unknown}; parts are {list(PARTS)}")
+        self.frozen = tuple(frozen)
+        self.lr_mult = {part: float(m) for part, m in (lr_mult or {}).items()}
+        for part in self.frozen:
+            getattr(self, part).requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> "MultimodalModel":
+        super().train(mode)
+        for part in self.frozen:
+            getattr(self, part).eval()
+        return self
 
     @property
     def capabilities(self) -> Capabilities:

@@ -1,0 +1,1 @@
+"""Pretrained encoders and hub access (local directory or Hugging Face hub id, offline-safe)."""
