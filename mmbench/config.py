@@ -99,15 +99,23 @@ def _run_name() -> str:
 
     if not HydraConfig.initialized():
         return "default"
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.split("=", 1)[0].lstrip("+~") == "seed"]
+    from mmbench.sweep import RUN_KEYS, override_key
+
+    # the experiment is the W&B group already; sweep_name/resume/torch_threads say how, not what
+    skip = ("seed", "experiment", *RUN_KEYS)
+    overrides = sorted(o for o in HydraConfig.get().overrides.task if override_key(o) not in skip)
     return ",".join(overrides) or "default"
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/ (`${mmbench.run_name:}`, `${mmbench.run_group:}`); idempotent."""
-    for name, fn in (("mmbench.run_name", _run_name), ("mmbench.run_group", _run_group)):
+    """Resolvers used by conf/ (`${mmbench.run_name:}`, `${mmbench.run_group:}`, and the sweep
+    directory / job directory / W&B id resolvers of mmbench.sweep); idempotent."""
+    from mmbench.sweep import RESOLVERS
+
+    resolvers = {"mmbench.run_name": (_run_name, False), "mmbench.run_group": (_run_group, False), **RESOLVERS}
+    for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
 def check_group_options(args: list[str], conf_dir: str) -> str | None:

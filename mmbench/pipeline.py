@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
 from mmbench.record import git_sha, versions, write_metrics
+from mmbench.sweep import global_rank
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def run(cfg: DictConfig) -> dict:
         raise
     finally:
         record["wall_s"] = round(time.time() - start, 3)
-        write_metrics(out_dir / "metrics.json", record)
+        if global_rank() == 0:  # under DDP every rank runs this; one metrics.json per run
+            write_metrics(out_dir / "metrics.json", record)
         if "wandb" in sys.modules:  # close this job's W&B run so the next job of a sweep gets its own
             import wandb
 
@@ -100,16 +102,26 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.info)
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    from mmbench.callbacks import RNGState
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["choices"] = choices_of(cfg)  # top-level keys so dashboards can group by them
+    hparams["choices"] = choices = choices_of(cfg)
+    # flat top-level keys (choice/model = "vilt", choice/objective = "itc+itm") so dashboards group by them
+    hparams.update({f"choice/{k}": "+".join(map(str, v)) if isinstance(v, list) else v for k, v in choices.items()})
+    hparams["overrides"] = _overrides()
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
 
+    # resume: an unfinished run of the same job directory continues from its last checkpoint
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 from mmbench.config import register_resolvers
 
 register_resolvers()
+log = logging.getLogger("mmbench.train")
 
 # conf/ lives at the top of the repository (installed editable), beside the package.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -29,14 +31,42 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def train(cfg: DictConfig) -> float | None:
+    """One job. In a multirun a failing job records `"status": "failed"` in its metrics.json and
+    returns normally, so the sweep goes on (SweepSummary exits non-zero at the end); a single run
+    keeps failing loudly (exit code 2 and one message for an invalid config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from mmbench.config import ConfigError
+    from mmbench.sweep import read_record, torch_threads
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    out_dir = Path(cfg.paths.output_dir)
+    previous = read_record(out_dir) if cfg.get("resume", True) else None
+    if previous and previous.get("status") == "completed":
+        log.info("skipping %s: completed by an earlier run of this sweep (resume=false reruns it)", out_dir)
+        return previous["metrics"].get(cfg.monitor.metric)
+
+    threads = torch_threads(cfg.get("torch_threads"))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
     from mmbench.pipeline import run
 
     try:
         record = run(cfg)
     except ConfigError as err:
         print(f"mmbench: {err}", file=sys.stderr)
+        if multirun:
+            return float("nan")  # a failed trial for sweepers that optimise the returned value
         sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - metrics.json already says failed, with the traceback
+        if not multirun:
+            raise
+        log.error("job %s failed: %s: %s (see its metrics.json)", out_dir.name, type(err).__name__, err)
+        return float("nan")
     # returned for Hydra sweepers (e.g. optuna) that optimise the monitored metric
     return record["metrics"].get(cfg.monitor.metric)
 

@@ -133,6 +133,24 @@ class Collator:
         return batch
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch that depends on (seed, epoch) only; `set_epoch` picks the epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        (state,) = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)
+        generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class VLDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -212,12 +230,15 @@ class VLDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end
+        # checkpoint continues with the next epoch's order (Lightning calls sampler.set_epoch);
+        # the loader's own generator only seeds workers, from the seed as well
+        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,

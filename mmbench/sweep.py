@@ -1,0 +1,213 @@
+"""Sweeps that can be rerun: stable directories, job identity from overrides, failure summary.
+
+- A multirun's directory is `outputs/multiruns/<sweep name>`: `sweep_name=...` if given, else the
+  experiment name (or `sweep`) plus a short hash of the other command-line overrides. Rerunning the
+  same command therefore finds the same directory; `resume=false` appends a timestamp (fresh sweep).
+- A job's directory inside it is named from its own overrides (sorted), never from its job number,
+  so reordering or extending a sweep keeps every finished job where the rerun looks for it.
+- `train.py` skips a job whose `metrics.json` says completed and resumes an unfinished one from
+  `checkpoints/last.ckpt` (pipeline.py); `RNGState` makes that resume bit-exact on CPU.
+- `SweepSummary` (a Hydra callback) prints the state of every job at the end of a multirun and makes
+  the command exit non-zero when one of them failed.
+
+Kept free of torch/Lightning imports at module level: Hydra instantiates the callback before any job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+# overrides that say how to run a sweep, not what a job is
+RUN_KEYS = ("sweep_name", "resume", "torch_threads")
+_SWEEP_ENV, _SWEPT_ENV = "MMBENCH_SWEEP_NAME", "MMBENCH_SWEPT_KEYS"
+_sweep_name: str | None = None
+_swept: list[str] = []
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _digest(items: list[str]) -> str:
+    return hashlib.sha1("\n".join(items).encode()).hexdigest()[:8]
+
+
+def sweep_name(task_overrides: list[str], name: str | None = None, resume: bool = True) -> str:
+    """Directory name of a sweep: `name`, or `<experiment|sweep>[-<hash of the other overrides>]`."""
+    if not name:
+        overrides = [str(o) for o in task_overrides]
+        experiment = [o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment"]
+        rest = sorted(o for o in overrides if override_key(o) not in ("experiment", *RUN_KEYS))
+        name = experiment[0] if experiment else "sweep"
+        if rest or not experiment:
+            name = f"{name}-{_digest(rest)}"
+    if not resume:
+        name = f"{name}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    return _safe(str(name))
+
+
+def swept_keys(task_overrides: list[str], sweeper_params: dict | None = None) -> list[str]:
+    """Keys a multirun varies: sweep overrides on the command line (`seed=0,1`, `x=range(3)`) and
+    the sweeper's `params` (set by experiments and hparams_search configs)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in task_overrides])
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    keys += [override_key(str(k)) for k in (sweeper_params or {})]
+    return sorted(set(keys) - set(RUN_KEYS))
+
+
+def job_dirname(task_overrides: list[str], swept: list[str] | None = None, max_len: int = 100) -> str:
+    """Directory name of a job from its overrides: the swept ones when known (the others are the
+    same for every job and are part of the sweep's name), e.g. `model=vilt,seed=0`; hashed when long."""
+    items = sorted(str(o) for o in task_overrides if override_key(str(o)) not in RUN_KEYS)
+    if swept:
+        items = [o for o in items if override_key(o) in swept] or items
+    if not items:
+        return "default"
+    name = _safe(",".join(items))
+    if len(name) > max_len:
+        name = f"{name[: max_len - 9]}-{_digest(items)}"
+    return name
+
+
+def _safe(name: str) -> str:
+    """A file-system friendly name: `/` -> `_`, lists `[a,b]` -> `a+b`, no quotes or spaces."""
+    name = name.replace("/", "_")
+    name = re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).replace(",", "+"), name)
+    return re.sub(r"[^A-Za-z0-9_.,=+@:-]", "", name)
+
+
+def _resolve_sweep_name() -> str:
+    """`${mmbench.sweep_name:}`: set by SweepSummary.on_multirun_start (cached by OmegaConf and
+    copied into every job's config by Hydra, so all jobs of a sweep agree on it)."""
+    return _sweep_name or os.environ.get(_SWEEP_ENV) or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+
+
+def _resolve_job_dir(overrides) -> str:
+    swept = _swept or [k for k in os.environ.get(_SWEPT_ENV, "").split("\n") if k]
+    return job_dirname(list(overrides or []), swept)
+
+
+def _resolve_wandb_id(output_dir: str) -> str:
+    """A W&B run id stable for a run directory, so a resumed job resumes its W&B run."""
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+
+
+RESOLVERS = {
+    "mmbench.sweep_name": (_resolve_sweep_name, True),
+    "mmbench.job_dir": (_resolve_job_dir, False),
+    "mmbench.wandb_id": (_resolve_wandb_id, False),
+}
+
+
+# ------------------------------------------------------------------------------------ job state
+
+
+def read_record(job_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(job_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job directories of a sweep: subdirectories holding a `.hydra/` or a `metrics.json`."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").exists()))
+
+
+def summarize(sweep_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """{'completed'|'failed'|'unfinished': [(job name, error or '')]} for a sweep directory."""
+    state: dict[str, list[tuple[str, str]]] = {"completed": [], "failed": [], "unfinished": []}
+    for job in job_dirs(sweep_dir):
+        rec = read_record(job)
+        if rec is None or rec.get("status") not in ("completed", "failed"):
+            state["unfinished"].append((job.name, "no final metrics.json (killed or still running)"))
+        else:
+            error = (rec.get("error") or "").strip().splitlines()
+            state[rec["status"]].append((job.name, error[-1] if error else ""))
+    return state
+
+
+class SweepSummary(Callback):
+    """Names the sweep directory at the start of a multirun; at its end prints every failed or
+    unfinished job with its error and exits with code 1 if there is any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _sweep_name, _swept
+        task = list(config.hydra.overrides.task)
+        _sweep_name = sweep_name(task, config.get("sweep_name"), bool(config.get("resume", True)))
+        params = config.hydra.sweeper.get("params")
+        _swept = swept_keys(task, OmegaConf.to_container(params) if params is not None else {})
+        # for launchers whose workers start from a fresh interpreter (joblib, submitit)
+        os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = _sweep_name, "\n".join(_swept)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        state = summarize(sweep_dir)
+        bad = state["failed"] + state["unfinished"]
+        total = sum(len(v) for v in state.values())
+        print(
+            f"mmbench: sweep {sweep_dir}: {len(state['completed'])}/{total} completed, "
+            f"{len(state['failed'])} failed, {len(state['unfinished'])} unfinished",
+            file=sys.stderr,
+        )
+        for status in ("failed", "unfinished"):
+            for name, error in state[status]:
+                print(f"  {status}: {name}: {error}", file=sys.stderr)
+        if bad:
+            print("mmbench: fix the cause and rerun the same command: completed jobs are skipped, "
+                  "unfinished ones resume from their last checkpoint", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.exit(1)
+
+
+# ------------------------------------------------------------------------ torch-side helpers
+
+
+def torch_threads(value: Any) -> int | None:
+    """Threads per job: an int, or 'auto' = cores / parallel jobs under the joblib launcher."""
+    if value in (None, "null", ""):
+        return None
+    if str(value) != "auto":
+        return int(value)
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "joblib" not in target.lower():
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    return max(1, cores // max(1, n_jobs))
+
+
+def global_rank() -> int:
+    """This process's global rank (Lightning's once a Trainer exists, else the launcher's env)."""
+    if "pytorch_lightning" in sys.modules:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        rank = getattr(rank_zero_only, "rank", None)
+        if rank is not None:
+            return int(rank)
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
