@@ -1,8 +1,159 @@
-"""`mmbench-eval` (placeholder until the evaluation issue lands)."""
+"""`mmbench-eval ckpt_path=...`: re-run the evaluation suite of training on any checkpoint.
+
+Thin Hydra entry point (conf/eval.yaml). It reads the training run's `.hydra/config.yaml` beside
+`checkpoints/`, applies the data overrides, rebuilds datamodule and module (mmbench.builder),
+loads the weights and runs `mmbench.metrics.suite.evaluate_suite`, then writes metrics.json,
+report.md, robustness.png and the logger outputs into its own `outputs/evals/<time>/`. The
+training run's directory is opened read-only. Heavy imports happen after Hydra parsed the command
+line, so `--help` stays fast.
+"""
+
+from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mmbench.config import register_resolvers
+
+register_resolvers()
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class EvalError(ValueError):
+    """A checkpoint or override that cannot be evaluated."""
 
 
 def main() -> None:
-    print("mmbench-eval: not implemented yet; see issue 'Evaluation protocols'", file=sys.stderr)
-    sys.exit(1)
+    """Console entry point."""
+    evaluate()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def evaluate(cfg: DictConfig) -> None:
+    try:
+        run_eval(cfg)
+    except EvalError as err:
+        print(f"mmbench-eval: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def training_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
+    """The training run's composed config (unresolved) and its directory, from a checkpoint path."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
+    if not ckpt.is_file():
+        raise EvalError(f"ckpt_path={ckpt_path} is not a file; pass a run's checkpoint, e.g. "
+                        f"ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt")
+    run_dir = ckpt.parent.parent
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise EvalError(f"no training config at {saved}; mmbench-eval expects <run>/checkpoints/<name>.ckpt "
+                        f"beside <run>/.hydra/config.yaml as mmbench-train writes them")
+    return OmegaConf.load(saved), run_dir
+
+
+def apply_data_overrides(train_cfg: DictConfig, eval_cfg: DictConfig, data_choice: str | None) -> bool:
+    """Replace (`data=<option>`) or patch (`+data.<key>=...`) the run's data config; True if changed."""
+    data = eval_cfg.get("data")
+    if data is None:
+        return False
+    node = OmegaConf.to_container(data, resolve=False)  # interpolations resolve against the run's config
+    OmegaConf.set_struct(train_cfg, False)
+    if data_choice:
+        train_cfg.data = node
+    else:
+        train_cfg.data = OmegaConf.merge(train_cfg.data, node)
+    return True
+
+
+def load_weights(module, ckpt_path: str | Path) -> None:
+    import torch
+
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    module.load_state_dict(ckpt["state_dict"])
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    import dataclasses
+    import json
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from mmbench.builder import build_datamodule, build_module
+    from mmbench.metrics.complexity import complexity
+    from mmbench.metrics.presentation import publish
+    from mmbench.metrics.suite import evaluate_suite
+    from mmbench.record import git_sha, versions, write_metrics
+
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    train_cfg, run_dir = training_config(cfg.ckpt_path)
+    original = train_cfg.copy()
+    choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    data_changed = apply_data_overrides(train_cfg, cfg, choice)
+    OmegaConf.set_struct(train_cfg, False)
+    train_cfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)  # this eval's dirs; cache as configured now
+
+    dm = build_datamodule(train_cfg)
+    if data_changed:  # the model's vocabulary and answer set are those of its training data
+        train_dm = build_datamodule(_with_paths(original, cfg))
+        dm.tokenizer = train_dm.tokenizer
+        dm.info = dataclasses.replace(train_dm.info, image_size=dm.info.image_size,
+                                      majority_baseline=dm.info.majority_baseline)
+    module = build_module(train_cfg, dm.info)
+    load_weights(module, cfg.ckpt_path)
+    module.to(torch.device(cfg.device))
+
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    t0 = time.time()
+    metrics, samples = evaluate_suite(module, dm, settings)
+    eval_seconds = time.time() - t0
+    comp = complexity(module, next(iter(dm.test_dataloader())), None, 0)
+
+    previous = run_dir / "metrics.json"
+    choices = json.loads(previous.read_text()).get("choices") if previous.is_file() else None
+    record = {
+        "status": "completed",
+        "mode": "eval",
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "run_dir": str(run_dir),
+        "choices": choices,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "metrics": metrics,
+        "complexity": comp,
+        "versions": versions(),
+        "git": git_sha(),
+        "eval_s": round(eval_seconds, 3),
+        "wall_s": None,
+    }
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    publish(out_dir, metrics, samples=samples, loggers=loggers, step=0, datamodule=dm,
+            split=settings.get("split", "test"), complexity=comp, title=f"mmbench eval of {run_dir.name}",
+            info={"checkpoint": record["ckpt_path"], "choices": choices, "overrides": record["overrides"],
+                  "eval_s": record["eval_s"]},
+            max_samples=int(settings.get("samples", 16)))
+    record["wall_s"] = round(time.time() - start, 3)
+    write_metrics(out_dir / "metrics.json", record)
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    return record
+
+
+def _with_paths(train_cfg: DictConfig, eval_cfg: DictConfig) -> DictConfig:
+    cfg = train_cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths = OmegaConf.to_container(eval_cfg.paths, resolve=True)
+    return cfg
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""What every evaluation protocol shares: building batches from a split, encoding, eval mode.
+
+Protocols never iterate the training dataloaders: they read a split's raw columns (images,
+captions, questions, ...) and build exactly the batches they need through `Inputs`, which also
+applies an optional `Corruption` (robustness curves) to every image batch and every text. So a
+protocol is written once and is evaluated clean or corrupted without knowing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from mmbench.data.datamodule import Collator, PairDataset
+from mmbench.models.outputs import Features
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """`module.eval()` and no gradient inside; the previous train/eval state is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+_COLUMNS: "weakref.WeakKeyDictionary[PairDataset, dict]" = weakref.WeakKeyDictionary()
+
+
+def column(dataset: PairDataset, name: str) -> list | None:
+    """A column of the split as a Python list (None if absent), read once per dataset.
+
+    `datasets` returns lazy columns whose every row access goes through Arrow (~0.2 ms); the
+    protocols index rows many times, so they read plain lists.
+    """
+    cache = _COLUMNS.setdefault(dataset, {})
+    if name not in cache:
+        cache[name] = list(dataset.split[name]) if name in dataset.split.column_names else None
+    return cache[name]
+
+
+@dataclass
+class Corruption:
+    """A corruption of one modality at one level (see `mmbench.metrics.robustness`).
+
+    images: (batch, generator) -> batch, applied to each collated image batch;
+    texts: (texts, rng) -> texts, applied to the strings before tokenisation.
+    """
+
+    name: str
+    level: float
+    images: Callable[[dict, torch.Generator], dict] | None = None
+    texts: Callable[[list[str], np.random.Generator], list[str]] | None = None
+
+
+class Inputs:
+    """Batches of one split for evaluation: images by row, texts by string, optionally corrupted.
+
+    Randomness of a corruption is seeded once per `Inputs`, and protocols visit their inputs in a
+    fixed order, so a corrupted evaluation is as deterministic as a clean one.
+    """
+
+    def __init__(self, dataset: PairDataset, tokenizer, device: torch.device | str = "cpu",
+                 corruption: Corruption | None = None, seed: int = 0):
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.collate = Collator(tokenizer, num_answers=0)
+        self.device = torch.device(device)
+        self.corruption = corruption
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def images(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Image batch (pixel_values, image_id, regions if any) of the given split rows."""
+        ds = self.dataset
+        boxes, labels = column(ds, "boxes"), column(ds, "labels")
+        items = []
+        for r in map(int, rows):  # a list of per-image items for the collator (ragged region lists)
+            item = {"image": ds.images[r], "image_id": ds.image_ids[r]}
+            if ds.boxes is not None:
+                item["boxes"], item["labels"] = boxes[r], labels[r]
+            items.append(item)
+        return self.image_items(items)
+
+    def image_items(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        """Image batch of items {"image", "image_id"[, "boxes", "labels"]} (e.g. rendered counterfactuals)."""
+        batch = self.collate([{**it, "caption": ""} for it in items])
+        for key in ("input_ids", "attention_mask"):
+            batch.pop(key)
+        if self.corruption is not None and self.corruption.images is not None:
+            batch = self.corruption.images(batch, self.generator)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def texts(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) (B, T) of the strings, padded to the longest or to `pad_to`."""
+        texts = list(texts)
+        if self.corruption is not None and self.corruption.texts is not None:
+            texts = self.corruption.texts(texts, self.rng)
+        enc = self.tokenizer.encode_batch(texts)
+        T = max([len(e.ids) for e in enc] + [pad_to or 0])
+        ids = torch.zeros(len(enc), T, dtype=torch.long)  # padding id 0 = [PAD] (tokenizer.SPECIAL_TOKENS)
+        mask = torch.zeros(len(enc), T, dtype=torch.long)
+        for i, e in enumerate(enc):  # ragged token lists -> padded tensors (tokenisation, not a model hot path)
+            n = sum(e.attention_mask)
+            ids[i, :n] = torch.tensor(e.ids[:n])
+            mask[i, :n] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+@torch.no_grad()
+def encode_images(model, inputs: Inputs, rows: Sequence[int], batch_size: int) -> Features:
+    """Every image of `rows` encoded once, in order; features kept on the evaluation device."""
+    parts = [model.encode_image(inputs.images(rows[s])) for s in chunks(len(rows), batch_size)]
+    return _cat_padded(parts)
+
+
+@torch.no_grad()
+def encode_texts(model, inputs: Inputs, texts: Sequence[str], batch_size: int) -> Features:
+    """Every text encoded once, in order, all padded to one length (so any rows can be fused later)."""
+    parts = [model.encode_text(*inputs.texts(texts[s])) for s in chunks(len(texts), batch_size)]
+    return _cat_padded(parts)
+
+
+def _cat_padded(parts: list[Features]) -> Features:
+    """Concatenate feature batches whose token counts may differ (pads tokens with masked zeros)."""
+    N = max(p.tokens.shape[1] for p in parts)
+    tokens, masks = [], []
+    for p in parts:
+        pad = N - p.tokens.shape[1]
+        tokens.append(torch.nn.functional.pad(p.tokens, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(p.mask, (0, pad), value=False))
+    return Features(torch.cat(tokens), torch.cat(masks), torch.cat([p.pooled for p in parts]))
+
+
+def pair_scorer(module):
+    """The objective that scores (image, text) pairs best (highest `pair_score_rank`), or None."""
+    scorers = [o for o in module.objectives.values() if getattr(o, "pair_score_rank", 0) > 0]
+    return max(scorers, key=lambda o: o.pair_score_rank) if scorers else None
+
+
+def embedder(module):
+    """The objective that embeds text and image into one space (ITC: has `embed`), or None."""
+    return next((o for o in module.objectives.values() if hasattr(o, "embed")), None)

@@ -1,0 +1,106 @@
+"""Where evaluation results go: report.md + robustness.png in the run directory, the run's loggers
+(CSV log, W&B summary, plot and a table of sample predictions with their images)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mmbench.metrics.robustness import plot_robustness
+from mmbench.metrics.suite import Samples
+
+log = logging.getLogger(__name__)
+
+PLOT = "robustness.png"
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics for tables: everything but the individual robustness curve points."""
+    return {k: v for k, v in metrics.items()
+            if "/robustness/" not in k or k.endswith("/auc") or "/blank_image/" in k or "/empty_text/" in k}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(out_dir: str | Path, metrics: dict[str, float], complexity: dict | None = None,
+                 samples: Samples | None = None, title: str = "mmbench run", info: dict | None = None,
+                 plot: Path | None = None, max_samples: int = 8) -> Path:
+    """A short report.md: run info, the metrics table, the robustness plot, complexity, samples."""
+    out_dir = Path(out_dir)
+    lines = [f"# {title}", ""]
+    for k, v in (info or {}).items():
+        lines.append(f"- **{k}**: {v}")
+    lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in headline(metrics).items()]
+    if plot is not None:
+        lines += ["", "## Robustness", "", f"![robustness]({Path(plot).name})"]
+    if complexity:
+        lines += ["", "## Complexity", "", "| quantity | value |", "|---|---|"]
+        for k, v in complexity.items():
+            if isinstance(v, dict):
+                lines += [f"| {k}/{kk} | {_fmt(vv)} |" for kk, vv in v.items()]
+            else:
+                lines.append(f"| {k} | {_fmt(v)} |")
+    if samples is not None and samples.vqa:
+        lines += ["", "## Sample VQA predictions", "", "| image | question | answer | prediction |", "|---|---|---|---|"]
+        lines += [f"| {r} | {q} | {a} | {p} |" for r, q, a, p in samples.vqa[:max_samples]]
+    if samples is not None and samples.captioning:
+        lines += ["", "## Sample captions", "", "| image | reference | generated |", "|---|---|---|"]
+        lines += [f"| {r} | {refs[0]} | {g} |" for r, refs, g in samples.captioning[:max_samples]]
+    path = out_dir / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_plot(out_dir: str | Path, metrics: dict[str, float], title: str = "") -> Path | None:
+    return plot_robustness(metrics, Path(out_dir) / PLOT, title=title)
+
+
+def log_to_loggers(loggers, metrics: dict[str, float], step: int = 0, samples: Samples | None = None,
+                   datamodule=None, split: str = "test", plot: Path | None = None, max_samples: int = 16) -> None:
+    """Metrics to every Lightning logger (CSV row, W&B history + summary); on W&B also the plot and a
+    table of sample predictions with their images."""
+    for lg in loggers or ():
+        lg.log_metrics(metrics, step=step)
+        lg.save()
+        if type(lg).__name__ != "WandbLogger":
+            continue
+        try:
+            _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples)
+        except Exception as err:  # noqa: BLE001 - presentation must never fail a finished evaluation
+            log.warning("W&B presentation failed: %s", err)
+
+
+def _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples) -> None:
+    import wandb
+
+    lg.experiment.summary.update(metrics)
+    if plot is not None and Path(plot).exists():
+        lg.log_image(key="eval/robustness", images=[str(plot)])
+    if samples is None or datamodule is None:
+        return
+    images = datamodule.datasets[split].images
+    rows = []
+    for r, q, a, p in samples.vqa[:max_samples]:
+        rows.append(["vqa", wandb.Image(images[r]), q, str(a), p])
+    for r, refs, g in samples.captioning[:max_samples]:
+        rows.append(["captioning", wandb.Image(images[r]), "", " | ".join(refs), g])
+    if rows:
+        lg.log_table(key="eval/samples", columns=["task", "image", "question", "reference", "prediction"], data=rows)
+
+
+def publish(out_dir: str | Path, metrics: dict[str, float], *, samples: Samples | None = None, loggers=(), step: int = 0,
+            datamodule=None, complexity: dict | None = None, title: str = "mmbench run", info: dict | None = None,
+            split: str = "test", max_samples: int = 16) -> Path:
+    """Plot, report.md, and the loggers (CSV, W&B) in one call; returns the report's path."""
+    plot = make_plot(out_dir, metrics, title=title)
+    report = write_report(out_dir, metrics, complexity, samples, title=title, info=info, plot=plot,
+                          max_samples=min(max_samples, 8))
+    log_to_loggers(loggers, metrics, step=step, samples=samples, datamodule=datamodule, split=split, plot=plot,
+                   max_samples=max_samples)
+    return report
