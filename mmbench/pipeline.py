@@ -28,30 +28,10 @@ def _overrides() -> list[str]:
 
 
 def complexity(module, batch: dict, train_seconds: float | None, train_samples: int) -> dict:
-    """Parameters (total, trainable, per component), FLOPs per sample of one forward through the
-    three calls (torch's flop counter), and training throughput."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """Parameters, FLOPs per sample, throughput and peak memory (see mmbench.metrics.complexity)."""
+    from mmbench.metrics.complexity import complexity as measure
 
-    model = module.model
-    params = {
-        "params": sum(p.numel() for p in module.parameters()),
-        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "params_per_component": {
-            "text_encoder": sum(p.numel() for p in model.text_encoder.parameters()),
-            "vision_encoder": sum(p.numel() for p in model.vision_encoder.parameters()),
-            "fusion": sum(p.numel() for p in model.fusion.parameters()),
-            **{f"objective/{n}": sum(p.numel() for p in o.parameters()) for n, o in module.objectives.items()},
-        },
-    }
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.fuse(model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch))
-    model.train(was_training)
-    params["flops_per_sample"] = counter.get_total_flops() / batch["input_ids"].shape[0]
-    params["train_samples_per_s"] = (train_samples / train_seconds) if train_seconds else None
-    return params
+    return measure(module, batch, train_seconds, train_samples)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -129,14 +109,26 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
         results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
-        from mmbench.metrics.diagnostics import matching_diagnostics
+        # the evaluation suite (docs/metrics.md) on the best weights that trainer.test loaded
+        from mmbench.metrics.suite import evaluate_suite
 
-        diagnostics = matching_diagnostics(module, dm, "test")
-        for lg in trainer.loggers:
-            lg.log_metrics(diagnostics, step=trainer.global_step)
-        metrics.update(diagnostics)
+        settings = OmegaConf.to_container(cfg.eval, resolve=True) if cfg.get("eval") else {}
+        t_eval = time.time()
+        evaluation, eval_samples = evaluate_suite(module, dm, settings)
+        eval_seconds = time.time() - t_eval
+        log.info("evaluation suite: %.1f s", eval_seconds)
+        metrics.update(evaluation)
     if dm.info.majority_baseline is not None:
         metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
+    if cfg.get("test", True) and trainer.is_global_zero:
+        from mmbench.metrics.presentation import publish
+
+        seen = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
+        publish(out_dir, dict(sorted(metrics.items())), samples=eval_samples, loggers=trainer.loggers,
+                step=trainer.global_step, datamodule=dm, split=settings.get("split", "test"),
+                complexity=complexity(module, next(iter(dm.test_dataloader())), train_seconds, seen),
+                title=f"mmbench run {out_dir.name}", info={"choices": choices_of(cfg), "eval_s": round(eval_seconds, 1)},
+                max_samples=int(settings.get("samples", 16)))
     metrics = dict(sorted(metrics.items()))
 
     batch = next(iter(dm.test_dataloader()))
