@@ -50,7 +50,24 @@ def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float]:
     return ctor, bool(cfg.get("freeze", False)), float(cfg.get("lr_mult", 1.0))
 
 
+def pretrained_init(cfg: DictConfig):
+    """The `model.init_from` checkpoint (a `PretrainedInit`), or None."""
+    name = cfg.model.get("init_from")
+    if not name:
+        return None
+    from mmbench.models.convert import PretrainedInit
+
+    return PretrainedInit.resolve(name)
+
+
 def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
+    """Instantiate text encoder, vision encoder and fusion; with `model.init_from`, at the
+    checkpoint's sizes and with its weights (see mmbench/models/convert/)."""
+    init = pretrained_init(cfg)
+    overrides: dict[str, dict] = {}
+    if init is not None:
+        cfg, info = init.adjust(cfg, info)
+        overrides = init.part_kwargs()
     parts = {
         "text_encoder": cfg.encoder.text,
         "vision_encoder": cfg.encoder.vision,
@@ -59,15 +76,23 @@ def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
     built, frozen, lr_mult = {}, [], {}
     for name, part_cfg in parts.items():
         ctor, freeze, mult = split_part_options(part_cfg)
-        built[name] = instantiate(ctor, **data_kwargs(ctor, info))
+        kwargs = {**data_kwargs(ctor, info), **overrides.get(name, {})}
+        ctor = OmegaConf.create({k: v for k, v in ctor.items() if k not in kwargs})
+        built[name] = instantiate(ctor, **kwargs)
         if freeze:
             frozen.append(name)
         if mult != 1.0:
             lr_mult[name] = mult
-    return MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
+    model = MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
+    if init is not None:
+        init.load(model)
+    return model
 
 
 def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
+    init = pretrained_init(cfg)
+    if init is not None:  # objective heads are built at the checkpoint's widths and vocabulary too
+        cfg, info = init.adjust(cfg, info)
     model = build_model(cfg, info)
     objectives = {name: instantiate(c, **data_kwargs(c, info)) for name, c in cfg.objective.items()}
     return MMBenchModule(

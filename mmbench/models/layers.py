@@ -64,6 +64,13 @@ class Attention(nn.Module):
         return self.proj(y)
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation of OpenAI CLIP (`hidden_act="quick_gelu"`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network: Linear -> act -> Linear."""
 
@@ -100,6 +107,7 @@ class Block(nn.Module):
         dropout: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.prenorm = prenorm
@@ -107,13 +115,13 @@ class Block(nn.Module):
         self.norms = nn.ModuleDict()
         if self_attention:
             self.sublayers["self_attn"] = Attention(dim, heads, dropout=dropout)
-            self.norms["self_attn"] = norm_layer(dim)
+            self.norms["self_attn"] = norm_layer(dim, eps=norm_eps)
         if cross_attention:
             self.sublayers["cross_attn"] = Attention(dim, heads, context_dim=context_dim, dropout=dropout)
-            self.norms["cross_attn"] = norm_layer(dim)
+            self.norms["cross_attn"] = norm_layer(dim, eps=norm_eps)
         if feed_forward:
             self.sublayers["mlp"] = MLP(dim, int(dim * mlp_ratio), act_layer=act_layer, dropout=dropout)
-            self.norms["mlp"] = norm_layer(dim)
+            self.norms["mlp"] = norm_layer(dim, eps=norm_eps)
         self.drop = nn.Dropout(dropout)
 
     def _residual(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -140,13 +148,13 @@ class Block(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT pooler: Linear + tanh on the first token."""
+    """BERT pooler: Linear + tanh on the first token. Also usable as an encoder's `pooling`."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.dense = nn.Linear(dim, dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(self.dense(tokens[:, 0]))
 
 
@@ -165,16 +173,31 @@ def cls_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tokens[:, 0]
 
 
+def last_token_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Last real token (B, N, D) -> (B, D): CLIP's EOS pooling when EOS ends every sequence."""
+    last = mask.long().sum(1).clamp_min(1) - 1  # (B,)
+    return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+
+
 class TransformerStack(nn.Module):
     """`depth` blocks with a padding mask, plus a final norm for pre-norm stacks."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        act_layer: type[nn.Module] = nn.GELU,
+    ):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout) for _ in range(depth)
-        )
+        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer)
+        self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
         # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
-        self.norm = nn.LayerNorm(dim) if (prenorm and depth > 0) else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if (prenorm and depth > 0) else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, N)

@@ -30,9 +30,9 @@ from mmbench.models.outputs import Capabilities, Features, Fused
 class CrossEncoderLayer(nn.Module):
     """One `LxmertXLayer`: shared bidirectional cross-attention, then per-stream self-attention + FFN."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, prenorm: bool, dropout: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, prenorm: bool, dropout: float, norm_eps: float = 1e-5):
         super().__init__()
-        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout)
+        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps)
         # LXMERT's `visual_attention`: one module for language->vision and vision->language.
         self.cross_attn = Block(dim, heads, self_attention=False, cross_attention=True, feed_forward=False, **kw)
         self.text_block = Block(dim, heads, **kw)  # lang_self_att + lang_inter/lang_output
@@ -51,15 +51,22 @@ class CrossEncoderFusion(nn.Module):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=False)
 
     def __init__(
-        self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = False, dropout: float = 0.0
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = False,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            CrossEncoderLayer(dim, heads, mlp_ratio, prenorm, dropout) for _ in range(depth)
+            CrossEncoderLayer(dim, heads, mlp_ratio, prenorm, dropout, norm_eps) for _ in range(depth)
         )
         # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
-        self.text_norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
-        self.image_norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
+        self.text_norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
+        self.image_norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
         self.pooler = Pooler(dim)
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:

@@ -20,13 +20,22 @@ from mmbench.models.outputs import Capabilities, Features, Fused
 class MergedFusion(nn.Module):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=True)
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        act_layer: type[nn.Module] = nn.GELU,
+    ):
         super().__init__()
         self.type_embeddings = nn.Embedding(2, dim)  # 0 = text, 1 = image
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout) for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
+        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer)
+        self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
         self.pooler = Pooler(dim)
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:

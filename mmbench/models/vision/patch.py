@@ -1,6 +1,10 @@
 """ViLT/ViT patch input: linear projection of raw pixel patches.
 
 Returns `Features(tokens (B, 1 + P, D), mask (B, 1 + P), pooled (B, D))` with a [CLS] token first.
+
+CLIP's vision tower differs from ViT/ViLT in three options: no bias in the patch projection
+(`patch_bias=False`), a LayerNorm on the embeddings before the blocks (`embed_norm=True`, CLIP's
+`pre_layrnorm`) and QuickGELU (`act_layer`). `norm_eps` is the LayerNorm epsilon (ViLT 1e-12).
 """
 
 from __future__ import annotations
@@ -28,18 +32,23 @@ class PatchEncoder(nn.Module):
         dropout: float = 0.0,
         in_channels: int = 3,
         pooling: Pooling = cls_pool,
+        norm_eps: float = 1e-5,
+        act_layer: type[nn.Module] = nn.GELU,
+        patch_bias: bool = True,
+        embed_norm: bool = False,
     ):
         super().__init__()
         if image_size % patch_size != 0:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)  # linear per patch
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias)  # linear per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, dim))
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout)
+        self.embed_norm = nn.LayerNorm(dim, eps=norm_eps) if embed_norm else nn.Identity()
+        self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps, act_layer)
         self.pooling = pooling
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
@@ -48,5 +57,5 @@ class PatchEncoder(nn.Module):
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, V-1, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embeddings  # (B, V, D)
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # (B, V)
-        x = self.stack(self.drop(x), mask)
+        x = self.stack(self.embed_norm(self.drop(x)), mask)  # (B, V, D)
         return Features(x, mask, self.pooling(x, mask))

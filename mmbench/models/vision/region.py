@@ -20,6 +20,10 @@ mask (LXMERT's object-relationship encoder; `prenorm=False` gives its post-norm 
 
     Features(tokens (B, 1 + R, D), mask (B, 1 + R) = [True] + region_mask, pooled (B, D))
 
+Options for the reference models: LXMERT and VisualBERT have no [IMG] token (`img_token=False`);
+VisualBERT has no box embedding (`boxes=False`: a region's token is LN(W_f f_r), its token-type and
+visual-position embeddings folded into the bias of W_f on import); `norm_eps` is BERT's 1e-12.
+
 Padded regions (region_mask False) may hold anything, even NaN: their boxes and features are
 zeroed before use, so they never change the outputs of real regions or the pooled vector.
 """
@@ -43,10 +47,10 @@ class BoxEmbedding(nn.Module):
 
     num_features = 7
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, norm_eps: float = 1e-5):
         super().__init__()
         self.fc = nn.Linear(self.num_features, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     @staticmethod
     def geometry(boxes: torch.Tensor) -> torch.Tensor:
@@ -59,17 +63,18 @@ class BoxEmbedding(nn.Module):
 
 
 class RegionEmbedding(nn.Module):
-    """LXMERT visual feature encoder: (LN(fc(feats)) + LN(fc(box))) / 2."""
+    """LXMERT visual feature encoder: (LN(fc(feats)) + LN(fc(box))) / 2; LN(fc(feats)) without boxes."""
 
-    def __init__(self, feat_dim: int, dim: int):
+    def __init__(self, feat_dim: int, dim: int, boxes: bool = True, norm_eps: float = 1e-5):
         super().__init__()
         self.feat_fc = nn.Linear(feat_dim, dim)
-        self.feat_norm = nn.LayerNorm(dim)
-        self.box = BoxEmbedding(dim)
+        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.box = BoxEmbedding(dim, norm_eps) if boxes else None
 
     def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """feats (B, R, F), boxes (B, R, 4) -> (B, R, D)."""
-        return (self.feat_norm(self.feat_fc(feats)) + self.box(boxes)) / 2
+        x = self.feat_norm(self.feat_fc(feats))  # (B, R, D)
+        return x if self.box is None else (x + self.box(boxes)) / 2
 
 
 class RegionFeatureEncoder(nn.Module):
@@ -87,13 +92,17 @@ class RegionFeatureEncoder(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         pooling: Pooling = masked_mean,
+        img_token: bool = True,
+        boxes: bool = True,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
-        self.embed = RegionEmbedding(feat_dim, dim)
-        self.img_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.embed = RegionEmbedding(feat_dim, dim, boxes=boxes, norm_eps=norm_eps)
+        self.num_extra = int(img_token)  # 1: a learned [IMG] token first, 0: regions only
+        self.img_token = nn.Parameter(torch.zeros(1, self.num_extra, dim))
         nn.init.trunc_normal_(self.img_token, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout)
+        self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps)
         self.pooling = pooling
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
@@ -102,8 +111,8 @@ class RegionFeatureEncoder(nn.Module):
         real = region_mask[..., None]  # (B, R, 1)
         boxes = torch.where(real, batch["region_boxes"], 0.0)  # (B, R, 4) padding -> 0 (NaN-safe)
         feats = torch.where(real, batch["region_feats"], 0.0)  # (B, R, F)
-        x = torch.cat([self.img_token.expand(B, -1, -1), self.embed(feats, boxes)], dim=1)  # (B, 1+R, D)
-        mask = torch.cat([region_mask.new_ones(B, 1), region_mask], dim=1)  # (B, 1+R)
+        x = torch.cat([self.img_token.expand(B, -1, -1), self.embed(feats, boxes)], dim=1)  # (B, E+R, D)
+        mask = torch.cat([region_mask.new_ones(B, self.num_extra), region_mask], dim=1)  # (B, E+R)
         x = self.stack(self.drop(x), mask)  # (B, 1+R, D)
         return Features(x, mask, self.pooling(x, mask))
 
