@@ -2,17 +2,25 @@
 
 The source is any callable returning `(datasets.DatasetDict, cache_dir)` whose splits have the
 canonical columns: `image_id`, `pixels` (raw HWC uint8 bytes) + `image_size`, `captions` (list),
-and optionally `questions` / `answers` (lists), `boxes` / `labels` (per object). The built-in
-Shapes benchmark (`mmbench.data.shapes.build_shapes`) is one such source.
+and optionally `questions` / `answers` (lists; `answers` holds one answer per question),
+`all_answers` (list of lists: every annotator answer per question, VQAv2), `question_types`,
+`caption_labels` (one class index per caption, -1 = unknown), `boxes` / `labels` (per object) and
+`region_feats` ((R, F) precomputed region features). The built-in Shapes benchmark
+(`mmbench.data.shapes.build_shapes`) and real data (`mmbench.data.hf.build_hf`) are such sources.
 
 Every (image, caption k) pair is one example; its question is question k mod #questions of the
 image. A batch holds:
   input_ids, attention_mask (B, T)         caption tokens
   question_ids, question_mask (B, Tq)      question tokens (when the data has questions)
-  pixel_values (B, 3, H, W)                normalised to [-1, 1]
+  pixel_values (B, 3, H, W)                normalised to [-1, 1] (pretrained encoders re-normalise)
   image_id (B,)                            equal ids = same image (positives for ITC)
-  answer_scores (B, A), answer (B,)        VQA soft targets and the answer index (-1 = not in vocab)
-  region_boxes (B, R, 4), region_labels (B, R), region_mask (B, R)   objects (when the data has boxes)
+  answer_scores (B, A), answer (B,)        VQA targets and the answer index (-1 = not in vocab):
+                                           one-hot, or min(1, #annotators / 3) with `all_answers`
+  labels (B,)                              class of the caption (when the data has `caption_labels`)
+  region_boxes (B, R, 4), region_mask (B, R)   objects (when the data has boxes), with
+  region_labels (B, R) and / or region_feats (B, R, F) when the data has them
+
+The answer vocabulary is the train answers (all of them, sorted; or the `max_answers` most frequent).
 """
 
 from __future__ import annotations
@@ -27,9 +35,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmbench.config import ConfigError
 from mmbench.data import tokenizer as tokenization
 
 SPLITS = ("train", "val", "test")
+EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
+VQA_ANNOTATORS = 3  # VQAv2 soft score of an answer: min(1, #annotators who gave it / 3)
+
+
+class DataError(ConfigError):
+    """Data that cannot be trained on (missing / empty split, size mismatch); reported before training."""
 
 
 @dataclass
@@ -47,6 +62,9 @@ class DataInfo:
     answers: list[str] = field(default_factory=list)
     num_region_labels: int = 0
     majority_baseline: float | None = None  # test accuracy of always answering the most frequent train answer
+    num_labels: int = 0  # classes of `caption_labels` (batch key `labels`), 0 = none
+    label_names: list[str] = field(default_factory=list)
+    skipped_images: int = 0  # unreadable images skipped by the source (data.source.bad_images=skip)
 
     @property
     def num_answers(self) -> int:
@@ -54,18 +72,29 @@ class DataInfo:
 
 
 class PairDataset(Dataset):
-    """(image, caption k, question k mod Q) examples of one split, held in memory as numpy."""
+    """(image, caption k, question k mod Q) examples of one split.
+
+    Text columns are held in memory; pixels too when the split is small (Shapes), otherwise rows are
+    read from the memory-mapped Arrow table on access. Region features are always read on access.
+    """
 
     def __init__(self, split, answer_index: dict[str, int]):
         size = int(split[0]["image_size"]) if len(split) else 0
-        self.images = np.frombuffer(b"".join(split["pixels"]), dtype=np.uint8).reshape(len(split), size, size, 3)
+        self.image_size = size
+        if len(split) * size * size * 3 <= EAGER_PIXEL_BYTES:
+            self.images = np.frombuffer(b"".join(split["pixels"]), dtype=np.uint8).reshape(len(split), size, size, 3)
+        else:
+            self.images = _LazyPixels(split.select_columns(["pixels"]), size)
         self.image_ids = np.asarray(split["image_id"], dtype=np.int64)
         self.captions = split["captions"]
         cols = split.column_names
         self.questions = split["questions"] if "questions" in cols else None
         self.answers = split["answers"] if "answers" in cols else None
+        self.all_answers = split["all_answers"] if "all_answers" in cols else None
+        self.caption_labels = split["caption_labels"] if "caption_labels" in cols else None
         self.boxes = split["boxes"] if "boxes" in cols else None
         self.labels = split["labels"] if "labels" in cols else None
+        self.region_feats = split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
         self.answer_index = answer_index
         self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
         # flat index -> (image row, caption index)
@@ -80,17 +109,40 @@ class PairDataset(Dataset):
         """Image row r paired with an arbitrary text (for evaluation protocols)."""
         item = {"image": self.images[r], "image_id": self.image_ids[r], "caption": text}
         if self.boxes is not None:
-            item["boxes"], item["labels"] = self.boxes[r], self.labels[r]
+            item["boxes"] = self.boxes[r]
+            if self.labels is not None:
+                item["labels"] = self.labels[r]
+            if self.region_feats is not None:
+                item["region_feats"] = self.region_feats[int(r)]["region_feats"]
         return item
 
     def __getitem__(self, i: int) -> dict:
         r, k = int(self.rows[i]), int(self.caps[i])
         item = self.image_item(r, self.captions[r][k])
+        if self.caption_labels is not None:
+            item["label"] = self.caption_labels[r][k]
         if self.questions is not None and self.questions[r]:
             q = k % len(self.questions[r])
             item["question"] = self.questions[r][q]
             item["answer"] = self.answer_index.get(self.answers[r][q], -1)
+            if self.all_answers is not None:
+                counts = Counter(self.all_answers[r][q])
+                item["answer_soft"] = [(self.answer_index[a], min(1.0, c / VQA_ANNOTATORS))
+                                       for a, c in counts.items() if a in self.answer_index]
         return item
+
+
+class _LazyPixels:
+    """`images[r]` of a large split: one row's pixels read from the memory-mapped Arrow table."""
+
+    def __init__(self, pixels, size: int):
+        self.pixels, self.size = pixels, size
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, r) -> np.ndarray:
+        return np.frombuffer(self.pixels[int(r)]["pixels"], dtype=np.uint8).reshape(self.size, self.size, 3)
 
 
 class Collator:
@@ -113,23 +165,42 @@ class Collator:
             "image_id": torch.tensor([int(it["image_id"]) for it in items], dtype=torch.long),
         }
         batch["input_ids"], batch["attention_mask"] = self._text([it["caption"] for it in items])
+        if "label" in items[0]:
+            batch["labels"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
         if "question" in items[0]:
             batch["question_ids"], batch["question_mask"] = self._text([it["question"] for it in items])
             answer = torch.tensor([it["answer"] for it in items], dtype=torch.long)
             scores = torch.zeros(len(items), self.num_answers)
-            known = answer >= 0
-            scores[known.nonzero().squeeze(1), answer[known]] = 1.0
+            if "answer_soft" in items[0]:  # several annotator answers: VQAv2 soft scores
+                for i, it in enumerate(items):
+                    for a, score in it["answer_soft"]:
+                        scores[i, a] = score
+            else:
+                known = answer >= 0
+                scores[known.nonzero().squeeze(1), answer[known]] = 1.0
             batch["answer"], batch["answer_scores"] = answer, scores
         if "boxes" in items[0]:
-            R = max(1, max(len(it["boxes"]) for it in items))
-            boxes = torch.zeros(len(items), R, 4)
-            labels = torch.full((len(items), R), -1, dtype=torch.long)
+            B, R = len(items), max(1, max(len(it["boxes"]) for it in items))
+            boxes = torch.zeros(B, R, 4)
+            mask = torch.zeros(B, R, dtype=torch.bool)
+            labels = torch.full((B, R), -1, dtype=torch.long) if "labels" in items[0] else None
+            feats = None
+            if "region_feats" in items[0]:
+                feats = torch.zeros(B, R, int(np.asarray(items[0]["region_feats"]).shape[-1]))
             for i, it in enumerate(items):  # ragged per-object lists -> padded tensors (collation, not a hot path)
                 n = len(it["boxes"])
                 if n:
-                    boxes[i, :n] = torch.tensor(it["boxes"], dtype=torch.float32)
-                    labels[i, :n] = torch.tensor(it["labels"], dtype=torch.long)
-            batch["region_boxes"], batch["region_labels"], batch["region_mask"] = boxes, labels, labels >= 0
+                    boxes[i, :n] = torch.tensor(np.asarray(it["boxes"], dtype=np.float32))
+                    mask[i, :n] = True
+                    if labels is not None:
+                        labels[i, :n] = torch.tensor(it["labels"], dtype=torch.long)
+                    if feats is not None:
+                        feats[i, :n] = torch.from_numpy(np.asarray(it["region_feats"], dtype=np.float32))
+            batch["region_boxes"], batch["region_mask"] = boxes, mask
+            if labels is not None:
+                batch["region_labels"] = labels
+            if feats is not None:
+                batch["region_feats"] = feats
         return batch
 
 
@@ -152,6 +223,14 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 class VLDataModule(pl.LightningDataModule):
+    """Data of a run: the source's splits, the tokenizer, the answer / label vocabularies and loaders.
+
+    tokenizer: {kind: trained | hf, name_or_path}: WordPiece trained on the train text (vocab_size),
+    or a pretrained HF tokenizer (conf/data/tokenizer/*.yaml). max_answers caps the VQA answer
+    vocabulary to the most frequent train answers (VQAv2: 3129); None keeps all of them.
+    offline: never reach the HF hub (tokenizers by hub id load from the local cache only).
+    """
+
     def __init__(
         self,
         source: Callable[[], tuple],
@@ -163,6 +242,9 @@ class VLDataModule(pl.LightningDataModule):
         vocab_size: int = 1000,
         seed: int = 0,
         num_region_labels: int | None = None,
+        tokenizer: dict | None = None,
+        max_answers: int | None = None,
+        offline: bool = False,
     ):
         super().__init__()
         self.source = source
@@ -174,8 +256,18 @@ class VLDataModule(pl.LightningDataModule):
         self.max_text_len = max_text_len
         self.vocab_size = vocab_size
         self.seed = seed
+        tokenizer = dict(tokenizer or {})
+        self.tokenizer_kind = str(tokenizer.pop("kind", "trained"))
+        self.tokenizer_name = tokenizer.pop("name_or_path", None)
+        if tokenizer:
+            raise DataError(f"data.tokenizer: unknown key(s) {sorted(tokenizer)}; valid keys: kind, name_or_path")
+        if max_answers is not None and int(max_answers) < 1:
+            raise DataError(f"data.max_answers={max_answers} must be >= 1 (or null for every train answer)")
+        self.max_answers = max_answers
+        self.offline = offline
         self.datasets: dict[str, PairDataset] = {}
         self.info: DataInfo | None = None
+        self.stats: dict = {}  # the source's conversion stats (rows, skipped images), when it keeps them
 
     def prepare_data(self) -> None:
         """Build (or load from cache) the dataset and the tokenizer."""
@@ -185,49 +277,75 @@ class VLDataModule(pl.LightningDataModule):
         dsd, cache_dir = self.source()
         missing = [s for s in SPLITS if s not in dsd]
         if missing:
-            raise ValueError(f"dataset has no split(s) {missing}; it has {list(dsd)}")
+            raise DataError(f"dataset has no split(s) {missing}; it has {list(dsd)}")
         for name, split in dsd.items():
             if len(split) == 0:
-                raise ValueError(f"split '{name}' of the dataset in {cache_dir} is empty")
+                raise DataError(f"split '{name}' of the dataset in {cache_dir} is empty")
         train = dsd["train"]
         texts = lambda: (t for col in ("captions", "questions", "answers") if col in train.column_names for row in train[col] for t in row)  # noqa: E731
-        tok = tokenization.load_or_train(Path(cache_dir) / f"tokenizer-{self.vocab_size}.json", texts(), self.vocab_size)
-        return dsd, tokenization.configure(tok, self.max_text_len)
+        try:
+            tok, special = tokenization.build(self.tokenizer_kind, cache_dir=cache_dir, texts=texts,
+                                              vocab_size=self.vocab_size, max_len=self.max_text_len,
+                                              name_or_path=self.tokenizer_name, offline=self.offline)
+        except tokenization.TokenizerError as err:
+            raise DataError(str(err)) from err
+        from mmbench.data.hf import read_stats
+
+        self.stats = read_stats(cache_dir)
+        return dsd, tok, special
+
+    def answer_vocabulary(self, train) -> list[str]:
+        """Train answers, sorted; with max_answers, the most frequent ones (ties by name), sorted."""
+        counts = Counter(a for row in train["answers"] for a in row)
+        if self.max_answers is not None and len(counts) > int(self.max_answers):
+            return sorted(sorted(counts, key=lambda a: (-counts[a], a))[: int(self.max_answers)])
+        return sorted(counts)
 
     def setup(self, stage: str | None = None) -> None:
         if self.info is not None:
             return
-        dsd, tok = self._load()
+        dsd, tok, special = self._load()
         train = dsd["train"]
         answers, majority = [], None
         if "answers" in train.column_names:
-            counts = Counter(a for row in train["answers"] for a in row)
-            answers = sorted(counts)
-            top = counts.most_common(1)[0][0]
-            test_answers = [a for row in dsd["test"]["answers"] for a in row]
-            majority = float(np.mean([a == top for a in test_answers])) if test_answers else None
+            answers = self.answer_vocabulary(train)
+            top = Counter(a for row in train["answers"] for a in row).most_common(1)[0][0]
+            majority = self._majority_baseline(dsd["test"], top)
         size = int(train[0]["image_size"])
         if size != self.image_size:
-            raise ValueError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
+            raise DataError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
         labels = [l for row in train["labels"] for l in row] if "labels" in train.column_names else []  # noqa: E741
+        classes = [c for row in train["caption_labels"] for c in row] if "caption_labels" in train.column_names else []
         self.answer_index = {a: i for i, a in enumerate(answers)}
         self.datasets = {name: PairDataset(split, self.answer_index) for name, split in dsd.items()}
         self.tokenizer = tok
         self.collate = Collator(tok, len(answers))
-        special = [tok.token_to_id(t) for t in tokenization.SPECIAL_TOKENS]
+        label_names = list(self.stats.get("label_names") or [])
         self.info = DataInfo(
             vocab_size=tok.get_vocab_size(),
-            pad_id=tok.token_to_id(tokenization.PAD),
-            mask_id=tok.token_to_id(tokenization.MASK),
-            bos_id=tok.token_to_id(tokenization.BOS),
-            eos_id=tok.token_to_id(tokenization.EOS),
-            special_ids=special,
+            pad_id=special.pad,
+            mask_id=special.mask,
+            bos_id=special.bos,
+            eos_id=special.eos,
+            special_ids=list(special.all),
             max_text_len=self.max_text_len,
             image_size=size,
             answers=answers,
             num_region_labels=self.num_region_labels or ((max(labels) + 1) if labels else 0),
             majority_baseline=majority,
+            num_labels=max(len(label_names), (max(classes) + 1) if classes else 0),
+            label_names=label_names,
+            skipped_images=int(self.stats.get("skipped_examples", 0)),
         )
+
+    @staticmethod
+    def _majority_baseline(test, top: str) -> float | None:
+        """Test accuracy of always answering `top`: exact match, or the VQA soft score with all_answers."""
+        if "all_answers" in test.column_names:
+            scores = [min(1.0, ans.count(top) / VQA_ANNOTATORS) for row in test["all_answers"] for ans in row]
+        else:
+            scores = [float(a == top) for row in test["answers"] for a in row]
+        return float(np.mean(scores)) if scores else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end
