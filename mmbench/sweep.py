@@ -46,9 +46,10 @@ def sweep_name(task_overrides: list[str], name: str | None = None, resume: bool 
     """Directory name of a sweep: `name`, or `<experiment|sweep>[-<hash of the other overrides>]`."""
     if not name:
         overrides = [str(o) for o in task_overrides]
-        experiment = [o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment"]
-        rest = sorted(o for o in overrides if override_key(o) not in ("experiment", *RUN_KEYS))
-        name = experiment[0] if experiment else "sweep"
+        named = ("experiment", "hparams_search")  # a named sweep is called after its config
+        experiment = [o.split("=", 1)[1] for o in overrides if override_key(o) in named]
+        rest = sorted(o for o in overrides if override_key(o) not in (*named, *RUN_KEYS))
+        name = "+".join(experiment) if experiment else "sweep"
         if rest or not experiment:
             name = f"{name}-{_digest(rest)}"
     if not resume:
@@ -104,7 +105,13 @@ def _resolve_wandb_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _resolve_optuna_direction(mode: str) -> str:
+    """monitor.mode (min/max) -> optuna's direction (minimize/maximize)."""
+    return {"min": "minimize", "max": "maximize"}[str(mode)]
+
+
 RESOLVERS = {
+    "mmbench.optuna_direction": (_resolve_optuna_direction, False),
     "mmbench.sweep_name": (_resolve_sweep_name, True),
     "mmbench.job_dir": (_resolve_job_dir, False),
     "mmbench.wandb_id": (_resolve_wandb_id, False),
