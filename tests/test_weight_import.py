@@ -109,13 +109,16 @@ def test_clip(tmp_path):
     with torch.no_grad():
         text, image = model.encode_text(ids, mask), model.encode_image({"pixel_values": pixels})
         want_t = ref.text_model(input_ids=ids, attention_mask=mask)
-        want_v = ref.vision_model(pixel_values=pixels)
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # CLIP's statistics: the
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)  # encoder re-normalises [-1, 1]
+        clip_pixels = ((pixels + 1) / 2 - mean) / std
+        want_v = ref.vision_model(pixel_values=clip_pixels)
         real = mask.bool()
         check("clip", text.tokens[real], want_t.last_hidden_state[real])
         check("clip", text.pooled, want_t.pooler_output)  # EOS token after final_layer_norm
         check("clip", image.pooled, want_v.pooler_output)  # post_layernorm([CLS])
         check("clip", image.tokens, ref.vision_model.post_layernorm(want_v.last_hidden_state))
-        full = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels)  # the projections stay in HF (ITC has its own)
+        full = ref(input_ids=ids, attention_mask=mask, pixel_values=clip_pixels)  # the projections stay in HF (ITC has its own)
         normalize = torch.nn.functional.normalize
         check("clip", normalize(ref.text_projection(text.pooled), dim=-1), full.text_embeds)
         check("clip", normalize(ref.visual_projection(image.pooled), dim=-1), full.image_embeds)

@@ -14,7 +14,7 @@ applies it in three steps, used by `mmbench.builder`:
    mmbench (e.g. CLIP's projections, task heads) are listed in one log line.
 
 Each family module provides `MODEL_TYPE`, `PARTS` (the part classes the preset must use), `sizes`,
-`part_kwargs` and `convert`.
+`part_kwargs(config, processor)` and `convert(state_map, config, model)`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmbench.models.convert import bert, clip, lxmert, vilt, visualbert
 from mmbench.models.convert.common import StateMap
-from mmbench.models.pretrained.hub import load_hf_config, load_hf_model
+from mmbench.models.pretrained.hub import load_hf_config, load_hf_json, load_hf_model
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class PretrainedInit:
         return cfg, dataclasses.replace(info, vocab_size=vocab)
 
     def part_kwargs(self) -> dict[str, dict]:
-        return self.family.part_kwargs(self.config)
+        """Constructor options per part; `processor` is the checkpoint's preprocessor_config.json ({} if none)."""
+        return self.family.part_kwargs(self.config, load_hf_json(self.name, "preprocessor_config.json") or {})
 
     def load(self, model) -> dict:
         """Load the checkpoint into `model` (strict per imported part); returns a small report."""

@@ -20,7 +20,7 @@ def sizes(config) -> dict:
     return {"text_heads": config.num_attention_heads}
 
 
-def part_kwargs(config) -> dict[str, dict]:
+def part_kwargs(config, processor: dict) -> dict[str, dict]:
     return {
         "text_encoder": dict(
             mlp_ratio=config.intermediate_size / config.hidden_size,

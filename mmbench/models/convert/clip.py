@@ -8,7 +8,8 @@
     vision_model.encoder.layers.i             -> vision_encoder.stack.blocks.i
     vision_model.post_layernorm               -> vision_encoder.stack.norm
 
-The text tower is causal with QuickGELU and pools the last real token (CLIP's EOS token: the same
+Pixels: the vision encoder re-normalises the data's [-1, 1] pixels to the checkpoint's image_mean /
+image_std (its preprocessor_config.json, else OpenAI's). The text tower is causal with QuickGELU and pools the last real token (CLIP's EOS token: the same
 position whenever EOS ends the sequence, as CLIP's tokenizer does). The vision tower pools [CLS]
 after the final LayerNorm (= CLIP's `pooler_output`); its `tokens` are all normalised, whereas HF's
 `last_hidden_state` is not. `text_projection`, `visual_projection` and `logit_scale` belong to
@@ -22,6 +23,9 @@ from mmbench.models.fusion.none import NoFusion
 from mmbench.models.layers import cls_pool, last_token_pool
 from mmbench.models.text import TextTransformer
 from mmbench.models.vision.patch import PatchEncoder
+
+# OpenAI CLIP's pixel statistics (every CLIP checkpoint's preprocessor_config.json has them)
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 MODEL_TYPE = "clip"
 PARTS = {"text_encoder": TextTransformer, "vision_encoder": PatchEncoder, "fusion": NoFusion}
@@ -37,7 +41,7 @@ def sizes(config) -> dict:
     }
 
 
-def part_kwargs(config) -> dict[str, dict]:
+def part_kwargs(config, processor: dict) -> dict[str, dict]:
     t, v = config.text_config, config.vision_config
     return {
         "text_encoder": dict(
@@ -47,6 +51,7 @@ def part_kwargs(config) -> dict[str, dict]:
         "vision_encoder": dict(
             mlp_ratio=v.intermediate_size / v.hidden_size, norm_eps=v.layer_norm_eps, act_layer=activation(v.hidden_act),
             patch_bias=False, embed_norm=True, pooling=cls_pool,
+            pixel_mean=processor.get("image_mean", CLIP_MEAN), pixel_std=processor.get("image_std", CLIP_STD),
         ),
     }
 

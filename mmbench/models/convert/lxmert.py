@@ -36,7 +36,7 @@ def sizes(config) -> dict:
     }
 
 
-def part_kwargs(config) -> dict[str, dict]:
+def part_kwargs(config, processor: dict) -> dict[str, dict]:
     eps = 1e-12  # LXMERT's LayerNorms are hard-coded to BERT's 1e-12
     act = activation(config.hidden_act)
     return {

@@ -32,7 +32,7 @@ def sizes(config) -> dict:
     }
 
 
-def part_kwargs(config) -> dict[str, dict]:
+def part_kwargs(config, processor: dict) -> dict[str, dict]:
     eps, act = config.layer_norm_eps, activation(config.hidden_act)
     return {
         "text_encoder": dict(norm_eps=eps, embed_norm=True),

@@ -36,7 +36,7 @@ def sizes(config) -> dict:
     }
 
 
-def part_kwargs(config) -> dict[str, dict]:
+def part_kwargs(config, processor: dict) -> dict[str, dict]:
     eps = config.layer_norm_eps
     return {
         "text_encoder": dict(norm_eps=eps, embed_norm=True),

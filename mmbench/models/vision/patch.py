@@ -5,6 +5,8 @@ Returns `Features(tokens (B, 1 + P, D), mask (B, 1 + P), pooled (B, D))` with a 
 CLIP's vision tower differs from ViT/ViLT in three options: no bias in the patch projection
 (`patch_bias=False`), a LayerNorm on the embeddings before the blocks (`embed_norm=True`, CLIP's
 `pre_layrnorm`) and QuickGELU (`act_layer`). `norm_eps` is the LayerNorm epsilon (ViLT 1e-12).
+`pixel_mean` / `pixel_std` re-normalise the datamodule's [-1, 1] pixels for weights trained with
+other statistics (CLIP's); None keeps the pixels as they are (ViLT's own mean = std = 0.5).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from mmbench.models.layers import Pooling, TransformerStack, cls_pool
 from mmbench.models.outputs import Features
+from mmbench.models.vision.preprocess import PixelAdapter
 
 
 class PatchEncoder(nn.Module):
@@ -36,11 +39,14 @@ class PatchEncoder(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
         patch_bias: bool = True,
         embed_norm: bool = False,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
     ):
         super().__init__()
         if image_size % patch_size != 0:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.num_patches = (image_size // patch_size) ** 2
+        self.preprocess = PixelAdapter(pixel_mean, pixel_std) if pixel_mean is not None else nn.Identity()
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias)  # linear per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, dim))
@@ -52,7 +58,7 @@ class PatchEncoder(nn.Module):
         self.pooling = pooling
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Features:
-        pixels = batch["pixel_values"]  # (B, 3, H, W)
+        pixels = self.preprocess(batch["pixel_values"])  # (B, 3, H, W)
         B = pixels.shape[0]
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, V-1, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embeddings  # (B, V, D)
