@@ -20,7 +20,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from mmbench.data import hf
-from mmbench.data.datamodule import DataError, VLDataModule
+from mmbench.data.datamodule import DataError
 from mmbench.pipeline import run
 from tests.conftest import ROOT, compose_cfg
 
@@ -160,10 +160,9 @@ def test_parquet_rows_of_one_image_are_grouped_and_trained_through_compose_api(t
     record = run(cfg)
     assert record["status"] == "completed"
     assert "test/vqa/acc" in record["metrics"] and "test/itc/acc" in record["metrics"]
-    dm = VLDataModule  # the datamodule of that run is gone; rebuild one to look at the grouping
     from hydra.utils import instantiate
 
-    dm = instantiate(cfg.data)
+    dm = instantiate(cfg.data)  # the run's datamodule is gone; a new one loads the same cache
     dm.setup()
     test = dm.datasets["test"]
     assert len(test.captions) == 8 and all(len(c) == 2 for c in test.captions)  # 2 rows per image -> 1 image
@@ -270,14 +269,6 @@ def test_missing_split_names_the_available_ones(tmp_path):
                     splits={"train": "train", "val": None, "test": "eval"})
 
 
-def test_bad_data_through_the_cli_is_one_message(tmp_path, cache_dir):
-    data = make_imagefolder(tmp_path / "data", n_train=4, n_test=2)
-    res = _cli(["data=hf", f"data.source.path={data}", "data.source.columns.text=caption", *TINY_HF], tmp_path,
-               timeout=120)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert "no column 'caption' (data.source.columns.text)" in res.stderr and "Traceback" not in res.stderr
-
-
 # --------------------------------------------------------------------------- offline
 
 
@@ -303,11 +294,14 @@ def test_hub_probe_is_bounded_in_time():
     assert time.time() - start < 3
 
 
-def test_uncached_hub_id_through_the_cli_fails_fast(tmp_path, cache_dir):
+def test_uncached_hub_id_through_the_cli_is_one_message_within_seconds(tmp_path, cache_dir):
+    """Bad data through the CLI: one message, exit code 2, no traceback, no retries."""
+    start = time.time()
     res = _cli(["data=hf", "data.source.path=mmbench-tests/no-such-dataset", "data.offline=true", *TINY_HF],
                tmp_path, timeout=120, HF_HOME=str(tmp_path / "hf"))
     assert res.returncode == 2 and "is not in the local HF cache" in res.stderr, res.stderr[-2000:]
     assert "Retrying" not in res.stderr and "Traceback" not in res.stderr
+    assert time.time() - start < 60  # interpreter + torch start-up dominate
 
 
 # --------------------------------------------------------------------------- presets

@@ -143,10 +143,14 @@ def hub_access(name: str, offline: bool = False, what: str = "dataset") -> Itera
             raise
         from huggingface_hub import constants
 
+        cause = err.__cause__ if isinstance(err, ValueError) and err.__cause__ is not None else err
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        cache = datasets.config.HF_DATASETS_CACHE if what == "dataset" else constants.HF_HUB_CACHE
+        setting = "data.source.path" if what == "dataset" else "data.tokenizer.name_or_path"
         raise HubUnavailableError(
-            f"{what} {name!r} is not in the local HF cache ({constants.HF_HUB_CACHE} / {datasets.config.HF_DATASETS_CACHE}) "
-            f"and cannot be downloaded: {reason}. Download it once with network access, or point "
-            f"data.source.path at a local copy ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            f"{what} {name!r} is not in the local HF cache ({cache}) and cannot be downloaded: {reason}. "
+            f"Download it once with network access, or set {setting} to a local copy "
+            f"[{type(cause).__name__}: {detail}]"
         ) from err
 
 
