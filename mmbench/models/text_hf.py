@@ -42,9 +42,9 @@ class ProjectedEmbedding(nn.Module):
 class HFTextEncoder(nn.Module):
     """Wraps `AutoModel.from_pretrained(name)`; for two-tower checkpoints (CLIP) the text tower."""
 
-    def __init__(self, name: str, dim: int, pooling: Pooling | None = None, **from_pretrained_kwargs):
+    def __init__(self, name: str, dim: int, pooling: Pooling | None = None):
         super().__init__()
-        model = load_hf_model(name, **from_pretrained_kwargs)
+        model = load_hf_model(name)
         self.model = getattr(model, "text_model", model)  # CLIPModel -> CLIPTextTransformer
         self.name = name
         hidden = self.model.config.hidden_size

@@ -33,10 +33,9 @@ class HFVisionEncoder(nn.Module):
         pooling: Pooling | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
-        **from_pretrained_kwargs,
     ):
         super().__init__()
-        model = load_hf_model(name, **from_pretrained_kwargs)
+        model = load_hf_model(name)
         self.model = getattr(model, "vision_model", model)  # CLIPModel -> CLIPVisionTransformer
         self.name = name
         config = self.model.config
