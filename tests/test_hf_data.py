@@ -406,3 +406,12 @@ def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
                           "answer", "answer_scores", "region_boxes", "region_labels", "region_mask"}
     assert torch.equal(batch["answer_scores"].sum(1), (batch["answer"] >= 0).float())
     assert torch.equal(batch["region_mask"], batch["region_labels"] >= 0)
+
+
+def test_streaming_converts_the_first_max_samples(tmp_path):
+    data = make_imagefolder(tmp_path / "data", n_train=12, n_test=6)
+    dsd, _ = hf.build_hf(tmp_path / "cache", path=str(data), image_size=32, columns={"text": "captions"},
+                         streaming=True, max_samples=8, val_fraction=0.25)
+    assert (len(dsd["train"]), len(dsd["val"]), len(dsd["test"])) == (6, 2, 6)
+    with pytest.raises(DataError, match="streaming=true needs data.source.max_samples"):
+        hf.build_hf(tmp_path / "cache", path=str(data), image_size=32, columns={"text": "captions"}, streaming=True)

@@ -77,6 +77,9 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:  # behind a proxy the hub is reached through it: probe the proxy instead
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     if host in _probe_result:
         return _probe_result[host]
@@ -305,12 +308,27 @@ def _image_value(row: Mapping, image: str):
     return _get(row, image)
 
 
-def _image_columns(image: str | None) -> list[str]:
+def _base_column(column: str, names) -> str:
+    """The dataset column a role reads: the column itself, or `a` for a path `a.b` into it."""
+    return column if names is None or column in names else column.split(".")[0]
+
+
+def _image_columns(image: str | None, names=None) -> list[str]:
     if image is None:
         return []
     if "{" in image:
-        return [m.split(".")[0] for m in _TEMPLATE.findall(image)]
-    return [image.split(".")[0] if image.split(".")[0] != image else image]
+        return [_base_column(m, names) for m in _TEMPLATE.findall(image)]
+    return [_base_column(image, names)]
+
+
+def _role_columns(cols: "Columns", roles, names) -> list[str]:
+    """Dataset columns read by the given roles (those that are mapped)."""
+    out = set()
+    for role in roles:
+        column = getattr(cols, role)
+        if column:
+            out.update(_image_columns(column, names) if role == "image" else [_base_column(column, names)])
+    return sorted(out)
 
 
 def _image_key(value) -> str | None:
@@ -426,17 +444,16 @@ def _rows(split, columns: list[str], batch_size: int = 256) -> Iterator[dict]:
 
 def _check_columns(names: list[str], cols: Columns, where: str) -> None:
     missing = []
-    for role, column in cols.used().items():
-        needed = _image_columns(column) if role == "image" else [column if column in names else column.split(".")[0]]
-        missing += [f"{c!r} (data.source.columns.{role})" for c in needed if c not in names]
+    for role in cols.used():
+        missing += [f"{c!r} (data.source.columns.{role})" for c in _role_columns(cols, [role], names) if c not in names]
     if missing:
         raise DataError(f"{where} has no column {', '.join(missing)}; its columns are {names}")
 
 
 def _group_rows(split, cols: Columns, where: str) -> dict[str, _Group]:
     """Source rows -> image groups in order of first appearance, with text, QA and labels collected."""
-    wanted = sorted({c for role, col in cols.used().items() if role not in ("region_feats", "boxes", "region_labels")
-                     for c in (_image_columns(col) if role == "image" else [col.split(".")[0] if col.split(".")[0] != col else col])})
+    names = getattr(split, "column_names", None)
+    wanted = _role_columns(cols, [r for r in ROLES if r not in ("region_feats", "boxes", "region_labels")], names)
     groups: dict[str, _Group] = {}
     for i, row in enumerate(_rows(split, wanted)):
         if cols.image_id:
@@ -559,9 +576,8 @@ class _Converter:
             for source_name, split in source_splits.items():
                 targets = plan[source_name]  # group key -> canonical split
                 by_row = {g.first_row: (key, g) for key, g in grouped[source_name].items() if key in targets}
-                cols = sorted({c for role in ("image", "region_feats", "boxes", "region_labels")
-                               for c in (_image_columns(getattr(self.cols, role)) if role == "image"
-                                         else [getattr(self.cols, role).split(".")[0]] if getattr(self.cols, role) else [])})
+                cols = _role_columns(self.cols, ("image", "region_feats", "boxes", "region_labels"),
+                                     getattr(split, "column_names", None))
                 rows = _rows(split, cols) if cols else ({} for _ in range(max(by_row, default=-1) + 1))
                 for i, row in enumerate(rows):
                     if i not in by_row:
@@ -668,9 +684,11 @@ def hf_config_hash(payload: dict) -> str:
 
 
 def _select_splits(loaded, splits: dict, split_column: str | None, max_samples: int | None,
-                   streaming: bool, val_fraction: float, test_fraction: float) -> tuple[dict, dict]:
+                   streaming: bool, val_fraction: float, test_fraction: float, image: str | None) -> tuple[dict, dict]:
     """Source split per canonical split (Dataset or list of streamed rows), and the splits to carve."""
     available = list(loaded)
+    if split_column and streaming:
+        raise DataError("data.source.split_column does not work with streaming=true; use the dataset's own splits")
     if split_column:
         parts = [loaded[name] for name in available]
         whole = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -705,7 +723,7 @@ def _select_splits(loaded, splits: dict, split_column: str | None, max_samples: 
         if str(name) not in available:
             raise DataError(f"data.source.splits.{canonical}={name!r} is not a split of the dataset; it has {available}"
                             f"{' (values of ' + split_column + ')' if split_column else ''}")
-        split = loaded[str(name)]
+        split = _cast_images(loaded[str(name)], image)
         if streaming:
             if not max_samples:
                 raise DataError("data.source.streaming=true needs data.source.max_samples (examples taken per split)")
@@ -720,7 +738,7 @@ def _cast_images(split, image: str | None):
     """Keep images undecoded (bytes + path) so unreadable files are reported by path."""
     if image is None or "{" in image or isinstance(split, list):
         return split
-    feature = split.features.get(image) if split.features else None
+    feature = split.features.get(image) if getattr(split, "features", None) else None
     if isinstance(feature, datasets.Image) and feature.decode:
         return split.cast_column(image, datasets.Image(decode=False))
     return split
@@ -771,11 +789,11 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
         if loaded is None:
             loaded = load_source(path, name=name, data_dir=data_dir, data_files=data_files, revision=revision,
                                  streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
-        chosen, carve = _select_splits(loaded, splits, split_column, max_samples, streaming, val_fraction, test_fraction)
+        chosen, carve = _select_splits(loaded, splits, split_column, max_samples, streaming, val_fraction,
+                                       test_fraction, cols.image)
         for split_name, split in chosen.items():
             names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
             _check_columns(names, cols, f"split '{split_name}' of {path!r}")
-        chosen = {s: _cast_images(d, cols.image) for s, d in chosen.items()}
         converter = _Converter(cols, int(image_size), root, Path(region_dir) if region_dir else None, bad_images, seed)
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
