@@ -52,6 +52,7 @@ def train(cfg: DictConfig) -> float | None:
         import torch
 
         torch.set_num_threads(threads)
+        log.info("torch threads per job: %d", threads)
 
     from mmbench.pipeline import run
 

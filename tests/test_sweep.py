@@ -1,0 +1,121 @@
+"""Sweeps through the CLI: fault isolation, skip-completed reruns, joblib, kill-and-resume, SLURM
+(submitit local) + optuna, and the report on a sweep's result. Tiny config, few jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmbench import report
+from mmbench.sweep import job_dirname, sweep_name, swept_keys
+from tests.conftest import ROOT, TINY
+
+CLI = [sys.executable, "-m", "mmbench.train"]
+FAST = [*TINY, "test=false"]  # train + val only: the evaluation suite is tested elsewhere
+
+
+def _cli(args, cwd, env=None, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _jobs(cwd: Path) -> dict[str, dict]:
+    (sweep,) = list((cwd / "outputs" / "multiruns").iterdir())
+    return {p.name: json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir() if (p / "metrics.json").exists()}
+
+
+def test_sweep_and_job_names_come_from_overrides():
+    assert sweep_name(["experiment=arch_sweep"]) == "arch_sweep"
+    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) == sweep_name(["trainer.max_epochs=5", "experiment=arch_sweep"])
+    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) != sweep_name(["experiment=arch_sweep", "trainer.max_epochs=6"])
+    assert sweep_name(["seed=0,1"], "mine") == "mine"
+    assert sweep_name(["seed=0,1", "resume=false"]) == sweep_name(["seed=0,1"])  # how to run, not what
+    assert sweep_name(["seed=0,1"], resume=False) != sweep_name(["seed=0,1"])
+    swept = swept_keys(["seed=0,1", "model=vilt", "objective=[itc],[itc,itm]"], {"+experiment/bow": "clip,vilt"})
+    assert swept == ["experiment/bow", "objective", "seed"]
+    assert job_dirname(["model=vilt", "objective=[itc,itm]", "seed=1"], swept) == "objective=itc+itm,seed=1"
+    assert job_dirname(["seed=1", "objective=[itc,itm]"], swept) == job_dirname(["objective=[itc,itm]", "seed=1"], swept)
+    assert len(job_dirname([f"k{i}=v{i}" for i in range(40)])) <= 100
+
+
+def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_dir, tmp_path):
+    args = ["-m", "objective.itm.weight=1,-1", *FAST, "trainer.log_every_n_steps=1"]
+    res = _cli(args, tmp_path)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "1/2 completed, 1 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr
+    jobs = _jobs(tmp_path)
+    assert set(jobs) == {"objective.itm.weight=1", "objective.itm.weight=-1"}
+    assert jobs["objective.itm.weight=1"]["status"] == "completed"
+    assert jobs["objective.itm.weight=-1"]["status"] == "failed" and "weight" in jobs["objective.itm.weight=-1"]["error"]
+
+    # the same command again: the completed job is skipped (metrics.json untouched), the failed one reruns
+    (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
+    done = sweep / "objective.itm.weight=1" / "metrics.json"
+    before = done.stat().st_mtime_ns
+    res = _cli(args, tmp_path)
+    assert res.returncode == 1 and "1/2 completed, 1 failed" in res.stderr
+    assert done.stat().st_mtime_ns == before
+    assert "skipping" in (sweep / "objective.itm.weight=1" / "train.log").read_text()
+
+    # the report: the completed group in the table, the failed job listed with its error
+    out = report.report([sweep], metrics=["val/*"], resamples=200)
+    assert out["keys"] == ["objective.itm.weight"]
+    assert [r.group for r in out["rows"]] == [("objective.itm.weight=1",)]
+    table = (out["out"] / "table.md").read_text()
+    assert "**failed** `objective.itm.weight=-1`" in table and "must be a number >= 0" in table
+    assert (out["out"] / "table.csv").exists() and (out["out"] / "table.tex").exists()
+    assert any(p.name.startswith("bar_val_loss") for p in out["plots"])
+    assert any(p.name == "curve_train_loss_step.png" for p in out["plots"])
+
+
+def test_joblib_runs_jobs_in_parallel_with_one_thread_each(cache_dir, tmp_path):
+    res = _cli(["-m", "seed=0,1", "hydra/launcher=parallel", *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = _jobs(tmp_path)
+    assert set(jobs) == {"seed=0", "seed=1"} and all(j["status"] == "completed" for j in jobs.values())
+    (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
+    cores = os.cpu_count() or 1
+    for name in jobs:
+        assert f"torch threads per job: {max(1, cores // 2)}" in (sweep / name / "train.log").read_text()
+
+
+def test_killed_run_resumes_to_the_same_metrics(cache_dir, tmp_path):
+    """Kill a job (SIGKILL) at the start of epoch 1, rerun the same command: it resumes from epoch 0's
+    checkpoint and ends with the metrics of an uninterrupted run."""
+    kill = ["+callbacks.kill._target_=tests.sweep_faults.KillAtEpoch", "+callbacks.kill.epoch=1"]
+    args = ["-m", "seed=3", *FAST, "trainer.max_epochs=2", "trainer.limit_val_batches=2", *kill]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    assert _cli(args, tmp_path / "a").returncode == 0  # uninterrupted
+
+    killed = _cli(args, tmp_path / "b", env={"MMBENCH_TEST_KILL": "1"})
+    assert killed.returncode != 0
+    (job,) = [p for p in (tmp_path / "b" / "outputs" / "multiruns").glob("*/*") if p.is_dir()]
+    assert (job / "checkpoints" / "last.ckpt").exists() and not (job / "metrics.json").exists()
+
+    resumed = _cli(args, tmp_path / "b")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in (job / "train.log").read_text()
+    ((name_a, a),), ((name_b, b),) = _jobs(tmp_path / "a").items(), _jobs(tmp_path / "b").items()
+    assert name_a == name_b == job.name
+    assert b["status"] == "completed" and any(k.startswith("val/") for k in b["metrics"])
+    assert a["metrics"] == b["metrics"]
+
+
+def test_optuna_search_through_submitit_local_returns_the_metric(cache_dir, tmp_path):
+    res = _cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra/launcher=local", *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
+    assert sweep.name.startswith("optuna")
+    jobs = _jobs(tmp_path)
+    assert len(jobs) == 2 and all(j["status"] == "completed" for j in jobs.values())
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.lr", "weight_decay", "objective.itm.weight", "objective.mlm.weight"}
+    assert best["best_value"] == pytest.approx(min(j["metrics"]["val/loss"] for j in jobs.values()))  # monitor.mode=min
+    assert list(sweep.glob(".submitit/*"))  # ran through submitit
