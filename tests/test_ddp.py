@@ -95,10 +95,6 @@ def _logged_metrics(log: Path) -> dict:
     return ast.literal_eval(line)
 
 
-@pytest.mark.skip(
-    reason="needs the DDP fixes proposed in the report: sync_dist=True in MMBenchModule.shared_step "
-    "(val/test metrics are per-rank today) and metrics.json written by global rank 0 only in pipeline.run"
-)
 def test_lightning_ddp_cli_on_cpu(cache_dir, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     args = [*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
