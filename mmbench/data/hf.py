@@ -754,7 +754,7 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
 
     Returns (DatasetDict with train / val / test, `<cache_dir>/hf-<hash>`). See the module doc.
     """
-    if not path or path == "???":
+    if not path:
         raise DataError("data.source.path is not set: give a hub dataset id or a local directory / file "
                         "(e.g. data.source.path=/data/my_images)")
     if bad_images not in BAD_IMAGE_POLICIES:
@@ -772,7 +772,8 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
     settings = {"path": str(Path(os.path.expanduser(path)).resolve()) if local else path, "name": name,
                 "data_dir": data_dir, "data_files": _plain(data_files), "revision": revision,
                 "columns": cols.used(), "splits": splits, "split_column": split_column, "val_fraction": val_fraction,
-                "test_fraction": test_fraction, "image_root": str(root) if root else None, "region_dir": region_dir,
+                "test_fraction": test_fraction, "image_root": str(root) if root else None,
+                "region_dir": str(Path(os.path.expanduser(region_dir)).resolve()) if region_dir else None,
                 "streaming": streaming, "max_samples": max_samples, "bad_images": bad_images,
                 "image_size": int(image_size), "seed": seed, "converter_version": CONVERTER_VERSION}
     base = Path(cache_dir)
@@ -784,6 +785,8 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
                              streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
         settings["identity"] = ({s: getattr(d, "_fingerprint", None) for s, d in loaded.items()}
                                 if not streaming else None)
+    if region_dir:
+        settings["region_identity"] = _local_identity(region_dir, None, None)
     target = base / f"hf-{hf_config_hash(settings)}"
     if not _is_complete(target, settings):
         if loaded is None:
@@ -794,7 +797,8 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
         for split_name, split in chosen.items():
             names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
             _check_columns(names, cols, f"split '{split_name}' of {path!r}")
-        converter = _Converter(cols, int(image_size), root, Path(region_dir) if region_dir else None, bad_images, seed)
+        converter = _Converter(cols, int(image_size), root, Path(os.path.expanduser(region_dir)) if region_dir else None,
+                               bad_images, seed)
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
         try:
