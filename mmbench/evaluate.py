@@ -70,6 +70,20 @@ def apply_data_overrides(train_cfg: DictConfig, eval_cfg: DictConfig, data_choic
     return True
 
 
+def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) -> dict:
+    """The training run's `eval` settings with this command's `eval.<key>=...` overrides on top, so
+    that a checkpoint is evaluated exactly as at the end of its training unless told otherwise;
+    `eval=<option>` (or a run without an `eval` node) takes this command's `eval` config instead."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    if "eval" in keys or train_cfg.get("eval") is None:
+        return OmegaConf.to_container(eval_cfg.eval, resolve=True)
+    settings = OmegaConf.create(OmegaConf.to_container(train_cfg.eval, resolve=False))
+    for override, key in zip(task, keys):
+        if key.startswith("eval."):
+            OmegaConf.update(settings, key[len("eval."):], OmegaConf.select(eval_cfg, key), merge=False, force_add=True)
+    return OmegaConf.to_container(settings, resolve=True)
+
+
 def load_weights(module, ckpt_path: str | Path) -> None:
     import torch
 
@@ -110,7 +124,8 @@ def run_eval(cfg: DictConfig) -> dict:
     load_weights(module, cfg.ckpt_path)
     module.to(torch.device(cfg.device))
 
-    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    settings = eval_settings(train_cfg, cfg, task)
     t0 = time.time()
     metrics, samples = evaluate_suite(module, dm, settings)
     eval_seconds = time.time() - t0
@@ -124,7 +139,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "run_dir": str(run_dir),
         "choices": choices,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "overrides": task,
         "metrics": metrics,
         "complexity": comp,
         "versions": versions(),

@@ -78,20 +78,33 @@ class Inputs:
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.collate = Collator(tokenizer, num_answers=0)
+        self.pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
         self.device = torch.device(device)
         self.corruption = corruption
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 
+    def caption_delimiters(self) -> tuple[int, int]:
+        """The ids that open and close every tokenised text (e.g. [CLS] / [SEP]): an LM's start and stop."""
+        ids = self.tokenizer.encode("").ids
+        if len(ids) < 2:
+            raise ValueError("the tokenizer adds no start / end tokens; captioning needs both")
+        return ids[0], ids[-1]
+
     def images(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         """Image batch (pixel_values, image_id, regions if any) of the given split rows."""
         ds = self.dataset
         boxes, labels = column(ds, "boxes"), column(ds, "labels")
+        feats = getattr(ds, "region_feats", None)
         items = []
         for r in map(int, rows):  # a list of per-image items for the collator (ragged region lists)
             item = {"image": ds.images[r], "image_id": ds.image_ids[r]}
-            if ds.boxes is not None:
-                item["boxes"], item["labels"] = boxes[r], labels[r]
+            if boxes is not None:
+                item["boxes"] = boxes[r]
+                if labels is not None:
+                    item["labels"] = labels[r]
+                if feats is not None:
+                    item["region_feats"] = feats[r]["region_feats"]
             items.append(item)
         return self.image_items(items)
 
@@ -111,7 +124,7 @@ class Inputs:
             texts = self.corruption.texts(texts, self.rng)
         enc = self.tokenizer.encode_batch(texts)
         T = max([len(e.ids) for e in enc] + [pad_to or 0])
-        ids = torch.zeros(len(enc), T, dtype=torch.long)  # padding id 0 = [PAD] (tokenizer.SPECIAL_TOKENS)
+        ids = torch.full((len(enc), T), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(enc), T, dtype=torch.long)
         for i, e in enumerate(enc):  # ragged token lists -> padded tensors (tokenisation, not a model hot path)
             n = sum(e.attention_mask)

@@ -170,7 +170,7 @@ def matching_diagnostics(module, inputs: Inputs, *, batch_size: int = 256, grid:
 
 
 def _winoground(module, scorer, inputs: Inputs, quads: list, grid: int, batch_size: int) -> dict[str, float]:
-    image_size = int(inputs.dataset.images.shape[1])
+    image_size = int(inputs.dataset.images[0].shape[0])
     cols = {c: column(inputs.dataset, c) for c in ("obj_shape", "obj_color", "obj_size", "boxes")}
     items, valid = [], []
     for q, (kind, pos, neg, _, _, r) in enumerate(quads):

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmbench.data import tokenizer as tokenization
 from mmbench.metrics.captioning import captioning
 from mmbench.metrics.common import Corruption, Inputs
 from mmbench.metrics.diagnostics import holdout_gap, matching_diagnostics
@@ -82,9 +81,8 @@ def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, 
             out.update(matching_diagnostics(module, inputs(), batch_size=bs, max_images=cap(s.get("max_images")),
                                             grid=_grid(datamodule) if s.get("winoground", True) else None))
         elif name == "captioning":
-            res, preds = captioning(module, inputs(), bos_id=datamodule.tokenizer.token_to_id(tokenization.CLS),
-                                    eos_id=datamodule.tokenizer.token_to_id(tokenization.SEP),
-                                    max_images=cap(int(s.get("max_images", 100))), max_len=int(s.get("max_len", 30)),
+            bos_id, eos_id = inputs().caption_delimiters()
+            res, preds = captioning(module, inputs(), bos_id=bos_id, eos_id=eos_id, max_images=cap(int(s.get("max_images", 100))), max_len=int(s.get("max_len", 30)),
                                     num_beams=int(s.get("num_beams", 1)), batch_size=bs, return_predictions=True)
             out.update(res)
             if samples is not None:

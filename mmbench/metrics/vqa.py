@@ -59,6 +59,7 @@ def vqa(module, inputs: Inputs, answers: Sequence[str], *, batch_size: int = 256
     head = vqa_objective(module)
     dataset = inputs.dataset
     questions, answer_col, qtypes = (column(dataset, c) for c in ("questions", "answers", "question_types"))
+    answer_col = column(dataset, "all_answers") or answer_col  # every annotator's answer when the data has them
     if head is None or questions is None:
         return ({}, []) if return_predictions else {}
     n = len(questions) if max_images is None else min(max_images, len(questions))

@@ -1,0 +1,235 @@
+"""The evaluation suite on tiny models: protocols follow the objectives, known answers from oracles,
+the end-of-training report and `mmbench-eval` through the CLI (same numbers as at the end of
+training, robustness included, so evaluation is deterministic; the training run is left untouched)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbench.builder import build_datamodule, build_module
+from mmbench.metrics.common import Inputs, column, encode_images, encode_texts, eval_mode
+from mmbench.metrics.presentation import log_to_loggers
+from mmbench.metrics.retrieval import recall_metrics, retrieval
+from mmbench.metrics.suite import Samples, evaluate_suite
+from mmbench.metrics.vqa import vqa
+from mmbench.metrics.zeroshot import zeroshot
+from mmbench.models.outputs import Features
+from mmbench.pipeline import run
+from tests.conftest import ROOT
+
+# cheap suite settings for unit-level checks
+SETTINGS = {"batch_size": 64, "retrieval": {"rerank_k": 4, "itm_only_max_images": 12}, "captioning": {"max_images": 4, "max_len": 6},
+            "robustness": {"max_images": 8, "levels": [0.5], "metrics": ["retrieval/rmean", "vqa/acc", "zeroshot/top1"],
+                           "settings": {"retrieval": {"rerank_k": 0}, "diagnostics": {"winoground": False}}}}
+
+
+def _build(tiny_cfg, *overrides):
+    cfg = tiny_cfg(*overrides)
+    dm = build_datamodule(cfg)
+    return build_module(cfg, dm.info), dm
+
+
+def _groups(metrics: dict) -> set[str]:
+    return {k.split("/")[1] for k in metrics if k.startswith("test/")}
+
+
+@pytest.mark.parametrize("objectives, expected", [
+    ("itc,itm,mlm,vqa", {"retrieval", "vqa", "diagnostics", "zeroshot", "robustness"}),
+    ("itm,vqa", {"retrieval", "vqa", "diagnostics", "robustness"}),  # no ITC: no zero-shot
+    ("itc,lm", {"retrieval", "diagnostics", "zeroshot", "captioning", "robustness"}),
+    ("mlm", set()),
+])
+def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
+    # TINY sets objective.itc.*, so ITC is always composed and removed when the case has none
+    module, dm = _build(tiny_cfg, f"objective=[itc,{objectives}]" if "itc" not in objectives else f"objective=[{objectives}]")
+    if "itc" not in objectives:
+        del module.objectives["itc"]
+    settings = {**SETTINGS, "protocols": ["retrieval", "vqa", "diagnostics", "captioning", "zeroshot", "robustness"]}
+    metrics, _ = evaluate_suite(module, dm, settings)
+    assert _groups(metrics) == expected
+    if "retrieval" in expected:
+        itm_only = "itc" not in objectives
+        assert metrics["test/retrieval/num_images"] == (12 if itm_only else 48)  # ITM-only: all pairs, a smaller gallery
+        assert ("test/retrieval/itc/rmean" in metrics) == ("itm" in objectives and not itm_only)  # re-ranked
+        assert all(0.0 <= metrics[f"test/retrieval/{d}_r{k}"] <= 1.0 for d in ("i2t", "t2i") for k in (1, 5, 10))
+    if "captioning" in expected:
+        assert {"test/captioning/bleu4", "test/captioning/cider", "test/captioning/exact_match"} <= set(metrics)
+
+
+def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
+    """ITC top-k re-ranked by ITM with k >= gallery, and ITM on every pair (no ITC), rank by the same
+    scores as a loop that fuses one pair at a time; recall is computed from them."""
+    from mmbench.metrics import retrieval as protocol
+
+    module, dm = _build(tiny_cfg, "objective=[itc,itm]")
+    inputs = Inputs(dm.datasets["test"], dm.tokenizer)
+    seen = []
+    monkeypatch.setattr(protocol, "recall_metrics", lambda i2t, txt2img, t2i=None: seen.append((i2t, t2i)) or recall_metrics(i2t, txt2img, t2i))
+    reranked = retrieval(module, inputs, rerank_k=10_000, max_images=4, batch_size=3, pair_batch_size=7)
+    del module.objectives["itc"]
+    itm_only = retrieval(module, inputs, itm_only_max_images=4, batch_size=3, pair_batch_size=7)
+    rows = list(range(4))
+    captions = column(dm.datasets["test"], "captions")
+    texts = [c for r in rows for c in captions[r]]
+    itm, model = module.objectives["itm"], module.model
+    with eval_mode(module):
+        image, text = encode_images(model, inputs, rows, 64), encode_texts(model, inputs, texts, 64)
+        brute = torch.tensor([[itm.pair_score(model, text.index(torch.tensor([t])), image.index(torch.tensor([i]))).item()
+                               for t in range(len(texts))] for i in range(len(rows))])
+    (_, _), (rerank_i2t, rerank_t2i), (all_pairs, _) = seen  # ITC ranking, re-ranked, ITM on every pair
+    torch.testing.assert_close(rerank_i2t, brute, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rerank_t2i, brute.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(all_pairs, brute, atol=1e-5, rtol=0)
+    assert reranked["retrieval/num_texts"] == itm_only["retrieval/num_texts"] == len(texts)
+    assert "retrieval/itc/rmean" in reranked and "retrieval/itc/rmean" not in itm_only
+
+
+def test_vqa_oracle_scores_one_per_question_type(tiny_cfg, monkeypatch):
+    module, dm = _build(tiny_cfg, "objective=[itc,vqa]")
+    ds = dm.datasets["test"]
+    index = {a: i for i, a in enumerate(dm.info.answers)}
+    truth = iter([index[a] for row in column(ds, "answers") for a in row])  # protocol order: image rows, then questions
+
+    def oracle(model, batch, text, image):
+        B = image.pooled.shape[0]
+        return torch.nn.functional.one_hot(torch.tensor([next(truth) for _ in range(B)]), len(index)).float()
+
+    monkeypatch.setattr(module.objectives["vqa"], "answer_logits", oracle)
+    metrics, predictions = vqa(module, Inputs(ds, dm.tokenizer), dm.info.answers, batch_size=5, return_predictions=True)
+    assert metrics["vqa/acc"] == 1.0 and {f"vqa/acc_{t}" for t in ("color", "shape", "count", "exist", "relation")} <= set(metrics)
+    assert all(v == 1.0 for v in metrics.values())
+    assert len(predictions) == sum(len(q) for q in column(ds, "questions")) and predictions[0][2] == predictions[0][3]
+
+
+def test_zeroshot_oracle(tiny_cfg, monkeypatch):
+    """Embeddings that name an image's first object: top-1 is 1 on every image."""
+    module, dm = _build(tiny_cfg, "objective=[itc]")
+    ds = dm.datasets["test"]
+    colors, shapes_ = sorted({c for row in column(ds, "obj_color") for c in row}), sorted({s for row in column(ds, "obj_shape") for s in row})
+    classes = [(c, s) for c in colors for s in shapes_]
+    row_of = {int(i): r for r, i in enumerate(ds.image_ids)}
+
+    def features(idx):
+        pooled = torch.nn.functional.one_hot(torch.tensor(idx), len(classes)).float()
+        return Features(pooled[:, None], torch.ones(len(idx), 1, dtype=torch.bool), pooled)
+
+    def encode_image(batch):
+        rows = [row_of[int(i)] for i in batch["image_id"]]
+        return features([classes.index((column(ds, "obj_color")[r][0], column(ds, "obj_shape")[r][0])) for r in rows])
+
+    def encode_text(ids, mask, causal=False):
+        words = [t.split() for t in dm.tokenizer.decode_batch(ids.tolist(), skip_special_tokens=True)]
+        return features([classes.index((w[1], w[2])) for w in words])  # "a {color} {shape}"
+
+    monkeypatch.setattr(module.model, "encode_image", encode_image)
+    monkeypatch.setattr(module.model, "encode_text", encode_text)
+    monkeypatch.setattr(module.objectives["itc"], "embed", lambda t, i: (t, i))
+    out = zeroshot(module, Inputs(ds, dm.tokenizer))
+    assert out == {"zeroshot/top1": 1.0, "zeroshot/top1_single": 1.0}
+
+
+def test_wandb_gets_summary_plot_and_sample_table_with_images(tiny_cfg, tmp_path):
+    import wandb
+
+    _, dm = _build(tiny_cfg, "objective=[itc]")
+
+    class WandbLogger:  # the interface of Lightning's WandbLogger that presentation uses
+        def __init__(self):
+            self.experiment = type("Run", (), {"summary": {}})()
+            self.calls = {}
+
+        def log_metrics(self, metrics, step):
+            self.calls["metrics"] = metrics
+
+        def save(self):
+            pass
+
+        def log_image(self, key, images):
+            self.calls["image"] = (key, images)
+
+        def log_table(self, key, columns, data):
+            self.calls["table"] = (key, columns, data)
+
+    plot = tmp_path / "robustness.png"
+    plot.write_bytes(b"png")
+    lg = WandbLogger()
+    samples = Samples(vqa=[(0, "what color is the circle?", "red", "blue")],
+                      captioning=[(1, ["a red circle"], "a blue circle")])
+    log_to_loggers([lg], {"test/vqa/acc": 0.5}, samples=samples, datamodule=dm, plot=plot)
+    assert lg.experiment.summary == {"test/vqa/acc": 0.5} and lg.calls["image"][0] == "eval/robustness"
+    key, columns, data = lg.calls["table"]
+    assert key == "eval/samples" and len(data) == 2 and isinstance(data[0][1], wandb.Image)
+    assert data[0][2:] == ["what color is the circle?", "red", "blue"] and data[1][4] == "a blue circle"
+
+
+def _tree(path: Path) -> dict[str, tuple[str, float]]:
+    return {str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _eval_cli(args, cwd, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mmbench.evaluate", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    record = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    m = record["metrics"]
+    for key in ("test/retrieval/i2t_r1", "test/retrieval/t2i_r10", "test/retrieval/rmean", "test/vqa/acc", "test/vqa/acc_count",
+                "test/diagnostics/match_acc", "test/diagnostics/group_score", "test/zeroshot/top1",
+                "test/robustness/image_noise/vqa/acc/auc", "test/robustness/blank_image/vqa/acc"):
+        assert key in m, key
+    comp = record["complexity"]
+    assert comp["inference_samples_per_s"] > 0 and comp["peak_memory_mb"] > 0 and comp["params_per_component"]["fusion"] > 0
+    report = (out / "report.md").read_text()
+    assert "`test/retrieval/i2t_r1`" in report and "robustness.png" in report and (out / "robustness.png").stat().st_size > 0
+    assert "test/retrieval/rmean" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+    from omegaconf import OmegaConf
+
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as the CLI's Hydra writes it
+    before = _tree(out)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    ckpt = out / "checkpoints" / "best.ckpt"
+    res = _eval_cli([f"ckpt_path={ckpt}", "logger=csv"], cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _tree(out) == before  # the training run is only read
+    evals = list((cwd / "outputs" / "evals").iterdir())
+    assert len(evals) == 1
+    saved = json.loads((evals[0] / "metrics.json").read_text())
+    assert saved["status"] == "completed" and saved["mode"] == "eval" and saved["choices"]["model"] == "vilt"
+    suite_keys = [k for k in saved["metrics"] if k.split("/")[1] in ("retrieval", "vqa", "diagnostics", "zeroshot", "robustness")]
+    assert len(suite_keys) > 50
+    assert {k: saved["metrics"][k] for k in suite_keys} == {k: m[k] for k in suite_keys}  # the same numbers again
+    assert (evals[0] / "report.md").exists() and (evals[0] / "csv" / "metrics.csv").exists()
+
+    # another data config: a smaller test split (a new Shapes cache); the model keeps its training vocabulary
+    res = _eval_cli([f"ckpt_path={ckpt}", "logger=csv", "+data.source.num_test=24", "eval.protocols=[retrieval,vqa]"], cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    new = [p for p in (cwd / "outputs" / "evals").iterdir() if p != evals[0]]
+    saved = json.loads((new[0] / "metrics.json").read_text())
+    assert saved["metrics"]["test/retrieval/num_images"] == 24 and "test/vqa/acc" in saved["metrics"]
+    assert _tree(out) == before
+
+
+def test_eval_cli_help_is_fast_and_bad_checkpoint_is_one_message(tmp_path):
+    t0 = time.time()
+    res = _eval_cli(["--help"], tmp_path, timeout=60)
+    assert res.returncode == 0 and "ckpt_path" in res.stdout and "eval:" in res.stdout
+    assert time.time() - t0 < 30
+    res = _eval_cli(["ckpt_path=nope.ckpt", "logger=csv"], tmp_path)
+    assert res.returncode == 2 and "is not a file" in res.stderr and "Traceback" not in res.stderr
