@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
 from mmbench.record import git_sha, versions, write_metrics
-from mmbench.sweep import global_rank
+from mmbench.sweep import ddp_cleanup, ddp_single_run, global_rank
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict:
         record["wall_s"] = round(time.time() - start, 3)
         if global_rank() == 0:  # under DDP every rank runs this; one metrics.json per run
             write_metrics(out_dir / "metrics.json", record)
+        ddp_cleanup()  # the next job of a sweep starts its own process group
         if "wandb" in sys.modules:  # close this job's W&B run so the next job of a sweep gets its own
             import wandb
 
@@ -100,6 +101,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
+    if trainer.world_size > 1:
+        ddp_single_run()  # in a multirun, Lightning's extra ranks re-run this job, not the whole sweep
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.time() - t0

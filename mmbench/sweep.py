@@ -32,6 +32,9 @@ RUN_KEYS = ("sweep_name", "resume", "torch_threads")
 _SWEEP_ENV, _SWEPT_ENV = "MMBENCH_SWEEP_NAME", "MMBENCH_SWEPT_KEYS"
 _sweep_name: str | None = None
 _swept: list[str] = []
+_saved_argv: list[str] | None = None  # the sweep's command line while a DDP job runs (ddp_single_run)
+_saved_env: dict[str, str | None] = {}
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def override_key(override: str) -> str:
@@ -204,6 +207,47 @@ def torch_threads(value: Any) -> int | None:
     n_jobs = int(launcher.get("n_jobs") or -1)
     n_jobs = cores if n_jobs < 0 else n_jobs
     return max(1, cores // max(1, n_jobs))
+
+
+def ddp_single_run() -> bool:
+    """Inside a multirun job about to start Lightning's local DDP launcher: make the command that
+    Lightning re-executes for the other ranks this job's own single run (its overrides, its
+    directory as hydra.run.dir) instead of the whole `-m` sweep. Returns True if it did.
+    Undo with `ddp_cleanup()` after the job. Not needed (and not done) under SLURM."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "SLURM_NTASKS" in os.environ:
+        return False
+    global _saved_argv, _saved_env
+    hc = HydraConfig.get()
+    _saved_argv = list(sys.argv)
+    _saved_env = {k: os.environ.get(k) for k in _DDP_ENV}
+    sys.argv = [sys.argv[0], *[str(o) for o in hc.overrides.task]]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    return True
+
+
+def ddp_cleanup() -> None:
+    """After a DDP job of a multirun: free the process group so the next job can start its own."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    global _saved_argv, _saved_env
+    if _saved_argv is not None:
+        sys.argv, _saved_argv = _saved_argv, None
+        # Lightning's launcher set these for its ranks; left in place, the next job would believe
+        # its processes are created externally (LOCAL_RANK) and wait for ranks nobody starts
+        for key, value in _saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def global_rank() -> int:

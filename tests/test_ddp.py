@@ -116,3 +116,24 @@ def test_lightning_ddp_cli_on_cpu(cache_dir, tmp_path):
     for key in evaluated:
         assert rank0[key] == pytest.approx(rank1[key], rel=1e-6), key
         assert rec["metrics"][key] == pytest.approx(rank0[key], rel=1e-6), key
+
+
+def test_lightning_ddp_jobs_of_a_local_multirun(cache_dir, tmp_path):
+    """Each job of a `-m` sweep runs on 2 ranks: Lightning's extra rank re-runs that job (not the
+    sweep) in the job's directory, and the next job starts its own process group."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    args = ["-m", "seed=0,1", *TINY, "test=false", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    res = subprocess.run(
+        [sys.executable, "-m", "mmbench.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["seed=0", "seed=1"]  # no extra sweep started by a rank
+    for job in jobs:
+        rec = json.loads((sweep / job / "metrics.json").read_text())
+        assert rec["status"] == "completed"
+        rank0, rank1 = _logged_metrics(sweep / job / "train.log"), _logged_metrics(sweep / job / "train_ddp_process_1.log")
+        for key in (k for k in rank0 if k.startswith("val/")):
+            assert rank0[key] == pytest.approx(rank1[key], rel=1e-6), key
+            assert rec["metrics"][key] == pytest.approx(rank0[key], rel=1e-6), key
