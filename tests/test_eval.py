@@ -194,7 +194,7 @@ def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
     comp = record["complexity"]
     assert comp["inference_samples_per_s"] > 0 and comp["peak_memory_mb"] > 0 and comp["params_per_component"]["fusion"] > 0
     report = (out / "report.md").read_text()
-    assert "`test/retrieval/i2t_r1`" in report and "robustness.png" in report and (out / "robustness.png").stat().st_size > 0
+    assert "`test/retrieval/i2t_r1`" in report and "robustness.png" in report and "image_noise (auc)" in report and (out / "robustness.png").stat().st_size > 0
     assert "test/retrieval/rmean" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
 
     from omegaconf import OmegaConf

@@ -14,10 +14,34 @@ log = logging.getLogger(__name__)
 PLOT = "robustness.png"
 
 
+HEADLINE = ("retrieval/i2t_r1", "retrieval/i2t_r5", "retrieval/i2t_r10", "retrieval/t2i_r1", "retrieval/t2i_r5",
+            "retrieval/t2i_r10", "retrieval/rmean", "vqa/acc", "vqa/majority_baseline", "diagnostics/match_acc",
+            "diagnostics/text_score", "diagnostics/image_score", "diagnostics/group_score", "captioning/bleu4",
+            "captioning/cider", "captioning/exact_match", "zeroshot/top1", "zeroshot/top1_single")
+
+
 def headline(metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics for tables: everything but the individual robustness curve points."""
-    return {k: v for k, v in metrics.items()
-            if "/robustness/" not in k or k.endswith("/auc") or "/blank_image/" in k or "/empty_text/" in k}
+    """The few numbers a reader looks for first, per evaluated split, plus the hold-out gaps."""
+    out = {}
+    for split in sorted({k.split("/", 1)[0] for k in metrics if k.startswith("test")}):
+        out.update({f"{split}/{n}": metrics[f"{split}/{n}"] for n in HEADLINE if f"{split}/{n}" in metrics})
+    out.update({k: v for k, v in metrics.items() if "/holdout_gap/" in k and k.rsplit("/", 1)[-1] in {n.rsplit("/", 1)[-1] for n in HEADLINE}})
+    return out
+
+
+def robustness_table(metrics: dict[str, float]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Rows: corruption (AUC) or missing modality; columns: tracked metric."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if "/robustness/" not in key:
+            continue
+        rest = key.split("/robustness/", 1)[1].split("/")
+        if rest[-1] == "auc":
+            rows.setdefault(f"{rest[0]} (auc)", {})["/".join(rest[1:-1])] = value
+        elif rest[0] in ("blank_image", "empty_text"):
+            rows.setdefault(rest[0], {})["/".join(rest[1:])] = value
+    columns = sorted({c for r in rows.values() for c in r})
+    return columns, rows
 
 
 def _fmt(v) -> str:
@@ -29,28 +53,36 @@ def _fmt(v) -> str:
 def write_report(out_dir: str | Path, metrics: dict[str, float], complexity: dict | None = None,
                  samples: Samples | None = None, title: str = "mmbench run", info: dict | None = None,
                  plot: Path | None = None, max_samples: int = 8) -> Path:
-    """A short report.md: run info, the metrics table, the robustness plot, complexity, samples."""
+    """A short report.md: run info, headline metrics, robustness table + plot, complexity, samples;
+    every metric in a collapsed table at the end."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", ""]
     for k, v in (info or {}).items():
         lines.append(f"- **{k}**: {v}")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in headline(metrics).items()]
+    columns, rows = robustness_table(metrics)
+    if rows:
+        lines += ["", "## Robustness", "", "| | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for name, r in rows.items()]
     if plot is not None:
-        lines += ["", "## Robustness", "", f"![robustness]({Path(plot).name})"]
+        lines += ["", f"![robustness]({Path(plot).name})"]
     if complexity:
-        lines += ["", "## Complexity", "", "| quantity | value |", "|---|---|"]
+        comp = {k: v for k, v in complexity.items() if not isinstance(v, dict)}
+        lines += ["", "## Complexity", "", "| " + " | ".join(comp) + " |", "|---" * len(comp) + "|",
+                  "| " + " | ".join(_fmt(v) for v in comp.values()) + " |"]
         for k, v in complexity.items():
             if isinstance(v, dict):
-                lines += [f"| {k}/{kk} | {_fmt(vv)} |" for kk, vv in v.items()]
-            else:
-                lines.append(f"| {k} | {_fmt(v)} |")
+                lines += ["", f"{k}: " + ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items())]
     if samples is not None and samples.vqa:
         lines += ["", "## Sample VQA predictions", "", "| image | question | answer | prediction |", "|---|---|---|---|"]
         lines += [f"| {r} | {q} | {a} | {p} |" for r, q, a, p in samples.vqa[:max_samples]]
     if samples is not None and samples.captioning:
         lines += ["", "## Sample captions", "", "| image | reference | generated |", "|---|---|---|"]
         lines += [f"| {r} | {refs[0]} | {g} |" for r, refs, g in samples.captioning[:max_samples]]
+    lines += ["", "<details><summary>All metrics (names: docs/metrics.md)</summary>", "", "| metric | value |", "|---|---|"]
+    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in metrics.items()]
+    lines += ["", "</details>"]
     path = out_dir / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
