@@ -65,6 +65,14 @@ def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
         assert {"test/captioning/bleu4", "test/captioning/cider", "test/captioning/exact_match"} <= set(metrics)
 
 
+def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
+    module, dm = _build(tiny_cfg, "objective=[itc,itm,vqa]", "data.source.holdout=[[red,circle]]", "+data.source.num_holdout=16")
+    metrics, _ = evaluate_suite(module, dm, {**SETTINGS, "protocols": ["vqa", "diagnostics", "zeroshot"]})
+    for name in ("vqa/acc", "diagnostics/match_acc", "diagnostics/group_score", "zeroshot/top1"):
+        assert f"test/{name}" in metrics and f"test_holdout/{name}" in metrics, name
+        assert metrics[f"test/holdout_gap/{name}"] == pytest.approx(metrics[f"test/{name}"] - metrics[f"test_holdout/{name}"])
+
+
 def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
     """ITC top-k re-ranked by ITM with k >= gallery, and ITM on every pair (no ITC), rank by the same
     scores as a loop that fuses one pair at a time; recall is computed from them."""
