@@ -73,12 +73,16 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     assert any(p.name == "curve_train_loss_step.png" for p in out["plots"])
 
 
-def test_joblib_runs_jobs_in_parallel_with_one_thread_each(cache_dir, tmp_path):
-    res = _cli(["-m", "seed=0,1", "hydra/launcher=parallel", *FAST], tmp_path)
+def test_named_experiment_on_joblib_runs_jobs_in_parallel_with_one_thread_each(cache_dir, tmp_path):
+    """`mmbench-train experiment=<name>` is a sweep without -m; command-line values replace the
+    experiment's swept lists (here: one objective set, two seeds)."""
+    res = _cli(["experiment=objective_ablation", "objective=[itc,itm]", "seed=0,1", "hydra/launcher=parallel", *FAST], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = _jobs(tmp_path)
-    assert set(jobs) == {"seed=0", "seed=1"} and all(j["status"] == "completed" for j in jobs.values())
+    assert set(jobs) == {"objective=itc+itm,seed=0", "objective=itc+itm,seed=1"}
+    assert all(j["status"] == "completed" and j["choices"]["model"] == "vilt" for j in jobs.values())
     (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
+    assert sweep.name.startswith("objective_ablation-")
     cores = os.cpu_count() or 1
     for name in jobs:
         assert f"torch threads per job: {max(1, cores // 2)}" in (sweep / name / "train.log").read_text()
