@@ -116,9 +116,19 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         protocols = [p for p in r.get("protocols", clean) if p in clean]
         t0 = time.perf_counter()
         corrupted = {**settings, **{k: {**(settings.get(k) or {}), **v} for k, v in (r.get("settings") or {}).items()}}
+        clean: dict[str, float] = {}
+
+        def evaluate(c: Corruption | None) -> dict[str, float]:
+            # captions are generated from the image alone: a text corruption leaves them as they were
+            image_only = {"captioning"} if c is not None and c.images is None else set()
+            res = run_protocols(module, datamodule, split, corrupted, [p for p in protocols if p not in image_only],
+                                corruption=c, max_images=r.get("max_images", 100))
+            if c is None:
+                clean.update(res)
+            return {**{k: v for k, v in clean.items() if k.split("/")[0] in image_only}, **res}
+
         res = robustness(
-            lambda c: run_protocols(module, datamodule, split, corrupted, protocols, corruption=c,
-                                    max_images=r.get("max_images", 100)),
+            evaluate,
             metrics=list(r.get("metrics", ["retrieval/rmean", "vqa/acc", "diagnostics/match_acc", "zeroshot/top1",
                                            "captioning/cider"])),
             levels=list(r.get("levels", [0.25, 0.5])),
