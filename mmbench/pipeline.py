@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
 from mmbench.record import git_sha, versions, write_metrics
-from mmbench.sweep import ddp_cleanup, ddp_single_run, global_rank
+from mmbench.sweep import csv_history, ddp_cleanup, ddp_single_run, global_rank, restore_csv_history
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,15 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     # flat top-level keys (choice/model = "vilt", choice/objective = "itc+itm") so dashboards group by them
     hparams.update({f"choice/{k}": "+".join(map(str, v)) if isinstance(v, list) else v for k, v in choices.items()})
     hparams["overrides"] = _overrides()
-    for lg in trainer.loggers:
-        lg.log_hyperparams(hparams)
-
     # resume: an unfinished run of the same job directory continues from its last checkpoint
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
+    history = csv_history(trainer.loggers, ckpt_path)  # the CSV curves before the checkpoint
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hparams)
+    restore_csv_history(history)
     if trainer.world_size > 1:
         ddp_single_run()  # in a multirun, Lightning's extra ranks re-run this job, not the whole sweep
     t0 = time.time()

@@ -250,6 +250,33 @@ def ddp_cleanup() -> None:
                 os.environ[key] = value
 
 
+def csv_history(loggers, ckpt_path: str | None) -> list[tuple[Any, list[dict]]]:
+    """Rows that the CSV loggers wrote before the checkpoint a run resumes from (Lightning's CSV
+    writer deletes metrics.csv when it starts); put back with `restore_csv_history`."""
+    if not ckpt_path:
+        return []
+    import csv
+
+    import torch
+    from pytorch_lightning.loggers import CSVLogger
+
+    saved = []
+    for lg in loggers:
+        path = Path(lg.log_dir) / "metrics.csv" if isinstance(lg, CSVLogger) else None
+        if path is None or not path.exists():
+            continue
+        step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+        with open(path, newline="") as f:  # rows logged after the checkpoint are logged again
+            rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f) if r.get("step") and int(r["step"]) < step]
+        saved.append((lg, rows))
+    return saved
+
+
+def restore_csv_history(saved: list[tuple[Any, list[dict]]]) -> None:
+    for lg, rows in saved:
+        lg.experiment.metrics[:0] = rows  # written with the resumed run's rows at the next save
+
+
 def global_rank() -> int:
     """This process's global rank (Lightning's once a Trainer exists, else the launcher's env)."""
     if "pytorch_lightning" in sys.modules:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -108,6 +109,13 @@ def test_killed_run_resumes_to_the_same_metrics(cache_dir, tmp_path):
     assert name_a == name_b == job.name
     assert b["status"] == "completed" and any(k.startswith("val/") for k in b["metrics"])
     assert a["metrics"] == b["metrics"]
+
+    # the CSV log (training curves) holds the epochs before the kill too, as in the uninterrupted run
+    def rows(root):
+        (path,) = list((root / "outputs" / "multiruns").glob("*/*/csv/metrics.csv"))
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(open(path, newline=""))]
+
+    assert rows(tmp_path / "a") == rows(tmp_path / "b") and {r["epoch"] for r in rows(tmp_path / "b")} >= {"0", "1"}
 
 
 def test_optuna_search_through_submitit_local_returns_the_metric(cache_dir, tmp_path):
