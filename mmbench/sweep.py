@@ -253,7 +253,7 @@ def ddp_cleanup() -> None:
 def csv_history(loggers, ckpt_path: str | None) -> list[tuple[Any, list[dict]]]:
     """Rows that the CSV loggers wrote before the checkpoint a run resumes from (Lightning's CSV
     writer deletes metrics.csv when it starts); put back with `restore_csv_history`."""
-    if not ckpt_path:
+    if not ckpt_path or global_rank() != 0:  # only rank 0 writes the CSV log
         return []
     import csv
 
