@@ -131,3 +131,23 @@ def test_optuna_search_through_submitit_local_returns_the_metric(cache_dir, tmp_
     assert set(best["best_params"]) == {"optimizer.lr", "weight_decay", "objective.itm.weight", "objective.mlm.weight"}
     assert best["best_value"] == pytest.approx(min(j["metrics"]["val/loss"] for j in jobs.values()))  # monitor.mode=min
     assert list(sweep.glob(".submitit/*"))  # ran through submitit
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mmbench.config import register_resolvers
+    from tests.conftest import CONF
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        slurm = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4"],
+                        return_hydra_config=True).hydra.launcher
+        parallel = compose("train", ["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
+        optuna = compose("train", ["hparams_search=optuna", "monitor.mode=max"], return_hydra_config=True).hydra.sweeper
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.partition == "gpu" and slurm.gpus_per_node == 4
+    assert {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb"} <= set(slurm)
+    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
+    assert optuna.direction == "maximize" and set(optuna.params) >= {"optimizer.lr", "objective.itm.weight"}
