@@ -45,30 +45,37 @@ def test_sweep_and_job_names_come_from_overrides():
 
 
 def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_dir, tmp_path):
-    args = ["-m", "objective.itm.weight=1,-1", *FAST, "trainer.log_every_n_steps=1"]
+    """4 jobs: one completes; two have an invalid config (itm weight -1), one raises at run time
+    (an evaluation batch size of -1 breaks the val DataLoader). The sweep runs them all."""
+    base = [o for o in FAST if not o.startswith("data.eval_batch_size")]
+    args = ["-m", "objective.itm.weight=1,-1", "data.eval_batch_size=64,-1", *base, "trainer.log_every_n_steps=1"]
     res = _cli(args, tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "1/2 completed, 1 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr
+    assert "1/4 completed, 3 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr
     jobs = _jobs(tmp_path)
-    assert set(jobs) == {"objective.itm.weight=1", "objective.itm.weight=-1"}
-    assert jobs["objective.itm.weight=1"]["status"] == "completed"
-    assert jobs["objective.itm.weight=-1"]["status"] == "failed" and "weight" in jobs["objective.itm.weight=-1"]["error"]
+    ok = "data.eval_batch_size=64,objective.itm.weight=1"
+    runtime = "data.eval_batch_size=-1,objective.itm.weight=1"
+    assert len(jobs) == 4 and jobs[ok]["status"] == "completed"
+    assert jobs[runtime]["status"] == "failed" and "batch_size" in jobs[runtime]["error"] and jobs[runtime]["traceback"]
+    for name in jobs:
+        if name.endswith("weight=-1"):
+            assert jobs[name]["status"] == "failed" and "weight" in jobs[name]["error"]
 
-    # the same command again: the completed job is skipped (metrics.json untouched), the failed one reruns
+    # the same command again: the completed job is skipped (metrics.json untouched), failed ones rerun
     (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
-    done = sweep / "objective.itm.weight=1" / "metrics.json"
+    done = sweep / ok / "metrics.json"
     before = done.stat().st_mtime_ns
     res = _cli(args, tmp_path)
-    assert res.returncode == 1 and "1/2 completed, 1 failed" in res.stderr
+    assert res.returncode == 1 and "1/4 completed, 3 failed" in res.stderr
     assert done.stat().st_mtime_ns == before
-    assert "skipping" in (sweep / "objective.itm.weight=1" / "train.log").read_text()
+    assert "skipping" in (sweep / ok / "train.log").read_text()
 
-    # the report: the completed group in the table, the failed job listed with its error
+    # the report: the completed group in the table, every failed job listed with its error
     out = report.report([sweep], metrics=["val/*"], resamples=200)
-    assert out["keys"] == ["objective.itm.weight"]
-    assert [r.group for r in out["rows"]] == [("objective.itm.weight=1",)]
+    assert out["keys"] == ["data.eval_batch_size", "objective.itm.weight"]
+    assert [r.group for r in out["rows"]] == [("data.eval_batch_size=64", "objective.itm.weight=1")]
     table = (out["out"] / "table.md").read_text()
-    assert "**failed** `objective.itm.weight=-1`" in table and "must be a number >= 0" in table
+    assert table.count("**failed**") == 3 and f"**failed** `{runtime}`" in table and "must be a number >= 0" in table
     assert (out["out"] / "table.csv").exists() and (out["out"] / "table.tex").exists()
     assert any(p.name.startswith("bar_val_loss") for p in out["plots"])
     assert any(p.name == "curve_train_loss_step.png" for p in out["plots"])
