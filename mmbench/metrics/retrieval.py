@@ -88,7 +88,9 @@ def retrieval(module, inputs: Inputs, *, rerank_k: int = 16, batch_size: int = 2
     captions = column(dataset, "captions")
     n = len(captions)
     limit = max_images if itc is not None else min(itm_only_max_images, max_images or itm_only_max_images)
-    rows = list(range(min(n, limit) if limit else n))
+    rows = list(range(n if limit is None else min(n, limit)))
+    if not rows:
+        return {}
     texts = [c for r in rows for c in captions[r]]
     txt2img = torch.tensor([i for i, r in enumerate(rows) for _ in captions[r]], device=inputs.device)
     model = module.model
