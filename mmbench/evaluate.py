@@ -119,7 +119,8 @@ def run_eval(cfg: DictConfig) -> dict:
         train_dm = build_datamodule(_with_paths(original, cfg))
         dm.tokenizer = train_dm.tokenizer
         dm.info = dataclasses.replace(train_dm.info, image_size=dm.info.image_size,
-                                      majority_baseline=dm.info.majority_baseline)
+                                      majority_baseline=dm.info.majority_baseline,
+                                      question_prior_baseline=dm.info.question_prior_baseline)
     module = build_module(train_cfg, dm.info)
     load_weights(module, cfg.ckpt_path)
     module.to(torch.device(cfg.device))

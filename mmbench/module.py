@@ -52,7 +52,8 @@ class MMBenchModule(pl.LightningModule):
     def shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # once per step
         image = self.model.encode_image(batch)  # once per step
-        context: dict = {}
+        # objectives read the fraction of training done (e.g. ITM's hard-negative warm-up); 1 outside training
+        context: dict = {"progress": self.progress if split == "train" else 1.0}
         sync = split != "train"  # val/test epoch metrics are reduced over DDP ranks (a no-op on one process)
         total = torch.zeros((), device=self.device)
         B = batch["input_ids"].shape[0]
@@ -64,6 +65,15 @@ class MMBenchModule(pl.LightningModule):
                 self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
         self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True, sync_dist=sync)
         return total
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the optimizer steps of this fit done so far (0 without a trainer)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        total = trainer.estimated_stepping_batches
+        return min(1.0, trainer.global_step / total) if total and math.isfinite(total) else 0.0
 
     def training_step(self, batch, batch_idx):
         return self.shared_step(batch, "train")

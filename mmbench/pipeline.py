@@ -124,6 +124,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
         metrics.update(evaluation)
     if dm.info.majority_baseline is not None:
         metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
+    if dm.info.question_prior_baseline is not None:
+        metrics["test/vqa/question_prior_baseline"] = dm.info.question_prior_baseline
     if cfg.get("test", True) and trainer.is_global_zero:
         from mmbench.metrics.presentation import publish
 

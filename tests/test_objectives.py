@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mmbench.models.outputs import Features
 from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
-from mmbench.objectives.itm import ITM, sample_negatives
+from mmbench.objectives.itm import ITM, sample_negatives, true_pairs
 from mmbench.objectives.mlm import MLM, mask_tokens
 from mmbench.objectives.vqa import VQA
 from tests.test_layers_and_model import D, inputs, tiny_model
@@ -73,6 +74,47 @@ def test_negative_sampling_follows_scores():
     scores = torch.tensor([[0.0, 50.0, -50.0], [0.0, 0.0, 50.0], [50.0, -50.0, 0.0]])
     idx, _ = sample_negatives(ids, scores)
     assert idx.tolist() == [1, 2, 0]
+
+
+def test_negative_sampling_mixes_uniform_and_hard():
+    """hardness a: P(j) = a * softmax(scores)_j + (1 - a) / #allowed; a=0 ignores the scores."""
+    ids = torch.arange(3)
+    scores = torch.tensor([[0.0, 50.0, -50.0], [-50.0, 0.0, 50.0], [50.0, -50.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    for a, p_hard in ((0.0, 0.5), (0.5, 0.75), (1.0, 1.0)):
+        hits = 0
+        n = 4000
+        for _ in range(n // 400):
+            idx = torch.stack([sample_negatives(ids, scores, generator=g, hardness=a)[0] for _ in range(400)])
+            hits += (idx == torch.tensor([1, 2, 0])).sum().item()
+        assert abs(hits / (3 * n) - p_hard) < 0.02, (a, hits / (3 * n))
+
+
+def test_true_pairs_and_negatives_exclude_identical_captions():
+    """A caption word for word equal to one of image i's captions is true of image i: never its negative."""
+    image_ids = torch.tensor([0, 0, 1, 2])
+    input_ids = torch.tensor([[1, 5, 2, 0], [1, 6, 7, 2], [1, 5, 2, 0], [1, 8, 2, 0]])  # rows 0 and 2 say the same
+    true = true_pairs(image_ids, input_ids)
+    expected = torch.tensor([
+        [1, 1, 1, 0],  # image 0 (rows 0, 1): its captions, and row 2 (= row 0's words)
+        [1, 1, 1, 0],
+        [1, 0, 1, 0],  # image 1 (row 2): itself and row 0 (same words)
+        [0, 0, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(true, expected)
+    assert torch.equal(true_pairs(image_ids), image_ids[:, None] == image_ids[None, :])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        idx, valid = sample_negatives(image_ids, torch.randn(4, 4, generator=g) * 5, generator=g, true=true)
+        assert valid.all() and not true[torch.arange(4), idx].any()
+
+
+def test_itm_hardness_schedule():
+    assert ITM(dim=4).hardness(0.0) == 1.0  # no warm-up: the ALBEF recipe from the first step
+    itm = ITM(dim=4, hard_negative_warmup=0.5)
+    assert [itm.hardness(p) for p in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="hard_negative_warmup"):
+        ITM(dim=4, hard_negative_warmup=1.5)
 
 
 def test_negative_sampling_when_every_item_shares_the_image():

@@ -292,3 +292,24 @@ def test_generate_split_arguments():
     a = generate_split("test", 30, seed=0, id_offset=100)
     assert a["image_id"] == list(range(100, 130))
     assert set(a["obj_size"][0]) <= set(SIZES)
+
+
+def test_vqa_baselines_known_answers():
+    """Majority answer and per-question prior (a blind model) on a hand-made train / test pair."""
+    import datasets
+
+    from mmbench.data.datamodule import VLDataModule
+
+    train = datasets.Dataset.from_dict({
+        "questions": [["q1", "q2"], ["q1", "q1"]],
+        "answers": [["yes", "two"], ["yes", "no"]],  # q1 -> yes (2 of 3), q2 -> two; overall top: yes
+    })
+    test = datasets.Dataset.from_dict({
+        "questions": [["q1", "q2"], ["q1", "q3"]],   # q3 never asked in training -> the top answer
+        "answers": [["yes", "two"], ["no", "yes"]],
+    })
+    assert VLDataModule._majority_baseline(test, "yes") == pytest.approx(2 / 4)
+    assert VLDataModule._question_prior_baseline(train, test, "yes") == pytest.approx(3 / 4)
+    soft = datasets.Dataset.from_dict({"questions": [["q2"]], "answers": [["two"]],
+                                       "all_answers": [[["two", "two", "three"]]]})
+    assert VLDataModule._question_prior_baseline(train, soft, "yes") == pytest.approx(2 / 3)

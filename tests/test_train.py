@@ -23,7 +23,8 @@ def test_train_and_test_through_compose_api(tiny_cfg):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "completed" == record["status"]
     assert saved["choices"]["model"] == "vilt" and saved["choices"]["objective"] == ["itc", "itm", "mlm", "vqa"]
-    for key in ("test/loss", "test/itc/acc", "test/itm/acc", "test/mlm/acc", "test/vqa/acc", "test/vqa/majority_baseline"):
+    for key in ("test/loss", "test/itc/acc", "test/itm/acc", "test/mlm/acc", "test/vqa/acc", "test/vqa/majority_baseline",
+                "test/vqa/question_prior_baseline"):
         assert key in saved["metrics"], key
     assert saved["complexity"]["params"] > 0 and saved["complexity"]["flops_per_sample"] > 0
     assert saved["versions"]["torch"] and saved["seed"] == 0 and saved["wall_s"] > 0
@@ -50,6 +51,20 @@ def test_training_reduces_loss_on_fixed_batches(tiny_cfg):
     # epoch rows only (the end-of-run summary row repeats the last value without an epoch)
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch") and r.get("epoch")]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_itm_hard_negative_warmup_follows_training_progress(tiny_cfg):
+    """The LightningModule hands the fraction of training done to the objectives: with a warm-up over
+    the whole run, ITM's hard-negative weight over 4 steps is 0, 1/4, 2/4, 3/4 (epoch mean 0.375);
+    validation always uses pure hard negatives."""
+    import csv
+
+    cfg = tiny_cfg("objective.itm.hard_negative_warmup=1.0", "trainer.limit_train_batches=4")
+    run(cfg)
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
+    train = [float(r["train/itm/hardness"]) for r in rows if r.get("train/itm/hardness") and r.get("epoch")]
+    val = [float(r["val/itm/hardness"]) for r in rows if r.get("val/itm/hardness")]
+    assert train == [pytest.approx(0.375)] and val and all(v == 1.0 for v in val)
 
 
 def test_failed_run_records_status(tiny_cfg):

@@ -62,6 +62,9 @@ class DataInfo:
     answers: list[str] = field(default_factory=list)
     num_region_labels: int = 0
     majority_baseline: float | None = None  # test accuracy of always answering the most frequent train answer
+    # test accuracy of a blind model: each question answered with its most frequent train answer
+    # (the majority answer for questions unseen in training); VQA above this reads the image
+    question_prior_baseline: float | None = None
     num_labels: int = 0  # classes of `caption_labels` (batch key `labels`), 0 = none
     label_names: list[str] = field(default_factory=list)
     skipped_images: int = 0  # unreadable images skipped by the source (data.source.bad_images=skip)
@@ -306,11 +309,13 @@ class VLDataModule(pl.LightningDataModule):
             return
         dsd, tok, special = self._load()
         train = dsd["train"]
-        answers, majority = [], None
+        answers, majority, prior = [], None, None
         if "answers" in train.column_names:
             answers = self.answer_vocabulary(train)
             top = Counter(a for row in train["answers"] for a in row).most_common(1)[0][0]
             majority = self._majority_baseline(dsd["test"], top)
+            if "questions" in train.column_names:
+                prior = self._question_prior_baseline(train, dsd["test"], top)
         size = int(train[0]["image_size"])
         if size != self.image_size:
             raise DataError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
@@ -333,6 +338,7 @@ class VLDataModule(pl.LightningDataModule):
             answers=answers,
             num_region_labels=self.num_region_labels or ((max(labels) + 1) if labels else 0),
             majority_baseline=majority,
+            question_prior_baseline=prior,
             num_labels=max(len(label_names), (max(classes) + 1) if classes else 0),
             label_names=label_names,
             skipped_images=int(self.stats.get("skipped_examples", 0)),
@@ -345,6 +351,23 @@ class VLDataModule(pl.LightningDataModule):
             scores = [min(1.0, ans.count(top) / VQA_ANNOTATORS) for row in test["all_answers"] for ans in row]
         else:
             scores = [float(a == top) for row in test["answers"] for a in row]
+        return float(np.mean(scores)) if scores else None
+
+    @staticmethod
+    def _question_prior_baseline(train, test, top: str) -> float | None:
+        """Test accuracy of answering each question string with its most frequent train answer
+        (`top` for questions never asked in training): the language-only baseline of VQA."""
+        by_question: dict[str, Counter] = {}
+        for qs, ans in zip(train["questions"], train["answers"]):
+            for q, a in zip(qs, ans):
+                by_question.setdefault(q, Counter())[a] += 1
+        guess = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
+        if "all_answers" in test.column_names:
+            scores = [min(1.0, all_.count(guess.get(q, top)) / VQA_ANNOTATORS)
+                      for qs, rows in zip(test["questions"], test["all_answers"]) for q, all_ in zip(qs, rows)]
+        else:
+            scores = [float(a == guess.get(q, top)) for qs, ans in zip(test["questions"], test["answers"])
+                      for q, a in zip(qs, ans)]
         return float(np.mean(scores)) if scores else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

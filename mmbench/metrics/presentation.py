@@ -15,7 +15,7 @@ PLOT = "robustness.png"
 
 
 HEADLINE = ("retrieval/i2t_r1", "retrieval/i2t_r5", "retrieval/i2t_r10", "retrieval/t2i_r1", "retrieval/t2i_r5",
-            "retrieval/t2i_r10", "retrieval/rmean", "vqa/acc", "vqa/majority_baseline", "diagnostics/match_acc",
+            "retrieval/t2i_r10", "retrieval/rmean", "vqa/acc", "vqa/majority_baseline", "vqa/question_prior_baseline", "diagnostics/match_acc",
             "diagnostics/text_score", "diagnostics/image_score", "diagnostics/group_score", "captioning/bleu4",
             "captioning/cider", "captioning/exact_match", "zeroshot/top1", "zeroshot/top1_single")
 

@@ -33,6 +33,7 @@ class MergedFusion(nn.Module):
     ):
         super().__init__()
         self.type_embeddings = nn.Embedding(2, dim)  # 0 = text, 1 = image
+        nn.init.normal_(self.type_embeddings.weight, std=0.02)  # BERT/ViLT init
         kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer)
         self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
