@@ -126,19 +126,17 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
         metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
     if dm.info.question_prior_baseline is not None:
         metrics["test/vqa/question_prior_baseline"] = dm.info.question_prior_baseline
+    batch = next(iter(dm.test_dataloader()))
+    seen = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
+    comp = complexity(module, batch, train_seconds, seen)  # once: report.md and metrics.json share it
     if cfg.get("test", True) and trainer.is_global_zero:
         from mmbench.metrics.presentation import publish
 
-        seen = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
         publish(out_dir, dict(sorted(metrics.items())), samples=eval_samples, loggers=trainer.loggers,
                 step=trainer.global_step, datamodule=dm, split=settings.get("split", "test"),
-                complexity=complexity(module, next(iter(dm.test_dataloader())), train_seconds, seen),
+                complexity=comp,
                 title=f"mmbench run {out_dir.name}", info={"choices": choices_of(cfg), "eval_s": round(eval_seconds, 1)},
                 max_samples=int(settings.get("samples", 16)))
     metrics = dict(sorted(metrics.items()))
-
-    batch = next(iter(dm.test_dataloader()))
-    samples = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
-    comp = complexity(module, batch, train_seconds, samples)
     log.info("metrics: %s", metrics)
     return metrics, comp

@@ -18,6 +18,7 @@ CONF = str(ROOT / "conf")
 
 # a small Shapes benchmark and a tiny model: a full run takes seconds
 TINY = [
+    "objective=[itc,itm,mlm,vqa]",  # every objective of the ViLT-style recipe (the default run drops ITM for time)
     "data.source.num_train=240",
     "data.source.num_val=48",
     "data.source.num_test=48",
