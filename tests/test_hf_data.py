@@ -207,7 +207,7 @@ def _cli(args, cwd, timeout=600, **env):
 
 def test_cli_trains_and_tests_on_an_imagefolder(tmp_path, cache_dir):
     data = make_imagefolder(tmp_path / "data", with_val=True)
-    res = _cli(["data=hf", f"data.source.path={data}", *COLUMNS, *TINY_HF], tmp_path)
+    res = _cli(["data=hf", f"data.source.path={data}", "objective=[itc,itm,mlm,vqa]", *COLUMNS, *TINY_HF], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (metrics,) = list((tmp_path / "outputs" / "runs").glob("*/metrics.json"))
     saved = json.loads(metrics.read_text())

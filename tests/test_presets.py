@@ -20,7 +20,7 @@ ALL_OBJECTIVES = ["itc", "itm", "mlm", "vqa"]
 
 
 def supported_objectives(model: str) -> list[str]:
-    cfg = compose_cfg([f"model={model}"])
+    cfg = compose_cfg([f"model={model}", f"objective=[{','.join(ALL_OBJECTIVES)}]"])
     caps = get_class(cfg.fusion._target_).capabilities
     return [o for o in ALL_OBJECTIVES if all(getattr(caps, need) for need in get_class(cfg.objective[o]._target_).requires)]
 

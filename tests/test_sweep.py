@@ -48,7 +48,8 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     """4 jobs: one completes; two have an invalid config (itm weight -1), one raises at run time
     (an evaluation batch size of -1 breaks the val DataLoader). The sweep runs them all."""
     base = [o for o in FAST if not o.startswith("data.eval_batch_size")]
-    args = ["-m", "objective.itm.weight=1,-1", "data.eval_batch_size=64,-1", *base, "trainer.log_every_n_steps=1"]
+    args = ["-m", "objective=[itc,itm,mlm,vqa]", "objective.itm.weight=1,-1", "data.eval_batch_size=64,-1", *base,
+            "trainer.log_every_n_steps=1"]
     res = _cli(args, tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "1/4 completed, 3 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr

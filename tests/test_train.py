@@ -87,9 +87,9 @@ def _cli(args, cwd, timeout=600):
         ("fusion=nope", "Available options in 'fusion'"),
         ("objective=[itc,nope]", "available options in 'objective': classify, itc, itm, lm, mlm, mrm, vqa"),
         ("model.sizes.tiny.patch_size=7", "not divisible by patch size 7"),
-        ("objective.itm.weight=-1", "objective.itm.weight=-1"),
+        ("objective.mlm.weight=-1", "objective.mlm.weight=-1"),
         ("objective=[]", "objective list is empty"),
-        ("fusion=none", "objective 'itm' needs a fusion with joint_pooled"),
+        ("fusion=none", "objective 'vqa' needs a fusion with joint_pooled"),
     ],
 )
 def test_bad_config_is_one_clear_message(override, message, cache_dir, tmp_path):
