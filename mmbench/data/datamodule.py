@@ -345,16 +345,23 @@ class VLDataModule(pl.LightningDataModule):
         )
 
     @staticmethod
-    def _majority_baseline(test, top: str) -> float | None:
-        """Test accuracy of always answering `top`: exact match, or the VQA soft score with all_answers."""
+    def _blind_accuracy(test, guesses: list[list[str]]) -> float | None:
+        """Test accuracy of answers given without the image, one per (row, question): exact match,
+        or the VQA soft score with all_answers."""
         if "all_answers" in test.column_names:
-            scores = [min(1.0, ans.count(top) / VQA_ANNOTATORS) for row in test["all_answers"] for ans in row]
+            scores = [min(1.0, ans.count(g) / VQA_ANNOTATORS)
+                      for row, gs in zip(test["all_answers"], guesses) for ans, g in zip(row, gs)]
         else:
-            scores = [float(a == top) for row in test["answers"] for a in row]
+            scores = [float(a == g) for row, gs in zip(test["answers"], guesses) for a, g in zip(row, gs)]
         return float(np.mean(scores)) if scores else None
 
-    @staticmethod
-    def _question_prior_baseline(train, test, top: str) -> float | None:
+    @classmethod
+    def _majority_baseline(cls, test, top: str) -> float | None:
+        """Test accuracy of always answering `top`."""
+        return cls._blind_accuracy(test, [[top] * len(row) for row in test["answers"]])
+
+    @classmethod
+    def _question_prior_baseline(cls, train, test, top: str) -> float | None:
         """Test accuracy of answering each question string with its most frequent train answer
         (`top` for questions never asked in training): the language-only baseline of VQA."""
         by_question: dict[str, Counter] = {}
@@ -362,13 +369,7 @@ class VLDataModule(pl.LightningDataModule):
             for q, a in zip(qs, ans):
                 by_question.setdefault(q, Counter())[a] += 1
         guess = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
-        if "all_answers" in test.column_names:
-            scores = [min(1.0, all_.count(guess.get(q, top)) / VQA_ANNOTATORS)
-                      for qs, rows in zip(test["questions"], test["all_answers"]) for q, all_ in zip(qs, rows)]
-        else:
-            scores = [float(a == guess.get(q, top)) for qs, ans in zip(test["questions"], test["answers"])
-                      for q, a in zip(qs, ans)]
-        return float(np.mean(scores)) if scores else None
+        return cls._blind_accuracy(test, [[guess.get(q, top) for q in qs] for qs in test["questions"]])
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end

@@ -68,7 +68,7 @@ def sample_negatives(
     else:
         hard = torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=1)
         hard = torch.nan_to_num(hard, nan=0.0)  # all -inf rows
-        weights = hardness * hard + (1 - hardness) * uniform if hardness < 1 else hard
+        weights = hardness * hard + (1 - hardness) * uniform  # (B, B)
     valid = allowed.any(1)
     weights = torch.where(valid[:, None], weights, torch.ones_like(weights))  # placeholder for invalid rows
     idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
