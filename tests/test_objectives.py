@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mmbench.models.outputs import Features
 from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
-from mmbench.objectives.itm import ITM, sample_negatives, true_pairs
+from mmbench.objectives.itm import ITM, known_true, sample_negatives, true_pairs
 from mmbench.objectives.mlm import MLM, mask_tokens
 from mmbench.objectives.vqa import VQA
 from tests.test_layers_and_model import D, inputs, tiny_model
@@ -107,6 +107,25 @@ def test_true_pairs_and_negatives_exclude_identical_captions():
     for _ in range(50):
         idx, valid = sample_negatives(image_ids, torch.randn(4, 4, generator=g) * 5, generator=g, true=true)
         assert valid.all() and not true[torch.arange(4), idx].any()
+
+
+def test_negatives_exclude_texts_the_data_says_are_true():
+    """With `text_true` (Shapes claims), a text of another image that is true of image i is never its negative."""
+    batch = {"image_id": torch.tensor([0, 1, 2, 3]), "input_ids": torch.tensor([[1, 5], [1, 6], [1, 7], [1, 8]])}
+    assert torch.equal(known_true(batch), torch.eye(4, dtype=torch.bool))
+    text_true = torch.eye(4, dtype=torch.bool)
+    text_true[0, 1] = text_true[0, 2] = True  # texts 1 and 2 also describe image 0: only text 3 is false of it
+    text_true[3, 0] = True
+    batch["text_true"] = text_true
+    true = known_true(batch)
+    assert torch.equal(true, text_true)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        scores = torch.randn(4, 4, generator=g) * 5
+        neg_text, valid = sample_negatives(batch["image_id"], scores, generator=g, true=true)
+        assert valid.all() and neg_text[0] == 3 and not true[torch.arange(4), neg_text].any()
+        neg_image, valid = sample_negatives(batch["image_id"], scores.T, generator=g, true=true.T)
+        assert valid.all() and neg_image[0] != 3 and not true.T[torch.arange(4), neg_image].any()
 
 
 def test_itm_hardness_schedule():

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from mmbench.data import shapes
 from mmbench.data.shapes import (BACKGROUND, COLOR_RGB, COLORS, NEGATIVE_TYPES, QUESTION_TYPES, SHAPES, SIZES,
@@ -313,3 +314,57 @@ def test_vqa_baselines_known_answers():
     soft = datasets.Dataset.from_dict({"questions": [["q2"]], "answers": [["two"]],
                                        "all_answers": [[["two", "two", "three"]]]})
     assert VLDataModule._question_prior_baseline(train, soft, "yes") == pytest.approx(2 / 3)
+
+
+def test_claims_decide_truth_exactly_like_an_independent_checker():
+    """A text is true of a scene iff its claim is among the scene's facts, for texts of *other* scenes too."""
+    cols = split(300, max_objects=4)
+    rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+    texts = sorted({t for r in rows for t in [*r["captions"], *r["match_negatives"], *r["match_positives"]]})
+    rng = np.random.default_rng(0)
+    seen = Counter()
+    for row in rows[:120]:
+        objs, facts = objects_of(row), set(row["image_facts"])
+        assert row["caption_claims"] == [shapes.claim_of(c) for c in row["captions"]]
+        for text in [*row["captions"], *row["match_positives"], *row["match_negatives"], *rng.choice(texts, 40)]:
+            claim = shapes.claim_of(text)
+            assert claim, text
+            assert (claim in facts) == is_true(text, objs), (text, claim, objs)
+            seen[claim in facts] += 1
+    assert seen[True] > 500 and seen[False] > 3000, seen  # both answers, other scenes' texts included
+
+
+def test_claims_of_paraphrases_and_unknown_text():
+    same = ["a red circle left of a blue square", "there is a red circle left of a blue square",
+            "a red circle is to the left of a blue square"]
+    assert {shapes.claim_of(t) for t in same} == {"relation:red circle|left of|blue square"}
+    assert shapes.claim_of("there is a small red circle") == shapes.claim_of("the image shows a small red circle") \
+        == "object:small red circle" != shapes.claim_of("a red circle")
+    assert shapes.claim_of("there are two objects") == shapes.claim_of("the image contains two objects") == "count:2"
+    assert shapes.claim_of("there is one cross") == "shapes:cross=1"
+    assert shapes.claim_of("two circles and a square") == "inventory:two circles and a square"
+    for unknown in ("a dog on a sofa", "a square and two circles", "a red dog", "there are two dogs", ""):
+        assert shapes.claim_of(unknown) == "", unknown
+    scene = (ShapeObject(0, 0, "circle", "red", "small"), ShapeObject(1, 1, "square", "blue", "large"))
+    assert shapes.scene_facts(scene) == sorted([
+        "count:2", "inventory:a circle and a square", "object:red circle", "object:small red circle",
+        "object:blue square", "object:large blue square", "shapes:circle=1", "shapes:square=1",
+        "relation:red circle|left of|blue square", "relation:red circle|above|blue square",
+        "relation:blue square|right of|red circle", "relation:blue square|below|red circle"])
+
+
+def test_batches_mark_texts_true_of_other_images(tmp_path):
+    """`text_true[i, j]`: caption j is true of image i, by the independent checker."""
+    from functools import partial
+
+    from mmbench.data.datamodule import VLDataModule
+
+    dm = VLDataModule(partial(build_shapes, tmp_path, image_size=48, **SMALL), image_size=48, batch_size=64)
+    dm.setup()
+    ds = dm.datasets["train"]
+    items = [ds[i] for i in range(0, 4 * 64, 4)]  # one caption of each of 64 images
+    batch = dm.collate(items)
+    rows = ds.split.select(range(64))
+    expected = torch.tensor([[is_true(it["caption"], objects_of(row)) for it in items] for row in rows])
+    assert torch.equal(batch["text_true"], expected)
+    assert batch["text_true"].diagonal().all() and 64 < batch["text_true"].sum() < 64 * 64

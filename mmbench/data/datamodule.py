@@ -5,7 +5,8 @@ canonical columns: `image_id`, `pixels` (raw HWC uint8 bytes) + `image_size`, `c
 and optionally `questions` / `answers` (lists; `answers` holds one answer per question),
 `all_answers` (list of lists: every annotator answer per question, VQAv2), `question_types`,
 `caption_labels` (one class index per caption, -1 = unknown), `boxes` / `labels` (per object) and
-`region_feats` ((R, F) precomputed region features). The built-in Shapes benchmark
+`region_feats` ((R, F) precomputed region features), `caption_claims` (one canonical claim per caption,
+"" = unknown) with `image_facts` (the claims true of the image). The built-in Shapes benchmark
 (`mmbench.data.shapes.build_shapes`) and real data (`mmbench.data.hf.build_hf`) are such sources.
 
 Every (image, caption k) pair is one example; its question is question k mod #questions of the
@@ -19,6 +20,8 @@ image. A batch holds:
   labels (B,)                              class of the caption (when the data has `caption_labels`)
   region_boxes (B, R, 4), region_mask (B, R)   objects (when the data has boxes), with
   region_labels (B, R) and / or region_feats (B, R, F) when the data has them
+  text_true (B, B) bool                    text j is true of image i by the data's claims and facts
+                                           (when it has `caption_claims` / `image_facts`)
 
 The answer vocabulary is the train answers (all of them, sorted; or the `max_answers` most frequent).
 """
@@ -98,6 +101,9 @@ class PairDataset(Dataset):
         self.boxes = split["boxes"] if "boxes" in cols else None
         self.labels = split["labels"] if "labels" in cols else None
         self.region_feats = split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
+        has_claims = "caption_claims" in cols and "image_facts" in cols
+        self.claims = split["caption_claims"] if has_claims else None
+        self.facts = [frozenset(f) for f in split["image_facts"]] if has_claims else None
         self.answer_index = answer_index
         self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
         # flat index -> (image row, caption index)
@@ -124,6 +130,8 @@ class PairDataset(Dataset):
         item = self.image_item(r, self.captions[r][k])
         if self.caption_labels is not None:
             item["label"] = self.caption_labels[r][k]
+        if self.claims is not None:
+            item["claim"], item["facts"] = self.claims[r][k], self.facts[r]
         if self.questions is not None and self.questions[r]:
             q = k % len(self.questions[r])
             item["question"] = self.questions[r][q]
@@ -168,6 +176,9 @@ class Collator:
             "image_id": torch.tensor([int(it["image_id"]) for it in items], dtype=torch.long),
         }
         batch["input_ids"], batch["attention_mask"] = self._text([it["caption"] for it in items])
+        if "claim" in items[0]:  # (B, B): B^2 set lookups, well under a millisecond at B=64
+            batch["text_true"] = torch.tensor([[bool(t["claim"]) and t["claim"] in it["facts"] for t in items]
+                                               for it in items], dtype=torch.bool)
         if "label" in items[0]:
             batch["labels"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
         if "question" in items[0]:

@@ -15,7 +15,11 @@ said about a scene is derived from this symbolic description, so all text is tru
                (`count_change`); a bag-of-words model cannot tell them apart. Each negative has
                its true counterpart of the same template in `match_positives` (the match text, or
                the true count for `count_change`), so a score compares like with like;
-* regions    - a normalised box and a label (shape_index * len(COLORS) + color_index) per object.
+* regions    - a normalised box and a label (shape_index * len(COLORS) + color_index) per object;
+* claims     - what each caption asserts in canonical form (`caption_claims`, from `claim_of`) and
+               every claim true of the scene (`image_facts`, from `scene_facts`), so that a text
+               of another image is known to be true of this one when its claim is among the facts
+               ("there are two objects" describes a third of all scenes).
 
 A compositional hold-out (`holdout=[[colour, shape], ...]`) removes those colour x shape
 combinations from train/val/test and adds a `test_holdout` split whose scenes all contain one.
@@ -33,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from typing import Callable, Iterable, Sequence
 import datasets
 import numpy as np
 
-GENERATOR_VERSION = 3  # bump when the generated data changes; part of the cache key
+GENERATOR_VERSION = 4  # bump when the generated data changes; part of the cache key
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
@@ -107,6 +112,8 @@ FEATURES = datasets.Features({
     "match_negatives": datasets.Sequence(datasets.Value("string")),
     "match_positives": datasets.Sequence(datasets.Value("string")),
     "match_negative_types": datasets.Sequence(datasets.Value("string")),
+    "caption_claims": datasets.Sequence(datasets.Value("string")),
+    "image_facts": datasets.Sequence(datasets.Value("string")),
 })
 
 Description = tuple[str, str]  # (colour, shape): how objects are named in relations and questions
@@ -213,6 +220,72 @@ def relation_text(a: Description, relation: str, b: Description, template: int =
 
 def attribute_text(o: ShapeObject, template: int = 0) -> str:
     return ATTRIBUTE_TEMPLATES[template].format(size=o.size, color=o.color, shape=o.shape)
+
+
+# --------------------------------------------------------------------------- claims
+
+
+_CLAIM_COUNT = re.compile(r"^(?:there (?:is|are)|the image contains) (\w+) objects?$")
+_CLAIM_SHAPES = re.compile(r"^there (?:is|are) (\w+) (\w+)$")
+_CLAIM_RELATION = re.compile(r"^(?:there is )?a (\w+) (\w+) (?:is )?(left of|right of|above|below|to the left of|"
+                             r"to the right of) a (\w+) (\w+)$")
+_CLAIM_OBJECT = re.compile(r"^(?:there is |the image shows )?a (?:(small|large) )?(\w+) (\w+)$")
+_SHAPE_OF_PLURAL = {plural: shape for shape, plural in PLURALS.items()}
+_SHORT_RELATION = {long: short for short, long in LONG_RELATION.items()}
+
+
+def scene_facts(scene: Scene) -> list[str]:
+    """Every claim (in the canonical form of `claim_of`) that is true of the scene, sorted."""
+    facts = {f"count:{len(scene)}", f"inventory:{inventory_text(scene)}"}
+    for o in scene:
+        facts |= {f"object:{o.color} {o.shape}", f"object:{o.size} {o.color} {o.shape}",
+                  f"shapes:{o.shape}={count_objects(scene, o.shape)}"}
+        for other in scene:
+            if other is not o:
+                facts |= {f"relation:{o.color} {o.shape}|{rel}|{other.color} {other.shape}"
+                          for rel in strict_relations(o, other)}
+    return sorted(facts)
+
+
+@lru_cache(maxsize=1 << 16)
+def claim_of(text: str) -> str:
+    """The canonical claim of a Shapes text (caption, statement or hard negative), "" when unknown.
+
+    Paraphrases share a claim ("a red circle left of a blue square" and "a red circle is to the left
+    of a blue square" are both `relation:red circle|left of|blue square`), so a text is true of a
+    scene exactly when its claim is in `scene_facts(scene)`. Counts and inventories are exact.
+    """
+    def number(word: str) -> int | None:
+        return NUMBER_WORDS.index(word) if word in NUMBER_WORDS else int(word) if word.isdigit() else None
+
+    if m := _CLAIM_COUNT.match(text):
+        return "" if number(m.group(1)) is None else f"count:{number(m.group(1))}"
+    if m := _CLAIM_RELATION.match(text):
+        c1, s1, rel, c2, s2 = m.groups()
+        if {c1, c2} <= set(COLORS) and {s1, s2} <= set(SHAPES):
+            return f"relation:{c1} {s1}|{_SHORT_RELATION.get(rel, rel)}|{c2} {s2}"
+        return ""
+    if m := _CLAIM_OBJECT.match(text):
+        size, color, shape = m.groups()
+        if color in COLORS and shape in SHAPES:
+            return f"object:{size} {color} {shape}" if size else f"object:{color} {shape}"
+    if m := _CLAIM_SHAPES.match(text):
+        n, word = number(m.group(1)), m.group(2)
+        shape = word if n == 1 else _SHAPE_OF_PLURAL.get(word)
+        if n is not None and shape in SHAPES:
+            return f"shapes:{shape}={n}"
+    # an inventory ("two circles, a square and a cross") is its own canonical form
+    parts = re.split(r", | and ", text)
+    counts = {}
+    for part in parts:
+        n, _, word = part.partition(" ")
+        n = 1 if n == "a" else number(n)
+        shape = word if n == 1 else _SHAPE_OF_PLURAL.get(word)
+        if n is None or shape not in SHAPES or shape in counts:
+            return ""
+        counts[shape] = n
+    scene = tuple(ShapeObject(0, 0, shape, COLORS[0], SIZES[0]) for shape, n in counts.items() for _ in range(n))
+    return f"inventory:{text}" if scene and inventory_text(scene) == text else ""
 
 
 # --------------------------------------------------------------------------- randomness
@@ -699,6 +772,8 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
             "match_negatives": negatives,
             "match_positives": positives,
             "match_negative_types": negative_types,
+            "caption_claims": [claim_of(c) for c in captions],
+            "image_facts": scene_facts(scene),
         }
         for name, value in row.items():
             columns[name].append(value)

@@ -2,7 +2,9 @@
 
 For each image one negative text and for each text one negative image are drawn among the
 pairs of *other* images (same `image_id` is never a negative, nor is a text identical to one of
-the image's captions: `true_pairs`). When ITC ran earlier in the step,
+the image's captions: `true_pairs`, nor, when the data states what its texts claim, a text whose
+claim is true of the image: the batch's `text_true`, e.g. "a red circle" of another Shapes image
+that also shows a red circle). When ITC ran earlier in the step,
 negatives are sampled in proportion to softmax of its similarities (ALBEF/BLIP hard negatives);
 otherwise uniformly. Sampling is one `torch.multinomial` call per direction, no loop over the
 batch. A row with no valid negative (every other item shows the same image) is dropped.
@@ -43,6 +45,15 @@ def true_pairs(image_ids: torch.Tensor, input_ids: torch.Tensor | None = None) -
     same_text = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)  # (B, B)
     # true[i, j] = some k shows image i and has the words of text j
     return (same_image.float() @ same_text.float()) > 0
+
+
+def known_true(batch: dict) -> torch.Tensor:
+    """(B, B) bool: text j is known to be true of image i: `true_pairs` (same image, same words) or,
+    when the data states what its texts claim, the batch's `text_true` (claim among the image's facts)."""
+    true = true_pairs(batch["image_id"], batch.get("input_ids"))
+    if "text_true" in batch:
+        true = true | batch["text_true"].to(true.device)
+    return true
 
 
 def sample_negatives(
@@ -97,7 +108,7 @@ class ITM(Objective):
         ids = batch["image_id"]
         sim = context.get("itc_sim_i2t") if self.hard_negatives else None  # (B, B) image x text
         a = self.hardness(context.get("progress", 1.0))
-        true = true_pairs(ids, batch.get("input_ids"))  # (B, B): text j true of image i
+        true = known_true(batch)  # (B, B): text j true of image i
         neg_text, valid_t = sample_negatives(ids, sim, hardness=a, true=true)  # for each image a text
         neg_image, valid_i = sample_negatives(ids, None if sim is None else sim.T, hardness=a, true=true.T)  # for each text an image
         texts = Features.cat(text, text.index(neg_text), text)
