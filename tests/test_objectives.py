@@ -43,6 +43,37 @@ def test_itc_known_answer_multi_positive():
     assert loss_same.item() < 0.01 + math.log(2) and acc_same.item() == 1.0
 
 
+def test_itc_claim_positives_known_answer():
+    """claim_positives: a text the data says is true of an image is one of its positives (i2t and t2i)."""
+    from mmbench.data.claims import claims_true
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    txt = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
+    ids = torch.tensor([0, 1, 2])
+    facts = torch.tensor([[5, 7], [6, 0], [8, 0]])  # image 0 has facts 5 and 7
+    claims = torch.tensor([5, 6, 7])  # text 2 (of image 2) claims 7: true of image 0 too
+    extra = claims_true(facts, claims)
+    assert extra.tolist() == [[True, False, True], [False, True, False], [False, False, False]]
+    loss, acc = multi_positive_contrastive_loss(img, txt, ids, 1.0, extra_i2t=extra, extra_t2i=extra.T)
+    logits = img @ txt.T
+    t_i2t = torch.tensor([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    t_t2i = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())  # noqa: E731
+    expected = 0.5 * (by_hand(logits, t_i2t) + by_hand(logits.T, t_t2i))
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    plain, _ = multi_positive_contrastive_loss(img, txt, ids, 1.0)
+    assert not math.isclose(plain.item(), expected, rel_tol=1e-3)
+    # through the objective: the batch's codes switch it on; unknown claims (0) are never positives
+    itc = ITC(text_dim=2, image_dim=2, embed_dim=2, claim_positives=True)
+    batch = {"image_id": ids, "text_claim": torch.tensor([0, 0, 0]), "image_facts": torch.zeros(3, 2, dtype=torch.long)}
+    assert claims_true(batch["image_facts"], batch["text_claim"]).sum() == 0
+    feats = lambda x: Features(x[:, None], torch.ones(3, 1, dtype=torch.bool), x)  # noqa: E731
+    a = itc(None, batch, feats(txt), feats(img), {}).loss
+    b = ITC(text_dim=2, image_dim=2, embed_dim=2)
+    b.load_state_dict(itc.state_dict())
+    assert torch.equal(a, b(None, {"image_id": ids}, feats(txt), feats(img), {}).loss)
+
+
 def test_itc_objective_gradient_and_temperature_clamp():
     torch.manual_seed(0)
     itc = ITC(text_dim=D, image_dim=D, embed_dim=8, temperature_init=0.07)
@@ -110,13 +141,14 @@ def test_true_pairs_and_negatives_exclude_identical_captions():
 
 
 def test_negatives_exclude_texts_the_data_says_are_true():
-    """With `text_true` (Shapes claims), a text of another image that is true of image i is never its negative."""
+    """With claims (Shapes), a text of another image that is true of image i is never its negative."""
     batch = {"image_id": torch.tensor([0, 1, 2, 3]), "input_ids": torch.tensor([[1, 5], [1, 6], [1, 7], [1, 8]])}
     assert torch.equal(known_true(batch), torch.eye(4, dtype=torch.bool))
     text_true = torch.eye(4, dtype=torch.bool)
     text_true[0, 1] = text_true[0, 2] = True  # texts 1 and 2 also describe image 0: only text 3 is false of it
     text_true[3, 0] = True
-    batch["text_true"] = text_true
+    batch["text_claim"] = torch.tensor([21, 22, 23, 24])
+    batch["image_facts"] = torch.tensor([[21, 22, 23], [22, 0, 0], [23, 0, 0], [24, 21, 0]])
     true = known_true(batch)
     assert torch.equal(true, text_true)
     g = torch.Generator().manual_seed(0)

@@ -354,9 +354,10 @@ def test_claims_of_paraphrases_and_unknown_text():
 
 
 def test_batches_mark_texts_true_of_other_images(tmp_path):
-    """`text_true[i, j]`: caption j is true of image i, by the independent checker."""
+    """`claims_true(image_facts, text_claim)[i, j]`: caption j is true of image i, by the independent checker."""
     from functools import partial
 
+    from mmbench.data.claims import claims_true
     from mmbench.data.datamodule import VLDataModule
 
     dm = VLDataModule(partial(build_shapes, tmp_path, image_size=48, **SMALL), image_size=48, batch_size=64)
@@ -366,5 +367,7 @@ def test_batches_mark_texts_true_of_other_images(tmp_path):
     batch = dm.collate(items)
     rows = ds.split.select(range(64))
     expected = torch.tensor([[is_true(it["caption"], objects_of(row)) for it in items] for row in rows])
-    assert torch.equal(batch["text_true"], expected)
-    assert batch["text_true"].diagonal().all() and 64 < batch["text_true"].sum() < 64 * 64
+    true = claims_true(batch["image_facts"], batch["text_claim"])
+    assert torch.equal(true, expected)
+    assert true.diagonal().all() and 64 < true.sum() < 64 * 64
+    assert batch["image_facts"].shape[1] == max(len(f) for d in dm.datasets.values() for f in d.facts)  # fixed width

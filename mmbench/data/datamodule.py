@@ -20,8 +20,10 @@ image. A batch holds:
   labels (B,)                              class of the caption (when the data has `caption_labels`)
   region_boxes (B, R, 4), region_mask (B, R)   objects (when the data has boxes), with
   region_labels (B, R) and / or region_feats (B, R, F) when the data has them
-  text_true (B, B) bool                    text j is true of image i by the data's claims and facts
-                                           (when it has `caption_claims` / `image_facts`)
+  text_claim (B,), image_facts (B, F)      int64 codes (`claim_code`) of the caption's claim (0 = unknown)
+                                           and of the image's facts, padded with 0 to the data's widest
+                                           row (when it has `caption_claims` / `image_facts`);
+                                           `claims_true(image_facts, text_claim)` (B, B): text j true of image i
 
 The answer vocabulary is the train answers (all of them, sorted; or the `max_answers` most frequent).
 """
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmbench.config import ConfigError
 from mmbench.data import tokenizer as tokenization
+from mmbench.data.claims import claim_code
 
 SPLITS = ("train", "val", "test")
 EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
@@ -102,8 +105,8 @@ class PairDataset(Dataset):
         self.labels = split["labels"] if "labels" in cols else None
         self.region_feats = split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
         has_claims = "caption_claims" in cols and "image_facts" in cols
-        self.claims = split["caption_claims"] if has_claims else None
-        self.facts = [frozenset(f) for f in split["image_facts"]] if has_claims else None
+        self.claims = [[claim_code(c) for c in row] for row in split["caption_claims"]] if has_claims else None
+        self.facts = [[claim_code(f) for f in row] for row in split["image_facts"]] if has_claims else None
         self.answer_index = answer_index
         self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
         # flat index -> (image row, caption index)
@@ -159,9 +162,10 @@ class _LazyPixels:
 class Collator:
     """Tokenises, pads to the longest item and stacks a list of examples into the batch contract."""
 
-    def __init__(self, tokenizer, num_answers: int):
+    def __init__(self, tokenizer, num_answers: int, facts_width: int = 0):
         self.tokenizer = tokenizer
         self.num_answers = num_answers
+        self.facts_width = facts_width  # widest `image_facts` row of the data
 
     def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer.encode_batch(texts)
@@ -176,9 +180,12 @@ class Collator:
             "image_id": torch.tensor([int(it["image_id"]) for it in items], dtype=torch.long),
         }
         batch["input_ids"], batch["attention_mask"] = self._text([it["caption"] for it in items])
-        if "claim" in items[0]:  # (B, B): B^2 set lookups, well under a millisecond at B=64
-            batch["text_true"] = torch.tensor([[bool(t["claim"]) and t["claim"] in it["facts"] for t in items]
-                                               for it in items], dtype=torch.bool)
+        if "claim" in items[0]:
+            batch["text_claim"] = torch.tensor([it["claim"] for it in items], dtype=torch.long)
+            facts = torch.zeros(len(items), self.facts_width, dtype=torch.long)  # fixed width: gatherable under DDP
+            for i, it in enumerate(items):  # ragged lists -> padded tensor (collation, not a hot path)
+                facts[i, : len(it["facts"])] = torch.tensor(it["facts"], dtype=torch.long)
+            batch["image_facts"] = facts
         if "label" in items[0]:
             batch["labels"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
         if "question" in items[0]:
@@ -335,7 +342,8 @@ class VLDataModule(pl.LightningDataModule):
         self.answer_index = {a: i for i, a in enumerate(answers)}
         self.datasets = {name: PairDataset(split, self.answer_index) for name, split in dsd.items()}
         self.tokenizer = tok
-        self.collate = Collator(tok, len(answers))
+        widths = [len(f) for d in self.datasets.values() if d.facts is not None for f in d.facts]
+        self.collate = Collator(tok, len(answers), facts_width=max(widths, default=0))
         label_names = list(self.stats.get("label_names") or [])
         self.info = DataInfo(
             vocab_size=tok.get_vocab_size(),

@@ -5,7 +5,10 @@ similarities divided by a learnable temperature (initialised at 0.07, clamped to
 [min_temperature, max_temperature] = [0.01, 0.5] by default: 0.01 is CLIP's logit-scale cap of 100,
 0.5 ALBEF's upper bound). The loss is the symmetric cross-entropy where every pair that shares an
 `image_id` is a positive: the target of a row is uniform over its positives, so captions of the
-same image are never pushed apart.
+same image are never pushed apart. With `claim_positives=True` (off by default: the published recipe),
+a text whose claim the data states is true of an image is a positive of it too (`claims_true`; on
+Shapes "there are two objects" is true of a third of all images): the control that tells whether
+the data's truth alone, without ITM, closes a gap.
 
 Under DDP the embeddings of all ranks are gathered *with gradient*
 (`torch.distributed.nn.functional.all_gather`) and each rank computes its local rows against all
@@ -20,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.data.claims import claims_true
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
 
@@ -41,24 +45,29 @@ def multi_positive_contrastive_loss(
     all_image_emb: torch.Tensor | None = None,
     all_text_emb: torch.Tensor | None = None,
     all_image_ids: torch.Tensor | None = None,
+    extra_i2t: torch.Tensor | None = None,
+    extra_t2i: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE with positives defined by equal image ids.
+    """Symmetric InfoNCE with positives defined by equal image ids (and optional extra positives).
 
     image_emb, text_emb: (B, E) normalised local embeddings; image_ids (B,).
     all_*: the same over all ranks (N, E) / (N,); default to the local ones.
+    extra_i2t (B, N) bool: text j is also a positive of local image i; extra_t2i (B, N): image j of local text i.
     Returns (loss, i2t in-batch accuracy).
     """
     all_image_emb = image_emb if all_image_emb is None else all_image_emb
     all_text_emb = text_emb if all_text_emb is None else all_text_emb
     all_image_ids = image_ids if all_image_ids is None else all_image_ids
-    pos = (image_ids[:, None] == all_image_ids[None, :]).float()  # (B, N)
-    target = pos / pos.sum(1, keepdim=True)
+    same = image_ids[:, None] == all_image_ids[None, :]  # (B, N); rows are (image i, text i) pairs
+    pos_i2t = (same if extra_i2t is None else same | extra_i2t).float()
+    pos_t2i = (same if extra_t2i is None else same | extra_t2i).float()
     logits_i2t = image_emb @ all_text_emb.T / temperature  # (B, N)
     logits_t2i = text_emb @ all_image_emb.T / temperature  # (B, N)
     loss = 0.5 * (
-        F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)
+        F.cross_entropy(logits_i2t, pos_i2t / pos_i2t.sum(1, keepdim=True))
+        + F.cross_entropy(logits_t2i, pos_t2i / pos_t2i.sum(1, keepdim=True))
     )
-    acc = pos.gather(1, logits_i2t.argmax(1, keepdim=True)).mean()
+    acc = pos_i2t.gather(1, logits_i2t.argmax(1, keepdim=True)).mean()
     return loss, acc
 
 
@@ -74,9 +83,11 @@ class ITC(Objective):
         temperature_init: float = 0.07,
         min_temperature: float = 0.01,
         max_temperature: float = 0.5,
+        claim_positives: bool = False,
         weight: float = 1.0,
     ):
         super().__init__(weight)
+        self.claim_positives = bool(claim_positives)
         self.text_proj = nn.Linear(text_dim, embed_dim)  # towers may differ in width (CLIP: 512 vs 768)
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
@@ -93,7 +104,14 @@ class ITC(Objective):
         all_text, _ = _gather(text_emb)
         all_image, _ = _gather(image_emb)
         all_ids, _ = _gather(ids)
-        loss, acc = multi_positive_contrastive_loss(image_emb, text_emb, ids, temp, all_image, all_text, all_ids)
+        extra_i2t = extra_t2i = None
+        if self.claim_positives and "text_claim" in batch:
+            all_claims, _ = _gather(batch["text_claim"])  # (N,)
+            all_facts, _ = _gather(batch["image_facts"])  # (N, F)
+            extra_i2t = claims_true(batch["image_facts"], all_claims)  # (B, N): text j true of local image i
+            extra_t2i = claims_true(all_facts, batch["text_claim"]).T  # (B, N): local text i true of image j
+        loss, acc = multi_positive_contrastive_loss(image_emb, text_emb, ids, temp, all_image, all_text, all_ids,
+                                                    extra_i2t, extra_t2i)
         # Local similarities for objectives that mine hard negatives (ITM), without gradient.
         context["itc_sim_i2t"] = (image_emb @ text_emb.T / temp).detach()  # (B, B)
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})

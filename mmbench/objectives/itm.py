@@ -3,7 +3,7 @@
 For each image one negative text and for each text one negative image are drawn among the
 pairs of *other* images (same `image_id` is never a negative, nor is a text identical to one of
 the image's captions: `true_pairs`, nor, when the data states what its texts claim, a text whose
-claim is true of the image: the batch's `text_true`, e.g. "a red circle" of another Shapes image
+claim is true of the image: `claims_true` of the batch's `image_facts` and `text_claim`, e.g. "a red circle" of another Shapes image
 that also shows a red circle). When ITC ran earlier in the step,
 negatives are sampled in proportion to softmax of its similarities (ALBEF/BLIP hard negatives);
 otherwise uniformly. Sampling is one `torch.multinomial` call per direction, no loop over the
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.data.claims import claims_true
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
@@ -49,10 +50,10 @@ def true_pairs(image_ids: torch.Tensor, input_ids: torch.Tensor | None = None) -
 
 def known_true(batch: dict) -> torch.Tensor:
     """(B, B) bool: text j is known to be true of image i: `true_pairs` (same image, same words) or,
-    when the data states what its texts claim, the batch's `text_true` (claim among the image's facts)."""
+    when the data states what its texts claim, a claim among the image's facts (`claims_true`)."""
     true = true_pairs(batch["image_id"], batch.get("input_ids"))
-    if "text_true" in batch:
-        true = true | batch["text_true"].to(true.device)
+    if "text_claim" in batch:
+        true = true | claims_true(batch["image_facts"], batch["text_claim"])
     return true
 
 
