@@ -20,7 +20,7 @@ from mmbench.module import MMBenchModule
 
 
 def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
-    """Values of `info` that the target of `cfg` accepts and the config does not set itself."""
+    """Values of `info` that the target of `cfg` accepts and the config does not set itself (absent or null)."""
     target = cfg._target_
     try:
         fn = get_class(target)
@@ -29,7 +29,7 @@ def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
     params = inspect.signature(fn).parameters
     available = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     available["num_answers"] = info.num_answers
-    return {k: v for k, v in available.items() if k in params and k not in cfg}
+    return {k: v for k, v in available.items() if k in params and cfg.get(k) is None}
 
 
 def build_datamodule(cfg: DictConfig) -> VLDataModule:

@@ -217,6 +217,23 @@ def test_classify_refused_without_joint_pooled():
 # ---------------------------------------------------------------- Classify
 
 
+def test_classify_takes_num_labels_from_the_data_unless_set():
+    from hydra.utils import instantiate
+
+    from mmbench.builder import data_kwargs
+    from mmbench.data.datamodule import DataInfo
+
+    info = DataInfo(vocab_size=10, pad_id=0, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)),
+                    max_text_len=8, image_size=16, num_labels=3)
+    for overrides, expected in (([], 3), (["objective.classify.num_labels=5"], 5)):
+        c = compose_cfg(["model=vilt", "objective=[classify]", *overrides]).objective.classify
+        assert instantiate(c, **data_kwargs(c, info)).head.out_features == expected
+    c = compose_cfg(["model=vilt", "objective=[classify]"]).objective.classify
+    with pytest.raises(Exception, match="the data has no labels"):  # hydra wraps it in InstantiationException
+        instantiate(c, **data_kwargs(c, DataInfo(vocab_size=10, pad_id=0, mask_id=4, bos_id=5, eos_id=6,
+                                                 special_ids=list(range(7)), max_text_len=8, image_size=16)))
+
+
 def test_classify_known_answer():
     model = tiny_model()
     batch, text, image = _step(model, B=4)

@@ -2,7 +2,8 @@
 
 `model.fuse(text, image).pooled` (B, D) -> Linear -> `num_labels` logits, cross-entropy against
 `batch[label_field]` (B,) long class indices. Negative labels (e.g. -1 = unknown) are ignored.
-`num_labels` is set in the yaml (there is no DataInfo field for it). Metric: `acc`.
+`num_labels` comes from the data's label count (`DataInfo.num_labels`, filled in by the builder)
+unless the config sets it. Metric: `acc`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Classify(Objective):
     def __init__(self, dim: int, num_labels: int, label_field: str = "labels", weight: float = 1.0):
         super().__init__(weight)
         if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}; set it to the dataset's label count")
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}: the data has no labels (no `caption_labels` / "
+                             f"label column) and objective.classify.num_labels is not set")
         self.head = nn.Linear(dim, num_labels)
         self.num_labels = num_labels
         self.label_field = label_field
