@@ -395,7 +395,7 @@ def test_region_features_as_columns(tmp_path):
 
 
 def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
-    """Shapes: one-hot answer scores, region mask = real objects, no labels / region_feats keys."""
+    """Shapes: one-hot answer scores, region mask = real objects, claims, no labels / region_feats keys."""
     from hydra.utils import instantiate
 
     dm = instantiate(tiny_cfg().data)
@@ -403,7 +403,8 @@ def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
     ds = dm.datasets["val"]
     batch = dm.collate([ds[i] for i in range(16)])
     assert set(batch) == {"pixel_values", "image_id", "input_ids", "attention_mask", "question_ids", "question_mask",
-                          "answer", "answer_scores", "region_boxes", "region_labels", "region_mask"}
+                          "answer", "answer_scores", "region_boxes", "region_labels", "region_mask",
+                          "text_claim", "image_facts"}
     assert torch.equal(batch["answer_scores"].sum(1), (batch["answer"] >= 0).float())
     assert torch.equal(batch["region_mask"], batch["region_labels"] >= 0)
 
