@@ -130,6 +130,8 @@ def run_eval(cfg: DictConfig) -> dict:
     t0 = time.time()
     metrics, samples = evaluate_suite(module, dm, settings)
     eval_seconds = time.time() - t0
+    if settings.get("split", "test") == "test":  # as at the end of training
+        metrics.update(dm.info.baseline_metrics())
     comp = complexity(module, next(iter(dm.test_dataloader())), None, 0)
 
     previous = run_dir / "metrics.json"

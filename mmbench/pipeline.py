@@ -122,10 +122,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
         eval_seconds = time.time() - t_eval
         log.info("evaluation suite: %.1f s", eval_seconds)
         metrics.update(evaluation)
-    if dm.info.majority_baseline is not None:
-        metrics["test/vqa/majority_baseline"] = dm.info.majority_baseline
-    if dm.info.question_prior_baseline is not None:
-        metrics["test/vqa/question_prior_baseline"] = dm.info.question_prior_baseline
+    metrics.update(dm.info.baseline_metrics())
     batch = next(iter(dm.test_dataloader()))
     seen = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
     comp = complexity(module, batch, train_seconds, seen)  # once: report.md and metrics.json share it

@@ -223,6 +223,7 @@ def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
     suite_keys = [k for k in saved["metrics"] if k.split("/")[1] in ("retrieval", "vqa", "diagnostics", "zeroshot", "robustness")]
     assert len(suite_keys) > 50
     assert {k: saved["metrics"][k] for k in suite_keys} == {k: m[k] for k in suite_keys}  # the same numbers again
+    assert "test/vqa/question_prior_baseline" in suite_keys  # mmbench-eval reports the blind baselines too
     assert (evals[0] / "report.md").exists() and (evals[0] / "csv" / "metrics.csv").exists()
 
     # another data config: a smaller test split (a new Shapes cache); the model keeps its training vocabulary
@@ -231,6 +232,9 @@ def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
     new = [p for p in (cwd / "outputs" / "evals").iterdir() if p != evals[0]]
     saved = json.loads((new[0] / "metrics.json").read_text())
     assert saved["metrics"]["test/retrieval/num_images"] == 24 and "test/vqa/acc" in saved["metrics"]
+    # the blind baselines are those of the new test split, not copied from training
+    assert 0 <= saved["metrics"]["test/vqa/majority_baseline"] <= 1
+    assert saved["metrics"]["test/vqa/question_prior_baseline"] != m["test/vqa/question_prior_baseline"]
     assert _tree(out) == before
 
 

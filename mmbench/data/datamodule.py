@@ -79,6 +79,12 @@ class DataInfo:
     def num_answers(self) -> int:
         return len(self.answers)
 
+    def baseline_metrics(self) -> dict[str, float]:
+        """The blind VQA baselines of the test split as metrics (`test/vqa/...`), those the data has."""
+        values = {"test/vqa/majority_baseline": self.majority_baseline,
+                  "test/vqa/question_prior_baseline": self.question_prior_baseline}
+        return {k: float(v) for k, v in values.items() if v is not None}
+
 
 class PairDataset(Dataset):
     """(image, caption k, question k mod Q) examples of one split.
