@@ -126,6 +126,9 @@ def _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples) -> No
         lg.log_table(key="eval/samples", columns=["task", "image", "question", "reference", "prediction"], data=rows)
 
 
+LOGGED_DURING_TRAINING = ("train/", "val/")
+
+
 def publish(out_dir: str | Path, metrics: dict[str, float], *, samples: Samples | None = None, loggers=(), step: int = 0,
             datamodule=None, complexity: dict | None = None, title: str = "mmbench run", info: dict | None = None,
             split: str = "test", max_samples: int = 16) -> Path:
@@ -133,6 +136,9 @@ def publish(out_dir: str | Path, metrics: dict[str, float], *, samples: Samples 
     plot = make_plot(out_dir, metrics, title=title)
     report = write_report(out_dir, metrics, complexity, samples, title=title, info=info, plot=plot,
                           max_samples=min(max_samples, 8))
-    log_to_loggers(loggers, metrics, step=step, samples=samples, datamodule=datamodule, split=split, plot=plot,
+    # train/ and val/ values are already in the loggers' history (CSV rows; W&B's summary keeps the last
+    # value): logging them again at the final step would add a CSV row that repeats them without an epoch
+    final = {k: v for k, v in metrics.items() if not k.startswith(LOGGED_DURING_TRAINING)}
+    log_to_loggers(loggers, final, step=step, samples=samples, datamodule=datamodule, split=split, plot=plot,
                    max_samples=max_samples)
     return report
