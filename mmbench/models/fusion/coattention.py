@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import nn
 
 from mmbench.models.layers import Block, Pooler
+from mmbench.models.fusion.two_stream import TwoStreamFusion
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -49,33 +50,17 @@ class CoAttentionLayer(nn.Module):
         return self.text_block(t, mask=text_mask), self.image_block(v, mask=image_mask)
 
 
-class CoAttentionFusion(nn.Module):
+class CoAttentionFusion(TwoStreamFusion):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=False)
 
     def __init__(
         self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = False, dropout: float = 0.0
     ):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            CoAttentionLayer(dim, heads, mlp_ratio, prenorm, dropout) for _ in range(depth)
-        )
-        # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
-        self.text_norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
-        self.image_norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
+        super().__init__((CoAttentionLayer(dim, heads, mlp_ratio, prenorm, dropout) for _ in range(depth)), dim, prenorm)
         self.text_pooler = Pooler(dim)
         self.image_pooler = Pooler(dim)
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
-        if causal_text:
-            raise ValueError(
-                "CoAttentionFusion cannot run with causal_text=True: image tokens attend to all text tokens, "
-                "so future text leaks back; use fusion=text_cross_attention, gated_cross_attention or merged for LM"
-            )
-        t, v = text.tokens, image.tokens  # (B, T, D), (B, V, D)
-        text_mask = text.mask[:, None, None, :]  # (B, 1, 1, T)
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
-        for layer in self.layers:
-            t, v = layer(t, v, text_mask, image_mask)
-        t, v = self.text_norm(t), self.image_norm(v)
+        t, v = self.run_streams(text, image, causal_text)  # (B, T, D), (B, V, D)
         pooled = self.text_pooler(t) * self.image_pooler(v)  # (B, D) ViLBERT's "prod" alignment vector
         return Fused(text_tokens=t, image_tokens=v, pooled=pooled)

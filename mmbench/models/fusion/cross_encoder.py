@@ -24,6 +24,7 @@ from __future__ import annotations
 from torch import nn
 
 from mmbench.models.layers import Block, Pooler
+from mmbench.models.fusion.two_stream import TwoStreamFusion
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -47,7 +48,7 @@ class CrossEncoderLayer(nn.Module):
         return self.text_block(t, mask=text_mask), self.image_block(v, mask=image_mask)
 
 
-class CrossEncoderFusion(nn.Module):
+class CrossEncoderFusion(TwoStreamFusion):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=True, causal_text=False)
 
     def __init__(
@@ -60,25 +61,10 @@ class CrossEncoderFusion(nn.Module):
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
     ):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            CrossEncoderLayer(dim, heads, mlp_ratio, prenorm, dropout, norm_eps) for _ in range(depth)
-        )
-        # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
-        self.text_norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
-        self.image_norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
+        layers = (CrossEncoderLayer(dim, heads, mlp_ratio, prenorm, dropout, norm_eps) for _ in range(depth))
+        super().__init__(layers, dim, prenorm, norm_eps)
         self.pooler = Pooler(dim)
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
-        if causal_text:
-            raise ValueError(
-                "CrossEncoderFusion cannot run with causal_text=True: vision attends to all text tokens, "
-                "so future text leaks back; use fusion=text_cross_attention, gated_cross_attention or merged for LM"
-            )
-        t, v = text.tokens, image.tokens  # (B, T, D), (B, V, D)
-        text_mask = text.mask[:, None, None, :]  # (B, 1, 1, T)
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
-        for layer in self.layers:
-            t, v = layer(t, v, text_mask, image_mask)
-        t, v = self.text_norm(t), self.image_norm(v)
+        t, v = self.run_streams(text, image, causal_text)  # (B, T, D), (B, V, D)
         return Fused(text_tokens=t, image_tokens=v, pooled=self.pooler(t))
