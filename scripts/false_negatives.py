@@ -27,7 +27,7 @@ def main() -> None:
     from mmbench.builder import build_datamodule, build_module
     from mmbench.data.claims import claims_true
     from mmbench.evaluate import load_weights, training_config
-    from mmbench.objectives.itm import true_pairs
+    from mmbench.objectives.itm import negative_distribution, true_pairs
 
     cfg, _ = training_config(args.ckpt)
     OmegaConf.set_struct(cfg, False)
@@ -49,11 +49,11 @@ def main() -> None:
             image = module.model.encode_image(batch)
             context: dict = {}
             module.objectives["itc"](module.model, batch, text, image, context)
-            allowed = ~true_pairs(batch["image_id"], batch["input_ids"])  # (B, B) the rule without claims
+            ids, without_claims = batch["image_id"], true_pairs(batch["image_id"], batch["input_ids"])  # (B, B)
             true = claims_true(batch["image_facts"], batch["text_claim"]).float()  # (B, B)
-            p_hard = torch.softmax(context["itc_sim_i2t"].masked_fill(~allowed, float("-inf")), dim=1)
-            p_uniform = allowed.float() / allowed.sum(1, keepdim=True)
-            hard += (torch.nan_to_num(p_hard) * true).sum(1).mean().item()
+            p_hard, _ = negative_distribution(ids, context["itc_sim_i2t"], hardness=1.0, true=without_claims)
+            p_uniform, _ = negative_distribution(ids, None, true=without_claims)
+            hard += (p_hard * true).sum(1).mean().item()
             uniform += (p_uniform * true).sum(1).mean().item()
             n += 1
     print(f"{n} batches of {dm.batch_size}: mass on texts true of the image: "

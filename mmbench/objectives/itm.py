@@ -3,8 +3,8 @@
 For each image one negative text and for each text one negative image are drawn among the
 pairs of *other* images (same `image_id` is never a negative, nor is a text identical to one of
 the image's captions: `true_pairs`, nor, when the data states what its texts claim, a text whose
-claim is true of the image: `claims_true` of the batch's `image_facts` and `text_claim`, e.g. "a red circle" of another Shapes image
-that also shows a red circle). When ITC ran earlier in the step,
+claim is true of the image: `claims_true` of the batch's `image_facts` and `text_claim`, e.g.
+"a red circle" of another Shapes image that also shows a red circle; together `known_true`). When ITC ran earlier in the step,
 negatives are sampled in proportion to softmax of its similarities (ALBEF/BLIP hard negatives);
 otherwise uniformly. Sampling is one `torch.multinomial` call per direction, no loop over the
 batch. A row with no valid negative (every other item shows the same image) is dropped.
@@ -57,6 +57,30 @@ def known_true(batch: dict) -> torch.Tensor:
     return true
 
 
+def negative_distribution(
+    image_ids: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    hardness: float = 1.0,
+    true: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution `sample_negatives` draws from: (weights (B, B), valid (B,) bool).
+
+    Row i spreads its mass over the columns j that are not a true pair (image_ids[j] != image_ids[i]
+    and, when given, not true[i, j]; see `known_true`): `hardness * softmax(scores) + (1 - hardness) *
+    uniform`. scores (B, B): unnormalised log-weights (e.g. ITC similarities); None = uniform.
+    Rows without any valid column are all zero and get valid=False.
+    """
+    allowed = image_ids[:, None] != image_ids[None, :]  # (B, B)
+    if true is not None:
+        allowed = allowed & ~true
+    uniform = allowed.float() / allowed.sum(1, keepdim=True).clamp_min(1)  # (B, B)
+    if scores is None or hardness <= 0:
+        return uniform, allowed.any(1)
+    hard = torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=1)
+    hard = torch.nan_to_num(hard, nan=0.0)  # all -inf rows
+    return hardness * hard + (1 - hardness) * uniform, allowed.any(1)  # (B, B), (B,)
+
+
 def sample_negatives(
     image_ids: torch.Tensor,
     scores: torch.Tensor | None = None,
@@ -64,24 +88,12 @@ def sample_negatives(
     hardness: float = 1.0,
     true: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row i pick a column j that is not a true pair: image_ids[j] != image_ids[i] and,
-    when given, not true[i, j] (see `true_pairs`).
+    """For each row i pick a column j that is not a true pair, from `negative_distribution`.
 
-    scores (B, B): unnormalised log-weights (e.g. ITC similarities); None = uniform.
     hardness in [0, 1]: weight of the score-based distribution in a mixture with the uniform one.
     Returns (indices (B,), valid (B,) bool). Rows without any valid column get valid=False.
     """
-    allowed = image_ids[:, None] != image_ids[None, :]  # (B, B)
-    if true is not None:
-        allowed = allowed & ~true
-    uniform = allowed.float() / allowed.sum(1, keepdim=True).clamp_min(1)  # (B, B)
-    if scores is None or hardness <= 0:
-        weights = uniform
-    else:
-        hard = torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=1)
-        hard = torch.nan_to_num(hard, nan=0.0)  # all -inf rows
-        weights = hardness * hard + (1 - hardness) * uniform  # (B, B)
-    valid = allowed.any(1)
+    weights, valid = negative_distribution(image_ids, scores, hardness, true)
     weights = torch.where(valid[:, None], weights, torch.ones_like(weights))  # placeholder for invalid rows
     idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
     return idx, valid
