@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.ops import roi_align
 
-from mmbench.models.vision.conv import ConvBackbone, ConvEncoder
+from mmbench.models.vision.conv import ConvBackbone, ConvEncoder, StridedPointwiseConv
 from mmbench.models.vision.patch import PatchEncoder
 from mmbench.models.vision.region import BoxEmbedding, RegionEncoder, RegionFeatureEncoder
 
@@ -76,6 +79,57 @@ def test_conv_backbone_shape():
     out = backbone(torch.randn(2, 3, S, S))
     assert backbone.stride == 8 and backbone.out_channels == 32
     assert out.shape == (2, 32, S // 8, S // 8)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [48, 47])
+def test_strided_pointwise_conv_equals_strided_conv2d(channels_last, size):
+    """Same output and same gradients (input and weight) as nn.Conv2d(1x1, stride 2) with the same
+    weights. The reference runs with oneDNN off: its strided 1x1 weight gradient is the kernel that
+    corrupts the heap on AVX-512 CPUs (docs/reliability.md)."""
+    torch.manual_seed(0)
+    ours = StridedPointwiseConv(8, 12, stride=2, bias=True)
+    ref = torch.nn.Conv2d(8, 12, kernel_size=1, stride=2, bias=True)
+    ref.load_state_dict(ours.state_dict())  # same parameter names and shapes: checkpoints interchange
+    x = torch.randn(4, size, size, 8).permute(0, 3, 1, 2)  # channels-last strides, as the collator's pixels
+    x = x if channels_last else x.contiguous()
+    g = torch.randn(4, 12, (size + 1) // 2, (size + 1) // 2)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    ours(xs[0]).backward(g)
+    with torch.backends.mkldnn.flags(enabled=False):
+        ref(xs[1]).backward(g)
+        expected = ref(x)
+    torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_backbone_trains_on_channels_last_pixels_with_few_channels():
+    """Regression: a narrow ConvBackbone (width 8: the shortcut is a strided 1x1 conv with 8 input
+    channels) trained on the collator's channels-last-strided pixels crashed the process on AVX-512
+    CPUs ("double free or corruption", exit 134/139) in oneDNN's strided 1x1 weight gradient. Run in a
+    child process so a crash fails this test instead of killing the suite. On a CPU without AVX-512
+    the old code passed too; the equivalence test above covers the replacement there."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from mmbench.models.vision.conv import ConvBackbone
+        torch.manual_seed(0)
+        pixels = torch.randint(0, 256, (64, 48, 48, 3), dtype=torch.uint8)  # (B, H, W, 3), as stored
+        pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # the collator's (B, 3, H, W) view
+        assert pixels.is_contiguous(memory_format=torch.channels_last)
+        backbone = ConvBackbone(width=8, stages=3)
+        for _ in range(3):
+            backbone(pixels).square().mean().backward()
+        assert all(p.grad is not None and p.grad.isfinite().all() for p in backbone.parameters())
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (
+        f"exit {done.returncode}: {done.stderr[-2000:]}"
+    )
 
 
 def test_conv_encoder_shapes():

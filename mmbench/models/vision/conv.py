@@ -25,6 +25,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -36,6 +37,27 @@ from mmbench.models.vision.patch import PatchEncoder
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups (Wu & He's default), fewer when `channels` is small."""
     return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as "keep every s-th pixel, then a 1x1 convolution".
+
+    The same function and the same parameters as `nn.Conv2d(cin, cout, 1, stride=s)` (state dicts are
+    interchangeable); it is what oneDNN itself does for strided 1x1 convolutions ("reduce to unit
+    stride"). Why not plain `nn.Conv2d`: in torch 2.14.1 (oneDNN 3.12.0), on CPUs with AVX-512, the
+    weight gradient of a strided 1x1 convolution whose input is channels-last and has fewer than 16
+    channels (one AVX-512 register of fp32) runs oneDNN's `jit_1x1:avx512_core` backward_weights
+    kernel, which writes past its buffer: the process dies with "double free or corruption" or a
+    segfault, or the heap is silently corrupted (e.g. B=64, 8 -> 8 channels, 48x48 input, stride 2).
+    A unit-stride 1x1 convolution does not take that path. docs/reliability.md has the reproduction.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)  # (B, C, H, W) -> (B, C', H/s, W/s)
 
 
 class ConvBackbone(nn.Module):
@@ -60,7 +82,7 @@ class ConvBackbone(nn.Module):
         layers, channels = [], width
         for i in range(stages):
             out = width * 2**i
-            shortcut = nn.Sequential(nn.Conv2d(channels, out, kernel_size=1, stride=2, bias=False), norm_layer(out))
+            shortcut = nn.Sequential(StridedPointwiseConv(channels, out, stride=2), norm_layer(out))
             layers += [
                 BasicBlock(channels, out, stride=2, downsample=shortcut, norm_layer=norm_layer),
                 BasicBlock(out, out, norm_layer=norm_layer),
