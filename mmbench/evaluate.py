@@ -84,11 +84,21 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
     return OmegaConf.to_container(settings, resolve=True)
 
 
-def load_weights(module, ckpt_path: str | Path) -> None:
-    import torch
+def read_weights(ckpt_path: str | Path) -> dict:
+    """The checkpoint's state_dict, loaded weights-only (mmbench.sweep.load_checkpoint)."""
+    from mmbench.sweep import CheckpointError, load_checkpoint
 
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as err:
+        raise EvalError(str(err)) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise EvalError(f"{ckpt_path} holds no 'state_dict'; pass a checkpoint written by mmbench-train")
+    return ckpt["state_dict"]
+
+
+def load_weights(module, ckpt_path: str | Path) -> None:
+    module.load_state_dict(read_weights(ckpt_path))
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -108,6 +118,7 @@ def run_eval(cfg: DictConfig) -> dict:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     train_cfg, run_dir = training_config(cfg.ckpt_path)
+    weights = read_weights(cfg.ckpt_path)  # before any work: a file that is not a plain checkpoint is refused
     original = train_cfg.copy()
     choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
     data_changed = apply_data_overrides(train_cfg, cfg, choice)
@@ -122,7 +133,7 @@ def run_eval(cfg: DictConfig) -> dict:
                                       majority_baseline=dm.info.majority_baseline,
                                       question_prior_baseline=dm.info.question_prior_baseline)
     module = build_module(train_cfg, dm.info)
-    load_weights(module, cfg.ckpt_path)
+    module.load_state_dict(weights)
     module.to(torch.device(cfg.device))
 
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -3,6 +3,8 @@
 Each step encodes text and image once and hands the features to every objective; the training
 loss is the weighted sum of the objectives' losses. Logged names: `<split>/loss`,
 `<split>/<objective>/loss` and `<split>/<objective>/<metric>` (e.g. `test/vqa/acc`).
+Training stops with `Diverged` at the first non-finite loss, and no checkpoint is written with
+non-finite weights.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from torch import nn
 
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective
+from mmbench.record import Diverged
+
+_DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_ratio) usually helps."
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0):
@@ -56,15 +61,54 @@ class MMBenchModule(pl.LightningModule):
         context: dict = {"progress": self.progress if split == "train" else 1.0}
         sync = split != "train"  # val/test epoch metrics are reduced over DDP ranks (a no-op on one process)
         total = torch.zeros((), device=self.device)
+        losses: dict[str, torch.Tensor] = {}
         B = batch["input_ids"].shape[0]
         for name, objective in self.objectives.items():
             out = objective(self.model, batch, text, image, context)
+            losses[name] = out.loss
             total = total + objective.weight * out.loss
             self.log(f"{split}/{name}/loss", out.loss, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
             for key, value in out.metrics.items():
                 self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
         self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True, sync_dist=sync)
+        if split == "train":
+            self.stop_if_diverged(total, losses)
         return total
+
+    def stop_if_diverged(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        """Raise `Diverged` at the first non-finite training loss, naming the step and the objective.
+
+        Checked here, in the training step, because Lightning calls it inside the optimizer's closure:
+        raising stops the fit before the backward pass and the optimizer step that a NaN would feed, so
+        the weights (and the checkpoints) stay those of the last finite step. `EarlyStopping(check_finite=
+        True)` only looks at the monitored metric after validation, when the weights are already
+        non-finite and the epoch's checkpoint is being written with them. One host sync per step.
+        """
+        finite = bool(torch.isfinite(total))
+        if self._trainer is not None:  # under DDP every rank stops together (a rank alone would hang the others)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        named = [f"{name} = {loss.item():g}" for name, loss in losses.items() if not torch.isfinite(loss)]
+        if not named:  # finite losses: a weight made the sum non-finite, or another rank's loss is
+            named = [f"weighted sum = {total.item():g}" if not torch.isfinite(total) else "on another rank"]
+        raise Diverged(
+            f"training diverged at global step {self.global_step}: non-finite loss ({', '.join(named)}); "
+            f"stopped before the optimizer step, so checkpoints/ keeps the last finite weights. {_DIVERGED_HINT}"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to write non-finite weights: a finite loss can still give non-finite gradients and
+        weights, and an epoch's checkpoint is written before the next training step would notice.
+        Raising here, before Lightning writes the file, keeps the previous checkpoint."""
+        state = checkpoint["state_dict"]
+        bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise Diverged(
+                f"training diverged by global step {self.global_step}: non-finite weights in {bad[0]} "
+                f"({len(bad)} tensors); that checkpoint was not written, checkpoints/ keeps the last finite "
+                f"weights. {_DIVERGED_HINT}"
+            )
 
     @property
     def progress(self) -> float:

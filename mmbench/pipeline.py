@@ -7,16 +7,19 @@ line (`mmbench-train --help` stays fast) and so tests can call `run(cfg)` on a c
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
-from mmbench.record import git_sha, versions, write_metrics
-from mmbench.sweep import csv_history, ddp_cleanup, ddp_single_run, global_rank, restore_csv_history
+from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
+from mmbench.sweep import (CheckpointError, csv_history, ddp_cleanup, ddp_single_run, global_rank, load_checkpoint,
+                           restore_csv_history)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def run(cfg: DictConfig) -> dict:
         "status": "running",
         "choices": choices_of(cfg),
         "overrides": _overrides(),
-        "seed": int(cfg.seed),
+        "seed": cfg.seed,  # an int once validate() has passed; a refused `seed=abc` is recorded as given
         "metrics": {},
         "complexity": {},
         "versions": versions(),
@@ -54,8 +57,14 @@ def run(cfg: DictConfig) -> dict:
         record["metrics"], record["complexity"] = _train(cfg, out_dir)
         record["status"] = "completed"
         return record
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         record.update(status="failed", error=str(err))
+        raise
+    except Diverged as err:
+        record.update(status="diverged", error=str(err))
+        raise
+    except KeyboardInterrupt as err:  # Interrupted, or a Ctrl-C outside Lightning (e.g. in the evaluation suite)
+        record.update(status="interrupted", error=str(err) or "interrupted by SIGINT (Ctrl-C)")
         raise
     except BaseException as err:  # noqa: BLE001 - record every failure, then re-raise
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
@@ -79,6 +88,12 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
 
     from mmbench.builder import build_datamodule, build_module
 
+    # resume: an unfinished run of the same job directory continues from its last checkpoint, which is
+    # read first (weights only), so a file that is not a plain checkpoint is refused before any work
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
+    resume_step = int(load_checkpoint(ckpt_path)["global_step"]) if ckpt_path else None
+
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.info)
@@ -93,24 +108,23 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     # flat top-level keys (choice/model = "vilt", choice/objective = "itc+itm") so dashboards group by them
     hparams.update({f"choice/{k}": "+".join(map(str, v)) if isinstance(v, list) else v for k, v in choices.items()})
     hparams["overrides"] = _overrides()
-    # resume: an unfinished run of the same job directory continues from its last checkpoint
-    last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
-    history = csv_history(trainer.loggers, ckpt_path)  # the CSV curves before the checkpoint
+    history = csv_history(trainer.loggers, resume_step)  # the CSV curves before the checkpoint
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
     restore_csv_history(history)
     if trainer.world_size > 1:
         ddp_single_run()  # in a multirun, Lightning's extra ranks re-run this job, not the whole sweep
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with _interrupts(trainer):
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        with _interrupts(trainer):
+            results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
         # the evaluation suite (docs/metrics.md) on the best weights that trainer.test loaded
@@ -137,3 +151,24 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     metrics = dict(sorted(metrics.items()))
     log.info("metrics: %s", metrics)
     return metrics, comp
+
+
+@contextmanager
+def _interrupts(trainer):
+    """Ctrl-C and SIGTERM inside `trainer.fit` / `trainer.test` raise `Interrupted`. Lightning catches a
+    KeyboardInterrupt, tears down and calls `sys.exit(1)` from its handler (and from then on ignores
+    SIGINT); after a SIGTERM it raises `SIGTERMException` (a SystemExit) at the next batch. Both would
+    otherwise be recorded as `failed: SystemExit: 1`."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SIGTERMException as err:
+        raise Interrupted(f"interrupted by SIGTERM at global step {trainer.global_step}", signal.SIGTERM) from err
+    except SystemExit as err:
+        if not isinstance(err.__context__, KeyboardInterrupt):
+            raise
+        signal.signal(signal.SIGINT, sigint)  # Lightning set SIG_IGN and does not restore it
+        message = f"interrupted by SIGINT (Ctrl-C) at global step {trainer.global_step}"
+        raise Interrupted(message, signal.SIGINT) from err

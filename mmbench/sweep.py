@@ -5,10 +5,12 @@
   same command therefore finds the same directory; `resume=false` appends a timestamp (fresh sweep).
 - A job's directory inside it is named from its own overrides (sorted), never from its job number,
   so reordering or extending a sweep keeps every finished job where the rerun looks for it.
-- `train.py` skips a job whose `metrics.json` says completed and resumes an unfinished one from
-  `checkpoints/last.ckpt` (pipeline.py); `RNGState` makes that resume bit-exact on CPU.
+- `train.py` skips a job whose `metrics.json` says completed and resumes any other one (unfinished,
+  interrupted, failed, diverged) from `checkpoints/last.ckpt` (pipeline.py); `RNGState` makes that
+  resume bit-exact on CPU. Checkpoints are read with `torch.load(weights_only=True)` only
+  (`load_checkpoint`), so a file planted in a run directory cannot run code.
 - `SweepSummary` (a Hydra callback) prints the state of every job at the end of a multirun and makes
-  the command exit non-zero when one of them failed.
+  the command exit non-zero when one of them failed, diverged or is unfinished.
 
 Kept free of torch/Lightning imports at module level: Hydra instantiates the callback before any job.
 """
@@ -139,16 +141,21 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").exists()))
 
 
+# a job's status in metrics.json -> its line in the sweep summary: a diverged job failed (its error
+# says so); an interrupted one is unfinished like a killed one, and a rerun resumes both
+SUMMARY_STATE = {"completed": "completed", "failed": "failed", "diverged": "failed", "interrupted": "unfinished"}
+
+
 def summarize(sweep_dir: Path) -> dict[str, list[tuple[str, str]]]:
     """{'completed'|'failed'|'unfinished': [(job name, error or '')]} for a sweep directory."""
     state: dict[str, list[tuple[str, str]]] = {"completed": [], "failed": [], "unfinished": []}
     for job in job_dirs(sweep_dir):
-        rec = read_record(job)
-        if rec is None or rec.get("status") not in ("completed", "failed"):
+        rec = read_record(job) or {}
+        if rec.get("status") not in SUMMARY_STATE:
             state["unfinished"].append((job.name, "no final metrics.json (killed or still running)"))
         else:
             error = (rec.get("error") or "").strip().splitlines()
-            state[rec["status"]].append((job.name, error[-1] if error else ""))
+            state[SUMMARY_STATE[rec["status"]]].append((job.name, error[-1] if error else ""))
     return state
 
 
@@ -180,7 +187,7 @@ class SweepSummary(Callback):
                 print(f"  {status}: {name}: {error}", file=sys.stderr)
         if bad:
             print("mmbench: fix the cause and rerun the same command: completed jobs are skipped, "
-                  "unfinished ones resume from their last checkpoint", file=sys.stderr)
+                  "the others resume from their last checkpoint", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
             sys.exit(1)
@@ -250,14 +257,40 @@ def ddp_cleanup() -> None:
                 os.environ[key] = value
 
 
-def csv_history(loggers, ckpt_path: str | None) -> list[tuple[Any, list[dict]]]:
-    """Rows that the CSV loggers wrote before the checkpoint a run resumes from (Lightning's CSV
-    writer deletes metrics.csv when it starts); put back with `restore_csv_history`."""
-    if not ckpt_path or global_rank() != 0:  # only rank 0 writes the CSV log
+class CheckpointError(ValueError):
+    """A checkpoint that `torch.load(weights_only=True)` refuses or cannot read."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint, loaded on the CPU with `weights_only=True`: tensors and plain containers only, so
+    unpickling a file that someone else put in a run directory cannot run code. Lightning's and
+    mmbench's checkpoints need nothing more (`RNGState` saves plain types). Raises CheckpointError
+    naming the file when it is refused or unreadable."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        lines = str(err).splitlines() or [type(err).__name__]
+        reason = next((line for line in lines if "Unsupported" in line), lines[0])
+        # without torch's hint to allow-list the global
+        reason = reason.split(". Please use")[0].replace("WeightsUnpickler error: ", "").strip()
+        raise CheckpointError(
+            f"{path} is not a checkpoint that loads as weights only ({reason}). mmbench reads checkpoints with "
+            "torch.load(weights_only=True) and unpickles nothing else, since unpickling can run code; a checkpoint "
+            "written by mmbench-train always loads. If you did not write this file, delete it"
+        ) from None
+
+
+def csv_history(loggers, step: int | None) -> list[tuple[Any, list[dict]]]:
+    """Rows that the CSV loggers wrote before global step `step`, the checkpoint a run resumes from
+    (Lightning's CSV writer deletes metrics.csv when it starts); put back with `restore_csv_history`."""
+    if step is None or global_rank() != 0:  # only rank 0 writes the CSV log
         return []
     import csv
 
-    import torch
     from pytorch_lightning.loggers import CSVLogger
 
     saved = []
@@ -265,7 +298,6 @@ def csv_history(loggers, ckpt_path: str | None) -> list[tuple[Any, list[dict]]]:
         path = Path(lg.log_dir) / "metrics.csv" if isinstance(lg, CSVLogger) else None
         if path is None or not path.exists():
             continue
-        step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
         with open(path, newline="") as f:  # rows logged after the checkpoint are logged again
             rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f) if r.get("step") and int(r["step"]) < step]
         saved.append((lg, rows))

@@ -1,16 +1,19 @@
-"""Fault injection for tests/test_sweep.py: a Lightning callback that SIGKILLs its own process.
+"""Fault injection for tests/test_sweep.py and tests/test_reliability.py: Lightning callbacks that
+signal their own process or poison the weights.
 
 Added to a run with `+callbacks.kill._target_=tests.sweep_faults.KillAtEpoch +callbacks.kill.epoch=1`;
-it only fires when MMBENCH_TEST_KILL=1, so the same command (same overrides, same job directory)
-can be run once to be killed and once more to resume.
+KillAtEpoch and SignalAtStep only fire when MMBENCH_TEST_KILL=1 / MMBENCH_TEST_SIGNAL=1, so the same
+command (same overrides, same job directory) can be run once to be stopped and once more to resume.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
 import pytorch_lightning as pl
+import torch
 
 
 class KillAtEpoch(pl.Callback):
@@ -20,3 +23,27 @@ class KillAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if os.environ.get("MMBENCH_TEST_KILL") == "1" and trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no metrics.json: like a node failure
+
+
+class SignalAtStep(pl.Callback):
+    """Sends `signum` (a name: SIGINT = Ctrl-C, SIGTERM) to its own process before training step `step`."""
+
+    def __init__(self, step: int = 2, signum: str = "SIGINT"):
+        self.step, self.signum = step, signal.Signals[signum]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if os.environ.get("MMBENCH_TEST_SIGNAL") == "1" and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonWeights(pl.Callback):
+    """Fills one weight with NaN before validation of epoch `epoch`: the loss that produced these
+    weights was finite, so only the checkpoint guard can keep them out of checkpoints/."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(p for p in pl_module.parameters() if p.is_floating_point()).fill_(math.nan)

@@ -64,7 +64,7 @@ def _with_claims(data: dict) -> dict:
 def test_itc_ddp_matches_single_process(tmp_path, claims):
     data = _with_claims(_global_batch()) if claims else _global_batch()
     mp.spawn(itc_worker, args=(WORLD, _free_port(), str(tmp_path), data), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     # single process, whole batch (no process group: ITC's gather is the identity)
     itc = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM, claim_positives=claims)

@@ -97,7 +97,7 @@ def test_hf_vision_encoder_takes_the_vision_tower_of_clip(tmp_path):
 
 
 def test_timm_encoder_loads_a_local_weight_file(checkpoints):
-    state = torch.load(checkpoints / "timm_vit.pth")
+    state = torch.load(checkpoints / "timm_vit.pth", weights_only=True)
     enc = TimmEncoder("vit_tiny_patch16_224", dim=16, checkpoint=str(checkpoints / "timm_vit.pth"), model_kwargs=TIMM_KW).eval()
     torch.testing.assert_close(enc.model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
     out = enc({"pixel_values": torch.rand(2, 3, 48, 48) * 2 - 1})  # resized to the model's 32x32
