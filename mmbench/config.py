@@ -8,7 +8,9 @@ fusion pairings the fusion cannot serve. Every problem is collected and reported
 
 from __future__ import annotations
 
-from hydra.utils import get_class
+from pathlib import Path
+
+from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -21,15 +23,148 @@ def _capabilities(target: str):
 
 
 def validate(cfg: DictConfig) -> None:
+    """Refuse a config that cannot run, from the config alone (no data is read, nothing is built):
+    every problem found, in one `ConfigError`."""
+    problems = _size_problems(cfg)
+    if problems:  # every model width interpolates the chosen size: nothing else can be read
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    problems = _value_problems(cfg)
+    if not problems:  # the checks below read the values checked above
+        problems = _pairing_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _size_problems(cfg: DictConfig) -> list[str]:
+    sizes = cfg.model.get("sizes")
+    size = cfg.model.get("size")
+    if isinstance(sizes, DictConfig) and size not in sizes:
+        return [f"model.size={size} is not a size of model '{cfg.model.get('name')}'; choose one of {', '.join(sizes)}"]
+    return []
+
+
+def _number(cfg: DictConfig, key: str, kind: type = int):
+    """The value at `key` as `kind`, None when the key is absent or null; raises ValueError on a non-number."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    number = kind(float(value)) if kind is int else float(value)
+    if kind is int and float(value) != number:
+        raise ValueError
+    return number
+
+
+# (key, type, lower bound, what a bound violation means): values that are impossible on their own
+RANGES: tuple[tuple[str, type, float, str], ...] = (
+    ("seed", int, 0, "a non-negative integer, e.g. seed=0"),
+    ("trainer.max_epochs", int, -1, "a whole number of epochs >= 1 (-1: until max_steps)"),
+    ("trainer.max_steps", int, -1, "a whole number of steps >= 1 (-1: no limit)"),
+    ("trainer.accumulate_grad_batches", int, 1, "an integer >= 1"),
+    ("model.dim", int, 1, "a width >= 1"),
+    ("model.heads", int, 1, "a head count >= 1"),
+    ("model.text_dim", int, 1, "a width >= 1"),
+    ("model.vision_dim", int, 1, "a width >= 1"),
+    ("model.text_heads", int, 1, "a head count >= 1"),
+    ("model.vision_heads", int, 1, "a head count >= 1"),
+    ("model.text_depth", int, 0, "a layer count >= 0"),
+    ("model.vision_depth", int, 0, "a layer count >= 0"),
+    ("model.fusion_depth", int, 0, "a layer count >= 0"),
+    ("model.patch_size", int, 1, "a patch size >= 1"),
+    ("model.backbone_width", int, 1, "a width >= 1"),
+    ("model.mlp_ratio", float, 1e-9, "a ratio > 0"),
+    ("model.dropout", float, 0, "a probability in [0, 1)"),
+    ("data.image_size", int, 16, "an image size >= 16 pixels"),
+    ("data.max_text_len", int, 3, "at least 3 tokens ([CLS], a word, [SEP])"),
+    ("data.batch_size", int, 1, "a batch size >= 1"),
+    ("data.eval_batch_size", int, 1, "a batch size >= 1"),
+    ("data.num_workers", int, 0, "a worker count >= 0"),
+    ("data.vocab_size", int, 16, "a vocabulary of at least 16 tokens"),
+    ("data.source.num_train", int, 1, "at least 1 training scene"),
+    ("data.source.num_val", int, 1, "at least 1 validation scene"),
+    ("data.source.num_test", int, 1, "at least 1 test scene"),
+    ("data.source.captions_per_image", int, 1, "at least 1 caption per scene"),
+    ("data.source.questions_per_image", int, 0, "a question count >= 0"),
+    ("data.source.max_objects", int, 1, "at least 1 object per scene"),
+    ("data.source.min_objects", int, 0, "an object count >= 0"),
+    ("data.source.grid", int, 1, "a grid side >= 1"),
+    ("optimizer.lr", float, 1e-300, "a learning rate > 0, e.g. optimizer.lr=1e-3"),
+    ("weight_decay", float, 0, "a weight decay >= 0"),
+)
+UPPER: dict[str, float] = {"model.dropout": 1.0 - 1e-9}
+NONZERO = ("trainer.max_epochs", "trainer.max_steps")  # -1 means "no limit", 0 would train nothing
+
+
+def _value_problems(cfg: DictConfig) -> list[str]:
+    problems, checked = [], {key for key, *_ in RANGES}
+    for key, kind, low, meaning in RANGES:
+        try:
+            value = _number(cfg, key, kind)
+        except ValueError:
+            value = OmegaConf.select(cfg, key)
+            problems.append(f"{key}={value} is not {'an integer' if kind is int else 'a number'}; it must be {meaning}")
+            continue
+        if value is None:
+            continue
+        if value < low or value > UPPER.get(key, float("inf")) or (key in NONZERO and value == 0):
+            if _alias_of(cfg, key) not in checked:  # text_dim: ${model.dim} is model.dim's problem
+                problems.append(f"{key}={value}: must be {meaning}")
+    seen_pairs = set()
+    for dim, heads in (("model.dim", "model.heads"), ("model.text_dim", "model.text_heads"),
+                       ("model.vision_dim", "model.vision_heads")):
+        d, h = (_safe_number(cfg, k) for k in (dim, heads))
+        if (d, h) in seen_pairs:  # the towers inherit the fusion's width and heads unless set
+            continue
+        seen_pairs.add((d, h))
+        if d and h and d > 0 and h > 0 and d % h:
+            problems.append(f"{dim}={d} is not divisible by {heads}={h}; attention splits the width into equal "
+                            f"heads: use a head count that divides it (e.g. {heads}={_head_divisor(d, h)})")
+    for name, ocfg in (cfg.get("objective") or {}).items():
+        weight = ocfg.get("weight", 1.0)
+        if weight is None or not _is_number(weight) or float(weight) < 0:
+            problems.append(f"objective.{name}.weight={weight} must be a number >= 0")
+    monitor = cfg.get("monitor") or {}
+    if monitor.get("mode") not in ("min", "max"):
+        problems.append(f"monitor.mode={monitor.get('mode')} must be min or max")
+    return problems
+
+
+def _alias_of(cfg: DictConfig, key: str) -> str | None:
+    """`model.dim` when the value at `key` is written `${model.dim}`, else None."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    raw = node._get_node(leaf)._value() if isinstance(node, DictConfig) and leaf in node else None
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and raw.count("$") == 1:
+        return raw[2:-1]
+    return None
+
+
+def _safe_number(cfg: DictConfig, key: str) -> int | None:
+    try:
+        return _number(cfg, key)
+    except ValueError:
+        return None
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _head_divisor(dim: int, heads: int) -> int:
+    return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: (abs(h - heads), h))
+
+
+def _pairing_problems(cfg: DictConfig) -> list[str]:
+    """Choices that cannot work together: objective x fusion, encoders / objectives x data, eval, monitor."""
     problems: list[str] = []
     objectives = cfg.get("objective") or {}
     if len(objectives) == 0:
         problems.append("the objective list is empty; choose at least one, e.g. objective=[itc,itm]")
-
-    for name, ocfg in objectives.items():
-        weight = ocfg.get("weight", 1.0)
-        if weight is None or float(weight) < 0:
-            problems.append(f"objective.{name}.weight={weight} must be a number >= 0")
 
     vision = cfg.encoder.vision
     if "patch_size" in vision and "image_size" in vision:
@@ -53,13 +188,78 @@ def validate(cfg: DictConfig) -> None:
                     f"(e.g. fusion=merged)"
                 )
 
-    for key in ("batch_size",):
-        value = cfg.data.get(key)
-        if value is not None and int(value) <= 0:
-            problems.append(f"data.{key}={value} must be > 0")
+    problems += _data_field_problems(cfg)
+    problems += _eval_problems(cfg)
+    problems += _monitor_problems(cfg)
+    init_from = cfg.model.get("init_from")
+    if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
+        problems.append(f"model.init_from={init_from}: no such directory; give a directory written by "
+                        f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)")
+    return problems
 
-    if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a hub id (`owner/name`): absolute, relative with ./ or ../, or ~."""
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+
+
+def _data_field_problems(cfg: DictConfig) -> list[str]:
+    """Fields the encoders and objectives read that the configured data does not provide. A data source
+    declares them in a `provided_fields(**source config)` function beside its builder (shapes, hf)."""
+    source = cfg.data.get("source")
+    target = source.get("_target_") if source is not None else None
+    if not target:
+        return []
+    try:
+        provided_fields = get_method(target.rsplit(".", 1)[0] + ".provided_fields")
+    except Exception:  # noqa: BLE001 - a source without the declaration is not checked
+        return []
+    settings = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if not k.startswith("_")}
+    provided = provided_fields(**settings)
+    data_name = cfg.data.get("name") or target.rsplit(".", 1)[-1].removeprefix("build_")
+    problems = []
+    readers = [(f"encoder/vision '{cfg.encoder.vision._target_.rsplit('.', 1)[-1]}'",
+                getattr(get_class(cfg.encoder.vision._target_), "batch_fields", ()))]
+    for name, ocfg in (cfg.get("objective") or {}).items():
+        kwargs = {k: v for k, v in OmegaConf.to_container(ocfg, resolve=True).items() if not k.startswith("_")}
+        readers.append((f"objective '{name}'", get_class(ocfg._target_).fields_read(**kwargs)))
+    for who, fields in readers:
+        missing = [f for f in fields if f not in provided]
+        if missing:
+            problems.append(f"{who} reads {', '.join(missing)}, which data '{data_name}' does not provide "
+                            f"(it provides {', '.join(sorted(provided))}); drop it or use data that has them"
+                            + _field_hint(missing))
+    return problems
+
+
+def _field_hint(missing: list[str]) -> str:
+    if "region_feats" in missing:
+        return " (Shapes has boxes, not precomputed features: encoder/vision=region)"
+    if any(f.startswith("question") or f == "answer_scores" for f in missing):
+        return " (VQA needs questions and answers: data.source.columns.question / answers)"
+    return ""
+
+
+def _eval_problems(cfg: DictConfig) -> list[str]:
+    from mmbench.metrics.suite import PROTOCOLS
+
+    ev = cfg.get("eval") or {}
+    unknown = [p for p in (ev.get("protocols") or []) if p not in PROTOCOLS]
+    if unknown:
+        return [f"eval.protocols: unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}"]
+    return []
+
+
+def _monitor_problems(cfg: DictConfig) -> list[str]:
+    """The monitored metric must be one the run logs at validation: val/loss or val/<objective>/<name>."""
+    metric = str((cfg.get("monitor") or {}).get("metric"))
+    objectives = list(cfg.get("objective") or {})
+    parts = metric.split("/")
+    if metric == "val/loss" or (len(parts) == 3 and parts[0] == "val" and parts[1] in objectives):
+        return []
+    examples = ", ".join(["val/loss", *(f"val/{o}/loss" for o in objectives[:2])])
+    return [f"monitor.metric={metric} is not logged by this run; use val/loss or val/<objective>/<metric> "
+            f"of one of its objectives ({', '.join(objectives)}), e.g. {examples}"]
 
 
 def _divisor(n: int) -> int:

@@ -297,7 +297,7 @@ def test_hub_probe_is_bounded_in_time():
 def test_uncached_hub_id_through_the_cli_is_one_message_within_seconds(tmp_path, cache_dir):
     """Bad data through the CLI: one message, exit code 2, no traceback, no retries."""
     start = time.time()
-    res = _cli(["data=hf", "data.source.path=mmbench-tests/no-such-dataset", "data.offline=true", *TINY_HF],
+    res = _cli(["data=hf", "data.source.path=mmbench-tests/no-such-dataset", "data.offline=true", "objective=[itc]", *TINY_HF],
                tmp_path, timeout=120, HF_HOME=str(tmp_path / "hf"))
     assert res.returncode == 2 and "is not in the local HF cache" in res.stderr, res.stderr[-2000:]
     assert "Retrying" not in res.stderr and "Traceback" not in res.stderr

@@ -206,7 +206,10 @@ def test_mrm_refused_by_fusion_override(fusion):
 
 @pytest.mark.parametrize("model", ["vilt", "visualbert", "vilbert", "lxmert"])
 def test_mrm_and_classify_accepted_with_image_tokens(model):
-    validate(compose_cfg([f"model={model}", "objective=[mrm,classify]"]))
+    # data with a label column (classify reads `labels`; Shapes has none): only the config is checked here
+    validate(compose_cfg([f"model={model}", "objective=[mrm,classify]", "data=hf", "data.source.path=my/data",
+                          "data.source.columns.label=label", "data.source.columns.boxes=boxes",
+                          "data.image_size=64"]))
 
 
 def test_classify_refused_without_joint_pooled():

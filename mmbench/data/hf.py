@@ -744,6 +744,28 @@ def _cast_images(split, image: str | None):
     return split
 
 
+def provided_fields(*, columns=None, region_dir: str | None = None, **_settings) -> frozenset[str]:
+    """Batch fields (docs of `mmbench.data.datamodule`) this source config yields, known from its column
+    mapping alone: config validation compares them with the fields the encoders and objectives read."""
+    cols = _plain(columns) or {}
+    fields = {"input_ids", "attention_mask", "image_id"}
+    if cols.get("image", "image"):
+        fields.add("pixel_values")
+    if cols.get("answers") or cols.get("answer"):
+        fields |= {"answer", "answer_scores"}
+        if cols.get("question"):
+            fields |= {"question_ids", "question_mask"}
+    if cols.get("label"):
+        fields.add("labels")
+    if cols.get("boxes") or region_dir:
+        fields |= {"region_boxes", "region_mask"}
+    if cols.get("region_feats") or region_dir:
+        fields.add("region_feats")
+    if cols.get("region_labels"):
+        fields.add("region_labels")
+    return frozenset(fields)
+
+
 def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: str | None = None,
              data_dir: str | None = None, data_files=None, revision: str | None = None, columns=None,
              splits=None, split_column: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.1,

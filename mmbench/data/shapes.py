@@ -846,6 +846,16 @@ def _is_complete(directory: Path, config: dict) -> bool:
     return saved == config and (directory / "dataset_dict.json").is_file()
 
 
+def provided_fields(*, questions_per_image: int = 4, **_settings) -> frozenset[str]:
+    """Batch fields (docs of `mmbench.data.datamodule`) a Shapes config yields, known from the config
+    alone: config validation compares them with the fields the encoders and objectives read."""
+    fields = {"input_ids", "attention_mask", "pixel_values", "image_id", "text_claim", "image_facts",
+              "region_boxes", "region_mask", "region_labels"}  # no precomputed region_feats, no caption labels
+    if int(questions_per_image) > 0:
+        fields |= {"question_ids", "question_mask", "answer", "answer_scores"}
+    return frozenset(fields)
+
+
 def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64, grid: int = 3,
                  min_objects: int = 1, max_objects: int = 3, num_train: int = 8000, num_val: int = 1000,
                  num_test: int = 1000, captions_per_image: int = 4, questions_per_image: int = 4,

@@ -38,6 +38,7 @@ from mmbench.metrics.zeroshot import zeroshot
 log = logging.getLogger(__name__)
 
 CLEAN_PROTOCOLS = ("retrieval", "vqa", "diagnostics", "captioning", "zeroshot")
+PROTOCOLS = (*CLEAN_PROTOCOLS, "robustness")  # every name eval.protocols accepts
 
 
 @dataclass
@@ -91,7 +92,7 @@ def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, 
             out.update(zeroshot(module, inputs(), template=str(s.get("template", "a {color} {shape}")), batch_size=bs,
                                 max_images=cap(s.get("max_images"))))
         else:
-            raise ValueError(f"unknown protocol {name!r}; valid: {list(CLEAN_PROTOCOLS) + ['robustness']}")
+            raise ValueError(f"unknown protocol {name!r}; valid: {list(PROTOCOLS)}")
         timings[name] = time.perf_counter() - t0
     if corruption is None:
         log.info("eval %s: %s", split, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -103,7 +104,7 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
     """Every enabled protocol on the test split (and the hold-out split); flat dict of stable names."""
     split = settings.get("split", "test")
     holdout = settings.get("holdout_split", "test_holdout")
-    enabled = list(settings.get("protocols", [*CLEAN_PROTOCOLS, "robustness"]))
+    enabled = list(settings.get("protocols", PROTOCOLS))
     clean = [p for p in enabled if p in CLEAN_PROTOCOLS]
     samples = Samples()
     metrics = {f"{split}/{k}": v for k, v in run_protocols(module, datamodule, split, settings, clean, samples=samples).items()}

@@ -29,6 +29,12 @@ class Objective(nn.Module):
     #: batch fields this objective reads besides input_ids / attention_mask / images
     batch_fields: tuple[str, ...] = ()
 
+    @classmethod
+    def fields_read(cls, **config) -> tuple[str, ...]:
+        """Batch fields an objective built with these constructor arguments reads: config validation
+        checks them against what the data provides before anything is built."""
+        return cls.batch_fields
+
     #: objectives that can score (image, text) pairs for evaluation set a rank; the highest is used
     #: (ITM, which sees both modalities jointly, outranks ITC's cosine similarity)
     pair_score_rank: int = 0

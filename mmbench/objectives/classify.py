@@ -24,6 +24,10 @@ class MissingBatchFieldError(KeyError):
 class Classify(Objective):
     requires = ("joint_pooled",)
 
+    @classmethod
+    def fields_read(cls, label_field: str = "labels", **config) -> tuple[str, ...]:
+        return (label_field,)
+
     def __init__(self, dim: int, num_labels: int, label_field: str = "labels", weight: float = 1.0):
         super().__init__(weight)
         if num_labels < 1:

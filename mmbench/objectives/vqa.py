@@ -20,6 +20,11 @@ from mmbench.objectives.base import Objective, ObjectiveOutput
 class VQA(Objective):
     requires = ("joint_pooled",)
 
+    @classmethod
+    def fields_read(cls, question_field: str | None = "question", **config) -> tuple[str, ...]:
+        questions = (f"{question_field}_ids", f"{question_field}_mask") if question_field else ()
+        return (*questions, "answer_scores")
+
     def __init__(self, dim: int, num_answers: int, question_field: str | None = "question", weight: float = 1.0):
         super().__init__(weight)
         self.head = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim), nn.Linear(2 * dim, num_answers))

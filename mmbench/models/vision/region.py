@@ -81,6 +81,7 @@ class RegionFeatureEncoder(nn.Module):
     """Precomputed region features (B, R, F) + boxes -> [IMG; regions] tokens, `depth` blocks."""
 
     needs_regions = True
+    batch_fields = ("region_feats", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class RegionEncoder(nn.Module):
     """
 
     needs_regions = True
+    batch_fields = ("pixel_values", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
 
     def __init__(
         self,

@@ -1,0 +1,98 @@
+"""Bad inputs a new user types, and what mmbench must answer: the table behind
+tests/test_bad_input.py (every case, through config validation) and scripts/bad_inputs.py (every
+case through the real CLI, timed, written to docs/bad_inputs.md).
+
+Each case: (overrides, expected, words). `expected` is "refused" (exit 2, one message, no
+traceback, before any data is prepared) or "accepted" (validation passes: controls against
+refusing too much). `words` must appear in the message: what was wrong, or what would work.
+"""
+
+from __future__ import annotations
+
+REFUSED, ACCEPTED = "refused", "accepted"
+
+CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
+    # types: a value that is not a number
+    (["trainer.max_epochs=abc"], REFUSED, ("trainer.max_epochs=abc", "not an integer")),
+    (["trainer.max_epochs=1.5"], REFUSED, ("trainer.max_epochs", "not an integer")),
+    (["seed=abc"], REFUSED, ("seed=abc", "not an integer")),
+    (["seed=1.5"], REFUSED, ("seed",)),
+    (["model.vision_depth=abc"], REFUSED, ("model.vision_depth",)),
+    (["data.image_size=abc"], REFUSED, ("data.image_size",)),
+    (["optimizer.lr=abc"], REFUSED, ("optimizer.lr", "not a number")),
+    (["objective.itc.weight=abc"], REFUSED, ("objective.itc.weight",)),
+    # ranges: a number that cannot work
+    (["trainer.max_epochs=0"], REFUSED, ("trainer.max_epochs=0", ">= 1")),
+    (["trainer.max_steps=0"], REFUSED, ("trainer.max_steps=0",)),
+    (["trainer.accumulate_grad_batches=0"], REFUSED, ("accumulate_grad_batches",)),
+    (["seed=-1"], REFUSED, ("seed=-1", "non-negative")),
+    (["model.dim=0"], REFUSED, ("model.dim=0", ">= 1")),
+    (["model.dim=-8"], REFUSED, ("model.dim=-8",)),
+    (["model.heads=0"], REFUSED, ("model.heads=0",)),
+    (["model.text_dim=0"], REFUSED, ("model.text_dim=0",)),
+    (["model.fusion_depth=-1"], REFUSED, ("model.fusion_depth=-1", ">= 0")),
+    (["model.text_depth=-1"], REFUSED, ("model.text_depth=-1",)),
+    (["model.patch_size=0"], REFUSED, ("model.patch_size=0",)),
+    (["model=concat", "model.backbone_width=0"], REFUSED, ("model.backbone_width=0",)),
+    (["model.mlp_ratio=0"], REFUSED, ("model.mlp_ratio",)),
+    (["model.dropout=1.0"], REFUSED, ("model.dropout",)),
+    (["model.dropout=-0.1"], REFUSED, ("model.dropout",)),
+    (["data.image_size=0"], REFUSED, ("data.image_size=0", ">= 16")),
+    (["data.image_size=8"], REFUSED, ("data.image_size=8",)),
+    (["data.max_text_len=0"], REFUSED, ("data.max_text_len=0",)),
+    (["data.max_text_len=2"], REFUSED, ("data.max_text_len=2",)),
+    (["data.batch_size=0"], REFUSED, ("data.batch_size=0",)),
+    (["data.batch_size=-4"], REFUSED, ("data.batch_size=-4",)),
+    (["data.eval_batch_size=0"], REFUSED, ("data.eval_batch_size=0",)),
+    (["data.num_workers=-1"], REFUSED, ("data.num_workers=-1",)),
+    (["data.vocab_size=0"], REFUSED, ("data.vocab_size=0",)),
+    (["data.source.num_train=0"], REFUSED, ("data.source.num_train=0", "training scene")),
+    (["data.source.num_val=0"], REFUSED, ("data.source.num_val=0",)),
+    (["data.source.num_test=0"], REFUSED, ("data.source.num_test=0",)),
+    (["data.source.captions_per_image=0"], REFUSED, ("captions_per_image",)),
+    (["data.source.questions_per_image=-1"], REFUSED, ("questions_per_image",)),
+    (["data.source.max_objects=0"], REFUSED, ("max_objects",)),
+    (["data.source.grid=0"], REFUSED, ("data.source.grid=0",)),
+    (["optimizer.lr=-1"], REFUSED, ("optimizer.lr", "> 0")),
+    (["optimizer.lr=0"], REFUSED, ("optimizer.lr",)),
+    (["weight_decay=-0.1"], REFUSED, ("weight_decay",)),
+    (["objective.vqa.weight=-1"], REFUSED, ("objective.vqa.weight=-1", ">= 0")),
+    # values that do not fit each other
+    (["model.heads=3"], REFUSED, ("not divisible by model.heads=3", "model.heads=2")),
+    (["model.vision_heads=5"], REFUSED, ("model.vision_heads=5",)),
+    (["model.patch_size=7"], REFUSED, ("not divisible by patch size 7",)),
+    (["model.size=huge"], REFUSED, ("model.size=huge", "tiny, small, base")),
+    (["model.size=Tiny"], REFUSED, ("tiny, small, base",)),
+    # encoders / objectives x data: a field the data does not have
+    (["encoder/vision=region_feats"], REFUSED, ("region_feats", "encoder/vision=region")),
+    (["model=lxmert", "encoder/vision=region_feats"], REFUSED, ("region_feats",)),
+    (["data.source.questions_per_image=0"], REFUSED, ("objective 'vqa'", "question_ids")),
+    (["objective=[classify]"], REFUSED, ("objective 'classify'", "labels")),
+    # objectives x fusion
+    (["model=clip", "objective=[itm]"], REFUSED, ("objective 'itm'", "joint_pooled")),
+    (["model=clip", "objective=[vqa]"], REFUSED, ("objective 'vqa'",)),
+    (["model=concat", "objective=[mlm]"], REFUSED, ("objective 'mlm'", "text_tokens")),
+    # monitoring and evaluation
+    (["monitor.metric=val/nope"], REFUSED, ("monitor.metric=val/nope", "val/loss")),
+    (["monitor.metric=train/loss"], REFUSED, ("monitor.metric=train/loss",)),
+    (["monitor.metric=val/itm/acc"], REFUSED, ("monitor.metric=val/itm/acc", "itc, mlm, vqa")),
+    (["monitor.mode=up"], REFUSED, ("monitor.mode=up", "min or max")),
+    (["eval.protocols=[nope]"], REFUSED, ("unknown protocol", "retrieval")),
+    (["eval.protocols=[vqa,retreival]"], REFUSED, ("retreival",)),
+    # pretrained weights
+    (["model.init_from=/nonexistent/vilt"], REFUSED, ("model.init_from=/nonexistent/vilt", "no such directory")),
+    (["model.init_from=./missing_dir"], REFUSED, ("no such directory",)),
+    # several problems at once: all of them, in one message
+    (["model.dim=0", "optimizer.lr=-1", "data.batch_size=0"], REFUSED, ("model.dim=0", "optimizer.lr", "data.batch_size=0")),
+    # controls: must pass validation
+    ([], ACCEPTED, ()),
+    (["model=clip", "objective=[itc]"], ACCEPTED, ()),
+    (["model=visualbert"], ACCEPTED, ()),
+    (["model=lxmert"], ACCEPTED, ()),
+    (["model.dim=64", "model.heads=4"], ACCEPTED, ()),
+    (["monitor.metric=val/vqa/acc", "monitor.mode=max"], ACCEPTED, ()),
+    (["data.source.questions_per_image=0", "objective=[itc,itm]"], ACCEPTED, ()),
+    (["trainer.max_epochs=-1", "trainer.max_steps=10"], ACCEPTED, ()),
+    (["eval.protocols=[vqa]"], ACCEPTED, ()),
+    (["model.init_from=dandelin/vilt-b32-mlm"], ACCEPTED, ()),  # a hub id: resolved (offline) later
+]
