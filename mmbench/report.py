@@ -5,16 +5,29 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 
 - jobs are grouped by the *swept keys*: the overrides whose value differs between jobs, seed
   excluded (seeds are the repetitions);
-- every numeric metric (default: the `test/*` ones, `--metrics` picks others by glob) gets
-  mean ± std over seeds (sample std, ddof=1; 0 for one seed) and a 95% bootstrap confidence
-  interval of the mean (percentile method, fixed RNG seed: the report is deterministic);
+- every numeric metric (default: the `test/*` ones, `--metrics` picks others by glob) gets n (the
+  seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and the 95% Student-t
+  confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as it should be, with
+  2 or 3 seeds. One seed has no interval: the cell says "n=1, no CI" and its bar has no error bar;
 - the best group per column is bold: higher is better, except for names ending in `loss`, `ppl`
   or `perplexity` (lower is better); ties are all bold;
+- every other cell is compared with the best of its column (the first bold one if several tie) by a
+  two-sided Welch's t-test over the per-seed values, and the p-values of all comparisons of the table
+  (every metric x every non-best group) are Holm-corrected together. Adjusted p >= `--alpha`
+  (default 0.05): "not distinguishable from the best", underlined; below: significantly worse,
+  unmarked. A cell is *untestable* (marked †, never underlined, no difference claimed) when it or
+  the best has fewer than 2 seeds, or when every seed gave the same value in both (Welch's t is 0/0
+  or x/0 then); untestable cells are not counted in the Holm correction;
+- when any cell has n < 3 seeds the captions say so (intervals are wide and the test has little
+  power) and the CLI prints a one-line warning to stderr;
 - failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped.
 
-Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex`,
-`runs.csv` (one row per job), `plots/bar_<metric>.png` (mean with std error bars per group) and
-`plots/curve_<metric>.png` (training curves of every job, one colour per group).
+Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
+caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
+`p_adj` and `vs_best` = best | tied | worse | untestable; `ci_lo`, `ci_hi` are empty for one seed),
+`runs.csv` (one row per job), `plots/bar_<metric>.png` (mean per group, error bars = the 95% t-CI of
+the table; best orange, tied with it hatched) and `plots/curve_<metric>.png` (training curves of
+every job, one colour per group).
 """
 
 from __future__ import annotations
@@ -26,12 +39,13 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mmbench.sweep import RUN_KEYS, job_dirname, override_key, swept_keys
+from mmbench.sweep import RUN_KEYS, SUMMARY_STATE, job_dirname, override_key, swept_keys
 
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
 NOT_GROUPED = ("seed", *RUN_KEYS)
@@ -82,8 +96,7 @@ def read_job(job_dir: Path) -> Job:
     if rec is None:
         return Job(job_dir.name, job_dir, "unfinished", _parse_overrides(_hydra_overrides(job_dir)),
                    error="no final metrics.json (killed, or still running)")
-    status = rec.get("status", "unfinished")
-    status = status if status in ("completed", "failed") else "unfinished"
+    status = SUMMARY_STATE.get(rec.get("status"), "unfinished")  # as the sweep summary: diverged = failed
     error = (rec.get("error") or "").strip().splitlines()
     return Job(
         name=job_dir.name,
@@ -157,16 +170,49 @@ def mean_std(values) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def bootstrap_ci(values, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean; deterministic (fixed seed)."""
+def t_ci(values, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean: mean ± t_{(1+level)/2, n-1} * s / sqrt(n), s the
+    sample std (ddof=1). None for a single value: there is no spread to build an interval from.
+
+    Unlike a bootstrap over 2-3 seeds (which can never leave [min, max]), its width grows as n
+    shrinks (t_{0.975, 1} = 12.7, t_{0.975, 2} = 4.30)."""
     x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    n = len(x)
+    if n < 2:
+        return None
+    from scipy import stats  # lazy: keeps `mmbench-report --help` fast
+
+    half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+    mean = float(x.mean())
+    return mean - half, mean + half
+
+
+def welch_p(a, b) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) of mean(a) == mean(b).
+
+    None when the test is undefined: fewer than 2 values on either side (no variance estimate), or
+    every value equal within each side (the standard error is 0; t is 0/0 or x/0)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    from scipy import stats  # lazy: keeps `mmbench-report --help` fast
+
+    with warnings.catch_warnings():
+        if np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant side: scipy's "precision loss" warning is moot
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input order: the i-th smallest p (1-based) times
+    (m - i + 1), made non-decreasing in that order and capped at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))  # (m,) in ascending-p order
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
 
 
 def group_keys(jobs: list[Job]) -> list[str]:
@@ -187,14 +233,19 @@ def select_metrics(jobs: list[Job], patterns: list[str] | None) -> list[str]:
 class Row:
     group: tuple[str, ...]
     jobs: list[Job]
-    stats: dict[str, dict] = field(default_factory=dict)  # metric -> mean, std, lo, hi, n, best
+    # metric -> mean, std, ci_lo, ci_hi (None for n=1), n, best, p, p_adj, vs_best (see compare_to_best); "params"
+    stats: dict[str, dict] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return ",".join(self.group) or "all"
 
 
-def table(jobs: list[Job], metrics: list[str], keys: list[str], resamples: int = 10_000) -> list[Row]:
+def _values(row: Row, metric: str) -> list[float]:
+    return [j.metrics[metric] for j in row.jobs if metric in j.metrics]
+
+
+def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0.05) -> list[Row]:
     done = [j for j in jobs if j.status == "completed"]
     groups: dict[tuple, list[Job]] = {}
     for job in done:
@@ -202,11 +253,11 @@ def table(jobs: list[Job], metrics: list[str], keys: list[str], resamples: int =
     rows = [Row(g, js) for g, js in sorted(groups.items())]
     for row in rows:
         for metric in metrics:
-            values = [j.metrics[metric] for j in row.jobs if metric in j.metrics]
+            values = _values(row, metric)
             if not values:
                 continue
             mean, std = mean_std(values)
-            lo, hi = bootstrap_ci(values, resamples=resamples)
+            lo, hi = t_ci(values) or (None, None)
             row.stats[metric] = {"mean": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "n": len(values), "best": False}
         params = [j.params for j in row.jobs if j.params]
         if params:
@@ -219,7 +270,30 @@ def table(jobs: list[Job], metrics: list[str], keys: list[str], resamples: int =
         for r in rows:
             if metric in r.stats and math.isclose(r.stats[metric]["mean"], best, rel_tol=1e-9, abs_tol=1e-12):
                 r.stats[metric]["best"] = True
+    compare_to_best(rows, metrics, alpha)
     return rows
+
+
+def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05) -> None:
+    """Set `p`, `p_adj` and `vs_best` (best | tied | worse | untestable) on every metric cell.
+
+    Each non-best cell is tested against the best of its column (the first bold row if several tie)
+    with `welch_p`; the p-values of the whole table are Holm-corrected together; adjusted p >= alpha
+    is `tied`, below is `worse`. Untestable cells keep p = p_adj = None."""
+    tested: list[dict] = []
+    for metric in metrics:
+        cells = [(r, r.stats[metric]) for r in rows if metric in r.stats]
+        best = next((r for r, s in cells if s["best"]), None)
+        for r, s in cells:
+            s.update(p=None, p_adj=None, vs_best="best" if s["best"] else "untestable")
+            if s["best"]:
+                continue
+            s["p"] = welch_p(_values(r, metric), _values(best, metric))
+            if s["p"] is not None:
+                tested.append(s)
+    for s, p_adj in zip(tested, holm([s["p"] for s in tested])):
+        s["p_adj"] = float(p_adj)
+        s["vs_best"] = "tied" if p_adj >= alpha else "worse"
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -229,19 +303,69 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _cell(s: dict, bold: tuple[str, str]) -> str:
-    core = f"{_fmt(s['mean'])} ± {_fmt(s['std'])}"
-    if s.get("best"):
-        core = f"{bold[0]}{core}{bold[1]}"
-    return f"{core} [{_fmt(s['ci_lo'])}, {_fmt(s['ci_hi'])}]"
+# vs_best -> (before, after) the "mean ± std" of a cell; worse cells are left plain
+MD_MARKS = {"best": ("**", "**"), "tied": ("<u>", "</u>"), "untestable": ("", "†")}
+TEX_MARKS = {"best": ("\\textbf{", "}"), "tied": ("\\underline{", "}"), "untestable": ("", "$^\\dagger$")}
 
 
-def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[str], keys: list[str], dirs: list[Path]) -> None:
+def _cell(s: dict, row_n: int, marks: dict[str, tuple[str, str]], pm: str = "±", ci: str = "[{}, {}]",
+          no_ci: str = "(n=1, no CI)") -> str:
+    """`mean ± std` with its mark, `(n=k)` if this metric has fewer seeds than the row, then the CI;
+    for a single seed only the mean with its mark, then `no_ci` (no std, no interval)."""
+    before, after = marks.get(s["vs_best"], ("", ""))
+    if s["ci_lo"] is None:
+        return f"{before}{_fmt(s['mean'])}{after} {no_ci}"
+    n = f" (n={s['n']})" if s["n"] != row_n else ""
+    return f"{before}{_fmt(s['mean'])} {pm} {_fmt(s['std'])}{after}{n} " + ci.format(_fmt(s["ci_lo"]), _fmt(s["ci_hi"]))
+
+
+FEW_SEEDS = 3  # below this many seeds a t-interval is wide and Welch's test has little power
+
+
+def few_seeds(rows: list[Row], metrics: list[str]) -> list[Row]:
+    """The rows that have a metric cell with fewer than FEW_SEEDS seeds."""
+    return [r for r in rows if any(m in r.stats and r.stats[m]["n"] < FEW_SEEDS for m in metrics)]
+
+
+def few_seeds_note(rows: list[Row], metrics: list[str], tex: bool = False) -> str:
+    """'n < 3 seeds in k of N rows (...): intervals are wide and the test has little power.', or ''
+    when every cell has at least 3 seeds (for the captions and the CLI warning)."""
+    few = few_seeds(rows, metrics)
+    if not few:
+        return ""
+    labels = ", ".join(_tex(r.label) if tex else r.label for r in few)
+    n = f"$n < {FEW_SEEDS}$" if tex else f"n < {FEW_SEEDS}"
+    return f"{n} seeds in {len(few)} of {len(rows)} rows ({labels}): intervals are wide and the test has little power."
+
+
+def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex: bool = False) -> str:
+    """What the marks mean: the test, how many comparisons, alpha and n (for table.md / table.tex)."""
+    cells = [(len(r.jobs), r.stats[m]) for r in rows for m in metrics if m in r.stats]
+    tested = sum(s["vs_best"] in ("tied", "worse") for _, s in cells)
+    untestable = sum(s["vs_best"] == "untestable" for _, s in cells)
+    t, a, dagger = ("$t$", "$\\alpha$", "$^\\dagger$") if tex else ("t", "alpha", "†")
+    n = "n = seeds per row as given in the n column"
+    if any(s["n"] != row_n for row_n, s in cells):
+        n += ", or (n=k) in a cell when only k of them recorded that metric"
+    text = (f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
+            f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
+            f"{tested} comparison{'' if tested == 1 else 's'} of this table, {a} = {alpha:g}; {n}).")
+    if untestable:
+        text += (f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
+                 f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed.")
+    note = few_seeds_note(rows, metrics, tex)
+    return f"{text} {note}" if note else text
+
+
+def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[str], keys: list[str], dirs: list[Path],
+                   alpha: float = 0.05) -> None:
     lines = [f"# mmbench report: {', '.join(str(d) for d in dirs)}", ""]
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "unfinished", "missing")}
     lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
     lines.append(f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
-                 "seeds [95% bootstrap CI of the mean]; best per column in bold (lower is better for *loss/*ppl).")
+                 "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
+                 "(lower is better for *loss/*ppl).")
+    lines.append(significance_caption(rows, metrics, alpha))
     lines.append("")
     header = [*(keys or ["group"]), "n", "params", *metrics]
     lines.append("| " + " | ".join(header) + " |")
@@ -249,7 +373,7 @@ def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[s
     for r in rows:
         group = [g.split("=", 1)[1] for g in r.group] or ["all"]
         params = f"{r.stats['params']['mean'] / 1e6:.3g}M" if "params" in r.stats else "-"
-        cells = [_cell(r.stats[m], ("**", "**")) if m in r.stats else "-" for m in metrics]
+        cells = [_cell(r.stats[m], len(r.jobs), MD_MARKS) if m in r.stats else "-" for m in metrics]
         lines.append("| " + " | ".join([*group, str(len(r.jobs)), params, *cells]) + " |")
     bad = [j for j in jobs if j.status != "completed"]
     lines += ["", "## Failed, unfinished and missing jobs", ""]
@@ -260,19 +384,28 @@ def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[s
     path.write_text("\n".join(lines) + "\n")
 
 
+def _blank(x):
+    return "" if x is None else x
+
+
 def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         head = [*(keys or ["group"]), "n", "params"]
         for m in metrics:
-            head += [f"{m}/mean", f"{m}/std", f"{m}/ci_lo", f"{m}/ci_hi", f"{m}/n", f"{m}/best"]
+            head += [f"{m}/mean", f"{m}/std", f"{m}/ci_lo", f"{m}/ci_hi", f"{m}/n", f"{m}/best",
+                     f"{m}/p", f"{m}/p_adj", f"{m}/vs_best"]
         w.writerow(head)
         for r in rows:
             out = [g.split("=", 1)[1] for g in r.group] or ["all"]
             out += [len(r.jobs), r.stats.get("params", {}).get("mean", "")]
             for m in metrics:
                 s = r.stats.get(m)
-                out += [s["mean"], s["std"], s["ci_lo"], s["ci_hi"], s["n"], int(s["best"])] if s else [""] * 6
+                if not s:
+                    out += [""] * 9
+                    continue
+                out += [s["mean"], s["std"], _blank(s["ci_lo"]), _blank(s["ci_hi"]), s["n"], int(s["best"])]
+                out += [_blank(s["p"]), _blank(s["p_adj"]), s["vs_best"]]
             w.writerow(out)
 
 
@@ -289,10 +422,13 @@ def _tex(s: str) -> str:
     return re.sub(r"([_%&#$])", r"\\\1", s)
 
 
-def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
+def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05) -> None:
     cols = [*(keys or ["group"]), "n", *metrics]
     lines = [
-        "% mmbench-report: mean $\\pm$ std over seeds, 95% bootstrap CI in brackets, best per column in bold",
+        "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
+        "$t_{0.975,n-1}\\,s/\\sqrt{n}$; none for n=1), best per column in bold.",
+        "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
+        "% " + significance_caption(rows, metrics, alpha, tex=True),
         "\\begin{tabular}{" + "l" * (len(keys) or 1) + "r" * (len(metrics) + 1) + "}",
         "\\toprule",
         " & ".join(_tex(c) for c in cols) + " \\\\",
@@ -306,9 +442,8 @@ def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]
             if not s:
                 cells.append("--")
                 continue
-            core = f"{_fmt(s['mean'])} $\\pm$ {_fmt(s['std'])}"
-            core = f"\\textbf{{{core}}}" if s["best"] else core
-            cells.append(f"{core} {{\\scriptsize [{_fmt(s['ci_lo'])}, {_fmt(s['ci_hi'])}]}}")
+            cells.append(_cell(s, len(r.jobs), TEX_MARKS, pm="$\\pm$", ci="{{\\scriptsize [{}, {}]}}",
+                               no_ci="{\\scriptsize (n=1, no CI)}"))
         lines.append(" & ".join([*group, str(len(r.jobs)), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     path.write_text("\n".join(lines) + "\n")
@@ -318,28 +453,53 @@ def _slug(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric).strip("_")
 
 
-def plot_bars(out: Path, rows: list[Row], metrics: list[str]) -> list[Path]:
+def bar_data(rows: list[Row], metric: str) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Labels, means (N,), error bars (2, N) = distance from the mean down to ci_lo and up to ci_hi
+    (the table's 95% t-CI; NaN for one seed: matplotlib draws no error bar), and vs_best of the groups
+    that have `metric`."""
+    have = [r for r in rows if metric in r.stats]
+    means = np.array([r.stats[metric]["mean"] for r in have])
+    lo = np.array([np.nan if r.stats[metric]["ci_lo"] is None else r.stats[metric]["ci_lo"] for r in have])
+    hi = np.array([np.nan if r.stats[metric]["ci_hi"] is None else r.stats[metric]["ci_hi"] for r in have])
+    yerr = np.clip(np.stack([means - lo, hi - means]), 0.0, None)  # (2, N); clip float round-off
+    return [r.label for r in have], means, yerr, [r.stats[metric]["vs_best"] for r in have]
+
+
+# vs_best -> bar face colour, hatch and legend label ({alpha} filled in)
+BAR_STYLES = {
+    "best": ("tab:orange", "", "best"),
+    "tied": ("navajowhite", "///", "tied with best (Welch, Holm, alpha={alpha:g})"),
+    "worse": ("tab:blue", "", "worse than best"),
+    "untestable": ("lightgray", "..", "not tested (<2 seeds or no spread)"),
+}
+
+
+def plot_bars(out: Path, rows: list[Row], metrics: list[str], alpha: float = 0.05) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     files = []
     for m in metrics:
-        have = [r for r in rows if m in r.stats]
-        if not have:
+        labels, means, yerr, kinds = bar_data(rows, m)
+        if not labels:
             continue
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(have) + 2), 3.2))
-        x = np.arange(len(have))
-        means = [r.stats[m]["mean"] for r in have]
-        stds = [r.stats[m]["std"] for r in have]
-        colors = ["tab:orange" if r.stats[m]["best"] else "tab:blue" for r in have]
-        ax.bar(x, means, yerr=stds, capsize=3, color=colors)
-        ax.set_xticks(x, [r.label for r in have], rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{m} (mean ± std; {'lower' if lower_is_better(m) else 'higher'} is better)", fontsize=9)
-        fig.tight_layout()
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 2), 3.4))
+        x = np.arange(len(labels))
+        bars = ax.bar(x, means, yerr=yerr, capsize=3, color=[BAR_STYLES[k][0] for k in kinds])
+        for bar, kind in zip(bars, kinds):
+            bar.set_hatch(BAR_STYLES[kind][1])
+            bar.set_edgecolor("tab:orange" if kind == "tied" else bar.get_facecolor())
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{m} ({'lower' if lower_is_better(m) else 'higher'} is better)", fontsize=9)
+        ax.set_ylabel("mean over seeds\n(error bars: 95% t-CI of the mean; none for n=1)", fontsize=7)
+        legend = [Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c, label=label.format(alpha=alpha))
+                  for k, (c, h, label) in BAR_STYLES.items() if k in kinds]
+        ax.legend(handles=legend, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
         path = out / f"bar_{_slug(m)}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         files.append(path)
     return files
@@ -403,7 +563,7 @@ def plot_curves(out: Path, rows: list[Row], patterns: list[str]) -> list[Path]:
 
 
 def report(dirs: list[Path], out: Path | None = None, metrics: list[str] | None = None,
-           curves: list[str] | None = None, plots: bool = True, resamples: int = 10_000) -> dict:
+           curves: list[str] | None = None, plots: bool = True, alpha: float = 0.05) -> dict:
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
     jobs = find_jobs(dirs)
@@ -411,15 +571,15 @@ def report(dirs: list[Path], out: Path | None = None, metrics: list[str] | None 
     out.mkdir(parents=True, exist_ok=True)
     keys = group_keys(jobs)
     names = select_metrics(jobs, metrics)
-    rows = table(jobs, names, keys, resamples=resamples)
-    write_markdown(out / "table.md", rows, jobs, names, keys, dirs)
+    rows = table(jobs, names, keys, alpha=alpha)
+    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha)
     write_csv(out / "table.csv", rows, names, keys)
-    write_latex(out / "table.tex", rows, names, keys)
+    write_latex(out / "table.tex", rows, names, keys, alpha)
     write_runs_csv(out / "runs.csv", jobs, names, keys)
     files = []
     if plots:
         (out / "plots").mkdir(exist_ok=True)
-        files += plot_bars(out / "plots", rows, names)
+        files += plot_bars(out / "plots", rows, names, alpha)
         files += plot_curves(out / "plots", rows, curves or ["train/loss_step", "train/loss", "val/loss"])
     return {"out": out, "jobs": jobs, "rows": rows, "metrics": names, "keys": keys, "plots": files}
 
@@ -432,13 +592,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="glob patterns of metric names (default: every test/* metric, e.g. 'test/vqa/*' 'test/itc/acc')")
     parser.add_argument("--curves", nargs="*", default=None, help="CSV log columns to plot (default: train/loss_step val/loss)")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)")
     args = parser.parse_args(argv)
+    if not 0.0 < args.alpha < 1.0:
+        parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
     missing = [d for d in args.dirs if not d.exists()]
     if missing:
         print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    res = report(args.dirs, args.out, args.metrics, args.curves, not args.no_plots, args.resamples)
+    res = report(args.dirs, args.out, args.metrics, args.curves, not args.no_plots, alpha=args.alpha)
     jobs = res["jobs"]
     done = sum(j.status == "completed" for j in jobs)
     print(f"mmbench-report: {done}/{len(jobs)} jobs completed; grouped by {', '.join(res['keys']) or '-'}; "
@@ -447,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         if j.status != "completed":
             print(f"  {j.status}: {j.name}: {j.error}")
     print(f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}")
+    note = few_seeds_note(res["rows"], res["metrics"])
+    if note:
+        print(f"mmbench-report: warning: {note}", file=sys.stderr)
     return 0 if done else 1
 
 
