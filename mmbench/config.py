@@ -191,11 +191,28 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _data_field_problems(cfg)
     problems += _eval_problems(cfg)
     problems += _monitor_problems(cfg)
+    problems += _search_problems(cfg)
     init_from = cfg.model.get("init_from")
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
         problems.append(f"model.init_from={init_from}: no such directory; give a directory written by "
                         f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)")
     return problems
+
+
+def _search_problems(cfg: DictConfig) -> list[str]:
+    """A search over objective weights must not optimise the weighted loss those weights scale."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    params = HydraConfig.get().sweeper.get("params") or {}
+    weights = sorted(str(k) for k in params if str(k).startswith("objective.") and str(k).endswith(".weight"))
+    metric = str((cfg.get("monitor") or {}).get("metric"))
+    if weights and metric == "val/loss":
+        return [f"the sweep varies {', '.join(weights)} while optimising monitor.metric=val/loss, the weighted sum of "
+                f"the objective losses: lowering a weight lowers the target by construction. Optimise a metric the "
+                f"weights do not scale, e.g. monitor.metric=val/vqa/acc monitor.mode=max (the hparams_search=optuna default)"]
+    return []
 
 
 def _looks_like_path(value: str) -> bool:

@@ -79,6 +79,10 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["monitor.mode=up"], REFUSED, ("monitor.mode=up", "min or max")),
     (["eval.protocols=[nope]"], REFUSED, ("unknown protocol", "retrieval")),
     (["eval.protocols=[vqa,retreival]"], REFUSED, ("retreival",)),
+    # a search over objective weights that optimises the loss they scale
+    (["hparams_search=optuna", "monitor.metric=val/loss", "monitor.mode=min"], REFUSED,
+     ("objective.itm.weight", "val/vqa/acc")),
+    (["hparams_search=optuna", "hydra.sweeper.n_trials=1"], ACCEPTED, ()),
     # pretrained weights
     (["model.init_from=/nonexistent/vilt"], REFUSED, ("model.init_from=/nonexistent/vilt", "no such directory")),
     (["model.init_from=./missing_dir"], REFUSED, ("no such directory",)),
