@@ -86,6 +86,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     import torch
     from hydra.utils import instantiate
 
+    from mmbench.noise import silence_known_noise
+
+    silence_known_noise()
+
     from mmbench.builder import build_datamodule, build_module
 
     # resume: an unfinished run of the same job directory continues from its last checkpoint, which is

@@ -105,6 +105,8 @@ def test_multirun_one_dir_metrics_and_wandb_run_per_job(cache_dir, tmp_path):
     overrides = [o for o in TINY if not o.startswith("logger")]  # default loggers: CSV + W&B offline
     res = _cli(["-m", "seed=0,1", "objective=[itc,itm],[itc,itm,mlm]", *overrides], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    for noise in ("litlogger", "LeafSpec"):  # advice a user cannot act on (mmbench/noise.py)
+        assert noise not in res.stderr + res.stdout
     sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").exists())
