@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmbench.data.datamodule import DataInfo, VLDataModule
 from mmbench.models.model import MultimodalModel
 from mmbench.module import MMBenchModule
+from mmbench.objectives.context import run_order
 
 
 def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
@@ -94,7 +95,10 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     if init is not None:  # objective heads are built at the checkpoint's widths and vocabulary too
         cfg, info = init.adjust(cfg, info)
     model = build_model(cfg, info)
-    objectives = {name: instantiate(c, **data_kwargs(c, info)) for name, c in cfg.objective.items()}
+    # built (their heads drawn from the RNG) in run order, so the config list's order changes nothing
+    classes = {name: get_class(c._target_) for name, c in cfg.objective.items()}
+    order = run_order({name: (cls.provides, cls.uses) for name, cls in classes.items()})
+    objectives = {name: instantiate(cfg.objective[name], **data_kwargs(cfg.objective[name], info)) for name in order}
     return MMBenchModule(
         model=model,
         objectives=objectives,

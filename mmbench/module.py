@@ -18,6 +18,7 @@ from torch import nn
 
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective
+from mmbench.objectives.context import StepContext, run_order
 from mmbench.record import Diverged
 
 _DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_ratio) usually helps."
@@ -50,6 +51,7 @@ class MMBenchModule(pl.LightningModule):
             raise ValueError("at least one objective is required")
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
+        run_order(self._declared())  # an unknown context field or a cycle fails here, not at step 1
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
@@ -58,12 +60,14 @@ class MMBenchModule(pl.LightningModule):
         text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # once per step
         image = self.model.encode_image(batch)  # once per step
         # objectives read the fraction of training done (e.g. ITM's hard-negative warm-up); 1 outside training
-        context: dict = {"progress": self.progress if split == "train" else 1.0}
+        context = StepContext(progress=self.progress if split == "train" else 1.0)
         sync = split != "train"  # val/test epoch metrics are reduced over DDP ranks (a no-op on one process)
         total = torch.zeros((), device=self.device)
         losses: dict[str, torch.Tensor] = {}
         B = batch["input_ids"].shape[0]
-        for name, objective in self.objectives.items():
+        # providers of step-context fields before their users, else by name: the list's order is not science
+        for name in run_order(self._declared()):
+            objective = self.objectives[name]
             out = objective(self.model, batch, text, image, context)
             losses[name] = out.loss
             total = total + objective.weight * out.loss
@@ -74,6 +78,9 @@ class MMBenchModule(pl.LightningModule):
         if split == "train":
             self.stop_if_diverged(total, losses)
         return total
+
+    def _declared(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        return {name: (o.provides, o.uses) for name, o in self.objectives.items()}
 
     def stop_if_diverged(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
         """Raise `Diverged` at the first non-finite training loss, naming the step and the objective.

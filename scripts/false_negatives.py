@@ -27,6 +27,7 @@ def main() -> None:
     from mmbench.builder import build_datamodule, build_module
     from mmbench.data.claims import claims_true
     from mmbench.evaluate import load_weights, training_config
+    from mmbench.objectives.context import StepContext
     from mmbench.objectives.itm import negative_distribution, true_pairs
 
     cfg, _ = training_config(args.ckpt)
@@ -47,11 +48,11 @@ def main() -> None:
                 raise SystemExit("the data states no claims (caption_claims / image_facts): nothing to measure")
             text = module.model.encode_text(batch["input_ids"], batch["attention_mask"])
             image = module.model.encode_image(batch)
-            context: dict = {}
+            context = StepContext()
             module.objectives["itc"](module.model, batch, text, image, context)
             ids, without_claims = batch["image_id"], true_pairs(batch["image_id"], batch["input_ids"])  # (B, B)
             true = claims_true(batch["image_facts"], batch["text_claim"]).float()  # (B, B)
-            p_hard, _ = negative_distribution(ids, context["itc_sim_i2t"], hardness=1.0, true=without_claims)
+            p_hard, _ = negative_distribution(ids, context.itc_sim_i2t, hardness=1.0, true=without_claims)
             p_uniform, _ = negative_distribution(ids, None, true=without_claims)
             hard += (p_hard * true).sum(1).mean().item()
             uniform += (p_uniform * true).sum(1).mean().item()

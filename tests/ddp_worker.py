@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from mmbench.models.outputs import Features
 from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
+from mmbench.objectives.context import StepContext
 
 
 def make_itc(text_dim: int, image_dim: int, embed_dim: int, seed: int = 0, claim_positives: bool = False) -> ITC:
@@ -46,7 +47,7 @@ def itc_worker(rank: int, world_size: int, port: int, out_dir: str, data: dict) 
         text, image = features(data["text"][rows]), features(data["image"][rows])
         batch = {k: data[k][rows] for k in ("image_id", "text_claim", "image_facts") if k in data}
 
-        out = itc(None, batch, text, image, {})
+        out = itc(None, batch, text, image, StepContext())
         out.loss.backward()
         grads = {}
         for name, p in itc.named_parameters():

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import ROOT, TINY
 from tests.ddp_worker import features, itc_worker, make_itc
+from mmbench.objectives.context import StepContext
 
 WORLD = 2
 TEXT_DIM, IMAGE_DIM, EMBED_DIM = 12, 10, 6
@@ -70,10 +71,10 @@ def test_itc_ddp_matches_single_process(tmp_path, claims):
     itc = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM, claim_positives=claims)
     text, image = features(data["text"]), features(data["image"])
     batch = {k: data[k] for k in ("image_id", "text_claim", "image_facts") if k in data}
-    ref = itc(None, batch, text, image, {})
+    ref = itc(None, batch, text, image, StepContext())
     if claims:  # the claims change the loss: the check below compares like with like
         plain = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM)(None, {"image_id": data["image_id"]}, features(data["text"]),
-                                                         features(data["image"]), {})
+                                                         features(data["image"]), StepContext())
         assert abs(plain.loss.item() - ref.loss.item()) > 1e-3
     ref.loss.backward()
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from mmbench.builder import build_datamodule, build_model, data_kwargs
 from mmbench.config import ConfigError, validate
+from mmbench.objectives.context import StepContext
 from mmbench.data.datamodule import DataInfo
 from mmbench.models.outputs import Features, Fused
 from mmbench.objectives.lm import LM, decode
@@ -71,7 +72,7 @@ def test_known_answer_loss_padding_ignored_and_label_smoothing():
     ids, mask, probs = _known_case()
     batch = {"input_ids": ids, "attention_mask": mask}
     lm, model = _lm_on(probs.log())
-    out = lm(model, batch, None, None, {})
+    out = lm(model, batch, None, None, StepContext())
     # the 5 real next tokens have probabilities .6 .25 .7 (row 0) and .5 .4 (row 1); row 1's pad target is ignored
     ce = -(math.log(0.6) + math.log(0.25) + math.log(0.7) + math.log(0.5) + math.log(0.4)) / 5
     assert math.isclose(out.loss.item(), ce, rel_tol=1e-6)
@@ -84,12 +85,12 @@ def test_known_answer_loss_padding_ignored_and_label_smoothing():
     other = probs.clone()
     other[0, 3] = other[1, 2] = other[1, 3] = torch.tensor([0.01, 0.01, 0.01, 0.97])
     lm2, model2 = _lm_on(other.log())
-    assert math.isclose(lm2(model2, batch, None, None, {}).loss.item(), ce, rel_tol=1e-6)
+    assert math.isclose(lm2(model2, batch, None, None, StepContext()).loss.item(), ce, rel_tol=1e-6)
 
     # label smoothing: (1 - eps) * CE + eps * mean over classes of -log p, as F.cross_entropy says
     eps = 0.1
     lm_s, model_s = _lm_on(probs.log(), label_smoothing=eps)
-    out_s = lm_s(model_s, batch, None, None, {})
+    out_s = lm_s(model_s, batch, None, None, StepContext())
     valid = mask[:, 1:].bool()
     logp = probs.log()[:, :-1][valid]  # (5, V)
     targets = ids[:, 1:][valid]
@@ -107,7 +108,7 @@ def test_head_is_mlm_head_tied_to_word_embeddings():
     batch.update(input_ids=ids, attention_mask=mask)
     lm = LM(dim=D, vocab_size=50, pad_id=PAD)
     assert type(lm.head) is MLMHead
-    out = lm(model, batch, None, model.encode_image(batch), {})
+    out = lm(model, batch, None, model.encode_image(batch), StepContext())
     assert math.log(50) * 0.5 < out.loss.item() < math.log(50) * 2  # near uniform at init
     out.loss.backward()
     assert model.text_encoder.word_embeddings.weight.grad.abs().sum() > 0  # tied decoder
@@ -305,7 +306,7 @@ def test_overfit_few_images_then_greedy_reproduces_captions(cache_dir, tmp_path)
     decoded = []
     for step in range(1, 301):  # exact reproduction typically after 100-150 steps
         model.train()
-        loss = lm(model, batch, None, model.encode_image(batch), {}).loss
+        loss = lm(model, batch, None, model.encode_image(batch), StepContext()).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

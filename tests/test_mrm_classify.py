@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbench.config import ConfigError, validate
+from mmbench.objectives.context import StepContext
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.layers import masked_mean
 from mmbench.models.model import MultimodalModel
@@ -67,7 +68,7 @@ def test_mrm_fuses_masked_image_with_intact_text(monkeypatch):
 
     monkeypatch.setattr(model, "fuse", spy)
     torch.manual_seed(7)
-    mrm(model, batch, text, image, {})
+    mrm(model, batch, text, image, StepContext())
     torch.manual_seed(7)
     selected = mask_image_tokens(image.mask, mrm.mask_prob)
     assert seen["text"] is text  # the text is not masked
@@ -83,7 +84,7 @@ def test_mrm_known_answer_regression_with_zero_head():
     torch.nn.init.zeros_(mrm.regression_head.weight)
     torch.nn.init.zeros_(mrm.regression_head.bias)
     torch.manual_seed(3)
-    out = mrm(model, batch, text, image, {})
+    out = mrm(model, batch, text, image, StepContext())
     torch.manual_seed(3)
     selected = mask_image_tokens(image.mask, 0.5)
     target = image.tokens.detach()[selected]  # (N, D)
@@ -95,7 +96,7 @@ def test_mrm_known_answer_regression_with_zero_head():
     with torch.no_grad():
         mrm.regression_head.bias.fill_(0.5)
     torch.manual_seed(3)
-    out = mrm(model, batch, text, image, {})
+    out = mrm(model, batch, text, image, StepContext())
     assert math.isclose(out.loss.item(), (0.5 - target).pow(2).mean().item(), rel_tol=1e-5)
 
 
@@ -105,9 +106,9 @@ def test_mrm_regression_weight_scales_loss():
     a, b = MRM(dim=D, num_region_labels=0), MRM(dim=D, num_region_labels=0, regression_weight=2.0)
     b.load_state_dict(a.state_dict())
     torch.manual_seed(0)
-    la = a(model, batch, text, image, {}).loss
+    la = a(model, batch, text, image, StepContext()).loss
     torch.manual_seed(0)
-    lb = b(model, batch, text, image, {}).loss
+    lb = b(model, batch, text, image, StepContext()).loss
     assert math.isclose(lb.item(), 2 * la.item(), rel_tol=1e-6)
 
 
@@ -115,7 +116,7 @@ def test_mrm_gradients_reach_text_encoder_and_mask_embedding():
     model = tiny_model(text_depth=1).train()
     batch, text, image = _step(model)
     mrm = MRM(dim=D, num_region_labels=0, mask_prob=0.3)
-    out = mrm(model, batch, text, image, {})
+    out = mrm(model, batch, text, image, StepContext())
     out.loss.backward()
     assert model.text_encoder.word_embeddings.weight.grad.abs().sum() > 0  # fused image tokens see the text
     assert mrm.mask_embedding.grad.abs().sum() > 0
@@ -167,7 +168,7 @@ def test_mrm_region_classification_known_answer_over_real_masked_regions():
     with torch.no_grad():
         mrm.classification_head.bias.copy_(bias)
     torch.manual_seed(11)
-    out = mrm(model, batch, text, image, {})
+    out = mrm(model, batch, text, image, StepContext())
     torch.manual_seed(11)
     selected = mask_image_tokens(image.mask, 0.5)  # (B, 1+R)
     labels = batch["region_labels"][selected[:, 1:]]  # labels of the masked regions
@@ -183,7 +184,7 @@ def test_mrm_labels_ignored_when_tokens_are_not_regions():
     model = tiny_model()  # patch tokens: 1 + 4
     batch, text, image = _step(model, B=3)
     batch["region_labels"] = torch.tensor([[0, 1, -1], [2, -1, -1], [1, 1, 1]])
-    out = MRM(dim=D, num_region_labels=3)(model, batch, text, image, {})
+    out = MRM(dim=D, num_region_labels=3)(model, batch, text, image, StepContext())
     assert "acc" not in out.metrics and torch.isfinite(out.loss)
 
 
@@ -246,7 +247,7 @@ def test_classify_known_answer():
     with torch.no_grad():
         clf.head.bias.copy_(bias)
     batch["labels"] = torch.tensor([0, 2, 1, -1])  # -1 is ignored
-    out = clf(model, batch, text, image, {})
+    out = clf(model, batch, text, image, StepContext())
     expected = F.cross_entropy(bias.expand(3, 3), torch.tensor([0, 2, 1]))
     assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-6)
     assert math.isclose(out.metrics["acc"].item(), 1 / 3, rel_tol=1e-6)
@@ -257,7 +258,7 @@ def test_classify_missing_label_field_names_field_and_keys():
     batch, text, image = _step(model)
     clf = Classify(dim=D, num_labels=2, label_field="entailment")
     with pytest.raises(KeyError) as err:
-        clf(model, batch, text, image, {})
+        clf(model, batch, text, image, StepContext())
     message = str(err.value)
     assert "'entailment'" in message and "input_ids" in message and "pixel_values" in message
 
@@ -267,7 +268,7 @@ def test_classify_label_out_of_range_is_explained():
     batch, text, image = _step(model, B=2)
     batch["labels"] = torch.tensor([0, 4])
     with pytest.raises(ValueError, match="num_labels=2"):
-        Classify(dim=D, num_labels=2)(model, batch, text, image, {})
+        Classify(dim=D, num_labels=2)(model, batch, text, image, StepContext())
 
 
 # ---------------------------------------------------------------- real tiny run

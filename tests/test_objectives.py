@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbench.models.outputs import Features
+from mmbench.objectives.context import StepContext
 from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
 from mmbench.objectives.itm import ITM, known_true, sample_negatives, true_pairs
 from mmbench.objectives.mlm import MLM, mask_tokens
@@ -68,10 +69,10 @@ def test_itc_claim_positives_known_answer():
     batch = {"image_id": ids, "text_claim": torch.tensor([0, 0, 0]), "image_facts": torch.zeros(3, 2, dtype=torch.long)}
     assert claims_true(batch["image_facts"], batch["text_claim"]).sum() == 0
     feats = lambda x: Features(x[:, None], torch.ones(3, 1, dtype=torch.bool), x)  # noqa: E731
-    a = itc(None, batch, feats(txt), feats(img), {}).loss
+    a = itc(None, batch, feats(txt), feats(img), StepContext()).loss
     b = ITC(text_dim=2, image_dim=2, embed_dim=2)
     b.load_state_dict(itc.state_dict())
-    assert torch.equal(a, b(None, {"image_id": ids}, feats(txt), feats(img), {}).loss)
+    assert torch.equal(a, b(None, {"image_id": ids}, feats(txt), feats(img), StepContext()).loss)
 
 
 def test_itc_objective_gradient_and_temperature_clamp():
@@ -79,14 +80,14 @@ def test_itc_objective_gradient_and_temperature_clamp():
     itc = ITC(text_dim=D, image_dim=D, embed_dim=8, temperature_init=0.07)
     text = Features(torch.randn(4, 3, D), torch.ones(4, 3, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
     image = Features(torch.randn(4, 5, D), torch.ones(4, 5, dtype=torch.bool), torch.randn(4, D, requires_grad=True))
-    ctx = {}
+    ctx = StepContext()
     out = itc(None, {"image_id": torch.arange(4)}, text, image, ctx)
     out.loss.backward()
     assert text.pooled.grad.abs().sum() > 0 and image.pooled.grad.abs().sum() > 0
-    assert itc.temperature.grad is not None and ctx["itc_sim_i2t"].shape == (4, 4)
+    assert itc.temperature.grad is not None and ctx.itc_sim_i2t.shape == (4, 4)
     with torch.no_grad():
         itc.temperature.fill_(1e-5)
-    out = itc(None, {"image_id": torch.arange(4)}, text, image, {})
+    out = itc(None, {"image_id": torch.arange(4)}, text, image, StepContext())
     assert math.isclose(out.metrics["temperature"].item(), 0.01, rel_tol=1e-6)
 
 
@@ -181,7 +182,7 @@ def test_itm_loss_and_gradients_reach_both_modalities():
     ids, mask, batch = inputs(B=4)
     batch.update(input_ids=ids, attention_mask=mask, image_id=torch.arange(4))
     itm = ITM(dim=D)
-    out = itm(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    out = itm(model, batch, model.encode_text(ids, mask), model.encode_image(batch), StepContext())
     assert 0 <= out.metrics["acc"] <= 1
     # chance-level head at init: loss near log(2)
     assert abs(out.loss.item() - math.log(2)) < 0.5
@@ -194,7 +195,7 @@ def test_itm_all_same_image_uses_positives_only():
     model = tiny_model()
     ids, mask, batch = inputs(B=3)
     batch.update(input_ids=ids, attention_mask=mask, image_id=torch.zeros(3, dtype=torch.long))
-    out = ITM(dim=D)(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    out = ITM(dim=D)(model, batch, model.encode_text(ids, mask), model.encode_image(batch), StepContext())
     assert torch.isfinite(out.loss)
 
 
@@ -225,7 +226,7 @@ def test_mlm_head_is_tied_and_loss_matches_cross_entropy():
     batch.update(input_ids=ids, attention_mask=mask)
     mlm = MLM(dim=D, vocab_size=50, mask_id=4, special_ids=list(range(7)), mask_prob=0.5)
     torch.manual_seed(3)
-    out = mlm(model, batch, None, model.encode_image(batch), {})
+    out = mlm(model, batch, None, model.encode_image(batch), StepContext())
     assert math.log(50) * 0.5 < out.loss.item() < math.log(50) * 2  # near uniform at init
     out.loss.backward()
     assert model.text_encoder.word_embeddings.weight.grad is not None  # tied decoder
@@ -243,8 +244,48 @@ def test_vqa_known_answer():
         vqa.head[-1].bias.copy_(torch.tensor([2.0, 0.0, -1.0]))
     ids, mask, batch = inputs(B=2)
     batch["answer_scores"] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.3, 1.0]])
-    out = vqa(model, batch, model.encode_text(ids, mask), model.encode_image(batch), {})
+    out = vqa(model, batch, model.encode_text(ids, mask), model.encode_image(batch), StepContext())
     logits = torch.tensor([[2.0, 0.0, -1.0]] * 2)
     expected = F.binary_cross_entropy_with_logits(logits, batch["answer_scores"], reduction="sum") / 2
     assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-5)
     assert math.isclose(out.metrics["acc"].item(), 0.5)  # argmax = answer 0: score 1 then 0
+
+
+# ---------------------------------------------------------------- step context and run order
+
+
+def test_run_order_puts_providers_first_whatever_the_list_order():
+    from mmbench.objectives.context import run_order
+
+    declared = {"vqa": ((), ()), "itm": ((), ("itc_sim_i2t",)), "mlm": ((), ()), "itc": (("itc_sim_i2t",), ())}
+    expected = ["itc", "itm", "mlm", "vqa"]
+    for names in (["itm", "itc", "mlm", "vqa"], ["vqa", "mlm", "itm", "itc"], ["itc", "itm", "mlm", "vqa"]):
+        assert run_order({n: declared[n] for n in names}) == expected
+    assert run_order({"itm": declared["itm"]}) == ["itm"]  # nobody provides it: ITM samples uniformly
+    with pytest.raises(ValueError, match="unknown step-context"):
+        run_order({"x": ((), ("nope",))})
+    with pytest.raises(ValueError, match="cycle"):
+        run_order({"a": (("itc_sim_i2t",), ("progress",)), "b": (("progress",), ("itc_sim_i2t",))})
+
+
+def test_itm_gets_itc_hard_negatives_whatever_the_list_order(cache_dir, tmp_path, monkeypatch):
+    """`objective=[itm,itc]` used to run ITM first, so it never saw ITC's similarities and sampled
+    uniform negatives; now both orders mine the same hard negatives and give the same metrics."""
+    import mmbench.objectives.itm as itm_module
+    from mmbench.pipeline import run
+    from tests.conftest import TINY, compose_cfg
+
+    seen = []
+    sample = itm_module.sample_negatives
+
+    def spy(ids, scores, **kwargs):
+        seen.append(scores is not None)
+        return sample(ids, scores, **kwargs)
+
+    monkeypatch.setattr(itm_module, "sample_negatives", spy)
+    a = run(compose_cfg([*TINY, "objective=[itc,itm]"], tmp_path / "a"))["metrics"]
+    assert seen and all(seen)
+    seen.clear()
+    b = run(compose_cfg([*TINY, "objective=[itm,itc]"], tmp_path / "b"))["metrics"]
+    assert seen and all(seen)
+    assert a == b

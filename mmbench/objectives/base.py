@@ -15,6 +15,7 @@ from torch import nn
 
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
+from mmbench.objectives.context import StepContext
 
 
 @dataclass
@@ -28,6 +29,9 @@ class Objective(nn.Module):
     requires: tuple[str, ...] = ()
     #: batch fields this objective reads besides input_ids / attention_mask / images
     batch_fields: tuple[str, ...] = ()
+    #: `StepContext` fields this objective sets for the others, and the ones it reads (when set)
+    provides: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
 
     @classmethod
     def fields_read(cls, **config) -> tuple[str, ...]:
@@ -51,9 +55,10 @@ class Objective(nn.Module):
         batch: dict[str, torch.Tensor],
         text: Features,
         image: Features,
-        context: dict,
+        context: StepContext,
     ) -> ObjectiveOutput:
-        """`context` is shared by the objectives of one step (e.g. ITC leaves its similarities there)."""
+        """`context` is shared by the objectives of one step (e.g. ITC leaves its similarities there);
+        read only the fields declared in `uses`, write only those in `provides`."""
         raise NotImplementedError
 
     def pair_score(self, model: MultimodalModel, text: Features, image: Features) -> torch.Tensor:

@@ -73,6 +73,7 @@ def multi_positive_contrastive_loss(
 
 class ITC(Objective):
     requires = ()
+    provides = ("itc_sim_i2t",)  # its local similarities, for ITM's hard negatives
     pair_score_rank = 1
 
     def __init__(
@@ -113,7 +114,7 @@ class ITC(Objective):
         loss, acc = multi_positive_contrastive_loss(image_emb, text_emb, ids, temp, all_image, all_text, all_ids,
                                                     extra_i2t, extra_t2i)
         # Local similarities for objectives that mine hard negatives (ITM), without gradient.
-        context["itc_sim_i2t"] = (image_emb @ text_emb.T / temp).detach()  # (B, B)
+        context.itc_sim_i2t = (image_emb @ text_emb.T / temp).detach()  # (B, B)
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})
 
     def pair_score(self, model, text, image) -> torch.Tensor:

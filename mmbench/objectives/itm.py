@@ -16,7 +16,7 @@ ViLT-tiny `[itc,itm]` stayed at 0.667 for 500 steps with hard negatives from ste
 after ~150 steps with uniform ones. So negatives are drawn from the mixture
 `(1 - a) * uniform + a * softmax(ITC similarity)`, with `a` ramping linearly from 0 to 1 over the
 first `hard_negative_warmup` fraction of training (the LightningModule puts the fraction of
-training done into `context["progress"]`; outside training it is 1, i.e. pure hard negatives).
+training done into `context.progress`; outside training it is 1, i.e. pure hard negatives).
 `hard_negative_warmup=0` is the ALBEF recipe as published.
 """
 
@@ -101,6 +101,7 @@ def sample_negatives(
 
 class ITM(Objective):
     requires = ("joint_pooled",)
+    uses = ("itc_sim_i2t",)  # hard negatives from ITC when it runs in the same step (it then runs first)
     pair_score_rank = 2
 
     def __init__(self, dim: int, hard_negatives: bool = True, hard_negative_warmup: float = 0.0, weight: float = 1.0):
@@ -119,8 +120,8 @@ class ITM(Objective):
 
     def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
         ids = batch["image_id"]
-        sim = context.get("itc_sim_i2t") if self.hard_negatives else None  # (B, B) image x text
-        a = self.hardness(context.get("progress", 1.0))
+        sim = context.itc_sim_i2t if self.hard_negatives else None  # (B, B) image x text
+        a = self.hardness(context.progress)
         true = known_true(batch)  # (B, B): text j true of image i
         neg_text, valid_t = sample_negatives(ids, sim, hardness=a, true=true)  # for each image a text
         neg_image, valid_i = sample_negatives(ids, None if sim is None else sim.T, hardness=a, true=true.T)  # for each text an image
