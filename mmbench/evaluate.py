@@ -117,6 +117,8 @@ def run_eval(cfg: DictConfig) -> dict:
 
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise EvalError("ckpt_path is not set: mmbench-eval ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt")
     train_cfg, run_dir = training_config(cfg.ckpt_path)
     weights = read_weights(cfg.ckpt_path)  # before any work: a file that is not a plain checkpoint is refused
     original = train_cfg.copy()

@@ -601,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
+    if not find_jobs([Path(d) for d in args.dirs]):  # nothing to report: write nothing, say where it looked
+        print(f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
+              f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written", file=sys.stderr)
+        return 2
     res = report(args.dirs, args.out, args.metrics, args.curves, not args.no_plots, alpha=args.alpha)
     jobs = res["jobs"]
     done = sum(j.status == "completed" for j in jobs)

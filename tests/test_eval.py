@@ -245,3 +245,5 @@ def test_eval_cli_help_is_fast_and_bad_checkpoint_is_one_message(tmp_path):
     assert time.time() - t0 < 30
     res = _eval_cli(["ckpt_path=nope.ckpt", "logger=csv"], tmp_path)
     assert res.returncode == 2 and "is not a file" in res.stderr and "Traceback" not in res.stderr
+    res = _eval_cli(["logger=csv"], tmp_path)  # no ckpt_path at all
+    assert res.returncode == 2 and "ckpt_path is not set" in res.stderr and "Traceback" not in res.stderr

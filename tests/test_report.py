@@ -126,9 +126,9 @@ def test_t_ci_known_values():
 
 def test_cli_on_empty_and_missing_dirs(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
-    assert report.main([str(tmp_path), "--no-plots"]) == 1  # nothing completed: says so, writes an empty table
+    assert report.main([str(tmp_path), "--no-plots"]) == 2  # no runs at all: says where it looked, writes nothing
     captured = capsys.readouterr()
-    assert "0/0 jobs completed" in captured.out and "warning" not in captured.err
+    assert f"no runs under {tmp_path}" in captured.err and not (tmp_path / "report").exists()
 
 
 def test_cli_warns_below_3_seeds(tmp_path, capsys):
