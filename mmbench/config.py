@@ -81,14 +81,10 @@ RANGES: tuple[tuple[str, type, float, str], ...] = (
     ("data.eval_batch_size", int, 1, "a batch size >= 1"),
     ("data.num_workers", int, 0, "a worker count >= 0"),
     ("data.vocab_size", int, 16, "a vocabulary of at least 16 tokens"),
+    # a run trains, validates and tests: whatever the source, each split needs an example (when it has the key)
     ("data.source.num_train", int, 1, "at least 1 training scene"),
     ("data.source.num_val", int, 1, "at least 1 validation scene"),
     ("data.source.num_test", int, 1, "at least 1 test scene"),
-    ("data.source.captions_per_image", int, 1, "at least 1 caption per scene"),
-    ("data.source.questions_per_image", int, 0, "a question count >= 0"),
-    ("data.source.max_objects", int, 1, "at least 1 object per scene"),
-    ("data.source.min_objects", int, 0, "an object count >= 0"),
-    ("data.source.grid", int, 1, "a grid side >= 1"),
     ("optimizer.lr", float, 1e-300, "a learning rate > 0, e.g. optimizer.lr=1e-3"),
     ("weight_decay", float, 0, "a weight decay >= 0"),
 )
@@ -188,6 +184,7 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
                     f"(e.g. fusion=merged)"
                 )
 
+    problems += _data_source_problems(cfg)
     problems += _data_field_problems(cfg)
     problems += _eval_problems(cfg)
     problems += _monitor_problems(cfg)
@@ -220,20 +217,36 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
 
 
-def _data_field_problems(cfg: DictConfig) -> list[str]:
-    """Fields the encoders and objectives read that the configured data does not provide. A data source
-    declares them in a `provided_fields(**source config)` function beside its builder (shapes, hf)."""
+def _source_declaration(cfg: DictConfig, name: str):
+    """(function, settings) of what the data source's module declares beside its builder (`name` is
+    `provided_fields` or `config_problems`, see mmbench/data/shapes.py and hf.py), or (None, None)."""
     source = cfg.data.get("source")
     target = source.get("_target_") if source is not None else None
     if not target:
-        return []
+        return None, None
     try:
-        provided_fields = get_method(target.rsplit(".", 1)[0] + ".provided_fields")
+        declared = get_method(target.rsplit(".", 1)[0] + "." + name)
     except Exception:  # noqa: BLE001 - a source without the declaration is not checked
-        return []
+        return None, None
     settings = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if not k.startswith("_")}
+    return declared, settings
+
+
+def _data_source_problems(cfg: DictConfig) -> list[str]:
+    """The data source's own check of its settings (e.g. more scenes than Shapes' grid allows, a
+    local path that does not exist)."""
+    check, settings = _source_declaration(cfg, "config_problems")
+    return check(**settings) if check else []
+
+
+def _data_field_problems(cfg: DictConfig) -> list[str]:
+    """Fields the encoders and objectives read that the configured data does not provide. A data source
+    declares them in a `provided_fields(**source config)` function beside its builder (shapes, hf)."""
+    provided_fields, settings = _source_declaration(cfg, "provided_fields")
+    if provided_fields is None:
+        return []
     provided = provided_fields(**settings)
-    data_name = cfg.data.get("name") or target.rsplit(".", 1)[-1].removeprefix("build_")
+    data_name = cfg.data.get("name") or cfg.data.source._target_.rsplit(".", 1)[-1].removeprefix("build_")
     problems = []
     readers = [(f"encoder/vision '{cfg.encoder.vision._target_.rsplit('.', 1)[-1]}'",
                 getattr(get_class(cfg.encoder.vision._target_), "batch_fields", ()))]

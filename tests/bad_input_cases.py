@@ -52,7 +52,14 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["data.source.captions_per_image=0"], REFUSED, ("captions_per_image",)),
     (["data.source.questions_per_image=-1"], REFUSED, ("questions_per_image",)),
     (["data.source.max_objects=0"], REFUSED, ("max_objects",)),
-    (["data.source.grid=0"], REFUSED, ("data.source.grid=0",)),
+    (["data.source.grid=0"], REFUSED, ("grid",)),
+    (["data.source.min_objects=3", "data.source.max_objects=2"], REFUSED, ("max_objects",)),
+    (["data.source.grid=2", "data.source.max_objects=5"], REFUSED, ("exceeds the 4 cells",)),
+    (["data.source.num_train=100000", "data.source.grid=2", "data.source.max_objects=1"], REFUSED, ("distinct",)),
+    (["data.source.holdout=[[red,blob]]"], REFUSED, ("unknown shape 'blob'",)),
+    (["data=hf"], REFUSED, ("data.source.path is not set",)),
+    (["data=hf", "data.source.path=/nonexistent/images", "objective=[itc]"], REFUSED, ("no such file or directory",)),
+    (["data=hf", "data.source.path=./missing.jsonl", "objective=[itc]"], REFUSED, ("no such file or directory",)),
     (["optimizer.lr=-1"], REFUSED, ("optimizer.lr", "> 0")),
     (["optimizer.lr=0"], REFUSED, ("optimizer.lr",)),
     (["weight_decay=-0.1"], REFUSED, ("weight_decay",)),
@@ -98,5 +105,6 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["data.source.questions_per_image=0", "objective=[itc,itm]"], ACCEPTED, ()),
     (["trainer.max_epochs=-1", "trainer.max_steps=10"], ACCEPTED, ()),
     (["eval.protocols=[vqa]"], ACCEPTED, ()),
+    (["data=hf", "data.source.path=owner/some-dataset", "objective=[itc]"], ACCEPTED, ()),  # a hub id: looked up later
     (["model.init_from=dandelin/vilt-b32-mlm"], ACCEPTED, ()),  # a hub id: resolved (offline) later
 ]

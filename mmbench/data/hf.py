@@ -744,6 +744,18 @@ def _cast_images(split, image: str | None):
     return split
 
 
+def config_problems(*, path: str | None = None, **_settings) -> list[str]:
+    """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read)."""
+    if not path:
+        return ["data.source.path is not set: give a hub dataset id or a local directory / file "
+                "(e.g. data.source.path=/data/my_images)"]
+    text = str(path)
+    local = text.startswith(("/", "./", "../", "~")) or Path(text).suffix.lower() in LOCAL_BUILDERS
+    if local and not Path(os.path.expanduser(text)).exists():
+        return [f"data.source.path={text}: no such file or directory (a local path; a hub id looks like owner/name)"]
+    return []
+
+
 def provided_fields(*, columns=None, region_dir: str | None = None, **_settings) -> frozenset[str]:
     """Batch fields (docs of `mmbench.data.datamodule`) this source config yields, known from its column
     mapping alone: config validation compares them with the fields the encoders and objectives read."""

@@ -794,6 +794,10 @@ def shapes_config_hash(**kwargs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+SHAPES_CONFIG_KEYS = ("seed", "image_size", "grid", "min_objects", "max_objects", "num_train", "num_val", "num_test",
+                      "captions_per_image", "questions_per_image", "holdout", "num_holdout")
+
+
 def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_objects: int = 1, max_objects: int = 3,
                   num_train: int = 8000, num_val: int = 1000, num_test: int = 1000, captions_per_image: int = 4,
                   questions_per_image: int = 4, holdout=(), num_holdout: int | None = None) -> dict:
@@ -844,6 +848,17 @@ def _is_complete(directory: Path, config: dict) -> bool:
     except (OSError, ValueError):
         return False
     return saved == config and (directory / "dataset_dict.json").is_file()
+
+
+def config_problems(**settings) -> list[str]:
+    """What is wrong with a `build_shapes` config (its `data.source` keys), from the config alone:
+    config validation reports it before anything is generated."""
+    known = {k: v for k, v in settings.items() if k in SHAPES_CONFIG_KEYS}
+    try:
+        shapes_config(**known)
+    except (ValueError, TypeError) as err:
+        return [f"data.source (Shapes): {err}"]
+    return []
 
 
 def provided_fields(*, questions_per_image: int = 4, **_settings) -> frozenset[str]:
