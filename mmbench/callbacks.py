@@ -1,13 +1,185 @@
-"""Lightning callbacks that mmbench adds to every run (see pipeline._train)."""
+"""Lightning callbacks that make a run resumable (see pipeline._train and docs/sweeps.md §2).
+
+- `LastCheckpoint` writes `checkpoints/last.ckpt`, the state a rerun resumes from, at every epoch end
+  and every N steps / T minutes within an epoch.
+- `RNGState` and `MidEpochResume` add what an exact resume needs beyond Lightning's checkpoints: the
+  global RNGs; the train loader's position within the epoch (`mmbench.data.datamodule.ResumableLoader`)
+  and the running sums of the epoch's training metrics. A checkpoint that cannot be resumed exactly is
+  refused (`check_resumable`).
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+
+from mmbench.sweep import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt`: the latest training state, whatever the monitored metric did (the `best` checkpoint
+    callback keeps `best.ckpt`). Written at the end of every epoch (after its validation) and, within an
+    epoch, every `every_n_train_steps` optimizer steps and every `every_n_minutes` of training, whichever
+    comes first (0 or null turns a trigger off). A killed run thus loses at most that much work.
+
+    Lightning's ModelCheckpoint takes only one of these triggers, and since 2.6 its `save_last` writes
+    only when a top-k checkpoint is written, i.e. when the monitored metric improves.
+
+    An interval save is skipped on a batch after which Lightning resumes differently from how it goes
+    on: one that ends the epoch or the run or is followed by validation (Lightning resumes such a
+    checkpoint *after* that validation / epoch end, so they would be skipped; the epoch-end or
+    validation-end save follows anyway), and one inside a gradient-accumulation window (gradients are
+    not checkpointed).
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = 100,
+                 every_n_minutes: float | None = None):
+        # one file, overwritten; the intervals are not passed on, so Lightning's state key (and thus the
+        # restored state) does not depend on them
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, every_n_epochs=1,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+        if (every_n_train_steps or 0) < 0 or (every_n_minutes or 0) < 0:
+            raise ValueError(f"LastCheckpoint: every_n_train_steps={every_n_train_steps} and every_n_minutes="
+                             f"{every_n_minutes} must be >= 0 (0 or null: no saves within an epoch)")
+        self.every_n_train_steps = int(every_n_train_steps or 0)
+        self.every_n_minutes = float(every_n_minutes or 0)
+        self._last_time = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        steps_due = self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0
+        time_due = False
+        if self.every_n_minutes > 0:  # rank 0 decides, so that every rank saves (or not) together
+            time_due = trainer.strategy.broadcast(time.monotonic() - self._last_time >= 60 * self.every_n_minutes)
+        if not (steps_due or time_due) or self._should_skip_saving_checkpoint(trainer):
+            return
+        if _ends_a_stage(trainer, batch_idx):
+            return
+        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # monitor=None: writes <filename>.ckpt
+        self._last_time = time.monotonic()
+
+
+def _ends_a_stage(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether the training batch that just ended is not a point to resume from within the epoch: it
+    leaves a gradient-accumulation window open, or ends the epoch or the run, or validation follows it
+    (`_should_check_val_fx` is the test Lightning itself applies right after this hook)."""
+    loop = trainer.fit_loop.epoch_loop
+    return (
+        (batch_idx + 1) % trainer.accumulate_grad_batches != 0
+        or loop.batch_progress.is_last_batch
+        or trainer.should_stop
+        or 0 <= trainer.max_steps <= trainer.global_step
+        or loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    )
+
+
+class MidEpochResume(pl.Callback):
+    """Makes a resume from a checkpoint written within an epoch continue as an uninterrupted run would,
+    or refuses it (`check_resumable`).
+
+    - Data: Lightning builds the train loader, to count the steps for the LR schedule, before it
+      restores the checkpoint, so it never hands the loader its saved position (`ResumableLoader`);
+      this does, at the start of training, before the first batch is drawn.
+    - Metrics: Lightning's checkpoints hold the loop counters but not the running sums of the metrics
+      logged with `on_epoch=True` (`train/loss_epoch`, `train/<objective>/...`), which would then
+      average only the batches after the checkpoint. This saves the sums (tensors, as `weights_only`
+      loading requires) and adds them back once the first resumed batch has logged its values:
+      `saved + first` is the float sum of the uninterrupted run (addition commutes), so the epoch's
+      metrics are bit-identical on CPU.
+    """
+
+    def __init__(self):
+        self._trainer: pl.Trainer | None = None
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}  # sums to add back after the resumed batch
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batch index) of the first resumed batch
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer  # state_dict() is called without it
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        loop = trainer.fit_loop.epoch_loop
+        sums = {}
+        for key, metric in loop._results.items():
+            if metric.is_tensor and metric.meta.on_epoch:
+                sums[key] = {name: getattr(metric, name).detach().cpu().clone()
+                             for name in ("value", "cumulated_batch_size") if hasattr(metric, name)}
+        return {"epoch": trainer.current_epoch, "batches": loop.batch_progress.current.processed, "sums": sums}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("sums"):
+            self._pending = dict(state_dict["sums"])
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        check_resumable(checkpoint)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # what Lightning's FitLoop.setup_data does when it builds the loader after the restore: hands the
+        # saved loader states to the loaders (only when resuming within an epoch)
+        trainer.fit_loop._load_combined_loader_states()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if not self._pending:
+            return
+        if self._resume_at != (trainer.current_epoch, batch_idx):  # resumed at an epoch end: a new epoch
+            self._pending = {}
+            return
+        results = trainer.fit_loop.epoch_loop._results
+        for key, saved in self._pending.items():
+            metric = results.get(key)
+            if metric is None:
+                log.warning("resume: %s was logged before the checkpoint but not by the first resumed batch; "
+                            "its epoch value covers the batches after the checkpoint only", key)
+                continue
+            for name, value in saved.items():
+                current = getattr(metric, name)
+                if metric.meta.is_max_reduction or metric.meta.is_min_reduction:
+                    setattr(metric, name, metric.meta.reduce_fx(value.to(current), current))
+                else:  # mean (weighted sum and count) or sum
+                    setattr(metric, name, value.to(current) + current)
+        self._pending = {}
+
+
+def check_resumable(checkpoint: dict[str, Any]) -> None:
+    """Raise CheckpointError if `checkpoint` stopped within an epoch but does not say where the train
+    loader was (written by an older mmbench, or saved by hand with `trainer.save_checkpoint`), or says a
+    position other than Lightning's: resuming it would train on other batches than an uninterrupted run."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = fit.get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    done, last = int(progress["current"]["ready"]), bool(progress["is_last_batch"])
+    if done == 0 or last:  # at the start or the end of an epoch: the next epoch starts afresh
+        return
+    loaders = fit.get("state_dict", {}).get("combined_loader") or []
+    position = loaders[0].get("batches") if loaders else None
+    if position != done:
+        epoch = int(fit["epoch_progress"]["current"]["processed"])
+        where = "no train-loader position" if position is None else f"the train loader at batch {position}"
+        raise CheckpointError(
+            f"this checkpoint stopped after {done} batches of epoch {epoch} but holds {where}: resuming it would "
+            "train on other batches than an uninterrupted run, so it is refused. Delete the run's checkpoints/ to "
+            "start it afresh"
+        )
 
 
 class RNGState(pl.Callback):

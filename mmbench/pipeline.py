@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
 from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
+from mmbench.rundir import checkpoint_stamp, config_identity
 from mmbench.sweep import (CheckpointError, csv_history, ddp_cleanup, ddp_single_run, global_rank, load_checkpoint,
                            restore_csv_history)
 
@@ -41,8 +42,10 @@ def run(cfg: DictConfig) -> dict:
     """Train, test and write `metrics.json` into `cfg.paths.output_dir`. Returns the record."""
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
+    config_hash, config = config_identity(cfg)  # what this run is (mmbench/rundir.py); also in every checkpoint
     record: dict = {
         "status": "running",
+        "config_hash": config_hash,
         "choices": choices_of(cfg),
         "overrides": _overrides(),
         "seed": cfg.seed,  # an int once validate() has passed; a refused `seed=abc` is recorded as given
@@ -51,6 +54,7 @@ def run(cfg: DictConfig) -> dict:
         "versions": versions(),
         "git": git_sha(),
         "wall_s": None,
+        "config": config,  # resolved, without the keys that say how to run (rundir.IGNORED)
     }
     try:
         validate(cfg)
@@ -102,9 +106,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.info)
 
-    from mmbench.callbacks import RNGState
+    from mmbench.callbacks import LastCheckpoint, MidEpochResume, RNGState
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState(), MidEpochResume()]
+    callbacks.append(checkpoint_stamp(config_identity(cfg)[0]))  # checkpoint["config_hash"]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -126,7 +131,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     train_seconds = time.time() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # best.ckpt, not last.ckpt (also a ModelCheckpoint, and maybe the first one)
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), "")
         with _interrupts(trainer):
             results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         for res in results:

@@ -6,11 +6,13 @@
 - A job's directory inside it is named from its own overrides (sorted), never from its job number,
   so reordering or extending a sweep keeps every finished job where the rerun looks for it.
 - `train.py` skips a job whose `metrics.json` says completed and resumes any other one (unfinished,
-  interrupted, failed, diverged) from `checkpoints/last.ckpt` (pipeline.py); `RNGState` makes that
-  resume bit-exact on CPU. Checkpoints are read with `torch.load(weights_only=True)` only
-  (`load_checkpoint`), so a file planted in a run directory cannot run code.
+  interrupted, failed, diverged) from `checkpoints/last.ckpt` (pipeline.py), if its directory holds a run
+  of the same config (mmbench/rundir.py); `RNGState` makes that resume bit-exact on CPU. Checkpoints are
+  read with `torch.load(weights_only=True)` only (`load_checkpoint`), so a file planted in a run
+  directory cannot run code.
 - `SweepSummary` (a Hydra callback) prints the state of every job at the end of a multirun and makes
-  the command exit non-zero when one of them failed, diverged or is unfinished.
+  the command exit non-zero when one of them failed, diverged or is unfinished, or when its run directory
+  refused it (busy with another process, or holding a run of another config: mmbench/rundir.py).
 
 Kept free of torch/Lightning imports at module level: Hydra instantiates the callback before any job.
 """
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 # overrides that say how to run a sweep, not what a job is
 RUN_KEYS = ("sweep_name", "resume", "torch_threads")
 _SWEEP_ENV, _SWEPT_ENV = "MMBENCH_SWEEP_NAME", "MMBENCH_SWEPT_KEYS"
+_REFUSALS_ENV = "MMBENCH_SWEEP_REFUSALS"  # file where jobs note that their run directory refused them
 _sweep_name: str | None = None
 _swept: list[str] = []
 _saved_argv: list[str] | None = None  # the sweep's command line while a DDP job runs (ddp_single_run)
@@ -106,8 +109,14 @@ def _resolve_job_dir(overrides) -> str:
 
 
 def _resolve_wandb_id(output_dir: str) -> str:
-    """A W&B run id stable for a run directory, so a resumed job resumes its W&B run."""
-    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+    """A W&B run id stable for the run in a run directory, so a resumed job resumes its W&B run: from the
+    directory and the run id in its identity.json (mmbench.rundir), so a new run in a path used before
+    (the old directory deleted) gets a W&B run of its own. From the path alone for a directory without one."""
+    from mmbench.rundir import read_identity
+
+    run_id = (read_identity(output_dir) or {}).get("run_id")
+    key = str(Path(output_dir).resolve()) + (f"\n{run_id}" if run_id else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _resolve_optuna_direction(mode: str) -> str:
@@ -171,26 +180,69 @@ class SweepSummary(Callback):
         _swept = swept_keys(task, OmegaConf.to_container(params) if params is not None else {})
         # for launchers whose workers start from a fresh interpreter (joblib, submitit)
         os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = _sweep_name, "\n".join(_swept)
+        os.environ[_REFUSALS_ENV] = str(_refusals_file(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         state = summarize(sweep_dir)
-        bad = state["failed"] + state["unfinished"]
+        # jobs their run directory refused: its state is another run's (or another process's), not this sweep's
+        refused = _take_refusals(_refusals_file(config))
+        names = {job for job, _, _ in refused}
+        state = {status: [j for j in jobs if j[0] not in names] for status, jobs in state.items()}
+        for job, kind, message in refused:
+            state.setdefault(kind, []).append((job, message.splitlines()[0]))
+        bad = [j for status, jobs in state.items() if status != "completed" for j in jobs]
         total = sum(len(v) for v in state.values())
+        extra = "".join(f", {len(state[k])} {k}" for k in ("busy", "refused") if state.get(k))
         print(
             f"mmbench: sweep {sweep_dir}: {len(state['completed'])}/{total} completed, "
-            f"{len(state['failed'])} failed, {len(state['unfinished'])} unfinished",
+            f"{len(state['failed'])} failed, {len(state['unfinished'])} unfinished{extra}",
             file=sys.stderr,
         )
-        for status in ("failed", "unfinished"):
-            for name, error in state[status]:
+        for status in ("failed", "unfinished", "busy", "refused"):
+            for name, error in state.get(status, []):
                 print(f"  {status}: {name}: {error}", file=sys.stderr)
-        if bad:
+        if state.get("busy"):
+            print("mmbench: a busy job is being trained by another process: rerun this command when that has "
+                  "ended, and the job is skipped or resumed", file=sys.stderr)
+        if state.get("refused"):
+            print("mmbench: a refused job's directory holds a run of another config (the messages above say which "
+                  "keys differ) and was left as it is: give this sweep its own directory with sweep_name=<a new "
+                  "name>, or resume=false (a new timestamped one)", file=sys.stderr)
+        if state["failed"] or state["unfinished"]:
             print("mmbench: fix the cause and rerun the same command: completed jobs are skipped, "
                   "the others resume from their last checkpoint", file=sys.stderr)
+        if bad:
             sys.stdout.flush()
             sys.stderr.flush()
             sys.exit(1)
+
+
+def _refusals_file(config: DictConfig) -> Path:
+    """Where the jobs of this sweep invocation note refusals (in the sweep directory, which every launcher's
+    workers see; named by the launching process, so two invocations of one sweep keep theirs apart)."""
+    return Path(str(config.hydra.sweep.dir)).resolve() / f".refused-{os.getpid()}.jsonl"
+
+
+def note_refusal(job: str, kind: str, message: str) -> None:
+    """A job of a multirun that its run directory refused (`mmbench.rundir.RunDirError`): noted for
+    SweepSummary, which lists it at the end (the job may run in another process: joblib, submitit)."""
+    path = os.environ.get(_REFUSALS_ENV)
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:  # one short line per append
+        f.write(json.dumps({"job": job, "kind": kind, "message": message}) + "\n")
+
+
+def _take_refusals(path: Path) -> list[tuple[str, str, str]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    path.unlink(missing_ok=True)
+    notes = [json.loads(line) for line in lines if line.strip()]
+    return [(n["job"], n["kind"], n["message"]) for n in notes]
 
 
 # ------------------------------------------------------------------------ torch-side helpers

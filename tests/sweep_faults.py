@@ -47,3 +47,23 @@ class PoisonWeights(pl.Callback):
         if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
             with torch.no_grad():
                 next(p for p in pl_module.parameters() if p.is_floating_point()).fill_(math.nan)
+
+
+class WaitAtStart(pl.Callback):
+    """When MMBENCH_TEST_WAIT=<dir> is set: at the start of training, touches `<dir>/started` and waits
+    (at most `timeout` seconds) for `<dir>/release`, so a test can start a second process meanwhile."""
+
+    def __init__(self, timeout: float = 300.0):
+        self.timeout = timeout
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+        from pathlib import Path
+
+        if not os.environ.get("MMBENCH_TEST_WAIT"):
+            return
+        wait = Path(os.environ["MMBENCH_TEST_WAIT"])
+        (wait / "started").touch()
+        deadline = time.time() + self.timeout
+        while not (wait / "release").exists() and time.time() < deadline:
+            time.sleep(0.2)

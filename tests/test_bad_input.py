@@ -44,3 +44,12 @@ def test_cli_refuses_with_exit_2_and_no_traceback_before_any_data(overrides, tmp
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     assert "invalid configuration" in done.stderr
     assert not cache.exists() or not any(cache.iterdir()), "data was prepared before the refusal"
+
+
+@pytest.mark.parametrize("override,words", [("trainer.nope=1", "nope"), ("model=nope", "vilt")])
+def test_hydra_refusals_exit_2(override, words, tmp_path):
+    """Hydra refuses an unknown key or option itself (exit code 1 from Hydra); mmbench-train says 2."""
+    env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "mmbench.train", override, f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]

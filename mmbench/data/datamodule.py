@@ -30,6 +30,7 @@ The answer vocabulary is the train answers (all of them, sorted; or the `max_ans
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmbench.config import ConfigError
 from mmbench.data import tokenizer as tokenization
 from mmbench.data.claims import claim_code
+from mmbench.sweep import CheckpointError
 
 SPLITS = ("train", "val", "test")
 EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
@@ -249,6 +251,72 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
+class ResumableLoader(DataLoader):
+    """The train DataLoader, resumable within an epoch through Lightning's stateful-loader protocol:
+    Lightning saves `state_dict()` in every checkpoint; resuming within an epoch, `load_state_dict` is
+    called before the first batch is drawn (by `mmbench.callbacks.MidEpochResume`). Lightning itself
+    does not fast-forward a map-style loader.
+
+    The state is the number of batches yielded in the current epoch (Lightning's own loader does not
+    prefetch a sized loader, so that is the number trained on when a checkpoint is written). After
+    `load_state_dict` the next iteration drops that many batches of indices from the batch sampler,
+    so no data is read for them and the epoch goes on with the batches an uninterrupted run would see:
+    the order is a function of (seed, epoch) (EpochShuffleSampler), and loading an example is
+    deterministic, so this holds with worker processes too. A checkpoint from other data settings
+    (batch size, batches per epoch, epoch) is refused.
+    """
+
+    _position = 0  # batches yielded in the current epoch
+    _skip = 0  # batches the next iteration leaves out (set by load_state_dict)
+    _skip_epoch = 0  # the epoch they belong to
+
+    def __iter__(self):
+        # a generator: nothing below runs before the first batch is drawn, when Lightning has set the
+        # sampler's epoch and the resume has set _skip (a DataLoader's worker processes would otherwise
+        # start drawing indices as soon as `iter()` is called)
+        epoch = int(getattr(self.sampler, "epoch", 0))
+        if self._skip and epoch != self._skip_epoch:
+            raise CheckpointError(f"the checkpoint stopped within epoch {self._skip_epoch}, but training resumed "
+                                  f"at epoch {epoch}; delete the run's checkpoints/ to start it afresh")
+        self._position = self._skip
+        batches = super().__iter__()  # draws its indices from _index_sampler, which leaves out _skip batches
+        self._skip = 0
+        for batch in batches:
+            self._position += 1
+            yield batch
+
+    @property
+    def _index_sampler(self):
+        return _SkipBatches(super()._index_sampler, self)
+
+    def state_dict(self) -> dict:
+        return {"batches": self._position, "epoch": int(getattr(self.sampler, "epoch", 0)),
+                "batch_size": self.batch_size, "num_batches": len(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved, here = (state["batch_size"], state["num_batches"]), (self.batch_size, len(self))
+        if saved != here:
+            raise CheckpointError(
+                f"the checkpoint stopped within an epoch of other data settings (batch size, batches per epoch: "
+                f"{saved}; this run: {here}), so this run cannot continue that epoch. Rerun with the settings it "
+                "was written with, or delete the run's checkpoints/ to start it afresh")
+        self._skip, self._skip_epoch = int(state["batches"]), int(state["epoch"])
+
+
+class _SkipBatches:
+    """The loader's batch sampler, leaving out the loader's first `_skip` batches when iterated (torch's
+    worker iterator calls `iter()` on it twice while it is built, so the loader resets `_skip` after)."""
+
+    def __init__(self, batches, loader: ResumableLoader):
+        self.batches, self.loader = batches, loader
+
+    def __len__(self) -> int:
+        return len(self.batches)  # a whole epoch: Lightning counts the resumed epoch's batches itself
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.loader._skip, None)
+
+
 class VLDataModule(pl.LightningDataModule):
     """Data of a run: the source's splits, the tokenizer, the answer / label vocabularies and loaders.
 
@@ -398,10 +466,11 @@ class VLDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end
-        # checkpoint continues with the next epoch's order (Lightning calls sampler.set_epoch);
+        # checkpoint continues with the next epoch's order (Lightning calls sampler.set_epoch), and one
+        # resumed mid-epoch with the rest of that epoch's order (ResumableLoader);
         # the loader's own generator only seeds workers, from the seed as well
         sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed) if shuffle else None
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             sampler=sampler,
