@@ -209,3 +209,37 @@ class RNGState(pl.Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class ProgressLog(pl.Callback):
+    """A log line every `every_n_steps` optimizer steps (step, loss, samples/s, ETA) when stdout is not a
+    terminal: in a SLURM log, under nohup or in CI a live progress bar prints nothing for minutes.
+
+    Lightning's bars (Rich, tqdm) redraw one line in place and go quiet without a terminal; it has no
+    plain periodic logger, hence this one. It writes through `logging`, so the lines land in train.log too.
+    """
+
+    def __init__(self, every_n_steps: int = 50, only_without_tty: bool = True):
+        self.every_n_steps = int(every_n_steps)
+        self.only_without_tty = only_without_tty
+        self.active = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import sys
+
+        self.active = self.every_n_steps > 0 and not (self.only_without_tty and sys.stdout.isatty())
+        self.t0, self.step0, self.samples = time.perf_counter(), trainer.global_step, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not self.active:
+            return
+        self.samples += int(batch["input_ids"].shape[0])
+        step = trainer.global_step
+        if step == self.step0 or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        elapsed = time.perf_counter() - self.t0
+        total = trainer.estimated_stepping_batches
+        eta = (total - step) * elapsed / (step - self.step0)
+        loss = trainer.callback_metrics.get("train/loss_step")
+        log.info("step %d/%d  epoch %d  loss %s  %.1f samples/s  ETA %dm%02ds", step, total, trainer.current_epoch,
+                 f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, eta // 60, eta % 60)

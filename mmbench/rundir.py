@@ -58,7 +58,7 @@ IGNORED = (
     *RUN_KEYS,                      # resume, sweep_name, torch_threads
     "paths",                        # where; other values under the run's own paths become placeholders
     "logger", "tags",               # how results are recorded (CSV, W&B)
-    "callbacks.progress_bar", "callbacks.lr_monitor",  # observers
+    "callbacks.progress_bar", "callbacks.progress_log", "callbacks.lr_monitor",  # observers
     "callbacks.last_checkpoint", "callbacks.model_checkpoint.save_last",  # how and when last.ckpt is written
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "data.num_workers",             # loader processes: the same batches

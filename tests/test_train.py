@@ -125,3 +125,14 @@ def test_help_is_fast_and_lists_groups(tmp_path):
     res = _cli(["--help"], tmp_path, timeout=60)
     assert res.returncode == 0 and "model:" in res.stdout and "objective:" in res.stdout
     assert "torch" not in res.stderr
+
+
+def test_progress_lines_without_a_terminal(cache_dir, tmp_path):
+    """stdout is a pipe here, as in a SLURM log or under nohup: a line every N steps, with loss,
+    throughput and ETA, where a live progress bar prints nothing."""
+    res = _cli([*TINY, "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2", "eval.protocols=[vqa]"],
+               tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if "samples/s" in line]
+    assert len(lines) == 2 and "step 2/4" in lines[0] and "step 4/4" in lines[1], lines
+    assert "loss " in lines[0] and "ETA" in lines[0]
