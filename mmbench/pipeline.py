@@ -7,6 +7,7 @@ line (`mmbench-train --help` stays fast) and so tests can call `run(cfg)` on a c
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -58,7 +59,8 @@ def run(cfg: DictConfig) -> dict:
     }
     try:
         validate(cfg)
-        record["metrics"], record["complexity"] = _train(cfg, out_dir)
+        check_wandb_reachable(cfg)
+        record["metrics"], record["complexity"] = _train(cfg, out_dir, config_hash)
         record["status"] = "completed"
         return record
     except (ConfigError, CheckpointError) as err:
@@ -85,7 +87,22 @@ def run(cfg: DictConfig) -> dict:
                 wandb.finish(exit_code=0 if record["status"] == "completed" else 1)
 
 
-def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
+def check_wandb_reachable(cfg: DictConfig) -> None:
+    """An online W&B logger without network waits ~100 s and then fails with a traceback: probe the W&B
+    host for a few seconds first (the HF hub's probe) and refuse with one message instead."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg or str(wandb_cfg.get("mode") or "").lower() != "online":
+        return
+    from mmbench.data import hf  # heavy (datasets): only for an online logger
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    if not hf.reachable(url):
+        raise ConfigError(f"the W&B logger is online (WANDB_MODE / logger.wandb.mode) but {url} does not answer "
+                          f"within {hf.HUB_PROBE_TIMEOUT_S:.0f} s (no network?): set WANDB_MODE=offline (and upload "
+                          f"later with `wandb sync`), or check the network / WANDB_BASE_URL")
+
+
+def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict]:
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
@@ -109,7 +126,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict, dict]:
     from mmbench.callbacks import LastCheckpoint, MidEpochResume, RNGState
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState(), MidEpochResume()]
-    callbacks.append(checkpoint_stamp(config_identity(cfg)[0]))  # checkpoint["config_hash"]
+    callbacks.append(checkpoint_stamp(config_hash))  # checkpoint["config_hash"]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     hparams = OmegaConf.to_container(cfg, resolve=True)

@@ -376,6 +376,9 @@ class VLDataModule(pl.LightningDataModule):
         for name, split in dsd.items():
             if len(split) == 0:
                 raise DataError(f"split '{name}' of the dataset in {cache_dir} is empty")
+            if not any(len(captions) for captions in split["captions"]):  # 0 pairs: 0 steps, then evaluation fails
+                raise DataError(f"every caption of split '{name}' of the dataset in {cache_dir} is empty (column "
+                                f"'captions'): there is no image-text pair to train or evaluate on")
         train = dsd["train"]
         texts = lambda: (t for col in ("captions", "questions", "answers") if col in train.column_names for row in train[col] for t in row)  # noqa: E731
         try:

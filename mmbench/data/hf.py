@@ -17,7 +17,13 @@ positives for each other and never negatives. A row without text uses its questi
 
 The converted splits are written as Arrow files under `<cache_dir>/hf-<hash>`, where the hash
 covers the source config, the converter version and the data's identity (file sizes and mtimes for
-local data, the split fingerprints for hub datasets); the next run memory-maps them.
+local data, the split fingerprints for hub datasets); the next run memory-maps them. An entry that
+does not load (a truncated Arrow file) is converted again, with a warning naming it, or, when the
+source cannot be loaded now, refused with a message naming the directory to delete.
+
+Bad rows are named: a local JSON Lines / CSV file `datasets` cannot parse fails with the file and its
+line; empty captions are dropped with one warning giving their count and rows (counted from 1), and a
+split whose captions are all empty is refused.
 
 Network: nothing is downloaded when `offline` is true or when the hub does not answer within a few
 seconds; a hub id that is not in the local HF cache then fails at once with a message saying so.
@@ -34,7 +40,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +52,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmbench.config import ConfigError
+from mmbench.data import cache as data_cache
 from mmbench.data import regions as region_io
 from mmbench.data.datamodule import DataError  # a ConfigError: the CLI prints one message, exit code 2
 
@@ -76,11 +82,17 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """Whether the HF endpoint accepts a TCP connection within `timeout` s (DNS included; cached)."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
+    return reachable(constants.ENDPOINT, timeout, default_host="huggingface.co")
+
+
+def reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S, default_host: str = "") -> bool:
+    """Whether the host of `endpoint` (a URL) accepts a TCP connection within `timeout` s, DNS included;
+    behind an HTTPS proxy, whether the proxy does. Cached per host. Used for the HF hub and for W&B."""
+    url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:  # behind a proxy the hub is reached through it: probe the proxy instead
+    if proxy:  # behind a proxy the host is reached through it: probe the proxy instead
         url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    host, port = url.hostname or default_host, url.port or (443 if url.scheme == "https" else 80)
     if host in _probe_result:
         return _probe_result[host]
     result = {"ok": False}
@@ -249,17 +261,117 @@ def load_source(path: str, *, name=None, data_dir=None, data_files=None, revisio
     """The raw (Iterable)DatasetDict of a hub id or local data, never hanging on the network."""
     builder, kwargs = _load_kwargs(path, name, data_dir, data_files, revision, streaming, hf_cache_dir)
     if _is_local(path) or builder in LOCAL_BUILDERS.values() or builder in ("imagefolder",):
-        with offline_mode():  # local data: never touch the network
+        # local data: never touch the network; a malformed row is reported below with its line, not by the
+        # builder's own log line (which counts rows from 0 within a block)
+        with offline_mode(), _quiet("datasets.packaged_modules"):
             try:
                 loaded = datasets.load_dataset(builder, **kwargs)
             except (FileNotFoundError, ValueError) as err:
                 raise DataError(f"cannot load local data {path!r}: {err}") from err
+            except datasets.exceptions.DatasetGenerationError as err:  # a malformed row of a JSON / CSV file
+                raise DataError(_malformed(path, data_files, err)) from err
     else:
         with hub_access(path, offline=offline, what="dataset"):
             loaded = datasets.load_dataset(builder, **kwargs)
     if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
         loaded = {"train": loaded}
     return loaded
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Only critical records from the logger `name` (and its children) for the duration."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def _text_files(path: str, data_files) -> list[Path]:
+    """The JSON / JSON Lines / CSV files of local data (a file, a directory, data_files)."""
+    roots = [Path(os.path.expanduser(path))]
+    files = _plain(data_files)
+    if files:
+        flat = files.values() if isinstance(files, dict) else [files]
+        for f in flat:
+            roots += [Path(os.path.expanduser(p)) for p in ([f] if isinstance(f, str) else f)]
+    out = []
+    for root in roots:
+        candidates = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        out += [p for p in candidates if p.is_file() and p.suffix.lower() in (".json", ".jsonl", ".csv")]
+    return list(dict.fromkeys(out))
+
+
+def _bad_json_line(file: Path) -> str | None:
+    """'line N: <what is wrong>' for the first line of a JSON Lines file that is not a JSON object
+    (or where a JSON document stops parsing); None when the file parses."""
+    text = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return None  # one valid JSON document
+    except json.JSONDecodeError as whole:
+        document_error = whole
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    try:
+        json.loads(first)
+        json_lines = True
+    except json.JSONDecodeError:
+        json_lines = document_error.msg == "Extra data"
+    if json_lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {number}: invalid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(value, dict):
+                return f"line {number}: a JSON {type(value).__name__}, not an object with one field per column"
+        return None
+    return f"line {document_error.lineno}: invalid JSON ({document_error.msg} at column {document_error.colno})"
+
+
+def _bad_csv_row(file: Path) -> str | None:
+    """'line N: <what is wrong>' for the first row of a CSV file that does not parse or has a wrong field count."""
+    import csv
+
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, strict=True)
+        width, start = None, 1
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as err:
+                if "unexpected end of data" in str(err):
+                    return f"line {start}: a quoted field that starts on this line is never closed"
+                return f"line {start}: {err}"
+            if not row:
+                continue
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                return f"line {start}: {len(row)} fields where the header has {width}"
+
+
+def _malformed(path: str, data_files, err: BaseException) -> str:
+    """One message for a local file `datasets` cannot parse: the file, the line, what is wrong."""
+    cause = err.__cause__ or err.__context__ or err
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    for file in _text_files(path, data_files):
+        try:
+            where = _bad_csv_row(file) if file.suffix.lower() == ".csv" else _bad_json_line(file)
+        except OSError:
+            continue
+        if where:
+            return f"cannot read local data {file}, {where}; fix or remove that row"
+    return f"cannot read local data {path!r}: {type(cause).__name__}: {detail}"
 
 
 # --------------------------------------------------------------------------- values of a row
@@ -450,8 +562,11 @@ def _check_columns(names: list[str], cols: Columns, where: str) -> None:
         raise DataError(f"{where} has no column {', '.join(missing)}; its columns are {names}")
 
 
-def _group_rows(split, cols: Columns, where: str) -> dict[str, _Group]:
-    """Source rows -> image groups in order of first appearance, with text, QA and labels collected."""
+def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None = None) -> dict[str, _Group]:
+    """Source rows -> image groups in order of first appearance, with text, QA and labels collected.
+
+    Empty captions are dropped; the row index of each is appended to `empty_rows`.
+    """
     names = getattr(split, "column_names", None)
     wanted = _role_columns(cols, [r for r in ROLES if r not in ("region_feats", "boxes", "region_labels")], names)
     groups: dict[str, _Group] = {}
@@ -487,6 +602,10 @@ def _group_rows(split, cols: Columns, where: str) -> dict[str, _Group]:
             group.all_answers.append(answers or [major])
             if cols.question_type:
                 group.question_types.append(qtypes[q] if q < len(qtypes) else "")
+        if cols.text and empty_rows is not None and (texts or not questions):
+            raw = _as_list(_get(row, cols.text))
+            empty = sum(v is None or not str(v).strip() for v in raw) if raw else 1
+            empty_rows += [i] * empty  # once per dropped pair
         if not texts:  # a question without a caption is its own text (VQA datasets)
             texts = questions
         group.captions += texts
@@ -558,12 +677,23 @@ class _Converter:
     region_dir: Path | None
     bad_images: str
     seed: int
+    source: str = "the dataset"  # the path or hub id, for messages
     skipped: dict = field(default_factory=dict)  # split -> [paths]
 
     def convert(self, source_splits: dict[str, Any], carve: dict[str, float], out: Path) -> dict:
         """Write the canonical splits into `out`; returns stats (rows, skipped images, label names, ...)."""
-        where = lambda s: f"split {s!r} of the dataset"  # noqa: E731
-        grouped = {name: _group_rows(split, self.cols, where(name)) for name, split in source_splits.items()}
+        where = lambda s: f"split {s!r} of {self.source}"  # noqa: E731
+        empty_rows: dict[str, list[int]] = {name: [] for name in source_splits}
+        grouped = {name: _group_rows(split, self.cols, where(name), empty_rows[name])
+                   for name, split in source_splits.items()}
+        for name, groups in grouped.items():
+            if not any(g.captions for g in groups.values()):
+                column = self.cols.text or self.cols.question
+                role = "text" if self.cols.text else "question"
+                raise DataError(
+                    f"every caption of {where(name)} is empty (column {column!r}, data.source.columns.{role}): "
+                    f"there is no image-text pair to train or evaluate on. Map data.source.columns.{role} to the "
+                    f"column that holds the text")
         label_names, to_index = ([], None)
         if self.cols.label:
             feature = getattr(source_splits["train"], "features", None)
@@ -599,6 +729,8 @@ class _Converter:
         return {"rows": counts, "skipped_images": {s: len(p) for s, p in self.skipped.items()},
                 "skipped_examples": sum(len(p) for p in self.skipped.values()),
                 "skipped_paths": {s: p[:MAX_LISTED] for s, p in self.skipped.items()},
+                "empty_captions": {s: {"pairs": len(r), "rows": [i + 1 for i in sorted(set(r))[:MAX_LISTED]]}
+                                   for s, r in empty_rows.items() if r},  # rows counted from 1
                 "label_names": label_names, "carved": carve}
 
     def _plan(self, grouped: dict[str, dict[str, _Group]], carve: dict[str, float]) -> dict[str, dict[str, str]]:
@@ -822,37 +954,72 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
     if region_dir:
         settings["region_identity"] = _local_identity(region_dir, None, None)
     target = base / f"hf-{hf_config_hash(settings)}"
-    if not _is_complete(target, settings):
-        if loaded is None:
-            loaded = load_source(path, name=name, data_dir=data_dir, data_files=data_files, revision=revision,
-                                 streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
-        chosen, carve = _select_splits(loaded, splits, split_column, max_samples, streaming, val_fraction,
-                                       test_fraction, cols.image)
-        for split_name, split in chosen.items():
-            names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
-            _check_columns(names, cols, f"split '{split_name}' of {path!r}")
-        converter = _Converter(cols, int(image_size), root, Path(os.path.expanduser(region_dir)) if region_dir else None,
-                               bad_images, seed)
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
+    damaged = None  # why a complete-looking cache entry does not load
+    if _is_complete(target, settings):
         try:
-            tmp.chmod(0o755)
-            stats = converter.convert(chosen, carve, tmp)
-            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    stats = json.loads((target / "stats.json").read_text())
+            dsd, stats = _load_entry(target)
+        except data_cache.LOAD_ERRORS as err:
+            damaged = data_cache.describe(err)
+            log.warning("the cached dataset %s is damaged (%s); converting %s again", target, damaged, path)
+    if damaged or not _is_complete(target, settings):
+        try:
+            if loaded is None:
+                loaded = load_source(path, name=name, data_dir=data_dir, data_files=data_files, revision=revision,
+                                     streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
+            _convert_into(target, loaded, settings, cols, path, splits, split_column, max_samples, streaming,
+                          val_fraction, test_fraction, root, region_dir, bad_images, seed, int(image_size))
+            dsd, stats = _load_entry(target)
+        except (ConfigError, *data_cache.LOAD_ERRORS) as err:
+            if not damaged:
+                raise
+            raise DataError(f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
+                            f"({data_cache.describe(err)}); delete {target} and rerun where {path!r} can be loaded"
+                            ) from err
     if stats.get("skipped_examples"):
         log.warning("skipped %d unreadable image(s) (data.source.bad_images=skip): %s; first paths: %s (see %s)",
                     stats["skipped_examples"], stats["skipped_images"],
                     [p for ps in stats["skipped_paths"].values() for p in ps][:5], target / "stats.json")
+    empty = stats.get("empty_captions") or {}
+    if empty:  # one line for every split: how many pairs, and where
+        pairs = sum(e["pairs"] for e in empty.values())
+        where = ", ".join(f"row{'' if len(e['rows']) == 1 else 's'} {', '.join(map(str, e['rows'][:5]))}"
+                          f"{', ...' if len(e['rows']) > 5 else ''} of split '{split}'" for split, e in empty.items())
+        log.warning("dropped %d pair%s with an empty caption (%s of %s, counted from 1; column %r)",
+                    pairs, "" if pairs == 1 else "s", where, path, cols.text)
     log.info("data %s: %s images per split (cache %s)", path, stats["rows"], target)
-    dsd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(target / f"{s}.arrow")) for s in SPLITS})
     return dsd, target
+
+
+def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
+    """The splits and stats.json of a cache entry; raises one of `data_cache.LOAD_ERRORS` when a file is damaged."""
+    stats = json.loads((target / "stats.json").read_text())
+    stats["rows"]  # noqa: B018 - a stats.json without it is damaged (KeyError)
+    dsd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(target / f"{s}.arrow")) for s in SPLITS})
+    return dsd, stats
+
+
+def _convert_into(target: Path, loaded, settings: dict, cols: Columns, path: str, splits: dict, split_column,
+                  max_samples, streaming: bool, val_fraction: float, test_fraction: float, root: Path | None,
+                  region_dir, bad_images: str, seed: int, image_size: int) -> None:
+    """Convert the loaded source into the cache entry `target` (built beside it, renamed into place)."""
+    chosen, carve = _select_splits(loaded, splits, split_column, max_samples, streaming, val_fraction,
+                                   test_fraction, cols.image)
+    for split_name, split in chosen.items():
+        names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
+        _check_columns(names, cols, f"split '{split_name}' of {path!r}")
+    converter = _Converter(cols, image_size, root, Path(os.path.expanduser(region_dir)) if region_dir else None,
+                           bad_images, seed, source=repr(path))
+    with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
+        stats = converter.convert(chosen, carve, tmp)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)  # stale, or damaged
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_complete(target, settings):  # another process finished first: keep its copy
+                raise
 
 
 def _is_complete(directory: Path, settings: dict) -> bool:

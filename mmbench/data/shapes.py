@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +47,10 @@ from typing import Callable, Iterable, Sequence
 
 import datasets
 import numpy as np
+
+from mmbench.data import cache as data_cache
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 4  # bump when the generated data changes; part of the cache key
 
@@ -878,7 +882,9 @@ def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int
     """The Shapes benchmark as a DatasetDict, and its cache directory `<cache_dir>/shapes-<hash>`.
 
     Loads the cache when it is complete; otherwise generates the data, saves it into a temporary
-    sibling directory and renames that into place, so a crash never leaves a cache that loads.
+    sibling directory and renames that into place, so a crash never leaves a cache that loads. A cache
+    entry that fails to load (a truncated Arrow file) is regenerated, with a warning naming it; orphaned
+    temporary directories of interrupted builds are removed (`mmbench.data.cache`).
     """
     config = shapes_config(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
                            max_objects=max_objects, num_train=num_train, num_val=num_val, num_test=num_test,
@@ -886,16 +892,26 @@ def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int
                            holdout=holdout, num_holdout=num_holdout)
     root = Path(cache_dir)
     target = root / f"shapes-{shapes_config_hash(**config)}"
-    if not _is_complete(target, config):
-        root.mkdir(parents=True, exist_ok=True)
-        _write_atomically(generate_shapes(config), config, target)
-    return datasets.load_from_disk(str(target)), target
+    if _is_complete(target, config):
+        try:
+            return _load(target), target
+        except data_cache.LOAD_ERRORS as err:  # a truncated / damaged file: generated data, so rebuild it
+            log.warning("the cached Shapes data %s is damaged (%s); regenerating it", target, data_cache.describe(err))
+            shutil.rmtree(target, ignore_errors=True)
+    _write_atomically(generate_shapes(config), config, target)
+    return _load(target), target
+
+
+def _load(target: Path) -> datasets.DatasetDict:
+    """The cached splits; raises one of `data_cache.LOAD_ERRORS` when a file of the entry is damaged."""
+    dsd = datasets.load_from_disk(str(target))
+    for split in dsd.values():
+        len(split)  # the Arrow tables are opened (and their metadata read) here
+    return dsd
 
 
 def _write_atomically(dsd: datasets.DatasetDict, config: dict, target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
         bars_were_disabled = datasets.are_progress_bars_disabled()
         datasets.disable_progress_bars()  # a few fast local writes; keep logs clean
         try:
@@ -911,5 +927,3 @@ def _write_atomically(dsd: datasets.DatasetDict, config: dict, target: Path) -> 
         except OSError:
             if not _is_complete(target, config):  # another process finished first: keep its copy
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -61,10 +61,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
 
 
 def load_or_train(path: str | os.PathLike, texts: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
-    """Load the tokenizer at `path`, or train it on `texts` and save it there (atomically)."""
+    """Load the tokenizer at `path`, or train it on `texts` and save it there (atomically).
+
+    A file that does not load (truncated, not a tokenizer) is retrained and replaced, with a warning.
+    """
     path = Path(path)
     if path.exists():
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as err:  # noqa: BLE001 - `tokenizers` raises a bare Exception for a bad file
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("the cached tokenizer %s does not load (%s); training it again", path, why)
     tok = train_wordpiece(texts, vocab_size)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tok.save(str(tmp))

@@ -1,0 +1,116 @@
+"""Cache entries of data sources (`<cache>/shapes-<hash>`, `<cache>/hf-<hash>`): written atomically,
+checked when loaded, and no orphaned temporary directories left behind.
+
+An entry is built in a temporary sibling `.<name>.tmp-XXXX` and renamed into place. While it is
+built, its owner holds an exclusive `flock` on `.<name>.tmp-XXXX.lock` beside it; a process that
+builds any entry first removes the temporary siblings nobody holds (their owner died: Ctrl-C, OOM
+kill, a full disk) and the unlocked ones older than `STALE_AFTER_S` (left by code without the lock).
+So two processes building the same entry at once never remove each other's directory, and an
+interrupted build costs disk space only until the next build in that cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 3600.0  # an unlocked temporary directory older than this is an orphan
+_TEMPORARY = re.compile(r"^\.(shapes|hf)-[0-9a-f]{16}\.tmp-[^/]+$")
+# what loading a damaged entry raises: a truncated Arrow file (OSError / ArrowInvalid), bad JSON
+# metadata (ValueError), a missing file or key
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)
+
+
+def _lock_path(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + ".lock")
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def remove_stale_temporaries(root: Path, stale_after_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary entry directories under `root` that no live process is building; returns them."""
+    removed = []
+    try:
+        candidates = sorted(p for p in root.iterdir() if _TEMPORARY.match(p.name) and not p.name.endswith(".lock"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        lock = _lock_path(tmp)
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:  # no lock: a directory of older code, or one created a moment ago
+            if _age_s(tmp) > stale_after_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+            continue
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: its owner is building it right now
+                continue
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            removed.append(tmp)
+        finally:
+            os.close(fd)
+    # locks left without their directory (the owner died between the two removals)
+    for lock in root.glob(".*.tmp-*.lock"):
+        if _TEMPORARY.match(lock.name[: -len(".lock")]) and not lock.with_name(lock.name[: -len(".lock")]).exists():
+            with contextlib.suppress(OSError):
+                fd = os.open(lock, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    lock.unlink()
+                finally:
+                    os.close(fd)
+    if removed:
+        log.info("removed %d orphaned temporary cache director%s of interrupted builds: %s",
+                 len(removed), "y" if len(removed) == 1 else "ies", ", ".join(str(p) for p in removed))
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_sibling(target: Path) -> Iterator[Path]:
+    """A fresh directory beside `target` to build it in, locked while in use and removed at exit
+    (the caller renames it onto `target` when it is complete). Stale siblings are removed first."""
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    lock = _lock_path(tmp)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def describe(err: BaseException) -> str:
+    """One line saying why an entry failed to load."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
