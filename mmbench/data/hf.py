@@ -235,15 +235,21 @@ def _load_kwargs(path: str, name, data_dir, data_files, revision, streaming, hf_
     return (str(local) if local.exists() else path), kwargs
 
 
-def _local_identity(path: str, data_files, image_root) -> list:
-    """(relative path, size, mtime_ns) of every file of local data: part of the cache key."""
-    entries = []
+def _local_roots(path: str, data_files) -> list[Path]:
+    """The local path and every `data_files` entry (a string, a list, or a split -> file(s) mapping)."""
     roots = [Path(os.path.expanduser(path))]
     files = _plain(data_files)
     if files:
         flat = files.values() if isinstance(files, dict) else [files]
         for f in flat:
             roots += [Path(os.path.expanduser(p)) for p in ([f] if isinstance(f, str) else f)]
+    return roots
+
+
+def _local_identity(path: str, data_files, image_root) -> list:
+    """(relative path, size, mtime_ns) of every file of local data: part of the cache key."""
+    entries = []
+    roots = _local_roots(path, data_files)
     for root in roots:
         if root.is_file():
             st = root.stat()
@@ -292,12 +298,7 @@ def _quiet(name: str) -> Iterator[None]:
 
 def _text_files(path: str, data_files) -> list[Path]:
     """The JSON / JSON Lines / CSV files of local data (a file, a directory, data_files)."""
-    roots = [Path(os.path.expanduser(path))]
-    files = _plain(data_files)
-    if files:
-        flat = files.values() if isinstance(files, dict) else [files]
-        for f in flat:
-            roots += [Path(os.path.expanduser(p)) for p in ([f] if isinstance(f, str) else f)]
+    roots = _local_roots(path, data_files)
     out = []
     for root in roots:
         candidates = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
