@@ -271,7 +271,7 @@ def _field_hint(missing: list[str]) -> str:
 
 
 def _eval_problems(cfg: DictConfig) -> list[str]:
-    from mmbench.metrics.suite import PROTOCOLS
+    from mmbench.metrics import PROTOCOLS
 
     ev = cfg.get("eval") or {}
     unknown = [p for p in (ev.get("protocols") or []) if p not in PROTOCOLS]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmbench.metrics import CLEAN_PROTOCOLS, PROTOCOLS
 from mmbench.metrics.captioning import captioning
 from mmbench.metrics.common import Corruption, Inputs
 from mmbench.metrics.diagnostics import holdout_gap, matching_diagnostics
@@ -37,8 +38,6 @@ from mmbench.metrics.zeroshot import zeroshot
 
 log = logging.getLogger(__name__)
 
-CLEAN_PROTOCOLS = ("retrieval", "vqa", "diagnostics", "captioning", "zeroshot")
-PROTOCOLS = (*CLEAN_PROTOCOLS, "robustness")  # every name eval.protocols accepts
 
 
 @dataclass
