@@ -136,3 +136,10 @@ def test_progress_lines_without_a_terminal(cache_dir, tmp_path):
     lines = [line for line in (res.stdout + res.stderr).splitlines() if "samples/s" in line]
     assert len(lines) == 2 and "step 2/4" in lines[0] and "step 4/4" in lines[1], lines
     assert "loss " in lines[0] and "ETA" in lines[0]
+
+
+def test_shapes_without_questions_trains_caption_objectives(cache_dir, tmp_path):
+    """questions_per_image=0 leaves an `answers` column of empty lists: no VQA data, not a crash."""
+    record = run(compose_cfg([*TINY, "data.source.questions_per_image=0", "objective=[itc,itm]", "eval.protocols=[retrieval]"],
+                             tmp_path / "run"))
+    assert record["status"] == "completed" and "test/vqa/majority_baseline" not in record["metrics"]

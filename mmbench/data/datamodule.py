@@ -405,9 +405,10 @@ class VLDataModule(pl.LightningDataModule):
         dsd, tok, special = self._load()
         train = dsd["train"]
         answers, majority, prior = [], None, None
-        if "answers" in train.column_names:
+        counts = Counter(a for row in train["answers"] for a in row) if "answers" in train.column_names else Counter()
+        if counts:  # a column of empty lists (e.g. Shapes with questions_per_image=0) is no VQA data
             answers = self.answer_vocabulary(train)
-            top = Counter(a for row in train["answers"] for a in row).most_common(1)[0][0]
+            top = counts.most_common(1)[0][0]
             majority = self._majority_baseline(dsd["test"], top)
             if "questions" in train.column_names:
                 prior = self._question_prior_baseline(train, dsd["test"], top)
