@@ -109,11 +109,12 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
         torch.set_num_threads(threads)
         log.info("torch threads per job: %d", threads)
 
+    from mmbench.models.pretrained.hub import PretrainedNotFound
     from mmbench.pipeline import run
 
     try:
         record = run(cfg)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, PretrainedNotFound) as err:  # one message: what is missing, what to do
         print(f"mmbench: {err}", file=sys.stderr)
         if multirun:
             return float("nan")  # a failed trial for sweepers that optimise the returned value

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bad_inputs.md")
     parser.add_argument("--limit", type=int, default=None, help="only the first N cases")
     args = parser.parse_args(argv)
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     for overrides, expected, _ in CASES[: args.limit]:
         result = run_case(overrides, expected)
         rows.append((overrides, expected, result))
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "`tests/bad_input_cases.py` through the real CLI, empty data cache, one at a time). Refused: exit 2, one",
         "message, no traceback, no data prepared. Controls must get past validation without a traceback (run as `fast_dev_run`",
         "on a tiny Shapes; their time includes data generation and training, not a refusal).",
+        f"Load average at the start: {load:.1f} on {os.cpu_count()} cores"
+        + (" (a **loaded** machine: times are upper bounds)." if load > 1.0 else "."),
         "",
         f"{sum(r['ok'] for _, _, r in rows)} of {len(rows)} answered as expected; refusals took "
         f"{min(r['seconds'] for r in refused):.1f}-{max(r['seconds'] for r in refused):.1f} s "
