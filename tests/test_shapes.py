@@ -264,7 +264,31 @@ def test_answer_distribution():
         assert set(yes_no) == {"yes", "no"} and 0.4 < yes_no["yes"] / sum(yes_no.values()) < 0.6, (qtype, yes_no)
 
 
+def test_question_mix():
+    """Weights shift the share of question types; the uniform mix reproduces the default data exactly
+    (and its cache key), a zero weight removes a type, and every answer stays true."""
+    default = split(600)
+    assert generate_split("train", 600, seed=0, question_mix={"relation": 1}, id_offset=0) == default
+    assert shapes.shapes_config(question_mix={t: 1 for t in QUESTION_TYPES}) == shapes.shapes_config()
+    share = lambda cols, t: Counter(x for row in cols["question_types"] for x in row)[t] / (4 * len(cols["image_id"]))
+    heavy = generate_split("train", 600, seed=0, question_mix={"relation": 4}, id_offset=0)
+    assert share(heavy, "relation") > 2 * share(default, "relation")
+    no_count = generate_split("train", 600, seed=0, question_mix={"count": 0}, id_offset=0)
+    assert share(no_count, "count") == 0 and share(default, "count") > 0.15
+    for row in (dict(zip(heavy, values)) for values in zip(*heavy.values())):
+        for q, a, t in zip(row["questions"], row["answers"], row["question_types"]):
+            if t == "relation":
+                m = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", q)
+                objs = objects_of(row)
+                first = next(o for o in objs if (o["color"], o["shape"]) == m.group(1, 2))
+                second = next(o for o in objs if (o["color"], o["shape"]) == m.group(4, 5))
+                assert (a == "yes") == holds(first, m.group(3), second)
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(question_mix={"colour": 2}), "valid types: ['color', 'shape', 'count', 'exist', 'relation']"),
+    (dict(question_mix={"relation": -1}), "question_mix.relation"),
+    (dict(question_mix={t: 0 for t in QUESTION_TYPES}), "every weight is 0"),
     (dict(grid=2, max_objects=5), "max_objects"),
     (dict(image_size=8), "image_size"),
     (dict(image_size=32, grid=5), "image_size"),

@@ -442,9 +442,14 @@ def available_question_types(scene: Scene) -> list[str]:
     return types
 
 
-def make_questions(scene: Scene, n: int, rs: RandomStream,
-                   banned: frozenset[Description] = frozenset()) -> tuple[list[str], list[str], list[str]]:
-    """n (question, answer, type) triples, distinct when possible; the type is uniform over available types."""
+def make_questions(scene: Scene, n: int, rs: RandomStream, banned: frozenset[Description] = frozenset(),
+                   mix: dict[str, int] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """n (question, answer, type) triples, distinct when possible.
+
+    The type is drawn among the types the scene can answer (`available_question_types`), each with its
+    integer weight in `mix` (None: all 1, i.e. uniform). A type of weight 0 is asked only when the scene
+    answers no type of positive weight.
+    """
     makers = {
         "color": _color_question,
         "shape": _shape_question,
@@ -453,9 +458,11 @@ def make_questions(scene: Scene, n: int, rs: RandomStream,
         "relation": _relation_question,
     }
     types = available_question_types(scene)
+    types = [t for t in types if mix is None or mix[t] > 0] or types
+    weighted = [t for t in types for _ in range(1 if mix is None else mix[t])]
     questions, answers, qtypes = [], [], []
     for _ in range(n):
-        first = rs.pick(types)
+        first = rs.pick(weighted)  # with all weights 1 the draws are those of a uniform pick
         order = [first] + [t for t in types if t != first]
         q, a, t = _fresh([lambda t=t: (*makers[t](scene, rs), t) for t in order], questions)
         questions.append(q)
@@ -687,6 +694,25 @@ def _validate_scene_args(*, seed, image_size, grid, min_objects, max_objects, ca
     _check_int("questions_per_image", questions_per_image, 0)
 
 
+def normalize_question_mix(mix) -> dict[str, int] | None:
+    """Validated {question type: integer weight} with every type present (missing types weigh 1), or
+    None for the uniform mix. At least one type must have a positive weight."""
+    if mix is None:
+        return None
+    try:
+        items = dict(mix).items()
+    except (TypeError, ValueError):
+        raise ValueError(f"question_mix must map question types to integer weights, got {mix!r}") from None
+    weights = dict.fromkeys(QUESTION_TYPES, 1)
+    for qtype, weight in items:
+        if qtype not in QUESTION_TYPES:
+            raise ValueError(f"question_mix: unknown question type {qtype!r}; valid types: {list(QUESTION_TYPES)}")
+        weights[qtype] = _check_int(f"question_mix.{qtype}", weight, 0)
+    if not any(weights.values()):
+        raise ValueError("question_mix: every weight is 0; give at least one question type a positive weight")
+    return None if all(w == 1 for w in weights.values()) else weights
+
+
 def scene_capacity(grid: int, min_objects: int, max_objects: int, holdout=(), held_out_split: bool = False) -> int:
     """Number of distinct scene keys available to the regular splits (or to `test_holdout`)."""
     n_held = len(normalize_holdout(holdout))
@@ -720,7 +746,7 @@ def split_of(key: SceneKey) -> str:
 
 def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid: int = 3, min_objects: int = 1,
                    max_objects: int = 3, captions_per_image: int = 4, questions_per_image: int = 4,
-                   holdout=(), id_offset: int) -> dict[str, list]:
+                   question_mix: dict[str, int] | None = None, holdout=(), id_offset: int) -> dict[str, list]:
     """Generate n scenes of one split as a column dict (see `FEATURES`).
 
     Only scene keys owned by the split (`split_of`) are kept, so splits are disjoint; test_holdout
@@ -732,6 +758,7 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
                          max_objects=max_objects, captions_per_image=captions_per_image,
                          questions_per_image=questions_per_image)
     n = _check_int("n", n, 0)
+    mix = normalize_question_mix(question_mix)
     held = [tuple(p) for p in normalize_holdout(holdout)]
     if split == "test_holdout" and not held:
         raise ValueError("split 'test_holdout' needs a non-empty holdout")
@@ -757,7 +784,7 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
         captions = make_captions(scene, captions_per_image, rs)
-        questions, answers, qtypes = make_questions(scene, questions_per_image, rs, banned)
+        questions, answers, qtypes = make_questions(scene, questions_per_image, rs, banned, mix)
         match_text, negatives, negative_types, positives = make_match(scene, rs)
         row = {
             "image_id": id_offset + i,
@@ -799,18 +826,19 @@ def shapes_config_hash(**kwargs) -> str:
 
 
 SHAPES_CONFIG_KEYS = ("seed", "image_size", "grid", "min_objects", "max_objects", "num_train", "num_val", "num_test",
-                      "captions_per_image", "questions_per_image", "holdout", "num_holdout")
+                      "captions_per_image", "questions_per_image", "question_mix", "holdout", "num_holdout")
 
 
 def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_objects: int = 1, max_objects: int = 3,
                   num_train: int = 8000, num_val: int = 1000, num_test: int = 1000, captions_per_image: int = 4,
-                  questions_per_image: int = 4, holdout=(), num_holdout: int | None = None) -> dict:
+                  questions_per_image: int = 4, question_mix=None, holdout=(), num_holdout: int | None = None) -> dict:
     """Validated, canonical (JSON-able) config of `build_shapes`; raises ValueError on bad arguments."""
     _validate_scene_args(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
                          max_objects=max_objects, captions_per_image=captions_per_image,
                          questions_per_image=questions_per_image)
     sizes = {name: _check_int(name, value, 0) for name, value in
              (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))}
+    mix = normalize_question_mix(question_mix)
     held = normalize_holdout(holdout)
     if held:
         num_holdout = sizes["num_test"] if num_holdout is None else _check_int("num_holdout", num_holdout, 0)
@@ -827,13 +855,15 @@ def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_obj
         raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
     return {"seed": int(seed), "image_size": int(image_size), "grid": int(grid), "min_objects": int(min_objects),
             "max_objects": int(max_objects), **sizes, "captions_per_image": int(captions_per_image),
-            "questions_per_image": int(questions_per_image), "holdout": held, "num_holdout": num_holdout}
+            "questions_per_image": int(questions_per_image), "holdout": held, "num_holdout": num_holdout,
+            **({} if mix is None else {"question_mix": mix})}  # absent when uniform: earlier caches stay valid
 
 
 def generate_shapes(config: dict) -> datasets.DatasetDict:
     """All splits of a canonical config (see `shapes_config`), in memory."""
     scene_args = {k: config[k] for k in ("seed", "image_size", "grid", "min_objects", "max_objects",
                                          "captions_per_image", "questions_per_image", "holdout")}
+    scene_args["question_mix"] = config.get("question_mix")
     sizes = {"train": config["num_train"], "val": config["num_val"], "test": config["num_test"]}
     if config["holdout"]:
         sizes["test_holdout"] = config["num_holdout"]
@@ -878,7 +908,7 @@ def provided_fields(*, questions_per_image: int = 4, **_settings) -> frozenset[s
 def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64, grid: int = 3,
                  min_objects: int = 1, max_objects: int = 3, num_train: int = 8000, num_val: int = 1000,
                  num_test: int = 1000, captions_per_image: int = 4, questions_per_image: int = 4,
-                 holdout=(), num_holdout: int | None = None) -> tuple[datasets.DatasetDict, Path]:
+                 question_mix=None, holdout=(), num_holdout: int | None = None) -> tuple[datasets.DatasetDict, Path]:
     """The Shapes benchmark as a DatasetDict, and its cache directory `<cache_dir>/shapes-<hash>`.
 
     Loads the cache when it is complete; otherwise generates the data, saves it into a temporary
@@ -889,7 +919,7 @@ def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int
     config = shapes_config(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
                            max_objects=max_objects, num_train=num_train, num_val=num_val, num_test=num_test,
                            captions_per_image=captions_per_image, questions_per_image=questions_per_image,
-                           holdout=holdout, num_holdout=num_holdout)
+                           question_mix=question_mix, holdout=holdout, num_holdout=num_holdout)
     root = Path(cache_dir)
     target = root / f"shapes-{shapes_config_hash(**config)}"
     if _is_complete(target, config):
