@@ -5,10 +5,16 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 
 - jobs are grouped by the *swept keys*: the overrides whose value differs between jobs, seed
   excluded (seeds are the repetitions);
-- every numeric metric (default: the `test/*` ones, `--metrics` picks others by glob) gets n (the
-  seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and the 95% Student-t
-  confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as it should be, with
-  2 or 3 seeds. One seed has no interval: the cell says "n=1, no CI" and its bar has no error bar;
+- the metrics shown are by default the headline ones (HEADLINE_METRICS: VQA accuracy overall and per
+  question type, the matching diagnostics, Winoground group score, retrieval mean recall, zero-shot
+  top-1, CIDEr) that the runs recorded, or every `test/*` metric when they recorded none of them;
+  `--metrics` picks others by glob, `--all-metrics` (= `--metrics '*'`) shows every one;
+- every row shows the mean `complexity.params` and `complexity.flops_per_sample` of its runs: a
+  parameter-matched comparison is not FLOP-matched;
+- every metric gets n (the seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and
+  the 95% Student-t confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as
+  it should be, with 2 or 3 seeds. One seed has no interval: the cell says "n=1, no CI" and its bar
+  has no error bar;
 - the best group per column is bold: higher is better, except for names ending in `loss`, `ppl`
   or `perplexity` (lower is better); ties are all bold;
 - every other cell is compared with the best of its column (the first bold one if several tie) by a
@@ -25,9 +31,11 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
 caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
 `p_adj` and `vs_best` = best | tied | worse | untestable; `ci_lo`, `ci_hi` are empty for one seed),
-`runs.csv` (one row per job), `plots/bar_<metric>.png` (mean per group, error bars = the 95% t-CI of
-the table; best orange, tied with it hatched) and `plots/curve_<metric>.png` (training curves of
-every job, one colour per group).
+`runs.csv` (one row per job, with its params, FLOPs per sample and peak memory), `plots/bar_<metric>.png`
+(mean per group, error bars = the 95% t-CI of the table, a dot per seed, best orange, tied with it
+hatched, and the baselines of BASELINES as dashed lines) and `plots/curve_<column>.png` (training
+curves: the mean over the seeds of each group with their range shaded, one colour and line style per
+group).
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ import numpy as np
 from mmbench.sweep import RUN_KEYS, SUMMARY_STATE, job_dirname, override_key, swept_keys
 
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
+# Job fields averaged per row (row.stats key) and shown beside every table's metrics, as (header of
+# table.md / table.tex, column of table.csv): a parameter-matched comparison is not FLOP-matched (the
+# architectures' FLOPs per sample differ several-fold at equal params)
+COMPLEXITY = {"params": ("params", "params"), "flops": ("FLOPs/sample", "flops_per_sample")}
 NOT_GROUPED = ("seed", *RUN_KEYS)
 
 
@@ -58,7 +70,10 @@ class Job:
     status: str  # completed | failed | unfinished | missing
     overrides: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    params: int | None = None
+    params: int | None = None  # complexity.params
+    flops: float | None = None  # complexity.flops_per_sample: a forward pass, FLOPs per sample
+    peak_memory_mb: float | None = None  # complexity.peak_memory_mb
+    peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
     error: str = ""
 
 
@@ -88,6 +103,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _number_or_none(v) -> float | int | None:
+    return v if _is_number(v) else None  # None too for keys older runs did not record
+
+
 def read_job(job_dir: Path) -> Job:
     try:
         rec = json.loads((job_dir / "metrics.json").read_text())
@@ -98,13 +117,17 @@ def read_job(job_dir: Path) -> Job:
                    error="no final metrics.json (killed, or still running)")
     status = SUMMARY_STATE.get(rec.get("status"), "unfinished")  # as the sweep summary: diverged = failed
     error = (rec.get("error") or "").strip().splitlines()
+    complexity = rec.get("complexity") or {}
     return Job(
         name=job_dir.name,
         path=job_dir,
         status=status,
         overrides=_parse_overrides(rec.get("overrides") or _hydra_overrides(job_dir)),
         metrics={k: float(v) for k, v in (rec.get("metrics") or {}).items() if _is_number(v)},
-        params=(rec.get("complexity") or {}).get("params"),
+        params=_number_or_none(complexity.get("params")),
+        flops=_number_or_none(complexity.get("flops_per_sample")),
+        peak_memory_mb=_number_or_none(complexity.get("peak_memory_mb")),
+        peak_memory_scope=str(complexity.get("peak_memory_scope") or ""),
         error=error[-1].strip() if error else ("" if status != "unfinished" else "metrics.json says running"),
     )
 
@@ -221,19 +244,43 @@ def group_keys(jobs: list[Job]) -> list[str]:
     return [k for k in keys if k not in NOT_GROUPED and len({j.overrides.get(k) for j in jobs}) > 1]
 
 
+# The default columns and bar charts, in this order (globs; docs/metrics.md names them): the numbers a
+# paper reports. Only those the runs recorded are shown; `--metrics '*'` shows every metric.
+HEADLINE_METRICS = (
+    "test/vqa/acc",
+    "test/vqa/acc_*",  # per question type
+    "test/diagnostics/match_acc",
+    "test/diagnostics/*_swap_acc",
+    "test/diagnostics/count_change_acc",
+    "test/diagnostics/group_score",
+    "test/retrieval/rmean",
+    "test/zeroshot/top1",
+    "test/captioning/cider",
+)
+
+
+def _matching(names: list[str], patterns) -> list[str]:
+    """The names that match any glob, ordered by the first pattern they match, then by name."""
+    first = {n: next((i for i, p in enumerate(patterns) if fnmatch.fnmatchcase(n, p)), None) for n in names}
+    return sorted((n for n in names if first[n] is not None), key=lambda n: (first[n], n))
+
+
 def select_metrics(jobs: list[Job], patterns: list[str] | None) -> list[str]:
+    """The metrics of the completed jobs that match `patterns` (globs); without patterns the headline
+    metrics (HEADLINE_METRICS) the jobs recorded, or every test/* metric when they recorded none of
+    them (a run without the evaluation suite), or every metric when there is no test/* either."""
     names = sorted({m for j in jobs if j.status == "completed" for m in j.metrics})
-    if not patterns:
-        tests = [m for m in names if m.startswith("test/")]
-        return tests or names
-    return [m for m in names if any(fnmatch.fnmatchcase(m, p) for p in patterns)]
+    if patterns:
+        return _matching(names, patterns)
+    return _matching(names, HEADLINE_METRICS) or _matching(names, ["test/*"]) or names
 
 
 @dataclass
 class Row:
     group: tuple[str, ...]
     jobs: list[Job]
-    # metric -> mean, std, ci_lo, ci_hi (None for n=1), n, best, p, p_adj, vs_best (see compare_to_best); "params"
+    # metric -> mean, std, ci_lo, ci_hi (None for n=1), n, best, p, p_adj, vs_best (see compare_to_best);
+    # "params", "flops" (COMPLEXITY) -> mean, std, n over the jobs that recorded it
     stats: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -259,9 +306,10 @@ def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0
             mean, std = mean_std(values)
             lo, hi = t_ci(values) or (None, None)
             row.stats[metric] = {"mean": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "n": len(values), "best": False}
-        params = [j.params for j in row.jobs if j.params]
-        if params:
-            row.stats["params"] = {"mean": float(np.mean(params)), "std": float(np.std(params)), "n": len(params)}
+        for name in COMPLEXITY:
+            values = [getattr(j, name) for j in row.jobs if getattr(j, name)]
+            if values:
+                row.stats[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
     for metric in metrics:
         means = [r.stats[metric]["mean"] for r in rows if metric in r.stats]
         if not means:
@@ -301,6 +349,20 @@ def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05) ->
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
+
+
+SI_PREFIXES = ("", "k", "M", "G", "T", "P")
+
+
+def _si(x: float) -> str:
+    """3 significant digits with an SI prefix (params, FLOPs): 1000 -> 1k, 1.05e6 -> 1.05M, 3.8e7 -> 38M."""
+    exponent = int(f"{abs(x):.2e}".split("e")[1]) if x else 0  # of x rounded to 3 digits: 999960 -> 6
+    k = min(max(exponent // 3, 0), len(SI_PREFIXES) - 1)
+    return f"{x / 10 ** (3 * k):.3g}{SI_PREFIXES[k]}"
+
+
+def _complexity_cells(row: Row, missing: str) -> list[str]:
+    return [_si(row.stats[k]["mean"]) if k in row.stats else missing for k in COMPLEXITY]
 
 
 # vs_best -> (before, after) the "mean ± std" of a cell; worse cells are left plain
@@ -364,17 +426,17 @@ def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[s
     lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
     lines.append(f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
                  "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
-                 "(lower is better for *loss/*ppl).")
+                 "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
+                 "`complexity.flops_per_sample` (one forward pass) over the row's runs.")
     lines.append(significance_caption(rows, metrics, alpha))
     lines.append("")
-    header = [*(keys or ["group"]), "n", "params", *metrics]
+    header = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for r in rows:
         group = [g.split("=", 1)[1] for g in r.group] or ["all"]
-        params = f"{r.stats['params']['mean'] / 1e6:.3g}M" if "params" in r.stats else "-"
         cells = [_cell(r.stats[m], len(r.jobs), MD_MARKS) if m in r.stats else "-" for m in metrics]
-        lines.append("| " + " | ".join([*group, str(len(r.jobs)), params, *cells]) + " |")
+        lines.append("| " + " | ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "-"), *cells]) + " |")
     bad = [j for j in jobs if j.status != "completed"]
     lines += ["", "## Failed, unfinished and missing jobs", ""]
     if not bad:
@@ -391,14 +453,14 @@ def _blank(x):
 def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        head = [*(keys or ["group"]), "n", "params"]
+        head = [*(keys or ["group"]), "n", *(column for _, column in COMPLEXITY.values())]
         for m in metrics:
             head += [f"{m}/mean", f"{m}/std", f"{m}/ci_lo", f"{m}/ci_hi", f"{m}/n", f"{m}/best",
                      f"{m}/p", f"{m}/p_adj", f"{m}/vs_best"]
         w.writerow(head)
         for r in rows:
             out = [g.split("=", 1)[1] for g in r.group] or ["all"]
-            out += [len(r.jobs), r.stats.get("params", {}).get("mean", "")]
+            out += [len(r.jobs), *(r.stats.get(k, {}).get("mean", "") for k in COMPLEXITY)]
             for m in metrics:
                 s = r.stats.get(m)
                 if not s:
@@ -412,10 +474,12 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
 def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["job", "status", *keys, "seed", "params", *metrics, "error"])
+        w.writerow(["job", "status", *keys, "seed", "params", "flops_per_sample", "peak_memory_mb", "peak_memory_scope",
+                    *metrics, "error"])
         for j in jobs:
             w.writerow([j.name, j.status, *(j.overrides.get(k, "") for k in keys), j.overrides.get("seed", ""),
-                        j.params or "", *(j.metrics.get(m, "") for m in metrics), j.error])
+                        _blank(j.params), _blank(j.flops), _blank(j.peak_memory_mb), j.peak_memory_scope,
+                        *(j.metrics.get(m, "") for m in metrics), j.error])
 
 
 def _tex(s: str) -> str:
@@ -423,13 +487,14 @@ def _tex(s: str) -> str:
 
 
 def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05) -> None:
-    cols = [*(keys or ["group"]), "n", *metrics]
+    cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
     lines = [
         "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
-        "$t_{0.975,n-1}\\,s/\\sqrt{n}$; none for n=1), best per column in bold.",
+        "$t_{0.975,n-1}\\,s/\\sqrt{n}$; none for n=1), best per column in bold; params and FLOPs/sample "
+        "(one forward pass): means over the row's runs.",
         "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
         "% " + significance_caption(rows, metrics, alpha, tex=True),
-        "\\begin{tabular}{" + "l" * (len(keys) or 1) + "r" * (len(metrics) + 1) + "}",
+        "\\begin{tabular}{" + "l" * (len(keys) or 1) + "r" * (len(cols) - (len(keys) or 1)) + "}",
         "\\toprule",
         " & ".join(_tex(c) for c in cols) + " \\\\",
         "\\midrule",
@@ -444,7 +509,7 @@ def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]
                 continue
             cells.append(_cell(s, len(r.jobs), TEX_MARKS, pm="$\\pm$", ci="{{\\scriptsize [{}, {}]}}",
                                no_ci="{\\scriptsize (n=1, no CI)}"))
-        lines.append(" & ".join([*group, str(len(r.jobs)), *cells]) + " \\\\")
+        lines.append(" & ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "--"), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     path.write_text("\n".join(lines) + "\n")
 
@@ -473,33 +538,104 @@ BAR_STYLES = {
     "untestable": ("lightgray", "..", "not tested (<2 seeds or no spread)"),
 }
 
+# Reference lines of the bar charts: (regular expression matching a whole metric name, its lines); a line
+# is (label, value), the value a metric the runs record (drawn at its mean over the completed runs; not
+# drawn when no run recorded it) or a constant. The first matching pattern wins.
+BASELINES: tuple[tuple[str, tuple[tuple[str, str | float], ...]], ...] = (
+    # blind baselines of the test split, written with every run (mmbench/data/datamodule.py)
+    (r"test/vqa/acc", (("majority answer", "test/vqa/majority_baseline"),
+                       ("question prior (blind)", "test/vqa/question_prior_baseline"))),
+    (r"[^/]+/vqa/acc_(exist|relation)", (("chance (2 options)", 0.5),)),  # Shapes: yes/no; left/right or above/below
+    # one true statement against one hard negative on the image; match_acc (every pair) has no such line
+    (r"[^/]+/diagnostics/(?!match_acc)[^/]+_acc", (("chance", 0.5),)),
+    # Winoground with random scores (Thrush et al., 2022): text and image 1/4, group 1/6
+    (r"[^/]+/diagnostics/([^/]+_)?(text|image)_score", (("chance", 0.25),)),
+    (r"[^/]+/diagnostics/([^/]+_)?group_score", (("chance", 1 / 6),)),
+)
+BASELINE_COLOURS = ("tab:red", "tab:green", "tab:purple")
 
-def plot_bars(out: Path, rows: list[Row], metrics: list[str], alpha: float = 0.05) -> list[Path]:
+# words of metric names -> how an axis label spells them
+READABLE_WORDS = {"acc": "accuracy", "vqa": "VQA", "itc": "ITC", "itm": "ITM", "mlm": "MLM", "lm": "LM",
+                  "rmean": "mean recall", "top1": "top-1 accuracy", "ppl": "perplexity", "zeroshot": "zero-shot",
+                  "cider": "CIDEr", "bleu4": "BLEU-4"}
+
+
+def readable(metric: str) -> str:
+    """An axis label for a metric or CSV log column: 'test/vqa/acc_count' -> 'VQA accuracy count (test)'."""
+    split, rest = metric.split("/", 1) if "/" in metric else ("", metric)
+    words = " ".join(READABLE_WORDS.get(w, w) for w in re.split(r"[/_]", rest) if w)
+    return f"{words} ({split})" if split else words
+
+
+def baseline_lines(rows: list[Row], metric: str) -> list[tuple[str, float]]:
+    """The reference lines (label, value) of `metric`'s bar chart (BASELINES), over the rows' runs."""
+    lines = next((lines for pattern, lines in BASELINES if re.fullmatch(pattern, metric)), ())
+    out = []
+    for label, value in lines:
+        if isinstance(value, str):  # a recorded metric: its mean over the runs that have it
+            recorded = [j.metrics[value] for r in rows for j in r.jobs if value in j.metrics]
+            if not recorded:
+                continue
+            value = float(np.mean(recorded))
+        out.append((label, float(value)))
+    return out
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(rows: list[Row], metric: str, alpha: float = 0.05):
+    """The bar chart of one metric (a matplotlib Figure, constrained layout): the mean per group with
+    the table's 95% t-CI as error bars (none for one seed), each seed's value as a dot on its bar, the
+    bars marked as in the table (best, tied, worse, untestable) and `baseline_lines` as dashed lines;
+    the legend is below the axes."""
+    plt = _pyplot()
     from matplotlib.patches import Patch
 
+    labels, means, yerr, kinds = bar_data(rows, metric)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(labels) + 1.5), 4.4), layout="constrained")
+    x = np.arange(len(labels))
+    bars = ax.bar(x, means, yerr=yerr, capsize=3, color=[BAR_STYLES[k][0] for k in kinds], zorder=2,
+                  error_kw={"ecolor": "black", "elinewidth": 1.0, "zorder": 3})
+    for bar, kind in zip(bars, kinds):
+        bar.set_hatch(BAR_STYLES[kind][1])
+        bar.set_edgecolor("tab:orange" if kind == "tied" else bar.get_facecolor())
+    # each seed on its bar, spread sideways so that equal values stay visible
+    seeds = [_values(r, metric) for r in rows if metric in r.stats]
+    spread = [np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.zeros(1) for v in seeds]
+    ax.scatter(np.concatenate([xi + dx for xi, dx in zip(x, spread)]), np.concatenate(seeds), s=14, color="black",
+               edgecolors="white", linewidths=0.5, zorder=4, label="one seed")
+    for i, (label, value) in enumerate(baseline_lines(rows, metric)):
+        ax.axhline(value, linestyle="--", linewidth=1.2, color=BASELINE_COLOURS[i % len(BASELINE_COLOURS)],
+                   zorder=5, label=f"{label}: {value:.3g}")
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(readable(metric), fontsize=8)
+    ax.set_title(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)", fontsize=9)
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5, zorder=0)
+    legend = [(Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c), label.format(alpha=alpha))
+              for k, (c, h, label) in BAR_STYLES.items() if k in kinds]
+    if np.isfinite(yerr).any():
+        legend.append((bars.errorbar, "95% t-CI of the mean"))
+    legend += zip(*ax.get_legend_handles_labels())  # the seed dots and the baseline lines
+    fig.legend(*zip(*legend), fontsize=7, ncol=2, frameon=False, loc="outside lower center")  # never over a bar
+    return fig
+
+
+def plot_bars(out: Path, rows: list[Row], metrics: list[str], alpha: float = 0.05) -> list[Path]:
+    plt = _pyplot()
     files = []
     for m in metrics:
-        labels, means, yerr, kinds = bar_data(rows, m)
-        if not labels:
+        if not any(m in r.stats for r in rows):
             continue
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 2), 3.4))
-        x = np.arange(len(labels))
-        bars = ax.bar(x, means, yerr=yerr, capsize=3, color=[BAR_STYLES[k][0] for k in kinds])
-        for bar, kind in zip(bars, kinds):
-            bar.set_hatch(BAR_STYLES[kind][1])
-            bar.set_edgecolor("tab:orange" if kind == "tied" else bar.get_facecolor())
-        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{m} ({'lower' if lower_is_better(m) else 'higher'} is better)", fontsize=9)
-        ax.set_ylabel("mean over seeds\n(error bars: 95% t-CI of the mean; none for n=1)", fontsize=7)
-        legend = [Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c, label=label.format(alpha=alpha))
-                  for k, (c, h, label) in BAR_STYLES.items() if k in kinds]
-        ax.legend(handles=legend, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
+        fig = bar_chart(rows, m, alpha)
         path = out / f"bar_{_slug(m)}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        fig.savefig(path, dpi=150)
         plt.close(fig)
         files.append(path)
     return files
@@ -527,33 +663,59 @@ def _read_curves(job: Job) -> dict[str, tuple[list[float], list[float]]]:
     return curves
 
 
-def plot_curves(out: Path, rows: list[Row], patterns: list[str]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_key: dict[str, list[tuple[int, Job, tuple]]] = {}
+def seed_curves(rows: list[Row], patterns: list[str]) -> dict[str, dict[int, list[tuple[list[float], list[float]]]]]:
+    """CSV log column matching `patterns` -> index of a row -> (steps, values) of each of the row's
+    jobs that logged that column at more than one step."""
+    out: dict[str, dict[int, list]] = {}
     for i, row in enumerate(rows):
         for job in row.jobs:
             for key, curve in _read_curves(job).items():
                 if len(curve[0]) > 1 and any(fnmatch.fnmatchcase(key, p) for p in patterns):
-                    per_key.setdefault(key, []).append((i, job, curve))
+                    out.setdefault(key, {}).setdefault(i, []).append(curve)
+    return out
+
+
+def mean_band(curves: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, ...]:
+    """Steps (S,) = every step any seed logged, and the mean, min and max (S,) over the seeds that
+    logged each step."""
+    steps = np.unique(np.concatenate([xs for xs, _ in curves]))
+    values = np.full((len(curves), len(steps)), np.nan)  # (seeds, S)
+    for i, (xs, ys) in enumerate(curves):
+        values[i, np.searchsorted(steps, xs)] = ys
+    return steps, np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+
+
+CURVE_STYLES = ("-", "--", "-.", ":")  # with the 10 tab10 colours: 20 groups before a (colour, style) repeats
+
+
+def curve_chart(rows: list[Row], key: str, per_row: dict[int, list]):
+    """Training curves of one CSV log column (a matplotlib Figure, constrained layout): per group the
+    mean over its seeds (one colour and line style per group) with the range of the seeds shaded, the
+    legend below the axes."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    for i, curves in sorted(per_row.items()):
+        steps, mean, lo, hi = mean_band(curves)
+        colour, style = colours(i % 10), CURVE_STYLES[i % len(CURVE_STYLES)]
+        ax.plot(steps, mean, color=colour, linestyle=style, linewidth=1.4, label=f"{rows[i].label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(steps, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(readable(key))
+    ax.set_title(f"{key}: mean over seeds, shaded: range over seeds", fontsize=9)
+    ax.grid(linewidth=0.4, alpha=0.5)
+    fig.legend(loc="outside lower center", ncol=min(3, len(per_row)), fontsize=7, frameon=False)
+    return fig
+
+
+def plot_curves(out: Path, rows: list[Row], patterns: list[str]) -> list[Path]:
+    plt = _pyplot()
     files = []
-    cmap = plt.get_cmap("tab10")
-    for key, lines in sorted(per_key.items()):
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        labelled = set()
-        for i, job, (xs, ys) in lines:
-            label = rows[i].label if i not in labelled else None
-            labelled.add(i)
-            ax.plot(xs, ys, color=cmap(i % 10), alpha=0.8, linewidth=1.2, label=label)
-        ax.set_xlabel("step")
-        ax.set_title(key, fontsize=9)
-        ax.legend(fontsize=6, loc="best")
-        fig.tight_layout()
+    for key, per_row in sorted(seed_curves(rows, patterns).items()):
+        fig = curve_chart(rows, key, per_row)
         path = out / f"curve_{_slug(key)}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=150)
         plt.close(fig)
         files.append(path)
     return files
@@ -588,9 +750,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmbench-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="sweep directories (outputs/multiruns/<name>), run dirs or parents")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first DIR>/report)")
-    parser.add_argument("--metrics", nargs="*", default=None,
-                        help="glob patterns of metric names (default: every test/* metric, e.g. 'test/vqa/*' 'test/itc/acc')")
-    parser.add_argument("--curves", nargs="*", default=None, help="CSV log columns to plot (default: train/loss_step val/loss)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--metrics", nargs="*", default=None,
+                       help="glob patterns of metric names, e.g. 'test/vqa/*' 'test/itc/acc' ('*': every metric). "
+                            f"Default: the headline metrics the runs recorded ({' '.join(HEADLINE_METRICS)}); every "
+                            "test/* metric when they recorded none of them")
+    which.add_argument("--all-metrics", action="store_true", help="every metric the runs recorded (= --metrics '*')")
+    parser.add_argument("--curves", nargs="*", default=None,
+                        help="CSV log columns to plot (default: train/loss_step train/loss val/loss)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--alpha", type=float, default=0.05,
                         help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)")
@@ -605,11 +772,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
               f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written", file=sys.stderr)
         return 2
-    res = report(args.dirs, args.out, args.metrics, args.curves, not args.no_plots, alpha=args.alpha)
+    patterns = ["*"] if args.all_metrics else args.metrics
+    res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
     jobs = res["jobs"]
     done = sum(j.status == "completed" for j in jobs)
-    print(f"mmbench-report: {done}/{len(jobs)} jobs completed; grouped by {', '.join(res['keys']) or '-'}; "
-          f"{len(res['metrics'])} metrics")
+    shown = f"{len(res['metrics'])} metrics"
+    if not patterns:
+        shown += f" (default set, of {len(select_metrics(jobs, ['*']))}; --all-metrics or --metrics for others)"
+    print(f"mmbench-report: {done}/{len(jobs)} jobs completed; grouped by {', '.join(res['keys']) or '-'}; {shown}")
     for j in jobs:
         if j.status != "completed":
             print(f"  {j.status}: {j.name}: {j.error}")

@@ -1,5 +1,6 @@
 """mmbench-report on known inputs: statistics (t-interval of the mean), grouping, bold best, tests against
-the best (Welch, Holm), the n < 3 warning, failed/unfinished/missing jobs."""
+the best (Welch, Holm), the n < 3 warning, failed/unfinished/missing jobs, params and FLOPs beside every
+table, the default (headline) metrics, and what the bar charts and learning curves draw."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -22,6 +24,14 @@ VALUES = {
     ("vilt", 2): {"test/vqa/acc": 0.85, "test/loss": 1.9},
     ("clip", 0): {"test/vqa/acc": 0.50, "test/loss": 1.0},
     ("clip", 1): {"test/vqa/acc": 0.60, "test/loss": 1.2},
+}
+# (model, seed) -> metrics.json's complexity; clip's two FLOPs average to 10.5M
+COMPLEXITY = {
+    ("vilt", 0): {"params": 1000, "flops_per_sample": 3.8e7, "peak_memory_mb": 512.0, "peak_memory_scope": "run"},
+    ("vilt", 1): {"params": 1000, "flops_per_sample": 3.8e7, "peak_memory_mb": 520.5, "peak_memory_scope": "run"},
+    ("vilt", 2): {"params": 1000, "flops_per_sample": 3.8e7, "peak_memory_mb": 530.0, "peak_memory_scope": "process"},
+    ("clip", 0): {"params": 1100, "flops_per_sample": 1.0e7},  # an older run: no peak memory
+    ("clip", 1): {"params": 1100, "flops_per_sample": 1.1e7},
 }
 TASK = ["model=vilt,clip,albef", "seed=0,1,2", "trainer.max_epochs=1"]
 # two-sided 95% Student-t quantiles t_{0.975, df} (statistical tables)
@@ -44,7 +54,8 @@ def _sweep(root: Path) -> Path:
     OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": TASK}, "sweeper": sweeper}}), sweep / "multirun.yaml")
 
     for (model, seed), metrics in VALUES.items():
-        _job(sweep, swept, model, seed, {"status": "completed", "metrics": {**metrics, "note": "text"}, "complexity": {"params": 1000}})
+        _job(sweep, swept, model, seed, {"status": "completed", "metrics": {**metrics, "note": "text"},
+                                         "complexity": COMPLEXITY[model, seed]})
     _job(sweep, swept, "clip", 2, {"status": "failed", "metrics": {}, "error": "Traceback...\nRuntimeError: boom"})
     _job(sweep, swept, "albef", 0, None)  # killed: .hydra but no metrics.json
     return sweep
@@ -61,7 +72,7 @@ def _job(sweep: Path, swept: list[str], model: str, seed: int, record: dict | No
 
 
 def test_report_statistics_bold_and_job_states(tmp_path):
-    out = report.report([_sweep(tmp_path)], out=tmp_path / "rep", plots=True)
+    out = report.report([_sweep(tmp_path)], out=tmp_path / "rep", metrics=["test/*"], plots=True)
     assert out["keys"] == ["model"] and out["metrics"] == ["test/loss", "test/vqa/acc"]
     rows = {r.group: r for r in out["rows"]}
     assert set(rows) == {("model=clip",), ("model=vilt",)}
@@ -79,9 +90,10 @@ def test_report_statistics_bold_and_job_states(tmp_path):
 
     md = (tmp_path / "rep" / "table.md").read_text()
     # 3 vs 2 seeds: Welch p = 0.050 (acc) and 0.031 (loss), Holm over the 2 -> 0.062 both: not distinguishable
-    assert "| vilt | 3 | 0.001M | <u>1.9 ± 0.1</u> [" in md and "**0.85 ± 0.05**" in md and "**1.1 ± 0.1414**" in md
+    assert "| vilt | 3 | 1k | 38M | <u>1.9 ± 0.1</u> [" in md and "**0.85 ± 0.05**" in md and "**1.1 ± 0.1414**" in md
     # clip's loss 1.0, 1.2: 1.1 ± 12.706 * 0.1414 / sqrt(2) = 1.1 ± 1.2706
-    assert "| clip | 2 | 0.001M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [-0.08531, 1.185] |" in md
+    assert "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [-0.08531, 1.185] |" in md
+    assert "| model | n | params | FLOPs/sample | test/loss | test/vqa/acc |" in md
     # vilt's acc 0.80, 0.90, 0.85: 0.85 ± 4.3027 * 0.05 / sqrt(3) = 0.85 ± 0.1242
     assert "**0.85 ± 0.05** [0.7258, 0.9742]" in md
     assert "95% CI of the mean, mean ± t(0.975, n-1)·std/√n" in md and "bootstrap" not in md
@@ -92,9 +104,20 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     assert "**missing** `model=albef,seed=1`" in md and "**missing** `model=albef,seed=2`" in md
     tex = (tmp_path / "rep" / "table.tex").read_text()
     assert "\\textbf{0.85 $\\pm$ 0.05} {\\scriptsize [0.7258, 0.9742]}" in tex and "test/vqa/acc" in tex.replace("\\_", "_")
+    assert "model & n & params & FLOPs/sample & test/loss" in tex and "\\begin{tabular}{lrrrrr}" in tex
+    assert "clip & 2 & 1.1k & 10.5M & \\textbf{1.1 $\\pm$" in tex and "vilt & 3 & 1k & 38M & " in tex
     assert f"$n < 3$ seeds in 1 of 2 rows (model=clip): {FEW_SEEDS_NOTE}." in tex and "bootstrap" not in tex
-    csv = (tmp_path / "rep" / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("model,n,params,test/loss/mean") and len(csv) == 3
+    with open(tmp_path / "rep" / "table.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert list(summary[0])[:5] == ["model", "n", "params", "flops_per_sample", "test/loss/mean"] and len(summary) == 2
+    assert [(float(r["params"]), float(r["flops_per_sample"])) for r in summary] == [(1100, 1.05e7), (1000, 3.8e7)]
+    with open(tmp_path / "rep" / "runs.csv", newline="") as f:
+        runs = {r["job"]: r for r in csv.DictReader(f)}
+    assert runs["model=vilt,seed=2"]["flops_per_sample"] == "38000000.0" and runs["model=vilt,seed=2"]["params"] == "1000"
+    assert (runs["model=vilt,seed=1"]["peak_memory_mb"], runs["model=vilt,seed=1"]["peak_memory_scope"]) == ("520.5", "run")
+    assert runs["model=vilt,seed=2"]["peak_memory_scope"] == "process"
+    assert runs["model=clip,seed=0"]["peak_memory_mb"] == runs["model=clip,seed=0"]["peak_memory_scope"] == ""
+    assert runs["model=clip,seed=2"]["status"] == "failed" and runs["model=clip,seed=2"]["flops_per_sample"] == ""
     assert {p.name for p in out["plots"]} == {"bar_test_loss.png", "bar_test_vqa_acc.png"}
     # bar error bars are the t-CI, not the std: clip's 2 seeds 0.5, 0.6 give 0.55 ± 12.706 * 0.0707 / sqrt(2)
     labels, means, yerr, kinds = report.bar_data(out["rows"], "test/vqa/acc")
@@ -103,7 +126,7 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     assert yerr[:, 1] == pytest.approx([0.1242069, 0.1242069])
 
     # deterministic: the same report twice
-    again = report.report([tmp_path / "sweep"], out=tmp_path / "rep2", plots=False)
+    again = report.report([tmp_path / "sweep"], out=tmp_path / "rep2", metrics=["test/*"], plots=False)
     assert (tmp_path / "rep2" / "table.md").read_text().split("\n", 1)[1] == md.split("\n", 1)[1]
     assert again["rows"][0].stats == out["rows"][0].stats
 
@@ -201,7 +224,7 @@ def test_holm_known_values():
 
 def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
     out = report.report([_known_sweep(tmp_path)], out=tmp_path / "rep", plots=True)
-    assert out["metrics"] == ["test/acc", "test/exact", "test/loss"]
+    assert out["metrics"] == ["test/acc", "test/exact", "test/loss"]  # no headline metric recorded: every test/*
     rows = {r.group[0].split("=")[1]: r for r in out["rows"]}
 
     # p-values by formula, Holm by its definition over the 5 testable comparisons of the table
@@ -223,11 +246,11 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
     assert adjusted["test/acc", "b"] > 0.3 and adjusted["test/acc", "c"] < 1e-4  # far from the 0.05 boundary
 
     md = (tmp_path / "rep" / "table.md").read_text()
-    assert "| a | 3 | - | **0.91 ± 0.01** [" in md  # best stays bold
-    assert "| b | 3 | - | <u>0.9 ± 0.02</u> [" in md and "<u>0.53 ± 0.04</u>" in md and "<u>0.8 ± 0.1</u>" in md
-    assert "| c | 3 | - | 0.51 ± 0.01 [" in md and "| 1.01 ± 0.01 [" in md  # clearly worse: plain
+    assert "| a | 3 | - | - | **0.91 ± 0.01** [" in md  # best stays bold; no complexity recorded: "-"
+    assert "| b | 3 | - | - | <u>0.9 ± 0.02</u> [" in md and "<u>0.53 ± 0.04</u>" in md and "<u>0.8 ± 0.1</u>" in md
+    assert "| c | 3 | - | - | 0.51 ± 0.01 [" in md and "| 1.01 ± 0.01 [" in md  # clearly worse: plain
     # one seed: the mean and "n=1, no CI", never "± 0 [x, x]"; b's exact has 3 seeds and no spread: [0.5, 0.5]
-    assert "| d | 1 | - | 0.7† (n=1, no CI) | 0.2† (n=1, no CI) | 0.9† (n=1, no CI) |" in md
+    assert "| d | 1 | - | - | 0.7† (n=1, no CI) | 0.2† (n=1, no CI) | 0.9† (n=1, no CI) |" in md
     assert "0.5 ± 0† [0.5, 0.5]" in md and " ± 0† [0.7" not in md
     assert md.count("<u>") == 3 and md.count("†") == 4 + 1  # 4 cells + the caption
     assert "Welch's t-test" in md and "Holm-corrected over the 5 comparisons" in md and "alpha = 0.05" in md
@@ -281,3 +304,156 @@ def test_no_few_seeds_note_with_3_seeds_everywhere(tmp_path, capsys):
     for name in ("table.md", "table.tex"):
         text = (tmp_path / "rep" / name).read_text()
         assert FEW_SEEDS_NOTE not in text and "no CI" not in text
+
+
+def test_si_format_of_params_and_flops():
+    assert [report._si(x) for x in (1000, 1100, 1.05e6, 3.8e7, 999960, 2.5e9, 512)] == \
+        ["1k", "1.1k", "1.05M", "38M", "1M", "2.5G", "512"]
+
+
+# ------------------------------------------------------------------ default metrics, bar charts, curves
+
+# metric -> per-seed values of groups "a" and "b" (2 seeds each); the names are the evaluation suite's
+SUITE = {
+    "test/vqa/acc": ([0.60, 0.64], [0.45, 0.47]),
+    "test/vqa/acc_exist": ([0.70, 0.72], [0.55, 0.57]),
+    "test/vqa/acc_count": ([0.40, 0.44], [0.30, 0.32]),
+    "test/vqa/majority_baseline": ([0.30, 0.32], [0.31, 0.31]),  # mean over the 4 runs: 0.31
+    "test/vqa/question_prior_baseline": ([0.42, 0.42], [0.42, 0.42]),
+    "test/diagnostics/match_acc": ([0.30, 0.35], [0.20, 0.25]),
+    "test/diagnostics/attribute_swap_acc": ([0.60, 0.62], [0.50, 0.52]),
+    "test/diagnostics/count_change_acc": ([0.55, 0.57], [0.51, 0.53]),
+    "test/diagnostics/group_score": ([0.20, 0.22], [0.10, 0.12]),
+    "test/diagnostics/text_score": ([0.30, 0.32], [0.20, 0.22]),
+    "test/retrieval/rmean": ([0.50, 0.52], [0.40, 0.42]),
+    "test/retrieval/i2t_r1": ([0.20, 0.22], [0.10, 0.12]),
+    "test/itc/acc": ([0.9, 0.9], [0.8, 0.8]),
+    "test/loss": ([1.0, 1.1], [1.2, 1.3]),
+    "val/loss": ([1.0, 1.1], [1.2, 1.3]),
+}
+# the default columns, in HEADLINE_METRICS' order
+HEADLINE_PRESENT = ["test/vqa/acc", "test/vqa/acc_count", "test/vqa/acc_exist", "test/diagnostics/match_acc",
+                    "test/diagnostics/attribute_swap_acc", "test/diagnostics/count_change_acc",
+                    "test/diagnostics/group_score", "test/retrieval/rmean"]
+# (group, seed) -> rows of csv/metrics.csv: (step, train/loss_step); b's seeds log different steps
+CURVES = {
+    ("a", 0): [(0, 3.0), (10, 2.0), (20, 1.0)],
+    ("a", 1): [(0, 3.2), (10, 2.4), (20, 1.2)],
+    ("b", 0): [(0, 4.0), (20, 2.0)],
+    ("b", 1): [(0, 4.0), (10, 3.0), (20, 3.0)],
+}
+
+
+def _suite_sweep(root: Path) -> Path:
+    sweep = root / "suite"
+    sweep.mkdir(parents=True)
+    swept = swept_keys(["model=a,b", "seed=0,1"])
+    for g, model in enumerate("ab"):
+        for seed in range(2):
+            _job(sweep, swept, model, seed, {"status": "completed", "metrics": {m: v[g][seed] for m, v in SUITE.items()},
+                                             "complexity": {"params": 1e6, "flops_per_sample": 4e7 / (1 + 3 * g)}})
+            log = sweep / job_dirname([f"model={model}", f"seed={seed}"], swept) / "csv" / "metrics.csv"
+            log.parent.mkdir()
+            log.write_text("epoch,step,train/loss_step,val/loss\n" + "".join(
+                f"0,{step},{value},\n" for step, value in CURVES[model, seed]) + "0,20,,1.5\n")  # val/loss: 1 step
+    return sweep
+
+
+def test_default_metrics_are_the_headline_ones_present(tmp_path, capsys):
+    sweep = _suite_sweep(tmp_path)
+    jobs = report.find_jobs([sweep])
+    assert report.select_metrics(jobs, None) == HEADLINE_PRESENT
+    assert report.select_metrics(jobs, ["*"]) == sorted(SUITE)
+    assert report.select_metrics(jobs, ["test/retrieval/*", "test/vqa/acc"]) == [
+        "test/retrieval/i2t_r1", "test/retrieval/rmean", "test/vqa/acc"]  # in the order of the patterns
+
+    assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "rep")]) == 0
+    assert f"8 metrics (default set, of {len(SUITE)};" in capsys.readouterr().out
+    md = (tmp_path / "rep" / "table.md").read_text()
+    assert "| model | n | params | FLOPs/sample | " + " | ".join(HEADLINE_PRESENT) + " |" in md
+    assert "| a | 2 | 1M | 40M | " in md and "| b | 2 | 1M | 10M | " in md
+    for flag in (["--metrics", "*"], ["--all-metrics"]):
+        assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "all"), *flag]) == 0
+        with open(tmp_path / "all" / "table.csv", newline="") as f:
+            head = next(csv.reader(f))
+        assert [c[: -len("/mean")] for c in head if c.endswith("/mean")] == sorted(SUITE)
+    with pytest.raises(SystemExit):
+        report.main([str(sweep), "--all-metrics", "--metrics", "test/*"])
+
+
+def test_baselines_by_metric_name(tmp_path):
+    out = report.report([_suite_sweep(tmp_path)], out=tmp_path / "rep", metrics=["*"], plots=False)
+    lines = {m: report.baseline_lines(out["rows"], m) for m in out["metrics"]}
+    assert lines["test/vqa/acc"] == [("majority answer", pytest.approx(0.31)), ("question prior (blind)", pytest.approx(0.42))]
+    assert lines["test/vqa/acc_exist"] == [("chance (2 options)", 0.5)]
+    assert lines["test/diagnostics/attribute_swap_acc"] == lines["test/diagnostics/count_change_acc"] == [("chance", 0.5)]
+    assert lines["test/diagnostics/group_score"] == [("chance", pytest.approx(1 / 6))]
+    assert lines["test/diagnostics/text_score"] == [("chance", 0.25)]
+    # every pair of an image right, counts, recalls, losses: no reference line
+    for m in ("test/diagnostics/match_acc", "test/vqa/acc_count", "test/retrieval/rmean", "test/loss", "val/loss"):
+        assert lines[m] == [], m
+    assert report.baseline_lines(out["rows"], "test/holdout_gap/diagnostics/attribute_swap_acc") == []
+    # a baseline no run recorded is not drawn
+    for row in out["rows"]:
+        for job in row.jobs:
+            del job.metrics["test/vqa/majority_baseline"]
+    assert report.baseline_lines(out["rows"], "test/vqa/acc") == [("question prior (blind)", pytest.approx(0.42))]
+
+
+def _below(fig, ax) -> bool:
+    """The figure's legend lies entirely below the axes (it hides nothing drawn in them)."""
+    fig.canvas.draw()
+    return fig.legends[0].get_window_extent().y1 <= ax.get_window_extent().y0
+
+
+def test_bar_chart_draws_seeds_ci_and_baselines(tmp_path):
+    out = report.report([_suite_sweep(tmp_path)], out=tmp_path / "rep", plots=True)
+    assert {p.name for p in out["plots"] if p.name.startswith("bar_")} == {f"bar_{report._slug(m)}.png" for m in HEADLINE_PRESENT}
+    rows = out["rows"]
+    fig = report.bar_chart(rows, "test/vqa/acc")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "VQA accuracy (test)" and "higher is better" in ax.get_title()
+    # the baselines: dashed horizontal lines at the mean over the runs, labelled with it
+    dashed = [(line.get_label(), line.get_ydata()[0]) for line in ax.lines if line.get_linestyle() == "--"]
+    assert dashed == [("majority answer: 0.31", pytest.approx(0.31)), ("question prior (blind): 0.42", pytest.approx(0.42))]
+    # a dot per seed
+    (seeds,) = [c for c in ax.collections if c.get_label() == "one seed"]
+    assert sorted(seeds.get_offsets()[:, 1]) == pytest.approx(sorted(SUITE["test/vqa/acc"][0] + SUITE["test/vqa/acc"][1]))
+    # error bars: the table's t-CI
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    (segments,) = bars.errorbar.lines[2]
+    cis = [(r.stats["test/vqa/acc"]["ci_lo"], r.stats["test/vqa/acc"]["ci_hi"]) for r in rows]
+    assert np.array([(s[0][1], s[1][1]) for s in segments.get_segments()]) == pytest.approx(np.array(cis))
+    assert [b.get_height() for b in bars] == pytest.approx([0.62, 0.46])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"95% t-CI of the mean", "one seed", "majority answer: 0.31"} <= set(legend) and _below(fig, ax)
+
+    for metric, expected in (("test/diagnostics/attribute_swap_acc", [("chance: 0.5", 0.5)]), ("test/retrieval/rmean", [])):
+        lines = report.bar_chart(rows, metric).axes[0].lines
+        assert [(line.get_label(), line.get_ydata()[0]) for line in lines if line.get_linestyle() == "--"] == expected
+
+
+def test_mean_band_over_seeds_with_different_steps():
+    steps, mean, lo, hi = report.mean_band([([0, 10, 20], [1.0, 2.0, 3.0]), ([0, 20], [3.0, 5.0])])
+    assert steps.tolist() == [0, 10, 20]
+    assert mean.tolist() == [2.0, 2.0, 4.0] and lo.tolist() == [1.0, 2.0, 3.0] and hi.tolist() == [3.0, 2.0, 5.0]
+
+
+def test_learning_curves_mean_over_seeds_distinct_styles(tmp_path):
+    out = report.report([_suite_sweep(tmp_path)], out=tmp_path / "rep", plots=True)
+    # val/loss has one step per run: no curve
+    assert {p.name for p in out["plots"] if p.name.startswith("curve_")} == {"curve_train_loss_step.png"}
+    per_key = report.seed_curves(out["rows"], ["train/loss_step", "val/loss"])
+    assert list(per_key) == ["train/loss_step"] and {i: len(c) for i, c in per_key["train/loss_step"].items()} == {0: 2, 1: 2}
+    fig = report.curve_chart(out["rows"], "train/loss_step", per_key["train/loss_step"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "loss step (train)"
+    lines = ax.lines
+    assert [line.get_label() for line in lines] == ["model=a (n=2)", "model=b (n=2)"]
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 2
+    assert len({line.get_linestyle() for line in lines}) == 2  # told apart in greyscale too
+    # the mean over seeds at every step; b's seed 0 did not log step 10
+    assert lines[0].get_xdata().tolist() == [0, 10, 20] and lines[0].get_ydata() == pytest.approx([3.1, 2.2, 1.1])
+    assert lines[1].get_ydata() == pytest.approx([4.0, 3.0, 2.5])
+    assert len(ax.collections) == 2  # a shaded band per group (its seeds' range)
+    assert _below(fig, ax)
