@@ -110,12 +110,13 @@ def run_eval(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from mmbench.builder import build_datamodule, build_module
-    from mmbench.metrics.complexity import complexity
+    from mmbench.metrics.complexity import complexity, reset_peak_memory
     from mmbench.metrics.presentation import publish
     from mmbench.metrics.suite import evaluate_suite
     from mmbench.record import git_sha, versions, write_metrics
 
     start = time.time()
+    reset_peak_memory()
     out_dir = Path(cfg.paths.output_dir)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise EvalError("ckpt_path is not set: mmbench-eval ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt")

@@ -112,6 +112,9 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict
     silence_known_noise()
 
     from mmbench.builder import build_datamodule, build_module
+    from mmbench.metrics.complexity import reset_peak_memory
+
+    reset_peak_memory()  # this run's own peak, also when a launcher worker runs several jobs
 
     # resume: an unfinished run of the same job directory continues from its last checkpoint, which is
     # read first (weights only), so a file that is not a plain checkpoint is refused before any work

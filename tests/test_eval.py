@@ -247,3 +247,24 @@ def test_eval_cli_help_is_fast_and_bad_checkpoint_is_one_message(tmp_path):
     assert res.returncode == 2 and "is not a file" in res.stderr and "Traceback" not in res.stderr
     res = _eval_cli(["logger=csv"], tmp_path)  # no ckpt_path at all
     assert res.returncode == 2 and "ckpt_path is not set" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_peak_memory_is_per_run():
+    """A run's peak does not include what an earlier run in the same process held (a joblib worker
+    runs several sweep jobs): 300 MiB touched before the reset do not count, 300 MiB after it do."""
+    import numpy as np
+
+    from mmbench.metrics.complexity import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = np.ones(300 * 2**20, dtype=np.uint8)  # touched pages: resident
+    before = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory()
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs: the peak is the process' lifetime peak here")
+    after_reset = peak_memory_mb(cpu)
+    assert after_reset < before - 250
+    big = np.ones(300 * 2**20, dtype=np.uint8)
+    assert peak_memory_mb(cpu) > after_reset + 250
+    del big

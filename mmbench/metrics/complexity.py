@@ -5,8 +5,11 @@
 * Training samples/s: samples seen by the optimiser / wall time of `trainer.fit` (validation and
   checkpointing included), measured by the caller.
 * Inference samples/s: the same three calls in eval mode without gradient, timed over a few batches.
-* Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on CPU the process' peak resident set
-  size (`ru_maxrss`), which covers everything the process ever held (data included).
+* Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on CPU the peak resident set size
+  (data included). Each run starts with `reset_peak_memory`, so a run's figure is its own even when
+  one process runs many jobs (Hydra's joblib launcher reuses its workers): on Linux the kernel's peak
+  counter (VmHWM in /proc/self/status) is reset through /proc/self/clear_refs; elsewhere, and where
+  /proc is not writable, `ru_maxrss` is the process' lifetime peak (then `peak_memory_scope` says so).
 """
 
 from __future__ import annotations
@@ -56,9 +59,36 @@ def inference_samples_per_s(model, batch: dict, repeats: int = 3) -> float:
     return repeats * batch["input_ids"].shape[0] / (time.perf_counter() - t0)
 
 
+_PEAK_SCOPE = {"scope": "process"}  # "run" once reset_peak_memory has reset the kernel's counter
+
+
+def reset_peak_memory() -> None:
+    """Start a run's peak-memory window (CUDA's allocator stats and, on Linux, the process' VmHWM)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # "5" resets the peak RSS (Documentation/filesystems/proc.rst); no Python API does this
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _PEAK_SCOPE["scope"] = "run"
+    except OSError:
+        _PEAK_SCOPE["scope"] = "process"
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory of this run (since `reset_peak_memory`) in MiB; see the module docstring."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _vm_hwm_kib() if _PEAK_SCOPE["scope"] == "run" else None
+    if hwm is not None:
+        return hwm / 2**10
     try:
         import resource
     except ImportError:  # Windows
@@ -82,4 +112,5 @@ def complexity(module, batch: dict, train_seconds: float | None, train_samples: 
         model.train(was_training)
     out["train_samples_per_s"] = (train_samples / train_seconds) if train_seconds else None
     out["peak_memory_mb"] = peak_memory_mb(module.device)
+    out["peak_memory_scope"] = "run" if module.device.type == "cuda" else _PEAK_SCOPE["scope"]
     return out
