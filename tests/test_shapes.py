@@ -87,14 +87,15 @@ def expected_answer(question: str, objs: list[dict]) -> str:
         return shapes.NUMBER_WORDS[sum(o["shape"] == singular(m.group(1)) for o in objs)]
     if m := re.fullmatch(r"is there a (\w+) (\w+)\?", question):
         return "yes" if any(o["color"] == m.group(1) and o["shape"] == m.group(2) for o in objs) else "no"
-    m = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", question)
+    m = re.fullmatch(r"is the (\w+) (\w+) (left or right|above or below) of the (\w+) (\w+)\?", question)
     assert m, question
-    c1, s1, rel, c2, s2 = m.groups()
+    c1, s1, choice, c2, s2 = m.groups()
     (a,) = [o for o in objs if o["color"] == c1 and o["shape"] == s1]
     (b,) = [o for o in objs if o["color"] == c2 and o["shape"] == s2]
-    axis = "col" if rel in ("left of", "right of") else "row"
+    axis = "col" if choice == "left or right" else "row"
     assert a[axis] != b[axis], f"relation not strictly defined: {question}"
-    return "yes" if holds(a, rel, b) else "no"
+    return {("col", True): "left", ("col", False): "right", ("row", True): "above", ("row", False): "below"}[
+        axis, a[axis] < b[axis]]
 
 
 def split(n: int, name: str = "train", seed: int = 0, **kw) -> dict:
@@ -258,10 +259,12 @@ def test_answer_distribution():
     cols = split(2000)
     answers = Counter(a for row in cols["answers"] for a in row)
     assert max(answers.values()) / sum(answers.values()) < 0.35, answers.most_common(3)
-    for qtype in ("exist", "relation"):
-        yes_no = Counter(a for row_a, row_t in zip(cols["answers"], cols["question_types"])
-                         for a, t in zip(row_a, row_t) if t == qtype)
-        assert set(yes_no) == {"yes", "no"} and 0.4 < yes_no["yes"] / sum(yes_no.values()) < 0.6, (qtype, yes_no)
+    for qtype, pairs in (("exist", [("yes", "no")]), ("relation", [("left", "right"), ("above", "below")])):
+        given = Counter(a for row_a, row_t in zip(cols["answers"], cols["question_types"])
+                        for a, t in zip(row_a, row_t) if t == qtype)
+        assert set(given) == {a for pair in pairs for a in pair}, (qtype, given)
+        for first, second in pairs:  # the two answers a question offers are equally likely
+            assert 0.4 < given[first] / (given[first] + given[second]) < 0.6, (qtype, given)
 
 
 def test_question_mix():
@@ -277,12 +280,7 @@ def test_question_mix():
     assert share(no_count, "count") == 0 and share(default, "count") > 0.15
     for row in (dict(zip(heavy, values)) for values in zip(*heavy.values())):
         for q, a, t in zip(row["questions"], row["answers"], row["question_types"]):
-            if t == "relation":
-                m = re.fullmatch(r"is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+)\?", q)
-                objs = objects_of(row)
-                first = next(o for o in objs if (o["color"], o["shape"]) == m.group(1, 2))
-                second = next(o for o in objs if (o["color"], o["shape"]) == m.group(4, 5))
-                assert (a == "yes") == holds(first, m.group(3), second)
+            assert a == expected_answer(q, objects_of(row)), q
 
 
 @pytest.mark.parametrize("kwargs, message", [
