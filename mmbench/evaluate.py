@@ -134,7 +134,8 @@ def run_eval(cfg: DictConfig) -> dict:
         dm.tokenizer = train_dm.tokenizer
         dm.info = dataclasses.replace(train_dm.info, image_size=dm.info.image_size,
                                       majority_baseline=dm.info.majority_baseline,
-                                      question_prior_baseline=dm.info.question_prior_baseline)
+                                      question_prior_baseline=dm.info.question_prior_baseline,
+                                      question_prior_by_type=dm.info.question_prior_by_type)
     module = build_module(train_cfg, dm.info)
     module.load_state_dict(weights)
     module.to(torch.device(cfg.device))

@@ -540,12 +540,15 @@ BAR_STYLES = {
 
 # Reference lines of the bar charts: (regular expression matching a whole metric name, its lines); a line
 # is (label, value), the value a metric the runs record (drawn at its mean over the completed runs; not
-# drawn when no run recorded it) or a constant. The first matching pattern wins.
+# drawn when no run recorded it; may name the pattern's groups, \1) or a constant. The first matching pattern wins.
 BASELINES: tuple[tuple[str, tuple[tuple[str, str | float], ...]], ...] = (
     # blind baselines of the test split, written with every run (mmbench/data/datamodule.py)
     (r"test/vqa/acc", (("majority answer", "test/vqa/majority_baseline"),
                        ("question prior (blind)", "test/vqa/question_prior_baseline"))),
-    (r"[^/]+/vqa/acc_(exist|relation)", (("chance (2 options)", 0.5),)),  # Shapes: yes/no; left/right or above/below
+    (r"test/vqa/acc_(exist|relation)", (("question prior (blind)", r"test/vqa/question_prior_baseline_\1"),
+                                         ("chance (2 options)", 0.5))),  # Shapes: yes/no; left/right or above/below
+    (r"test/vqa/acc_(\w+)", (("question prior (blind)", r"test/vqa/question_prior_baseline_\1"),)),
+    (r"[^/]+/vqa/acc_(exist|relation)", (("chance (2 options)", 0.5),)),
     # one true statement against one hard negative on the image; match_acc (every pair) has no such line
     (r"[^/]+/diagnostics/(?!match_acc)[^/]+_acc", (("chance", 0.5),)),
     # Winoground with random scores (Thrush et al., 2022): text and image 1/4, group 1/6
@@ -569,10 +572,11 @@ def readable(metric: str) -> str:
 
 def baseline_lines(rows: list[Row], metric: str) -> list[tuple[str, float]]:
     """The reference lines (label, value) of `metric`'s bar chart (BASELINES), over the rows' runs."""
-    lines = next((lines for pattern, lines in BASELINES if re.fullmatch(pattern, metric)), ())
+    match, lines = next(((m, lines) for pattern, lines in BASELINES if (m := re.fullmatch(pattern, metric))), (None, ()))
     out = []
     for label, value in lines:
-        if isinstance(value, str):  # a recorded metric: its mean over the runs that have it
+        if isinstance(value, str):  # a recorded metric (\1 = the pattern's group): its mean over the runs that have it
+            value = match.expand(value)
             recorded = [j.metrics[value] for r in rows for j in r.jobs if value in j.metrics]
             if not recorded:
                 continue

@@ -398,6 +398,14 @@ def test_baselines_by_metric_name(tmp_path):
         for job in row.jobs:
             del job.metrics["test/vqa/majority_baseline"]
     assert report.baseline_lines(out["rows"], "test/vqa/acc") == [("question prior (blind)", pytest.approx(0.42))]
+    # a question type's own blind baseline, when the runs record it (\1 of the pattern names the type)
+    for row in out["rows"]:
+        for job, value in zip(row.jobs, (0.2, 0.4)):
+            job.metrics.update({"test/vqa/question_prior_baseline_count": value,
+                                "test/vqa/question_prior_baseline_exist": 0.5})
+    assert report.baseline_lines(out["rows"], "test/vqa/acc_count") == [("question prior (blind)", pytest.approx(0.3))]
+    assert report.baseline_lines(out["rows"], "test/vqa/acc_exist") == [("question prior (blind)", 0.5),
+                                                                       ("chance (2 options)", 0.5)]
 
 
 def _below(fig, ax) -> bool:

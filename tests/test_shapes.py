@@ -336,6 +336,9 @@ def test_vqa_baselines_known_answers():
     soft = datasets.Dataset.from_dict({"questions": [["q2"]], "answers": [["two"]],
                                        "all_answers": [[["two", "two", "three"]]]})
     assert VLDataModule._question_prior_baseline(train, soft, "yes") == pytest.approx(2 / 3)
+    typed = test.add_column("question_types", [["exist", "count"], ["exist", "count"]])
+    assert VLDataModule._question_prior_by_type(train, typed, "yes") == {"count": 1.0, "exist": 1 / 2}  # q2, q3 right; q1 once
+    assert VLDataModule._question_prior_by_type(train, test, "yes") == {}
 
 
 def test_claims_decide_truth_exactly_like_an_independent_checker():

@@ -73,6 +73,7 @@ class DataInfo:
     # test accuracy of a blind model: each question answered with its most frequent train answer
     # (the majority answer for questions unseen in training); VQA above this reads the image
     question_prior_baseline: float | None = None
+    question_prior_by_type: dict[str, float] = field(default_factory=dict)  # question type -> blind accuracy
     num_labels: int = 0  # classes of `caption_labels` (batch key `labels`), 0 = none
     label_names: list[str] = field(default_factory=list)
     skipped_images: int = 0  # unreadable images skipped by the source (data.source.bad_images=skip)
@@ -84,7 +85,8 @@ class DataInfo:
     def baseline_metrics(self) -> dict[str, float]:
         """The blind VQA baselines of the test split as metrics (`test/vqa/...`), those the data has."""
         values = {"test/vqa/majority_baseline": self.majority_baseline,
-                  "test/vqa/question_prior_baseline": self.question_prior_baseline}
+                  "test/vqa/question_prior_baseline": self.question_prior_baseline,
+                  **{f"test/vqa/question_prior_baseline_{t}": v for t, v in self.question_prior_by_type.items()}}
         return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -404,7 +406,7 @@ class VLDataModule(pl.LightningDataModule):
             return
         dsd, tok, special = self._load()
         train = dsd["train"]
-        answers, majority, prior = [], None, None
+        answers, majority, prior, prior_by_type = [], None, None, {}
         counts = Counter(a for row in train["answers"] for a in row) if "answers" in train.column_names else Counter()
         if counts:  # a column of empty lists (e.g. Shapes with questions_per_image=0) is no VQA data
             answers = self.answer_vocabulary(train)
@@ -412,6 +414,7 @@ class VLDataModule(pl.LightningDataModule):
             majority = self._majority_baseline(dsd["test"], top)
             if "questions" in train.column_names:
                 prior = self._question_prior_baseline(train, dsd["test"], top)
+                prior_by_type = self._question_prior_by_type(train, dsd["test"], top)
         size = int(train[0]["image_size"])
         if size != self.image_size:
             raise DataError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
@@ -436,20 +439,24 @@ class VLDataModule(pl.LightningDataModule):
             num_region_labels=self.num_region_labels or ((max(labels) + 1) if labels else 0),
             majority_baseline=majority,
             question_prior_baseline=prior,
+            question_prior_by_type=prior_by_type,
             num_labels=max(len(label_names), (max(classes) + 1) if classes else 0),
             label_names=label_names,
             skipped_images=int(self.stats.get("skipped_examples", 0)),
         )
 
     @staticmethod
-    def _blind_accuracy(test, guesses: list[list[str]]) -> float | None:
-        """Test accuracy of answers given without the image, one per (row, question): exact match,
-        or the VQA soft score with all_answers."""
+    def _blind_scores(test, guesses: list[list[str]]) -> list[float]:
+        """Scores of answers given without the image, one per (row, question) in row order: exact
+        match, or the VQA soft score with all_answers."""
         if "all_answers" in test.column_names:
-            scores = [min(1.0, ans.count(g) / VQA_ANNOTATORS)
-                      for row, gs in zip(test["all_answers"], guesses) for ans, g in zip(row, gs)]
-        else:
-            scores = [float(a == g) for row, gs in zip(test["answers"], guesses) for a, g in zip(row, gs)]
+            return [min(1.0, ans.count(g) / VQA_ANNOTATORS)
+                    for row, gs in zip(test["all_answers"], guesses) for ans, g in zip(row, gs)]
+        return [float(a == g) for row, gs in zip(test["answers"], guesses) for a, g in zip(row, gs)]
+
+    @classmethod
+    def _blind_accuracy(cls, test, guesses: list[list[str]]) -> float | None:
+        scores = cls._blind_scores(test, guesses)
         return float(np.mean(scores)) if scores else None
 
     @classmethod
@@ -457,16 +464,33 @@ class VLDataModule(pl.LightningDataModule):
         """Test accuracy of always answering `top`."""
         return cls._blind_accuracy(test, [[top] * len(row) for row in test["answers"]])
 
-    @classmethod
-    def _question_prior_baseline(cls, train, test, top: str) -> float | None:
-        """Test accuracy of answering each question string with its most frequent train answer
-        (`top` for questions never asked in training): the language-only baseline of VQA."""
+    @staticmethod
+    def _question_prior_guesses(train, test, top: str) -> list[list[str]]:
+        """Each test question answered with its most frequent train answer (`top` for questions never
+        asked in training): the language-only baseline of VQA."""
         by_question: dict[str, Counter] = {}
         for qs, ans in zip(train["questions"], train["answers"]):
             for q, a in zip(qs, ans):
                 by_question.setdefault(q, Counter())[a] += 1
         guess = {q: c.most_common(1)[0][0] for q, c in by_question.items()}
-        return cls._blind_accuracy(test, [[guess.get(q, top) for q in qs] for qs in test["questions"]])
+        return [[guess.get(q, top) for q in qs] for qs in test["questions"]]
+
+    @classmethod
+    def _question_prior_baseline(cls, train, test, top: str) -> float | None:
+        """Test accuracy of the question prior (`_question_prior_guesses`)."""
+        return cls._blind_accuracy(test, cls._question_prior_guesses(train, test, top))
+
+    @classmethod
+    def _question_prior_by_type(cls, train, test, top: str) -> dict[str, float]:
+        """Test accuracy of the question prior per question type (`question_types`), as `vqa/acc_<type>`
+        is reported: what a blind model scores on each type. Empty without question types."""
+        if "question_types" not in test.column_names:
+            return {}
+        scores = cls._blind_scores(test, cls._question_prior_guesses(train, test, top))
+        by_type: dict[str, list[float]] = {}
+        for t, score in zip((t for row in test["question_types"] for t in row), scores):
+            by_type.setdefault(t, []).append(score)
+        return {t: float(np.mean(v)) for t, v in sorted(by_type.items())}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end
