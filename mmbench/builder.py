@@ -20,17 +20,28 @@ from mmbench.module import MMBenchModule
 from mmbench.objectives.context import run_order
 
 
-def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
-    """Values of `info` that the target of `cfg` accepts and the config does not set itself (absent or null)."""
+def _accepted(cfg: DictConfig, available: dict) -> dict:
+    """The entries of `available` that the target of `cfg` accepts and the config does not set itself (absent or null)."""
     target = cfg._target_
     try:
         fn = get_class(target)
     except Exception:  # a function target
         fn = get_method(target)
     params = inspect.signature(fn).parameters
+    return {k: v for k, v in available.items() if k in params and cfg.get(k) is None}
+
+
+def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
+    """Values of `info` that the target of `cfg` accepts and the config does not set itself (absent or null)."""
     available = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     available["num_answers"] = info.num_answers
-    return {k: v for k, v in available.items() if k in params and cfg.get(k) is None}
+    return _accepted(cfg, available)
+
+
+def model_kwargs(cfg: DictConfig, model: MultimodalModel) -> dict:
+    """Sizes of the built model that the target of `cfg` accepts and the config does not set: the width of the
+    vision encoder's input features, `vision_input_dim` (MRM regresses them)."""
+    return _accepted(cfg, {"vision_input_dim": model.vision_input_dim})
 
 
 def build_datamodule(cfg: DictConfig) -> VLDataModule:
@@ -98,7 +109,10 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     # built (their heads drawn from the RNG) in run order, so the config list's order changes nothing
     classes = {name: get_class(c._target_) for name, c in cfg.objective.items()}
     order = run_order({name: (cls.provides, cls.uses) for name, cls in classes.items()})
-    objectives = {name: instantiate(cfg.objective[name], **data_kwargs(cfg.objective[name], info)) for name in order}
+    objectives = {}
+    for name in order:  # sizes from the data (vocabulary, answers, labels) and from the built model (MRM's target width)
+        ocfg = cfg.objective[name]
+        objectives[name] = instantiate(ocfg, **data_kwargs(ocfg, info), **model_kwargs(ocfg, model))
     return MMBenchModule(
         model=model,
         objectives=objectives,

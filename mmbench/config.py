@@ -184,6 +184,10 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
                     f"(e.g. fusion=merged)"
                 )
 
+    vision_encoder = get_class(cfg.encoder.vision._target_)
+    for name, ocfg in objectives.items():  # e.g. MRM hides input tokens: not every vision encoder can
+        problems += get_class(ocfg._target_).vision_problems(name, vision_encoder, **_ctor_kwargs(ocfg))
+
     problems += _data_source_problems(cfg)
     problems += _data_field_problems(cfg)
     problems += _eval_problems(cfg)
@@ -251,8 +255,7 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
     readers = [(f"encoder/vision '{cfg.encoder.vision._target_.rsplit('.', 1)[-1]}'",
                 getattr(get_class(cfg.encoder.vision._target_), "batch_fields", ()))]
     for name, ocfg in (cfg.get("objective") or {}).items():
-        kwargs = {k: v for k, v in OmegaConf.to_container(ocfg, resolve=True).items() if not k.startswith("_")}
-        readers.append((f"objective '{name}'", get_class(ocfg._target_).fields_read(**kwargs)))
+        readers.append((f"objective '{name}'", get_class(ocfg._target_).fields_read(**_ctor_kwargs(ocfg))))
     for who, fields in readers:
         missing = [f for f in fields if f not in provided]
         if missing:
@@ -262,9 +265,17 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _ctor_kwargs(ocfg: DictConfig) -> dict:
+    """The constructor arguments an objective config gives (resolved, without `_target_` and friends)."""
+    return {k: v for k, v in OmegaConf.to_container(ocfg, resolve=True).items() if not k.startswith("_")}
+
+
 def _field_hint(missing: list[str]) -> str:
     if "region_feats" in missing:
         return " (Shapes has boxes, not precomputed features: encoder/vision=region)"
+    if "region_labels" in missing:
+        return (" (MRM's classification term predicts the objects' labels: map them with data.source.columns."
+                "region_labels, or set objective.mrm.classification_weight=0 for feature regression only)")
     if any(f.startswith("question") or f == "answer_scores" for f in missing):
         return " (VQA needs questions and answers: data.source.columns.question / answers)"
     return ""

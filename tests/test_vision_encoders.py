@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.ops import roi_align
 
+from mmbench.models.outputs import InputMask
 from mmbench.models.vision.conv import ConvBackbone, ConvEncoder, StridedPointwiseConv
 from mmbench.models.vision.patch import PatchEncoder
 from mmbench.models.vision.region import BoxEmbedding, RegionEncoder, RegionFeatureEncoder
@@ -323,3 +324,148 @@ def test_config_composes_with_train_yaml(name):
     cfg = compose_cfg([f"encoder/vision={name}", *extra])
     enc = instantiate(cfg.encoder.vision)
     assert enc.needs_regions if name.startswith("region") else not getattr(enc, "needs_regions", False)
+
+
+# ---------------------------------------------------------------- hiding input tokens (MRM)
+
+MASKABLE = ["vit", "conv", "region", "region_feats"]
+
+
+def _encoder(name: str, depth: int, seed: int = 0):
+    torch.manual_seed(seed)
+    root = _root(name)
+    root.model.vision_depth = depth
+    return instantiate(root.vision).eval()
+
+
+def _selection(V: int) -> torch.Tensor:
+    """(B, V) hidden tokens of region_batch(): image 0 hides tokens 1 and 3, image 1 token 1, image 2 none."""
+    selected = torch.zeros(B, V, dtype=torch.bool)
+    selected[0, [1, 3]] = True
+    selected[1, 1] = True
+    return selected
+
+
+def _hide(enc, V: int) -> InputMask:
+    return InputMask(_selection(V), torch.randn(D, generator=torch.Generator().manual_seed(9)))
+
+
+@pytest.mark.parametrize("name, width", [("vit", 3 * 8 * 8), ("conv", 8 * 4), ("region", 8 * 4), ("region_feats", F)])
+def test_inputs_have_the_declared_width_and_zeros_for_the_leading_token(name, width):
+    enc = _encoder(name, depth=1)
+    assert enc.maskable_inputs and enc.input_dim == width
+    with torch.no_grad():
+        out = enc(region_batch())
+    assert out.inputs.shape == (*out.tokens.shape[:2], width)
+    assert not out.inputs[:, 0].any()  # [CLS] / [IMG] is learned, not embedded from an input
+
+
+def test_patch_inputs_are_the_pixels_the_projection_sees():
+    enc = PatchEncoder(D, image_size=16, patch_size=8, heads=H).eval()
+    pixels = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16) / 1000  # hand-made, all distinct
+    with torch.no_grad():
+        out = enc({"pixel_values": pixels})
+        embedded = enc.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, 4, D)
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # row-major patch order, token 1 + k
+        torch.testing.assert_close(out.inputs[:, 1 + k], pixels[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].flatten(1))
+    # the input feature is exactly what the linear patch projection maps: patch_embed = inputs @ W^T + b
+    W, b = enc.patch_embed.weight.flatten(1), enc.patch_embed.bias
+    torch.testing.assert_close(torch.nn.functional.linear(out.inputs[:, 1:], W, b), embedded, atol=1e-5, rtol=1e-5)
+
+
+def test_region_inputs_are_the_appearance_features_as_they_enter():
+    batch = pad_regions(region_batch(), extra=1, seed=3, fill_feats=float("nan"))  # padding holds NaN
+    real = batch["region_mask"][..., None]
+    with torch.no_grad():
+        out = feature_encoder()(batch)
+        enc = region_encoder()
+        roi = enc(batch)
+        boxes = torch.where(real, batch["region_boxes"], 0.0)
+        expected = enc.roi_features(enc.backbone(batch["pixel_values"]), boxes)  # (B, R, C)
+    torch.testing.assert_close(out.inputs[:, 1:], torch.where(real, batch["region_feats"], 0.0))
+    torch.testing.assert_close(roi.inputs[:, 1:], torch.where(real, expected, 0.0))  # padding: zeros
+
+
+@pytest.mark.parametrize("name", MASKABLE)
+def test_depth_0_hidden_encoding_is_token_replacement(name):
+    """Without blocks the tokens do not mix: the hidden encoding is the plain one with exactly the hidden
+    tokens replaced (what MRM did before it hid inputs; it keeps the position / box embedding now)."""
+    enc = _encoder(name, depth=0)
+    batch = region_batch()
+    with torch.no_grad():
+        plain = enc(batch)
+        hide = _hide(enc, plain.tokens.shape[1])
+        masked = enc(batch, hide=hide)
+    selected = hide.selected
+    torch.testing.assert_close(masked.tokens[~selected], plain.tokens[~selected], atol=0, rtol=0)
+    assert not torch.allclose(masked.tokens[selected], plain.tokens[selected])
+    torch.testing.assert_close(masked.inputs, plain.inputs, atol=0, rtol=0)  # hiding changes no input feature
+
+
+def test_depth_0_hidden_token_is_mask_embedding_at_its_position_or_box():
+    batch = region_batch()
+    patch = _encoder("vit", depth=0)
+    regions = _encoder("region_feats", depth=0)
+    with torch.no_grad():
+        hp = _hide(patch, 1 + 16)
+        tokens = patch(batch, hide=hp).tokens  # 4x4 patches of 8 pixels
+        torch.testing.assert_close(tokens[0, 3], hp.embedding + patch.position_embeddings[0, 3])
+        hr = _hide(regions, 4)
+        tokens = regions(batch, hide=hr).tokens
+        box = regions.embed.box(batch["region_boxes"][0, 2])  # token 3 of image 0 is region 2
+        torch.testing.assert_close(tokens[0, 3], (hr.embedding + box) / 2)
+
+
+@pytest.mark.parametrize("name", ["vit", "region_feats"])
+def test_hidden_input_never_reaches_any_output_with_blocks(name):
+    """With blocks (depth 2) every token attends to every other: changing a hidden patch's pixels or a hidden
+    region's feature changes no output, while the same change without hiding changes the other tokens."""
+    enc = _encoder(name, depth=2)
+    batch = region_batch()
+    changed = {k: v.clone() for k, v in batch.items()}
+    if name == "vit":
+        changed["pixel_values"][0, :, 0:8, 0:8] = torch.rand(3, 8, 8) * 2 - 1  # patch 0 = token 1 of image 0
+    else:
+        changed["region_feats"][0, 0] = torch.randn(F) * 3  # region 0 = token 1 of image 0
+    with torch.no_grad():
+        hide = _hide(enc, enc(batch).tokens.shape[1])
+        a, b = enc(batch, hide=hide), enc(changed, hide=hide)
+        plain_a, plain_b = enc(batch), enc(changed)
+    torch.testing.assert_close(a.tokens, b.tokens, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.pooled, b.pooled, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a.inputs[0, 1], b.inputs[0, 1])  # the target did change
+    assert not torch.allclose(plain_a.tokens[0, 2:], plain_b.tokens[0, 2:], atol=1e-4)  # without hiding it leaks
+
+
+def test_input_mask_refuses_a_wrong_layout_and_the_leading_token():
+    enc = _encoder("region_feats", depth=1)
+    batch = region_batch()
+    with pytest.raises(ValueError, match=r"expected \(3, 4\)"):
+        enc(batch, hide=InputMask(torch.zeros(B, 5, dtype=torch.bool), torch.zeros(D)))
+    selected = torch.zeros(B, 4, dtype=torch.bool)
+    selected[0, 0] = True
+    with pytest.raises(ValueError, match="nothing to hide"):
+        enc(batch, hide=InputMask(selected, torch.zeros(D)))
+
+
+def test_model_refuses_hiding_with_an_encoder_that_cannot():
+    timm = pytest.importorskip("timm")  # noqa: F841
+    from mmbench.models.fusion.merged import MergedFusion
+    from mmbench.models.layers import masked_mean
+    from mmbench.models.model import MultimodalModel
+    from mmbench.models.text import TextTransformer
+    from mmbench.models.vision.hf import HFVisionEncoder
+    from mmbench.models.vision.timm import TimmEncoder
+
+    assert HFVisionEncoder.maskable_inputs is False
+    model = MultimodalModel(
+        TextTransformer(vocab_size=50, dim=D, depth=0, heads=H, max_len=16, pooling=masked_mean),
+        TimmEncoder("resnet18", dim=D),
+        MergedFusion(dim=D, depth=1, heads=H),
+        dim=D,
+    ).eval()
+    batch = {"pixel_values": torch.rand(1, 3, S, S) * 2 - 1}
+    V = model.encode_image(batch).tokens.shape[1]
+    assert model.vision_input_dim is None
+    with pytest.raises(ValueError, match="TimmEncoder cannot hide input tokens.*encoder/vision=patch, vit, conv"):
+        model.encode_image(batch, hide=InputMask(torch.zeros(1, V, dtype=torch.bool), torch.zeros(D)))

@@ -5,6 +5,11 @@ Objectives talk to the model only through three calls (see DESIGN.md):
     text  = model.encode_text(input_ids, attention_mask)   # Features
     image = model.encode_image(batch)                       # Features
     joint = model.fuse(text, image, causal_text=False)      # Fused
+
+`encode_image(batch, hide=InputMask(selected, embedding))` is the same call with some input tokens
+hidden before the vision encoder's first layer (masked region / patch modeling). Only encoders
+with `maskable_inputs = True` take it (their `forward(batch, hide=...)`); the others are refused
+here, by name, before anything runs.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.outputs import Capabilities, Features, Fused
+from mmbench.models.outputs import Capabilities, Features, Fused, InputMask
 
 
 PARTS = ("text_encoder", "vision_encoder", "fusion")
@@ -67,8 +72,21 @@ class MultimodalModel(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:
         return self.text_encoder(input_ids, attention_mask, causal=causal)
 
-    def encode_image(self, batch: dict[str, torch.Tensor]) -> Features:
-        return self.vision_encoder(batch)
+    @property
+    def vision_input_dim(self) -> int | None:
+        """Width of the vision encoder's `Features.inputs` (MRM's regression target); None when it has none."""
+        return getattr(self.vision_encoder, "input_dim", None)
+
+    def encode_image(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+        if hide is None:
+            return self.vision_encoder(batch)
+        if not getattr(self.vision_encoder, "maskable_inputs", False):
+            raise ValueError(
+                f"vision encoder {type(self.vision_encoder).__name__} cannot hide input tokens before its layers "
+                f"(maskable_inputs is not set), which masked region modeling needs; encoders that can: PatchEncoder, "
+                f"ConvEncoder, RegionEncoder, RegionFeatureEncoder (encoder/vision=patch, vit, conv, region, region_feats)"
+            )
+        return self.vision_encoder(batch, hide=hide)
 
     def fuse(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
         return self.fusion(text, image, causal_text=causal_text)

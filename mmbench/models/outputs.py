@@ -14,19 +14,59 @@ class Features:
     tokens: torch.Tensor  # (B, N, D) token features
     mask: torch.Tensor  # (B, N) bool, True for real tokens
     pooled: torch.Tensor  # (B, D) one vector per sample (used by ITC)
+    # (B, N, F) what each token was embedded from, before any layer of the encoder: the region's
+    # appearance feature, the patch's pixels, the grid cell's CNN feature; zeros for [CLS] / [IMG] and
+    # padding. Set by vision encoders with `maskable_inputs` (MRM regresses it), else None.
+    inputs: torch.Tensor | None = None
 
     def index(self, idx: torch.Tensor) -> "Features":
         """Rows `idx` (K,) of the batch, e.g. the negatives chosen for ITM."""
-        return Features(self.tokens[idx], self.mask[idx], self.pooled[idx])
+        inputs = None if self.inputs is None else self.inputs[idx]
+        return Features(self.tokens[idx], self.mask[idx], self.pooled[idx], inputs)
 
     @staticmethod
     def cat(*parts: "Features") -> "Features":
-        """Concatenate along the batch dimension (features must have equal token counts)."""
+        """Concatenate along the batch dimension (features must have equal token counts); `inputs`
+        are kept when every part has them."""
+        inputs = [p.inputs for p in parts]
         return Features(
             torch.cat([p.tokens for p in parts]),
             torch.cat([p.mask for p in parts]),
             torch.cat([p.pooled for p in parts]),
+            None if any(i is None for i in inputs) else torch.cat(inputs),
         )
+
+
+@dataclass
+class InputMask:
+    """Tokens a vision encoder must hide at its input, before any of its layers (masked region /
+    patch modeling: `model.encode_image(batch, hide=InputMask(...))`).
+
+    A hidden token's content embedding (its projected region feature, patch or grid cell) is
+    replaced by `embedding`; what says *where* the token is (position embedding, box embedding)
+    is kept, as in UNITER (zeroed region feature, box kept) and BEiT / SimMIM (mask token + position).
+    """
+
+    selected: torch.Tensor  # (B, V) bool in the layout of the encoder's output tokens; True = hide
+    embedding: torch.Tensor  # (D,) replaces the content embedding of a hidden token
+
+    def apply(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """x (B, N, D): content embeddings of output tokens first .. first+N-1 (tokens before `first`,
+        e.g. [CLS] / [IMG], have no input to hide) -> x with the selected ones replaced."""
+        B, N, _ = x.shape
+        if tuple(self.selected.shape) != (B, first + N):
+            raise ValueError(f"InputMask.selected has shape {tuple(self.selected.shape)} but the encoder makes "
+                             f"{first + N} tokens per image for a batch of {B}: expected ({B}, {first + N})")
+        if self.selected[:, :first].any():
+            raise ValueError(f"InputMask selects one of the first {first} token(s) ([CLS] / [IMG]), which are "
+                             f"learned, not embedded from an input: there is nothing to hide")
+        hide = self.selected[:, first:, None]  # (B, N, 1)
+        return torch.where(hide, self.embedding.to(x.dtype), x)  # (B, N, D)
+
+
+def hide_inputs(x: torch.Tensor, hide: InputMask | None, first: int = 0) -> torch.Tensor:
+    """`hide.apply(x, first)`, or x unchanged without a mask (the ordinary encoding)."""
+    return x if hide is None else hide.apply(x, first)
 
 
 @dataclass

@@ -39,6 +39,12 @@ class Objective(nn.Module):
         checks them against what the data provides before anything is built."""
         return cls.batch_fields
 
+    @classmethod
+    def vision_problems(cls, name: str, vision_encoder: type, **config) -> list[str]:
+        """Why an objective built with these constructor arguments (under the config key `name`) cannot
+        train with this vision encoder class: config validation reports them before anything is built."""
+        return []
+
     #: objectives that can score (image, text) pairs for evaluation set a rank; the highest is used
     #: (ITM, which sees both modalities jointly, outranks ITC's cosine similarity)
     pair_score_rank: int = 0

@@ -1,25 +1,45 @@
 """MRM: masked region / patch modeling conditioned on the text (UNITER, LXMERT).
 
 One modality is masked at a time (UNITER's *conditional masking*): about `mask_prob` of the real
-image tokens of the step are replaced by a learned mask embedding, the masked image is fused with
-the UNMASKED text of the step, and the text-conditioned image tokens `joint.image_tokens` predict,
-at the masked positions, the two published targets:
+image tokens of the step are hidden, the masked image is fused with the UNMASKED text of the step,
+and the text-conditioned image tokens `joint.image_tokens` predict, at the hidden positions, the two
+published targets.
+
+Masking happens at the INPUT of the vision encoder, as in UNITER / LXMERT (they mask the detector
+features before any layer): MRM encodes the image a second time with
+`model.encode_image(batch, hide=InputMask(selected, mask_embedding))`, which replaces the content
+embedding of each hidden token (projected region feature, patch or grid cell) by the learned mask
+embedding before the encoder's first block and keeps its position / box embedding (so the model
+knows *where* to predict). No vision block, hence no visible token, ever sees a hidden input: with
+unimodal vision layers (`model.vision_depth > 0`: LXMERT, ViLBERT) masking the step's output
+tokens instead would let the visible neighbours carry the answer. The second encoding is the price
+of that; MRM always pays it, also at depth 0 where, tokens not mixing, the masked encoding is the
+step's encoding with the hidden tokens replaced (tests/test_mrm_classify.py checks it) -- a single
+pass would need the encoder's position / box embedding of the mask token, i.e. the encoder itself.
+Vision encoders that can hide inputs declare `maskable_inputs` (patch, vit, conv, region,
+region_feats); the pretrained hf / timm wrappers cannot, and config validation refuses them. With
+CNN inputs (conv grid, end-to-end regions) the CNN itself still sees the whole image, so visible
+cells / regions may have seen a hidden one's pixels through its receptive field -- as the
+Faster R-CNN features that UNITER / LXMERT mask have; precomputed region features and patches are
+fully separable.
 
 * MRFR, masked region feature regression (UNITER; LXMERT's "RoI-feature regression"): a Linear
-  head regresses the original image token features (the step's `image.tokens`, detached so the
-  target cannot move to meet the prediction) with the mean squared error over masked tokens and
-  feature dimensions (UNITER uses L2 regression; MSE keeps the loss on the scale of the features).
-  UNITER regresses the 2048-d detector feature; here the target is the vision encoder's output
-  token (width `image_dim`), so one objective serves region, patch, grid and ViT inputs alike.
+  head regresses the hidden token's INPUT feature, `Features.inputs` of the masked encoding, detached
+  (a target, not something to move): for region inputs the region's appearance feature as it enters
+  the encoder (`region_feats`, e.g. the 2048-d detector feature, or the RoI-pooled CNN feature of
+  encoder/vision=region); for patch inputs (patch, vit) the patch's pixels as the patch projection
+  sees them, flattened in (C, p, p) order (ViLT's masked patch prediction, MAE without its per-patch
+  normalisation: on Shapes a patch's flat colour is what matters, and per-patch normalisation would
+  map every flat patch to zero); for grid inputs (conv) the cell's CNN feature. Width
+  `vision_input_dim`, taken from the built vision encoder (`input_dim`), never written in a config.
+  Loss: mean squared error over hidden tokens and feature dimensions (UNITER uses L2 regression).
 * MRC, masked region classification (UNITER's MRC with hard labels; LXMERT's detected-label
   classification): a Linear head over `num_region_labels` classes predicts the object label.
-  Labels exist only for region inputs: region encoders (encoder/vision=region, region_feats)
-  produce tokens [IMG, region_1..region_R] aligned with `batch["region_labels"]` (B, R) (-1 =
-  padding). The term is used when `"region_labels" in batch`, `image.tokens.shape[1] == 1 + R` and
-  the image mask agrees with the labels' padding (`image.mask[:, 1:] == (region_labels >= 0)`).
-  Otherwise (patch / vit / conv inputs) only the regression term is computed and no `acc` is
-  logged. Caveat: a patch encoder whose token count happens to equal 1 + R while every region of
-  the batch is real would pass this test; on Shapes (10 patch tokens, <= 3 objects) it cannot.
+  Labels exist only for region tokens: region encoders (encoder/vision=region, region_feats) produce
+  tokens [IMG, region_1..region_R] aligned with `batch["region_labels"]` (B, R) (-1 = padding).
+  `classification_weight > 0` with patch / grid tokens, or with data without region labels, is
+  refused by config validation before anything is built (set `objective.mrm.classification_weight=0`
+  for regression only, or use encoder/vision=region / region_feats); with weight 0 no head is built.
 
 Masking never selects token 0 (the [CLS] / [IMG] token every vision encoder puts first) nor
 padding (`image.mask` False). As in UNITER's `_get_img_mask`, every sample that has a maskable
@@ -27,30 +47,24 @@ token gets at least one masked token (one extra token drawn at random for sample
 Bernoulli draw selected none; vectorised, no loop over the batch). With few tokens per image
 (Shapes has 1-3 objects) the effective rate is therefore higher than `mask_prob`.
 
-The masked image features keep the mask of the step; their pooled vector is recomputed as the
-masked mean of the masked tokens so that no fusion can read the hidden content through it
-(the token fusions serving MRM do not use `image.pooled`).
-
-Limitation: masking happens at the token level of the step's image features, i.e. AFTER the
-vision encoder. It is exact for ViLT / VisualBERT-style inputs (vision_depth 0: a token is a
-function of its own patch / region only). With unimodal vision layers (vision_depth > 0, e.g.
-LXMERT, ViLBERT) the unmasked neighbours have already attended to the masked token, so they may
-carry its content; UNITER / LXMERT mask the input features before the encoder instead. Keeping
-one image encoding per step (shared by all objectives) is the trade-off taken here.
-
-Metrics: `mse` (the regression loss) and `acc` (label accuracy over the masked real regions, when
-labels are used). loss = regression_weight * mrfr + classification_weight * mrc.
+Metrics: `mse` (the regression loss), and with classification `mrc` and `acc` (label accuracy over
+the masked real regions). loss = regression_weight * mrfr + classification_weight * mrc.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.layers import masked_mean
-from mmbench.models.outputs import Features
+from mmbench.models.outputs import Features, InputMask
 from mmbench.objectives.base import Objective, ObjectiveOutput
+
+#: the encoder/vision options whose encoders declare `maskable_inputs` / make region tokens (for messages)
+MASKABLE_OPTIONS = "encoder/vision=patch, vit, conv, region or region_feats"
+REGION_OPTIONS = "encoder/vision=region or region_feats"
 
 
 def mask_image_tokens(
@@ -74,8 +88,38 @@ def mask_image_tokens(
     return selected | forced
 
 
+@dataclass
+class MaskedPrediction:
+    """What MRM predicts at the N hidden image tokens of a step."""
+
+    hidden: torch.Tensor  # (N, D) fused image tokens at the hidden positions
+    regression: torch.Tensor  # (N, F) predicted input features
+    target: torch.Tensor  # (N, F) the hidden tokens' input features (detached)
+
+
 class MRM(Objective):
     requires = ("image_tokens",)
+
+    @classmethod
+    def fields_read(cls, classification_weight: float = 1.0, **config) -> tuple[str, ...]:
+        return ("region_labels",) if float(classification_weight) > 0 else ()
+
+    @classmethod
+    def vision_problems(cls, name: str, vision_encoder: type, classification_weight: float = 1.0, **config) -> list[str]:
+        encoder = vision_encoder.__name__
+        problems = []
+        if not getattr(vision_encoder, "maskable_inputs", False):
+            problems.append(
+                f"objective '{name}' hides image tokens at the vision encoder's input, before any of its layers, "
+                f"which encoder/vision '{encoder}' cannot do; use {MASKABLE_OPTIONS}, or drop '{name}'"
+            )
+        if float(classification_weight) > 0 and not getattr(vision_encoder, "needs_regions", False):
+            problems.append(
+                f"objective '{name}' classifies the object label of masked regions (classification_weight="
+                f"{classification_weight}), but encoder/vision '{encoder}' makes patch / grid tokens, which have no "
+                f"labels; set objective.{name}.classification_weight=0 (feature regression only) or use {REGION_OPTIONS}"
+            )
+        return problems
 
     def __init__(
         self,
@@ -85,55 +129,84 @@ class MRM(Objective):
         regression_weight: float = 1.0,
         classification_weight: float = 1.0,
         image_dim: int | None = None,
+        vision_input_dim: int | None = None,
         weight: float = 1.0,
     ):
-        """dim: width of the fused image tokens; image_dim: width of the vision encoder's tokens
-        (the mask embedding and the regression target; defaults to dim). num_region_labels <= 0
-        (data without object labels) builds no classification head."""
+        """dim: width of the fused image tokens; image_dim: width of the vision encoder's tokens (the mask
+        embedding; defaults to dim); vision_input_dim: width of the vision encoder's input features
+        (`Features.inputs`, the regression target; the builder takes it from the built encoder)."""
         super().__init__(weight)
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
-        image_dim = image_dim or dim
-        self.mask_embedding = nn.Parameter(torch.zeros(image_dim))  # (Dv,) replaces a masked token
+        if vision_input_dim is None:
+            raise ValueError(
+                "MRM regresses the vision encoder's input features and needs their width, vision_input_dim (the "
+                f"builder reads it from the encoder's `input_dim`); this vision encoder has none: use {MASKABLE_OPTIONS}"
+            )
+        if classification_weight > 0 and num_region_labels <= 0:
+            raise ValueError(
+                f"MRM's classification term (classification_weight={classification_weight}) predicts object labels, "
+                f"but the data has none (num_region_labels={num_region_labels}); set objective.mrm.classification_weight=0 "
+                f"for feature regression only, or use data with region labels (data.source.columns.region_labels)"
+            )
+        self.mask_embedding = nn.Parameter(torch.zeros(image_dim or dim))  # (Dv,) replaces a hidden token's content
         nn.init.trunc_normal_(self.mask_embedding, std=0.02)
-        self.regression_head = nn.Linear(dim, image_dim)
+        self.regression_head = nn.Linear(dim, vision_input_dim)
         self.num_region_labels = int(num_region_labels)
-        self.classification_head = nn.Linear(dim, num_region_labels) if num_region_labels > 0 else None
+        self.classification_head = nn.Linear(dim, num_region_labels) if classification_weight > 0 else None
         self.mask_prob = mask_prob
         self.regression_weight = float(regression_weight)
         self.classification_weight = float(classification_weight)
 
-    def region_labels(self, batch: dict[str, torch.Tensor], image: Features) -> torch.Tensor | None:
-        """(B, V) labels aligned with the image tokens (-1 where none), or None when the image
-        tokens are not [IMG, region_1..region_R] tokens of the batch's objects."""
-        if self.classification_head is None or "region_labels" not in batch:
-            return None
+    def predict(
+        self, model, batch: dict[str, torch.Tensor], text: Features, selected: torch.Tensor
+    ) -> MaskedPrediction:
+        """Encode the image again with the `selected` (B, V) tokens hidden at the vision encoder's input,
+        fuse it with the intact text, and predict the hidden tokens' input features."""
+        masked = model.encode_image(batch, hide=InputMask(selected, self.mask_embedding))  # second encoding
+        if masked.inputs is None:
+            raise ValueError(f"vision encoder {type(model.vision_encoder).__name__} hid the tokens but returned no "
+                             f"Features.inputs, the input features MRM regresses")
+        joint = model.fuse(text, masked)  # the text stays intact
+        hidden = joint.image_tokens[selected]  # (N, D) fused tokens at the hidden positions
+        target = masked.inputs.detach()[selected]  # (N, F)
+        return MaskedPrediction(hidden, self.regression_head(hidden), target)
+
+    def token_labels(self, batch: dict[str, torch.Tensor], image: Features) -> torch.Tensor:
+        """(B, V) object label of each image token, -1 for the leading [IMG] token(s) and padding.
+
+        Region encoders make V = E + R tokens [E learned tokens; region_1..region_R] in the order of
+        `batch["region_labels"]` (B, R); anything else is refused (config validation refuses it first)."""
+        if "region_labels" not in batch:
+            raise ValueError(
+                f"MRM's classification term reads batch['region_labels'], which this batch lacks (it has "
+                f"{', '.join(sorted(batch))}); set objective.mrm.classification_weight=0 or use data with labels"
+            )
         labels = batch["region_labels"]  # (B, R)
         B, V = image.mask.shape
-        if V != 1 + labels.shape[1] or not torch.equal(image.mask[:, 1:].bool(), labels >= 0):
-            return None
-        return torch.cat([labels.new_full((B, 1), -1), labels], dim=1)  # (B, 1+R) no label for [IMG]
+        E = V - labels.shape[1]
+        if E < 0 or not torch.equal(image.mask[:, E:].bool(), labels >= 0):
+            raise ValueError(
+                f"MRM's classification term needs image tokens aligned with batch['region_labels'] {tuple(labels.shape)}, "
+                f"but the vision encoder made {V} tokens per image whose mask does not match the labels' padding (patch "
+                f"or grid tokens have no object labels); set objective.mrm.classification_weight=0 or use {REGION_OPTIONS}"
+            )
+        return torch.cat([labels.new_full((B, E), -1), labels], dim=1)  # (B, V)
 
     def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
         selected = mask_image_tokens(image.mask, self.mask_prob)  # (B, V)
-        tokens = torch.where(selected[..., None], self.mask_embedding.to(image.tokens.dtype), image.tokens)  # (B, V, Dv)
-        masked = Features(tokens, image.mask, masked_mean(tokens, image.mask))
-        joint = model.fuse(text, masked)  # the text stays intact
-        hidden = joint.image_tokens[selected]  # (N, D) fused tokens at the masked positions
-        target = image.tokens.detach()[selected]  # (N, Dv)
-
-        if hidden.shape[0] == 0:  # no maskable token in the whole batch: zero loss that keeps the graph
-            zero = joint.image_tokens.sum() * 0.0
+        pred = self.predict(model, batch, text, selected)
+        if pred.hidden.shape[0] == 0:  # no maskable token in the whole batch: zero loss that keeps the graph
+            zero = pred.regression.sum() * 0.0
             return ObjectiveOutput(zero, {"mse": zero.detach()})
-        mrfr = F.mse_loss(self.regression_head(hidden), target)
+        mrfr = F.mse_loss(pred.regression, pred.target)
         loss = self.regression_weight * mrfr
         metrics = {"mse": mrfr.detach()}
 
-        labels = self.region_labels(batch, image)  # (B, V) or None
-        if labels is not None:
-            labels = labels[selected]  # (N,)
+        if self.classification_head is not None:
+            labels = self.token_labels(batch, image)[selected]  # (N,)
             real = labels >= 0
-            logits = self.classification_head(hidden[real])  # (M, L)
+            logits = self.classification_head(pred.hidden[real])  # (M, L)
             if real.any():
                 mrc = F.cross_entropy(logits, labels[real])
                 acc = (logits.argmax(-1) == labels[real]).float().mean()

@@ -12,6 +12,13 @@ and `depth` transformer blocks. So
 
     Features(tokens (B, 1 + h*w, D), mask (B, 1 + h*w) all True, pooled (B, D))
 
+Masked modeling (`forward(batch, hide=InputMask(...))`) hides grid cells at the input of the
+PatchEncoder, i.e. after the CNN: the hidden cell's projection is replaced before any transformer
+block, and `Features.inputs` is each cell's CNN feature (width `out_channels`). Caveat: the CNN's
+receptive field spans neighbouring cells, so the features of visible cells have seen the pixels
+of a hidden one -- as the Faster R-CNN features that UNITER / LXMERT mask have seen their
+neighbours. Only a patch input (PatchEncoder) or precomputed region features are fully separable.
+
 Normalisation: GroupNorm by default, not BatchNorm. GroupNorm (Wu & He, 2018) computes statistics
 per sample, so an image's features never depend on the other rows of the batch -- in train mode
 too. That matters here because ITM builds batches of mined negatives, evaluation pads or
@@ -30,7 +37,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from mmbench.models.layers import Pooling, masked_mean
-from mmbench.models.outputs import Features
+from mmbench.models.outputs import Features, InputMask
 from mmbench.models.vision.patch import PatchEncoder
 
 
@@ -104,6 +111,7 @@ class ConvEncoder(nn.Module):
     `depth` blocks). `image_size` fixes the grid, hence the number of position embeddings."""
 
     needs_regions = False
+    maskable_inputs = True  # forward(batch, hide=InputMask) hides grid cells before the blocks
 
     def __init__(
         self,
@@ -137,12 +145,13 @@ class ConvEncoder(nn.Module):
             in_channels=backbone.out_channels,
             pooling=pooling,
         )
+        self.input_dim = self.grid_encoder.input_dim  # width of Features.inputs: a cell's CNN feature
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
         grid = self.backbone(batch["pixel_values"])  # (B, C, h, w)
         if grid.shape[-2:] != (self.grid_size, self.grid_size):
             raise ValueError(
                 f"images of size {tuple(batch['pixel_values'].shape[-2:])} give a {tuple(grid.shape[-2:])} grid, "
                 f"but the encoder was built for {self.grid_size}x{self.grid_size} (image_size must match data.image_size)"
             )
-        return self.grid_encoder({"pixel_values": grid})  # tokens (B, 1 + h*w, D)
+        return self.grid_encoder({"pixel_values": grid}, hide)  # tokens (B, 1 + h*w, D), inputs (B, 1 + h*w, C)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 class HFVisionEncoder(nn.Module):
     needs_regions = False
+    # the pretrained model embeds its own patches inside one call: no hook to hide input tokens before its
+    # blocks, so masked region modeling (MRM) is refused (MultimodalModel.encode_image, config validation)
+    maskable_inputs = False
 
     def __init__(
         self,

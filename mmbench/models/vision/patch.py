@@ -7,21 +7,30 @@ CLIP's vision tower differs from ViT/ViLT in three options: no bias in the patch
 `pre_layrnorm`) and QuickGELU (`act_layer`). `norm_eps` is the LayerNorm epsilon (ViLT 1e-12).
 `pixel_mean` / `pixel_std` re-normalise the datamodule's [-1, 1] pixels for weights trained with
 other statistics (CLIP's); None keeps the pixels as they are (ViLT's own mean = std = 0.5).
+
+Masked patch modeling: `forward(batch, hide=InputMask(...))` replaces the patch embedding of the
+selected patches by the mask embedding before the position embeddings and the blocks (BEiT /
+SimMIM), so no block ever sees a hidden patch. `Features.inputs` (B, 1 + P, C*p*p) holds each
+patch's pixels as the patch projection sees them (after `preprocess`), flattened in the projection's
+(C, p, p) order -- `patch_embed(pixels)` is `inputs @ W.flatten(1).T + b` -- and zeros for [CLS].
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmbench.models.layers import Pooling, TransformerStack, cls_pool
-from mmbench.models.outputs import Features
+from mmbench.models.outputs import Features, InputMask, hide_inputs
 from mmbench.models.vision.preprocess import PixelAdapter
 
 
 class PatchEncoder(nn.Module):
     """ViLT/ViT input: linear projection of non-overlapping pixel patches, a [CLS] token and
     learned position embeddings, then `depth` transformer blocks (0 for ViLT)."""
+
+    maskable_inputs = True  # forward(batch, hide=InputMask) hides patches before the blocks
 
     def __init__(
         self,
@@ -46,6 +55,8 @@ class PatchEncoder(nn.Module):
         if image_size % patch_size != 0:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
         self.num_patches = (image_size // patch_size) ** 2
+        self.patch_size = patch_size
+        self.input_dim = in_channels * patch_size**2  # width of Features.inputs: one patch's pixels
         self.preprocess = PixelAdapter(pixel_mean, pixel_std) if pixel_mean is not None else nn.Identity()
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias)  # linear per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -57,11 +68,14 @@ class PatchEncoder(nn.Module):
         self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps, act_layer)
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
-        pixels = self.preprocess(batch["pixel_values"])  # (B, 3, H, W)
+    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+        pixels = self.preprocess(batch["pixel_values"])  # (B, C, H, W)
         B = pixels.shape[0]
+        patches = F.unfold(pixels, self.patch_size, stride=self.patch_size).transpose(1, 2)  # (B, V-1, C*p*p)
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, V-1, D)
+        x = hide_inputs(x, hide, first=1)  # (B, V-1, D) hidden patches -> mask embedding
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embeddings  # (B, V, D)
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # (B, V)
         x = self.stack(self.embed_norm(self.drop(x)), mask)  # (B, V, D)
-        return Features(x, mask, self.pooling(x, mask))
+        inputs = F.pad(patches, (0, 0, 1, 0))  # (B, V, C*p*p) zeros for [CLS]
+        return Features(x, mask, self.pooling(x, mask), inputs)

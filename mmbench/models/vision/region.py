@@ -26,6 +26,15 @@ visual-position embeddings folded into the bias of W_f on import); `norm_eps` is
 
 Padded regions (region_mask False) may hold anything, even NaN: their boxes and features are
 zeroed before use, so they never change the outputs of real regions or the pooled vector.
+
+Masked region modeling (UNITER, LXMERT): `forward(batch, hide=InputMask(...))` replaces the
+appearance embedding LN(W_f f_r) of the selected regions by the mask embedding before the blocks
+and keeps their box embedding (UNITER zeroes the feature and keeps the box), so no
+object-relationship block ever sees a hidden region's feature. `Features.inputs` (B, E + R, F) holds
+each region's appearance feature f_r as it enters the encoder (`region_feats`, or the RoI-pooled
+CNN feature of `RegionEncoder`), zeros for [IMG] and padding. With `RegionEncoder` the CNN runs over
+the whole image, so the RoI features of visible regions may have seen a hidden object's pixels
+(overlapping boxes, receptive field), as the detector features of UNITER / LXMERT have.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from mmbench.models.layers import Pooling, TransformerStack, masked_mean
-from mmbench.models.outputs import Features
+from mmbench.models.outputs import Features, InputMask, hide_inputs
 
 
 class BoxEmbedding(nn.Module):
@@ -71,9 +80,12 @@ class RegionEmbedding(nn.Module):
         self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.box = BoxEmbedding(dim, norm_eps) if boxes else None
 
-    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """feats (B, R, F), boxes (B, R, 4) -> (B, R, D)."""
-        x = self.feat_norm(self.feat_fc(feats))  # (B, R, D)
+    def forward(
+        self, feats: torch.Tensor, boxes: torch.Tensor, hide: InputMask | None = None, first: int = 0
+    ) -> torch.Tensor:
+        """feats (B, R, F), boxes (B, R, 4) -> (B, R, D). `hide` (over output tokens first .. first+R-1)
+        replaces the appearance embedding of the selected regions; their box embedding stays."""
+        x = hide_inputs(self.feat_norm(self.feat_fc(feats)), hide, first)  # (B, R, D)
         return x if self.box is None else (x + self.box(boxes)) / 2
 
 
@@ -82,6 +94,7 @@ class RegionFeatureEncoder(nn.Module):
 
     needs_regions = True
     batch_fields = ("region_feats", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
+    maskable_inputs = True  # forward(batch, hide=InputMask) hides region features before the blocks
 
     def __init__(
         self,
@@ -99,6 +112,7 @@ class RegionFeatureEncoder(nn.Module):
     ):
         super().__init__()
         self.embed = RegionEmbedding(feat_dim, dim, boxes=boxes, norm_eps=norm_eps)
+        self.input_dim = feat_dim  # width of Features.inputs: a region's appearance feature
         self.num_extra = int(img_token)  # 1: a learned [IMG] token first, 0: regions only
         self.img_token = nn.Parameter(torch.zeros(1, self.num_extra, dim))
         nn.init.trunc_normal_(self.img_token, std=0.02)
@@ -106,16 +120,18 @@ class RegionFeatureEncoder(nn.Module):
         self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps)
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
         region_mask = batch["region_mask"].bool()  # (B, R)
-        B = region_mask.shape[0]
+        B, E = region_mask.shape[0], self.num_extra
         real = region_mask[..., None]  # (B, R, 1)
         boxes = torch.where(real, batch["region_boxes"], 0.0)  # (B, R, 4) padding -> 0 (NaN-safe)
         feats = torch.where(real, batch["region_feats"], 0.0)  # (B, R, F)
-        x = torch.cat([self.img_token.expand(B, -1, -1), self.embed(feats, boxes)], dim=1)  # (B, E+R, D)
-        mask = torch.cat([region_mask.new_ones(B, self.num_extra), region_mask], dim=1)  # (B, E+R)
-        x = self.stack(self.drop(x), mask)  # (B, 1+R, D)
-        return Features(x, mask, self.pooling(x, mask))
+        regions = self.embed(feats, boxes, hide, first=E)  # (B, R, D) hidden regions: mask embedding + box
+        x = torch.cat([self.img_token.expand(B, -1, -1), regions], dim=1)  # (B, E+R, D)
+        mask = torch.cat([region_mask.new_ones(B, E), region_mask], dim=1)  # (B, E+R)
+        x = self.stack(self.drop(x), mask)  # (B, E+R, D)
+        inputs = torch.cat([feats.new_zeros(B, E, feats.shape[-1]), feats], dim=1)  # (B, E+R, F) zeros for [IMG]
+        return Features(x, mask, self.pooling(x, mask), inputs)
 
 
 class RegionEncoder(nn.Module):
@@ -129,6 +145,7 @@ class RegionEncoder(nn.Module):
 
     needs_regions = True
     batch_fields = ("pixel_values", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
+    maskable_inputs = True  # forward(batch, hide=InputMask) hides RoI features before the blocks
 
     def __init__(
         self,
@@ -152,6 +169,7 @@ class RegionEncoder(nn.Module):
         self.regions = RegionFeatureEncoder(
             dim, backbone.out_channels, depth, heads, mlp_ratio, prenorm, dropout, pooling
         )
+        self.input_dim = self.regions.input_dim  # width of Features.inputs: a region's RoI-pooled CNN feature
 
     def roi_features(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Average RoIAlign feature of each box: fmap (B, C, h, w), boxes (B, R, 4) normalised -> (B, R, C)."""
@@ -169,7 +187,7 @@ class RegionEncoder(nn.Module):
         )  # (B*R, C, r, r)
         return pooled.mean(dim=(2, 3)).view(B, R, C)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
         pixels, region_mask = batch["pixel_values"], batch["region_mask"].bool()  # (B, 3, H, W), (B, R)
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
@@ -178,4 +196,4 @@ class RegionEncoder(nn.Module):
             )
         boxes = torch.where(region_mask[..., None], batch["region_boxes"], 0.0)  # (B, R, 4) padding -> empty box
         feats = self.roi_features(self.backbone(pixels), boxes)  # (B, R, C)
-        return self.regions({"region_feats": feats, "region_boxes": boxes, "region_mask": region_mask})
+        return self.regions({"region_feats": feats, "region_boxes": boxes, "region_mask": region_mask}, hide)

@@ -22,6 +22,9 @@ from mmbench.models.vision.preprocess import PixelAdapter
 
 class TimmEncoder(nn.Module):
     needs_regions = False
+    # the pretrained model embeds its own patches inside one call: no hook to hide input tokens before its
+    # blocks, so masked region modeling (MRM) is refused (MultimodalModel.encode_image, config validation)
+    maskable_inputs = False
 
     def __init__(
         self,
