@@ -113,10 +113,13 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     for name in order:  # sizes from the data (vocabulary, answers, labels) and from the built model (MRM's target width)
         ocfg = cfg.objective[name]
         objectives[name] = instantiate(ocfg, **data_kwargs(ocfg, info), **model_kwargs(ocfg, model))
-    return MMBenchModule(
+    module = MMBenchModule(
         model=model,
         objectives=objectives,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         weight_decay=cfg.weight_decay,
     )
+    if cfg.model.get("compile"):
+        module.compile_parts()
+    return module

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", default="tiny")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -81,15 +82,21 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*self.log.*")  # shared_step logs; no Trainer is attached here
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    parts, flops, params = {}, {}, {}
+    parts, flops, params, warmup = {}, {}, {}, {}
     for preset in args.models.split(","):
         module, optimizer, batches = build(preset, args.objectives, args.size, args.batch_size, args.overrides)
-        for b in batches[:2]:  # warm-up
-            step(module, optimizer, b)
-        parts[preset] = (module, optimizer, batches)
         module.eval()
-        flops[preset] = flops_per_sample(module.model, batches[0])
+        flops[preset] = flops_per_sample(module.model, batches[0])  # eager: the counter does not see compiled code
         module.train()
+        t0 = time.perf_counter()
+        if args.compile:
+            for part in (module.model.text_encoder, module.model.vision_encoder, module.model.fusion,
+                         *module.objectives.values()):
+                part.compile(dynamic=None)
+        for b in batches[:2]:  # warm-up (and compilation)
+            step(module, optimizer, b)
+        warmup[preset] = time.perf_counter() - t0
+        parts[preset] = (module, optimizer, batches)
         params[preset] = sum(p.numel() for p in module.parameters())
     rates: dict[str, list[float]] = {p: [] for p in parts}
     for _ in range(args.repeats):
@@ -98,14 +105,14 @@ def main() -> None:
             for i in range(args.steps):
                 step(module, optimizer, batches[i % len(batches)])
             rates[preset].append(args.steps * args.batch_size / (time.perf_counter() - t0))
-    print(f"torch {torch.__version__}, {args.threads} thread(s), objectives [{args.objectives}], batch {args.batch_size}, "
+    print(f"torch {torch.__version__}{' compiled' if args.compile else ''}, {args.threads} thread(s), objectives [{args.objectives}], batch {args.batch_size}, "
           f"size {args.size}, median of {args.repeats} x {args.steps} steps")
-    print("| preset | params | FLOPs/sample (fwd) | samples/s | s/step | range samples/s |")
-    print("|---|---|---|---|---|---|")
+    print("| preset | params | FLOPs/sample (fwd) | samples/s | s/step | range samples/s | warm-up s (2 steps) |")
+    print("|---|---|---|---|---|---|---|")
     for preset, r in rates.items():
         med = statistics.median(r)
         print(f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {med:.1f} | "
-              f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} |")
+              f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} | {warmup[preset]:.1f} |")
     sys.stdout.flush()
 
 
