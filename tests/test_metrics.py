@@ -155,3 +155,23 @@ def test_robustness_curves_and_missing_modalities():
 def test_holdout_gap():
     metrics = {"test/vqa/acc": 0.9, "test_holdout/vqa/acc": 0.6, "test_holdout/zeroshot/top1": 0.2}
     assert holdout_gap(metrics) == {"test/holdout_gap/vqa/acc": pytest.approx(0.3)}
+
+
+def test_ties_rank_in_gallery_order():
+    """Equal scores rank by column index, so Recall@K of tied documents (identical blank images) is
+    a function of the scores alone, whatever kernel or thread count computed the ranking."""
+    from mmbench.metrics.retrieval import hits_at_k, top_indices
+
+    scores = torch.tensor([[0.5, 0.9, 0.9, 0.9, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    assert top_indices(scores, 3).tolist() == [[1, 2, 3], [0, 1, 2]]
+    # query 0's relevant document is the third of three tied best ones: out of the top 2, in the top 3
+    hits = hits_at_k(scores[:1], torch.tensor([3]), torch.arange(5), ks=(2, 3))
+    assert hits[2].tolist() == [False] and hits[3].tolist() == [True]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            big = torch.zeros(300, 1000)  # every score tied
+            assert torch.equal(top_indices(big, 10), torch.arange(10).expand(300, 10))
+    finally:
+        torch.set_num_threads(before)

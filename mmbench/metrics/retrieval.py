@@ -13,7 +13,9 @@ Protocol (Karpathy-split COCO / Flickr30k, as in ALBEF, BLIP, ViLT):
   on at most `itm_only_max_images` images (and their captions): that is N_img x N_txt fusions.
 
 Recall@K of one direction equals torchmetrics' `RetrievalHitRate(top_k=K)` with the query as the
-group (tests/test_metrics.py checks this); it is computed here from one `topk` per direction.
+group (tests/test_metrics.py checks this); it is computed here from one ranking per direction. Equal
+scores (e.g. identical blank images under the `blank_image` robustness condition) rank in gallery
+order, whatever the thread count (`top_indices`).
 
 Names (prefixed with the split by the suite): `retrieval/i2t_r{1,5,10}`, `retrieval/t2i_r{1,5,10}`,
 `retrieval/rmean`, `retrieval/num_images`, `retrieval/num_texts` (the gallery); with re-ranking also
@@ -29,11 +31,18 @@ from mmbench.metrics.common import Inputs, chunks, column, embedder, encode_imag
 KS = (1, 5, 10)
 
 
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best columns of each row, (Q, k); equal scores in column order. `topk` orders ties as its
+    kernel happens to (it differed between thread counts on identical blank images, so mmbench-eval
+    disagreed with the end-of-training numbers); a stable sort makes the ranking a function of the scores."""
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+
+
 def hits_at_k(scores: torch.Tensor, query_ids: torch.Tensor, doc_ids: torch.Tensor, ks=KS) -> dict[int, torch.Tensor]:
     """Per query, whether a relevant document is in the top K (a document is relevant to a query
     when their ids are equal). scores (Q, D); query_ids (Q,); doc_ids (D,). Returns {K: (Q,) bool}."""
     kmax = min(max(ks), scores.shape[1])
-    top = scores.topk(kmax, dim=1).indices  # (Q, kmax)
+    top = top_indices(scores, kmax)  # (Q, kmax)
     hit = doc_ids[top] == query_ids[:, None]  # (Q, kmax)
     first = hit.cumsum(1) > 0  # (Q, kmax): a relevant document at rank <= r
     return {k: first[:, min(k, kmax) - 1] for k in ks}
@@ -70,7 +79,7 @@ def rerank(scores: torch.Tensor, k: int, score_fn) -> torch.Tensor:
     """
     Q, D = scores.shape
     k = min(k, D)
-    top = scores.topk(k, dim=1).indices  # (Q, k)
+    top = top_indices(scores, k)  # (Q, k)
     rows = torch.arange(Q, device=scores.device)[:, None].expand(Q, k)  # (Q, k)
     second = score_fn(rows.reshape(-1), top.reshape(-1)).to(scores)  # (Q*k,)
     out = scores - (second.abs().max() + scores.abs().max() + 1.0) * 2  # every non-candidate below every candidate
