@@ -1,4 +1,4 @@
-"""metrics.json: the one file per run that reports and dashboards read (see DESIGN.md).
+"""metrics.json: the one file per run that reports and dashboards read (see docs/design.md).
 
 Its `status` is `running` while the run lives, then one of
 - `completed`;

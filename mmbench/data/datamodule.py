@@ -1,4 +1,4 @@
-"""LightningDataModule turning an image-text dataset into the batch contract of DESIGN.md.
+"""LightningDataModule turning an image-text dataset into the batch contract of docs/design.md.
 
 The source is any callable returning `(datasets.DatasetDict, cache_dir)` whose splits have the
 canonical columns: `image_id`, `pixels` (raw HWC uint8 bytes) + `image_size`, `captions` (list),

@@ -1,6 +1,6 @@
 """`MultimodalModel`: every architecture is text encoder + vision encoder + fusion.
 
-Objectives talk to the model only through three calls (see DESIGN.md):
+Objectives talk to the model only through three calls (see docs/design.md):
 
     text  = model.encode_text(input_ids, attention_mask)   # Features
     image = model.encode_image(batch)                       # Features
