@@ -15,7 +15,8 @@ Protocols (one file each in this package) run when the model can serve them:
 
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out
 split (`holdout_split`, when the data has one) gets the clean protocols and `holdout_gap/...`.
-`settings` is the `eval` config node as a plain dict (conf/eval/default.yaml); protocols receive
+`settings` is the `eval` config node as a plain dict, laid over conf/eval/default.yaml
+(`with_defaults`): every setting has its one default in that file, none in code. Protocols receive
 their parts as arguments and never read the global config.
 """
 
@@ -24,8 +25,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from mmbench.metrics import CLEAN_PROTOCOLS, PROTOCOLS
 from mmbench.metrics.captioning import captioning
@@ -37,6 +40,14 @@ from mmbench.metrics.vqa import vqa
 from mmbench.metrics.zeroshot import zeroshot
 
 log = logging.getLogger(__name__)
+
+EVAL_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "eval" / "default.yaml"
+
+
+def with_defaults(settings: dict) -> dict:
+    """`settings` laid over conf/eval/default.yaml (nested keys merged, lists replaced), as a plain dict."""
+    merged = OmegaConf.merge(OmegaConf.load(EVAL_DEFAULTS), OmegaConf.create(settings or {}))
+    return OmegaConf.to_container(merged, resolve=True)
 
 
 
@@ -58,38 +69,37 @@ def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, 
                   max_images: int | None = None, samples: Samples | None = None) -> dict[str, float]:
     """Clean (or corrupted) protocols on one split; names without the split prefix."""
     dataset = datamodule.datasets[split]
-    seed = int(settings.get("seed", 0))
-    bs = int(settings.get("batch_size", 256))
+    seed, bs = int(settings["seed"]), int(settings["batch_size"])
     inputs = lambda: Inputs(dataset, datamodule.tokenizer, module.device, corruption, seed)  # noqa: E731 - fresh RNG per protocol
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
     out: dict[str, float] = {}
     timings = {}
     for name in protocols:
-        s = dict(settings.get(name) or {})
+        s = dict(settings[name])  # with_defaults gave every protocol its node
         t0 = time.perf_counter()
         if name == "retrieval":
-            out.update(retrieval(module, inputs(), rerank_k=int(s.get("rerank_k", 16)), batch_size=bs,
-                                 pair_batch_size=int(s.get("pair_batch_size", 512)), max_images=cap(s.get("max_images")),
-                                 itm_only_max_images=int(s.get("itm_only_max_images", 32))))
+            out.update(retrieval(module, inputs(), rerank_k=int(s["rerank_k"]), batch_size=bs,
+                                 pair_batch_size=int(s["pair_batch_size"]), max_images=cap(s["max_images"]),
+                                 itm_only_max_images=int(s["itm_only_max_images"])))
         elif name == "vqa":
-            res, preds = vqa(module, inputs(), datamodule.info.answers, batch_size=bs, max_images=cap(s.get("max_images")),
+            res, preds = vqa(module, inputs(), datamodule.info.answers, batch_size=bs, max_images=cap(s["max_images"]),
                              return_predictions=True)
             out.update(res)
             if samples is not None:
                 samples.vqa = preds
         elif name == "diagnostics":
-            out.update(matching_diagnostics(module, inputs(), batch_size=bs, max_images=cap(s.get("max_images")),
-                                            grid=_grid(datamodule) if s.get("winoground", True) else None))
+            out.update(matching_diagnostics(module, inputs(), batch_size=bs, max_images=cap(s["max_images"]),
+                                            grid=_grid(datamodule) if s["winoground"] else None))
         elif name == "captioning":
             bos_id, eos_id = inputs().caption_delimiters()
-            res, preds = captioning(module, inputs(), bos_id=bos_id, eos_id=eos_id, max_images=cap(int(s.get("max_images", 100))), max_len=int(s.get("max_len", 30)),
-                                    num_beams=int(s.get("num_beams", 1)), batch_size=bs, return_predictions=True)
+            res, preds = captioning(module, inputs(), bos_id=bos_id, eos_id=eos_id, max_images=cap(s["max_images"]), max_len=int(s["max_len"]),
+                                    num_beams=int(s["num_beams"]), batch_size=bs, return_predictions=True)
             out.update(res)
             if samples is not None:
                 samples.captioning = preds
         elif name == "zeroshot":
-            out.update(zeroshot(module, inputs(), template=str(s.get("template", "a {color} {shape}")), batch_size=bs,
-                                max_images=cap(s.get("max_images"))))
+            out.update(zeroshot(module, inputs(), template=str(s["template"]), batch_size=bs,
+                                max_images=cap(s["max_images"])))
         else:
             raise ValueError(f"unknown protocol {name!r}; valid: {list(PROTOCOLS)}")
         timings[name] = time.perf_counter() - t0
@@ -101,9 +111,11 @@ def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, 
 @torch.no_grad()
 def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float], Samples]:
     """Every enabled protocol on the test split (and the hold-out split); flat dict of stable names."""
-    split = settings.get("split", "test")
-    holdout = settings.get("holdout_split", "test_holdout")
-    enabled = list(settings.get("protocols", PROTOCOLS))
+    settings = with_defaults(settings)
+    split, holdout, enabled = settings["split"], settings["holdout_split"], list(settings["protocols"])
+    unknown = [p for p in enabled if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown evaluation protocol(s) {unknown}; valid: {list(PROTOCOLS)}")
     clean = [p for p in enabled if p in CLEAN_PROTOCOLS]
     samples = Samples()
     metrics = {f"{split}/{k}": v for k, v in run_protocols(module, datamodule, split, settings, clean, samples=samples).items()}
@@ -112,29 +124,28 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         metrics.update({f"{holdout}/{k}": v for k, v in res.items()})
         metrics.update(holdout_gap(metrics, split, holdout))
     if "robustness" in enabled:
-        r = dict(settings.get("robustness") or {})
-        protocols = [p for p in r.get("protocols", clean) if p in clean]
+        r = settings["robustness"]
+        protocols = [p for p in r["protocols"] if p in clean]
         t0 = time.perf_counter()
-        corrupted = {**settings, **{k: {**(settings.get(k) or {}), **v} for k, v in (r.get("settings") or {}).items()}}
+        corrupted = {**settings, **{k: {**settings[k], **v} for k, v in (r["settings"] or {}).items()}}
         clean: dict[str, float] = {}
 
         def evaluate(c: Corruption | None) -> dict[str, float]:
             # captions are generated from the image alone: a text corruption leaves them as they were
             image_only = {"captioning"} if c is not None and c.images is None else set()
             res = run_protocols(module, datamodule, split, corrupted, [p for p in protocols if p not in image_only],
-                                corruption=c, max_images=r.get("max_images", 100))
+                                corruption=c, max_images=r["max_images"])
             if c is None:
                 clean.update(res)
             return {**{k: v for k, v in clean.items() if k.split("/")[0] in image_only}, **res}
 
         res = robustness(
             evaluate,
-            metrics=list(r.get("metrics", ["retrieval/rmean", "vqa/acc", "diagnostics/match_acc", "zeroshot/top1",
-                                           "captioning/cider"])),
-            levels=list(r.get("levels", [0.25, 0.5])),
-            corruptions=list(r.get("corruptions", ["image_noise", "patch_dropout", "text_dropout", "text_typos"])),
-            missing=list(r.get("missing", ["blank_image", "empty_text"])),
-            patch_size=int(r.get("patch_size", 16)),
+            metrics=list(r["metrics"]),
+            levels=list(r["levels"]),
+            corruptions=list(r["corruptions"]),
+            missing=list(r["missing"]),
+            patch_size=int(r["patch_size"]),
         )
         log.info("eval robustness: %.1fs", time.perf_counter() - t0)
         metrics.update({f"{split}/{k}": v for k, v in res.items()})
