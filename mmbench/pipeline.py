@@ -93,12 +93,12 @@ def check_wandb_reachable(cfg: DictConfig) -> None:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg or str(wandb_cfg.get("mode") or "").lower() != "online":
         return
-    from mmbench.data import hf  # heavy (datasets): only for an online logger
+    from mmbench import hub
 
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    if not hf.reachable(url):
+    if not hub.reachable(url):
         raise ConfigError(f"the W&B logger is online (WANDB_MODE / logger.wandb.mode) but {url} does not answer "
-                          f"within {hf.HUB_PROBE_TIMEOUT_S:.0f} s (no network?): set WANDB_MODE=offline (and upload "
+                          f"within {hub.HUB_PROBE_TIMEOUT_S:.0f} s (no network?): set WANDB_MODE=offline (and upload "
                           f"later with `wandb sync`), or check the network / WANDB_BASE_URL")
 
 

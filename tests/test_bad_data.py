@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mmbench import hub
 from mmbench.data import cache as data_cache
 from mmbench.data import hf, shapes, tokenizer
 from mmbench.data.datamodule import DataError
@@ -226,11 +227,11 @@ def test_online_wandb_without_network_is_refused_at_once(tmp_path, monkeypatch):
 
     probed = []
 
-    def unreachable(url, timeout=hf.HUB_PROBE_TIMEOUT_S, default_host=""):
+    def unreachable(url, timeout=hub.HUB_PROBE_TIMEOUT_S, default_host=""):
         probed.append(url)
         return False
 
-    monkeypatch.setattr(hf, "reachable", unreachable)  # tests never use the network
+    monkeypatch.setattr(hub, "reachable", unreachable)  # tests never use the network
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     cfg = compose_cfg(["logger=wandb"], tmp_path / "run")

@@ -19,6 +19,7 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
+from mmbench import hub
 from mmbench.data import hf
 from mmbench.data.datamodule import DataError
 from mmbench.pipeline import run
@@ -275,10 +276,10 @@ def test_missing_split_names_the_available_ones(tmp_path):
 @pytest.mark.parametrize("offline", [True, False])
 def test_uncached_hub_id_fails_fast_offline(tmp_path, monkeypatch, offline):
     """A hub id that is not cached: one clear error within seconds (no retry loop), with or without data.offline."""
-    monkeypatch.setattr(hf, "_probe_result", {})
+    monkeypatch.setattr(hub, "_probe_result", {})
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(hf, "hub_reachable", lambda timeout=hf.HUB_PROBE_TIMEOUT_S: False)  # tests never use the network
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.HUB_PROBE_TIMEOUT_S: False)  # tests never use the network
     start = time.time()
     with pytest.raises(hf.HubUnavailableError, match="is not in the local HF cache") as err:
         hf.build_hf(tmp_path / "cache", path="mmbench-tests/no-such-dataset", image_size=32, offline=offline,
@@ -289,8 +290,8 @@ def test_uncached_hub_id_fails_fast_offline(tmp_path, monkeypatch, offline):
 
 def test_hub_probe_is_bounded_in_time():
     start = time.time()
-    hf._probe_result.clear()
-    hf.hub_reachable(timeout=1.0)
+    hub._probe_result.clear()
+    hub.hub_reachable(timeout=1.0)
     assert time.time() - start < 3
 
 

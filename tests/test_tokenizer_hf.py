@@ -8,6 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from mmbench import hub
 from mmbench.data import hf
 from mmbench.data import tokenizer as tokenization
 from mmbench.data.datamodule import DataError
@@ -74,7 +75,7 @@ def test_shapes_trains_with_a_pretrained_tokenizer(tiny_cfg, bert_dir):
 
 
 def test_uncached_hub_tokenizer_fails_fast_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(hf, "hub_reachable", lambda timeout=hf.HUB_PROBE_TIMEOUT_S: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.HUB_PROBE_TIMEOUT_S: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     start = time.time()
     with pytest.raises(hf.HubUnavailableError, match="tokenizer 'mmbench-tests/no-such-tokenizer' is not in the local HF cache"):

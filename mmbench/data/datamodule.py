@@ -44,15 +44,12 @@ from torch.utils.data import DataLoader, Dataset
 from mmbench.config import ConfigError
 from mmbench.data import tokenizer as tokenization
 from mmbench.data.claims import claim_code
+from mmbench.data.errors import DataError  # noqa: F401 - raised here, and imported from here by callers
 from mmbench.sweep import CheckpointError
 
 SPLITS = ("train", "val", "test")
 EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
 VQA_ANNOTATORS = 3  # VQAv2 soft score of an answer: min(1, #annotators who gave it / 3)
-
-
-class DataError(ConfigError):
-    """Data that cannot be trained on (missing / empty split, size mismatch); reported before training."""
 
 
 @dataclass

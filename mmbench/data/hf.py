@@ -39,8 +39,6 @@ import logging
 import os
 import re
 import shutil
-import socket
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +49,11 @@ import datasets
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mmbench import hub
 from mmbench.config import ConfigError
 from mmbench.data import cache as data_cache
 from mmbench.data import regions as region_io
-from mmbench.data.datamodule import DataError  # a ConfigError: the CLI prints one message, exit code 2
+from mmbench.data.errors import DataError  # a ConfigError: the CLI prints one message, exit code 2
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ SPLITS = ("train", "val", "test")
 ROLES = ("image", "text", "question", "answers", "answer", "question_type", "label", "image_id",
          "region_feats", "boxes", "region_labels")
 BAD_IMAGE_POLICIES = ("raise", "skip")
-HUB_PROBE_TIMEOUT_S = 3.0
 LOCAL_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 MAX_LISTED = 20  # skipped image paths kept in stats.json
 
@@ -73,68 +71,7 @@ class HubUnavailableError(DataError):
 
 
 # --------------------------------------------------------------------------- hub access without hangs
-
-
-_probe_result: dict[str, bool] = {}
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether the HF endpoint accepts a TCP connection within `timeout` s (DNS included; cached)."""
-    from huggingface_hub import constants
-
-    return reachable(constants.ENDPOINT, timeout, default_host="huggingface.co")
-
-
-def reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S, default_host: str = "") -> bool:
-    """Whether the host of `endpoint` (a URL) accepts a TCP connection within `timeout` s, DNS included;
-    behind an HTTPS proxy, whether the proxy does. Cached per host. Used for the HF hub and for W&B."""
-    url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:  # behind a proxy the host is reached through it: probe the proxy instead
-        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    host, port = url.hostname or default_host, url.port or (443 if url.scheme == "https" else 80)
-    if host in _probe_result:
-        return _probe_result[host]
-    result = {"ok": False}
-
-    def probe():  # getaddrinfo ignores socket timeouts, so the whole probe runs in a daemon thread
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result["ok"] = True
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    _probe_result[host] = result["ok"]
-    return result["ok"]
-
-
-def _env_offline() -> bool:
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-@contextlib.contextmanager
-def offline_mode() -> Iterator[None]:
-    """HF hub + datasets in offline mode for the duration (env vars and the already-imported constants)."""
-    from huggingface_hub import constants
-
-    keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    saved_env = {k: os.environ.get(k) for k in keys}
-    saved = (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
-    os.environ.update({k: "1" for k in keys})
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+# (the policy -- offline variables, reachability probe -- is mmbench.hub's)
 
 
 @contextlib.contextmanager
@@ -145,13 +82,12 @@ def hub_access(name: str, offline: bool = False, what: str = "dataset") -> Itera
     mode, and a failure to find `name` locally becomes one `HubUnavailableError` naming the reason,
     instead of minutes of retries.
     """
-    reason = ("data.offline=true" if offline else "HF_HUB_OFFLINE is set" if _env_offline()
-              else None if hub_reachable() else "the hub is unreachable (no network)")
+    reason = "data.offline=true" if offline else hub.hub_allowed()
     if reason is None:
         yield False
         return
     try:
-        with offline_mode():
+        with hub.offline_mode():
             yield True
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as err:
         if isinstance(err, ConfigError) and not isinstance(err, HubUnavailableError):
@@ -269,7 +205,7 @@ def load_source(path: str, *, name=None, data_dir=None, data_files=None, revisio
     if _is_local(path) or builder in LOCAL_BUILDERS.values() or builder in ("imagefolder",):
         # local data: never touch the network; a malformed row is reported below with its line, not by the
         # builder's own log line (which counts rows from 0 within a block)
-        with offline_mode(), _quiet("datasets.packaged_modules"):
+        with hub.offline_mode(), _quiet("datasets.packaged_modules"):
             try:
                 loaded = datasets.load_dataset(builder, **kwargs)
             except (FileNotFoundError, ValueError) as err:

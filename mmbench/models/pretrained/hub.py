@@ -5,39 +5,19 @@ Every pretrained path in mmbench (encoder/text=hf, encoder/vision=hf, model.init
 
 * a local directory is loaded as is;
 * a hub id is loaded from the local HF cache first (`local_files_only=True`);
-* only if it is not cached, and the hub is allowed (`HF_HUB_OFFLINE` unset) *and* reachable, it is
-  downloaded. Otherwise `PretrainedNotFound` says so at once: no hang, no retry loop.
+* only if it is not cached, and the hub is allowed and reachable (`mmbench.hub`, the policy every
+  download path shares), it is downloaded. Otherwise `PretrainedNotFound` says so at once: no hang, no retry loop.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-from urllib.parse import urlparse
+
+from mmbench import hub
 
 
 class PretrainedNotFound(OSError):
     """A pretrained model that is neither a local directory nor available (cached or downloadable)."""
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return flag.strip().lower() in {"1", "true", "yes", "on"} or bool(constants.HF_HUB_OFFLINE)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the hub endpoint; False on any failure within `timeout` seconds."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _not_found(name: str, why: str) -> PretrainedNotFound:
@@ -57,10 +37,9 @@ def load_hf(loader, name: str, **kwargs):
     try:
         return loader(name, local_files_only=True, **kwargs)
     except OSError as cached_error:  # not cached (transformers raises OSError / EnvironmentError)
-        if hub_offline():
-            raise _not_found(name, "HF_HUB_OFFLINE is set") from cached_error
-        if not hub_reachable():
-            raise _not_found(name, "the hub is not reachable (no network)") from cached_error
+        why = hub.hub_allowed()  # the one network policy (mmbench.hub)
+        if why is not None:
+            raise _not_found(name, why) from cached_error
     return loader(name, **kwargs)
 
 
