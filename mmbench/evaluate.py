@@ -78,7 +78,7 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
     if "eval" in keys or train_cfg.get("eval") is None:
         return OmegaConf.to_container(eval_cfg.eval, resolve=True)
     settings = OmegaConf.create(OmegaConf.to_container(train_cfg.eval, resolve=False))
-    for override, key in zip(task, keys):
+    for key in keys:
         if key.startswith("eval."):
             OmegaConf.update(settings, key[len("eval."):], OmegaConf.select(eval_cfg, key), merge=False, force_add=True)
     return OmegaConf.to_container(settings, resolve=True)

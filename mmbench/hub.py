@@ -16,7 +16,7 @@ import contextlib
 import os
 import socket
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 HUB_PROBE_TIMEOUT_S = 3.0

@@ -10,7 +10,7 @@ non-finite weights.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch

@@ -20,8 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from mmbench.config import ConfigError, choices_of, validate
 from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
 from mmbench.rundir import checkpoint_stamp, config_identity
-from mmbench.sweep import (CheckpointError, csv_history, ddp_cleanup, ddp_single_run, global_rank, load_checkpoint,
-                           restore_csv_history)
+from mmbench.sweep import (
+    CheckpointError,
+    csv_history,
+    ddp_cleanup,
+    ddp_single_run,
+    global_rank,
+    load_checkpoint,
+    restore_csv_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +111,6 @@ def check_wandb_reachable(cfg: DictConfig) -> None:
 
 def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict]:
     import pytorch_lightning as pl
-    import torch
     from hydra.utils import instantiate
 
     from mmbench.noise import silence_known_noise

@@ -64,7 +64,7 @@ def main() -> None:
             t0 = time.perf_counter()
             out = retrieval(module, inputs, rerank_k=k)
             dt = time.perf_counter() - t0
-            print(f"ITC{' + ITM re-rank k=%d' % k if k else ' only'}: {dt:.1f}s "
+            print(f"ITC{f' + ITM re-rank k={k}' if k else ' only'}: {dt:.1f}s "
                   f"({int(out['retrieval/num_images'])} x {int(out['retrieval/num_texts'])}, rmean {out['retrieval/rmean']:.3f})")
     if "itm" in module.objectives and args.itm_only_images > 0:
         itc = module.objectives.pop("itc") if "itc" in module.objectives else None

@@ -24,10 +24,10 @@ PRESETS = "vilt,visualbert,vilbert,lxmert,albef,flamingo,concat,late,tfn,lmf,gat
 
 def build(preset: str, objectives: str, size: str, batch_size: int, overrides: list[str]):
     """(module, optimizer, batches) of one preset, composed as the CLI composes it."""
+    import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
-    import torch
 
     from mmbench.builder import build_datamodule, build_module
     from mmbench.config import register_resolvers

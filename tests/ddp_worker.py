@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from mmbench.models.outputs import Features
-from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
 from mmbench.objectives.context import StepContext
+from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
 
 
 def make_itc(text_dim: int, image_dim: int, embed_dim: int, seed: int = 0, claim_positives: bool = False) -> ITC:

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
 from bad_input_cases import ACCEPTED, CASES
 from conftest import ROOT, compose_cfg
+
 from mmbench.config import ConfigError, validate
 
 

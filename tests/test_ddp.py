@@ -22,9 +22,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mmbench.objectives.context import StepContext
 from tests.conftest import ROOT, TINY
 from tests.ddp_worker import features, itc_worker, make_itc
-from mmbench.objectives.context import StepContext
 
 WORLD = 2
 TEXT_DIM, IMAGE_DIM, EMBED_DIM = 12, 10, 6

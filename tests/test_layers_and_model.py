@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from mmbench.models.text import TextTransformer
-from mmbench.models.vision.patch import PatchEncoder
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.layers import Attention, masked_mean
 from mmbench.models.model import MultimodalModel
+from mmbench.models.text import TextTransformer
+from mmbench.models.vision.patch import PatchEncoder
 
 D, H = 32, 4
 

@@ -14,9 +14,9 @@ from torch import nn
 
 from mmbench.builder import build_datamodule, build_model, data_kwargs
 from mmbench.config import ConfigError, validate
-from mmbench.objectives.context import StepContext
 from mmbench.data.datamodule import DataInfo
 from mmbench.models.outputs import Features, Fused
+from mmbench.objectives.context import StepContext
 from mmbench.objectives.lm import LM, decode
 from mmbench.objectives.mlm import MLMHead
 from mmbench.pipeline import run

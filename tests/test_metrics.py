@@ -10,8 +10,15 @@ import torch
 from mmbench.metrics.captioning import caption_scores, tokenize
 from mmbench.metrics.diagnostics import holdout_gap
 from mmbench.metrics.retrieval import recall_metrics, rerank
-from mmbench.metrics.robustness import (area_under_curve, blank_image, corruption, patch_dropout, robustness,
-                                        text_dropout, text_typos)
+from mmbench.metrics.robustness import (
+    area_under_curve,
+    blank_image,
+    corruption,
+    patch_dropout,
+    robustness,
+    text_dropout,
+    text_typos,
+)
 from mmbench.metrics.vqa import vqa_score
 
 # --------------------------------------------------------------------------- retrieval

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from mmbench.config import ConfigError, validate
-from mmbench.objectives.context import StepContext
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.layers import masked_mean
 from mmbench.models.model import MultimodalModel
@@ -20,11 +19,11 @@ from mmbench.models.vision.conv import ConvBackbone
 from mmbench.models.vision.patch import PatchEncoder
 from mmbench.models.vision.region import RegionEncoder, RegionFeatureEncoder
 from mmbench.objectives.classify import Classify
+from mmbench.objectives.context import StepContext
 from mmbench.objectives.mrm import MASKABLE_OPTIONS, MRM, REGION_OPTIONS, mask_image_tokens
 from mmbench.pipeline import run
 from tests.conftest import compose_cfg
 from tests.test_layers_and_model import D, H, inputs, tiny_model
-
 
 # ---------------------------------------------------------------- masking
 

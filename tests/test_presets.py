@@ -13,7 +13,7 @@ from mmbench.builder import build_model
 from mmbench.config import ConfigError, validate
 from mmbench.data.datamodule import DataInfo
 from mmbench.pipeline import run
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import ROOT, compose_cfg
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
 ALL_OBJECTIVES = ["itc", "itm", "mlm", "vqa"]

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from mmbench.data import shapes
-from mmbench.data.shapes import (BACKGROUND, COLOR_RGB, COLORS, NEGATIVE_TYPES, QUESTION_TYPES, SHAPES, SIZES,
-                                 ShapeObject, build_shapes, generate_split)
+from mmbench.data.shapes import (
+    BACKGROUND,
+    COLOR_RGB,
+    COLORS,
+    NEGATIVE_TYPES,
+    QUESTION_TYPES,
+    SHAPES,
+    SIZES,
+    ShapeObject,
+    build_shapes,
+    generate_split,
+)
 
 NUMBERS = {w: i for i, w in enumerate(shapes.NUMBER_WORDS)}
 SMALL = dict(num_train=300, num_val=60, num_test=60)
@@ -279,7 +289,7 @@ def test_question_mix():
     no_count = generate_split("train", 600, seed=0, question_mix={"count": 0}, id_offset=0)
     assert share(no_count, "count") == 0 and share(default, "count") > 0.15
     for row in (dict(zip(heavy, values)) for values in zip(*heavy.values())):
-        for q, a, t in zip(row["questions"], row["answers"], row["question_types"]):
+        for q, a in zip(row["questions"], row["answers"]):
             assert a == expected_answer(q, objects_of(row)), q
 
 

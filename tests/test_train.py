@@ -69,8 +69,10 @@ def test_itm_hard_negative_warmup_follows_training_progress(tiny_cfg):
 
 
 def test_failed_run_records_status(tiny_cfg):
+    from mmbench.config import ConfigError
+
     cfg = tiny_cfg("data.batch_size=0")
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="batch_size"):
         run(cfg)
     saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert saved["status"] == "failed" and "batch_size" in saved["error"]

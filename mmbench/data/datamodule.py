@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmbench.config import ConfigError
 from mmbench.data import tokenizer as tokenization
 from mmbench.data.claims import claim_code
 from mmbench.data.errors import DataError  # noqa: F401 - raised here, and imported from here by callers

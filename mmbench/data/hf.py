@@ -40,9 +40,10 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import datasets
@@ -125,7 +126,7 @@ class Columns:
     region_labels: str | None = None
 
     @classmethod
-    def parse(cls, mapping) -> "Columns":
+    def parse(cls, mapping) -> Columns:
         mapping = _plain(mapping) or {}
         if not isinstance(mapping, dict):
             raise DataError(f"data.source.columns must be a mapping role -> column, got {mapping!r}")
@@ -370,7 +371,7 @@ def _image_columns(image: str | None, names=None) -> list[str]:
     return [_base_column(image, names)]
 
 
-def _role_columns(cols: "Columns", roles, names) -> list[str]:
+def _role_columns(cols: Columns, roles, names) -> list[str]:
     """Dataset columns read by the given roles (those that are mapped)."""
     out = set()
     for role in roles:

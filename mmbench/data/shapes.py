@@ -40,10 +40,10 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import datasets
 import numpy as np

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmbench.metrics.common import Inputs, chunks, column, eval_mode
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-_COLUMNS: "weakref.WeakKeyDictionary[PairDataset, dict]" = weakref.WeakKeyDictionary()
+_COLUMNS: weakref.WeakKeyDictionary[PairDataset, dict] = weakref.WeakKeyDictionary()
 
 
 def column(dataset: PairDataset, name: str) -> list | None:

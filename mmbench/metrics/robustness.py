@@ -22,9 +22,9 @@ Names: `robustness/<corruption>/<metric>/l<100*level>` (e.g. `robustness/image_n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ Names: `vqa/acc` and `vqa/acc_<question type>` (e.g. `vqa/acc_count`) when the d
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -19,7 +19,6 @@ from torch import nn
 
 from mmbench.models.outputs import Capabilities, Features, Fused, InputMask
 
-
 PARTS = ("text_encoder", "vision_encoder", "fusion")
 
 
@@ -54,7 +53,7 @@ class MultimodalModel(nn.Module):
             getattr(self, part).requires_grad_(False)
         self.train()
 
-    def train(self, mode: bool = True) -> "MultimodalModel":
+    def train(self, mode: bool = True) -> MultimodalModel:
         super().train(mode)
         for part in self.frozen:
             getattr(self, part).eval()

@@ -19,13 +19,13 @@ class Features:
     # padding. Set by vision encoders with `maskable_inputs` (MRM regresses it), else None.
     inputs: torch.Tensor | None = None
 
-    def index(self, idx: torch.Tensor) -> "Features":
+    def index(self, idx: torch.Tensor) -> Features:
         """Rows `idx` (K,) of the batch, e.g. the negatives chosen for ITM."""
         inputs = None if self.inputs is None else self.inputs[idx]
         return Features(self.tokens[idx], self.mask[idx], self.pooled[idx], inputs)
 
     @staticmethod
-    def cat(*parts: "Features") -> "Features":
+    def cat(*parts: Features) -> Features:
         """Concatenate along the batch dimension (features must have equal token counts); `inputs`
         are kept when every part has them."""
         inputs = [p.inputs for p in parts]

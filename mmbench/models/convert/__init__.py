@@ -47,7 +47,7 @@ class PretrainedInit:
     family: ModuleType
 
     @classmethod
-    def resolve(cls, name: str) -> "PretrainedInit":
+    def resolve(cls, name: str) -> PretrainedInit:
         config = load_hf_config(str(name))
         family = FAMILIES.get(config.model_type)
         if family is None:

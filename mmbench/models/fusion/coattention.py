@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mmbench.models.layers import Block, Pooler
 from mmbench.models.fusion.two_stream import TwoStreamFusion
+from mmbench.models.layers import Block, Pooler
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 

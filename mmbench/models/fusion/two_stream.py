@@ -11,7 +11,7 @@ so a future text token would reach earlier text positions after one layer.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

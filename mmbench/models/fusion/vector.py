@@ -22,7 +22,7 @@ late): it declares the capabilities, rejects `causal_text=True` and wraps the jo
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -29,7 +29,7 @@ argument away: `norm_layer=nn.BatchNorm2d`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ for fixed-size models (ViT, CLIP), its own resolution. `PixelAdapter` converts o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
