@@ -110,7 +110,9 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     classes = {name: get_class(c._target_) for name, c in cfg.objective.items()}
     order = run_order({name: (cls.provides, cls.uses) for name, cls in classes.items()})
     objectives = {}
-    for name in order:  # sizes from the data (vocabulary, answers, labels) and from the built model (MRM's target width)
+    for (
+        name
+    ) in order:  # sizes from the data (vocabulary, answers, labels) and from the built model (MRM's target width)
         ocfg = cfg.objective[name]
         objectives[name] = instantiate(ocfg, **data_kwargs(ocfg, info), **model_kwargs(ocfg, model))
     module = MMBenchModule(

@@ -42,15 +42,29 @@ class LastCheckpoint(ModelCheckpoint):
     not checkpointed).
     """
 
-    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = 100,
-                 every_n_minutes: float | None = None):
+    def __init__(
+        self,
+        dirpath: str,
+        filename: str = "last",
+        every_n_train_steps: int | None = 100,
+        every_n_minutes: float | None = None,
+    ):
         # one file, overwritten; the intervals are not passed on, so Lightning's state key (and thus the
         # restored state) does not depend on them
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, every_n_epochs=1,
-                         auto_insert_metric_name=False, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
         if (every_n_train_steps or 0) < 0 or (every_n_minutes or 0) < 0:
-            raise ValueError(f"LastCheckpoint: every_n_train_steps={every_n_train_steps} and every_n_minutes="
-                             f"{every_n_minutes} must be >= 0 (0 or null: no saves within an epoch)")
+            raise ValueError(
+                f"LastCheckpoint: every_n_train_steps={every_n_train_steps} and every_n_minutes="
+                f"{every_n_minutes} must be >= 0 (0 or null: no saves within an epoch)"
+            )
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.every_n_minutes = float(every_n_minutes or 0)
         self._last_time = time.monotonic()
@@ -59,8 +73,9 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_time = time.monotonic()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         steps_due = self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0
         time_due = False
         if self.every_n_minutes > 0:  # rank 0 decides, so that every rank saves (or not) together
@@ -118,8 +133,11 @@ class MidEpochResume(pl.Callback):
         sums = {}
         for key, metric in loop._results.items():
             if metric.is_tensor and metric.meta.on_epoch:
-                sums[key] = {name: getattr(metric, name).detach().cpu().clone()
-                             for name in ("value", "cumulated_batch_size") if hasattr(metric, name)}
+                sums[key] = {
+                    name: getattr(metric, name).detach().cpu().clone()
+                    for name in ("value", "cumulated_batch_size")
+                    if hasattr(metric, name)
+                }
         return {"epoch": trainer.current_epoch, "batches": loop.batch_progress.current.processed, "sums": sums}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -127,8 +145,9 @@ class MidEpochResume(pl.Callback):
             self._pending = dict(state_dict["sums"])
             self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         check_resumable(checkpoint)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -136,8 +155,9 @@ class MidEpochResume(pl.Callback):
         # saved loader states to the loaders (only when resuming within an epoch)
         trainer.fit_loop._load_combined_loader_states()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if not self._pending:
             return
         if self._resume_at != (trainer.current_epoch, batch_idx):  # resumed at an epoch end: a new epoch
@@ -147,8 +167,11 @@ class MidEpochResume(pl.Callback):
         for key, saved in self._pending.items():
             metric = results.get(key)
             if metric is None:
-                log.warning("resume: %s was logged before the checkpoint but not by the first resumed batch; "
-                            "its epoch value covers the batches after the checkpoint only", key)
+                log.warning(
+                    "resume: %s was logged before the checkpoint but not by the first resumed batch; "
+                    "its epoch value covers the batches after the checkpoint only",
+                    key,
+                )
                 continue
             for name, value in saved.items():
                 current = getattr(metric, name)
@@ -230,7 +253,9 @@ class ProgressLog(pl.Callback):
         self.active = self.every_n_steps > 0 and not (self.only_without_tty and sys.stdout.isatty())
         self.t0, self.step0, self.samples = time.perf_counter(), trainer.global_step, 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if not self.active:
             return
         self.samples += int(batch["input_ids"].shape[0])
@@ -241,5 +266,13 @@ class ProgressLog(pl.Callback):
         total = trainer.estimated_stepping_batches
         eta = (total - step) * elapsed / (step - self.step0)
         loss = trainer.callback_metrics.get("train/loss_step")
-        log.info("step %d/%d  epoch %d  loss %s  %.1f samples/s  ETA %dm%02ds", step, total, trainer.current_epoch,
-                 f"{float(loss):.4f}" if loss is not None else "-", self.samples / elapsed, eta // 60, eta % 60)
+        log.info(
+            "step %d/%d  epoch %d  loss %s  %.1f samples/s  ETA %dm%02ds",
+            step,
+            total,
+            trainer.current_epoch,
+            f"{float(loss):.4f}" if loss is not None else "-",
+            self.samples / elapsed,
+            eta // 60,
+            eta % 60,
+        )

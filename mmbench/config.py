@@ -107,15 +107,20 @@ def _value_problems(cfg: DictConfig) -> list[str]:
             if _alias_of(cfg, key) not in checked:  # text_dim: ${model.dim} is model.dim's problem
                 problems.append(f"{key}={value}: must be {meaning}")
     seen_pairs = set()
-    for dim, heads in (("model.dim", "model.heads"), ("model.text_dim", "model.text_heads"),
-                       ("model.vision_dim", "model.vision_heads")):
+    for dim, heads in (
+        ("model.dim", "model.heads"),
+        ("model.text_dim", "model.text_heads"),
+        ("model.vision_dim", "model.vision_heads"),
+    ):
         d, h = (_safe_number(cfg, k) for k in (dim, heads))
         if (d, h) in seen_pairs:  # the towers inherit the fusion's width and heads unless set
             continue
         seen_pairs.add((d, h))
         if d and h and d > 0 and h > 0 and d % h:
-            problems.append(f"{dim}={d} is not divisible by {heads}={h}; attention splits the width into equal "
-                            f"heads: use a head count that divides it (e.g. {heads}={_head_divisor(d, h)})")
+            problems.append(
+                f"{dim}={d} is not divisible by {heads}={h}; attention splits the width into equal "
+                f"heads: use a head count that divides it (e.g. {heads}={_head_divisor(d, h)})"
+            )
     for name, ocfg in (cfg.get("objective") or {}).items():
         weight = ocfg.get("weight", 1.0)
         if weight is None or not _is_number(weight) or float(weight) < 0:
@@ -195,8 +200,10 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _search_problems(cfg)
     init_from = cfg.model.get("init_from")
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
-        problems.append(f"model.init_from={init_from}: no such directory; give a directory written by "
-                        f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)")
+        problems.append(
+            f"model.init_from={init_from}: no such directory; give a directory written by "
+            f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)"
+        )
     return problems
 
 
@@ -210,9 +217,11 @@ def _search_problems(cfg: DictConfig) -> list[str]:
     weights = sorted(str(k) for k in params if str(k).startswith("objective.") and str(k).endswith(".weight"))
     metric = str((cfg.get("monitor") or {}).get("metric"))
     if weights and metric == "val/loss":
-        return [f"the sweep varies {', '.join(weights)} while optimising monitor.metric=val/loss, the weighted sum of "
-                f"the objective losses: lowering a weight lowers the target by construction. Optimise a metric the "
-                f"weights do not scale, e.g. monitor.metric=val/vqa/acc monitor.mode=max (the hparams_search=optuna default)"]
+        return [
+            f"the sweep varies {', '.join(weights)} while optimising monitor.metric=val/loss, the weighted sum of "
+            f"the objective losses: lowering a weight lowers the target by construction. Optimise a metric the "
+            f"weights do not scale, e.g. monitor.metric=val/vqa/acc monitor.mode=max (the hparams_search=optuna default)"
+        ]
     return []
 
 
@@ -252,16 +261,21 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
     provided = provided_fields(**settings)
     data_name = cfg.data.get("name") or cfg.data.source._target_.rsplit(".", 1)[-1].removeprefix("build_")
     problems = []
-    readers = [(f"encoder/vision '{cfg.encoder.vision._target_.rsplit('.', 1)[-1]}'",
-                getattr(get_class(cfg.encoder.vision._target_), "batch_fields", ()))]
+    readers = [
+        (
+            f"encoder/vision '{cfg.encoder.vision._target_.rsplit('.', 1)[-1]}'",
+            getattr(get_class(cfg.encoder.vision._target_), "batch_fields", ()),
+        )
+    ]
     for name, ocfg in (cfg.get("objective") or {}).items():
         readers.append((f"objective '{name}'", get_class(ocfg._target_).fields_read(**_ctor_kwargs(ocfg))))
     for who, fields in readers:
         missing = [f for f in fields if f not in provided]
         if missing:
-            problems.append(f"{who} reads {', '.join(missing)}, which data '{data_name}' does not provide "
-                            f"(it provides {', '.join(sorted(provided))}); drop it or use data that has them"
-                            + _field_hint(missing))
+            problems.append(
+                f"{who} reads {', '.join(missing)}, which data '{data_name}' does not provide "
+                f"(it provides {', '.join(sorted(provided))}); drop it or use data that has them" + _field_hint(missing)
+            )
     return problems
 
 
@@ -274,8 +288,10 @@ def _field_hint(missing: list[str]) -> str:
     if "region_feats" in missing:
         return " (Shapes has boxes, not precomputed features: encoder/vision=region)"
     if "region_labels" in missing:
-        return (" (MRM's classification term predicts the objects' labels: map them with data.source.columns."
-                "region_labels, or set objective.mrm.classification_weight=0 for feature regression only)")
+        return (
+            " (MRM's classification term predicts the objects' labels: map them with data.source.columns."
+            "region_labels, or set objective.mrm.classification_weight=0 for feature regression only)"
+        )
     if any(f.startswith("question") or f == "answer_scores" for f in missing):
         return " (VQA needs questions and answers: data.source.columns.question / answers)"
     return ""
@@ -299,8 +315,10 @@ def _monitor_problems(cfg: DictConfig) -> list[str]:
     if metric == "val/loss" or (len(parts) == 3 and parts[0] == "val" and parts[1] in objectives):
         return []
     examples = ", ".join(["val/loss", *(f"val/{o}/loss" for o in objectives[:2])])
-    return [f"monitor.metric={metric} is not logged by this run; use val/loss or val/<objective>/<metric> "
-            f"of one of its objectives ({', '.join(objectives)}), e.g. {examples}"]
+    return [
+        f"monitor.metric={metric} is not logged by this run; use val/loss or val/<objective>/<metric> "
+        f"of one of its objectives ({', '.join(objectives)}), e.g. {examples}"
+    ]
 
 
 def _divisor(n: int) -> int:

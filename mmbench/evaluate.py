@@ -46,13 +46,17 @@ def training_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
     """The training run's composed config (unresolved) and its directory, from a checkpoint path."""
     ckpt = Path(ckpt_path).expanduser().resolve()
     if not ckpt.is_file():
-        raise EvalError(f"ckpt_path={ckpt_path} is not a file; pass a run's checkpoint, e.g. "
-                        f"ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt")
+        raise EvalError(
+            f"ckpt_path={ckpt_path} is not a file; pass a run's checkpoint, e.g. "
+            f"ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt"
+        )
     run_dir = ckpt.parent.parent
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
-        raise EvalError(f"no training config at {saved}; mmbench-eval expects <run>/checkpoints/<name>.ckpt "
-                        f"beside <run>/.hydra/config.yaml as mmbench-train writes them")
+        raise EvalError(
+            f"no training config at {saved}; mmbench-eval expects <run>/checkpoints/<name>.ckpt "
+            f"beside <run>/.hydra/config.yaml as mmbench-train writes them"
+        )
     return OmegaConf.load(saved), run_dir
 
 
@@ -80,7 +84,9 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
     settings = OmegaConf.create(OmegaConf.to_container(train_cfg.eval, resolve=False))
     for key in keys:
         if key.startswith("eval."):
-            OmegaConf.update(settings, key[len("eval."):], OmegaConf.select(eval_cfg, key), merge=False, force_add=True)
+            OmegaConf.update(
+                settings, key[len("eval.") :], OmegaConf.select(eval_cfg, key), merge=False, force_add=True
+            )
     return OmegaConf.to_container(settings, resolve=True)
 
 
@@ -132,10 +138,13 @@ def run_eval(cfg: DictConfig) -> dict:
     if data_changed:  # the model's vocabulary and answer set are those of its training data
         train_dm = build_datamodule(_with_paths(original, cfg))
         dm.tokenizer = train_dm.tokenizer
-        dm.info = dataclasses.replace(train_dm.info, image_size=dm.info.image_size,
-                                      majority_baseline=dm.info.majority_baseline,
-                                      question_prior_baseline=dm.info.question_prior_baseline,
-                                      question_prior_by_type=dm.info.question_prior_by_type)
+        dm.info = dataclasses.replace(
+            train_dm.info,
+            image_size=dm.info.image_size,
+            majority_baseline=dm.info.majority_baseline,
+            question_prior_baseline=dm.info.question_prior_baseline,
+            question_prior_by_type=dm.info.question_prior_by_type,
+        )
     module = build_module(train_cfg, dm.info)
     module.load_state_dict(weights)
     module.to(torch.device(cfg.device))
@@ -166,11 +175,24 @@ def run_eval(cfg: DictConfig) -> dict:
         "wall_s": None,
     }
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    publish(out_dir, metrics, samples=samples, loggers=loggers, step=0, datamodule=dm,
-            split=settings.get("split", "test"), complexity=comp, title=f"mmbench eval of {run_dir.name}",
-            info={"checkpoint": record["ckpt_path"], "choices": choices, "overrides": record["overrides"],
-                  "eval_s": record["eval_s"]},
-            max_samples=int(settings.get("samples", 16)))
+    publish(
+        out_dir,
+        metrics,
+        samples=samples,
+        loggers=loggers,
+        step=0,
+        datamodule=dm,
+        split=settings.get("split", "test"),
+        complexity=comp,
+        title=f"mmbench eval of {run_dir.name}",
+        info={
+            "checkpoint": record["ckpt_path"],
+            "choices": choices,
+            "overrides": record["overrides"],
+            "eval_s": record["eval_s"],
+        },
+        max_samples=int(settings.get("samples", 16)),
+    )
     record["wall_s"] = round(time.time() - start, 3)
     write_metrics(out_dir / "metrics.json", record)
     if "wandb" in sys.modules:

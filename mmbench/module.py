@@ -24,7 +24,9 @@ from mmbench.record import Diverged
 _DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_ratio) usually helps."
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0):
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0
+):
     """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio` x lr."""
     warmup = max(1, int(total_steps * warmup_ratio))
 
@@ -82,7 +84,9 @@ class MMBenchModule(pl.LightningModule):
             self.log(f"{split}/{name}/loss", out.loss, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
             for key, value in out.metrics.items():
                 self.log(f"{split}/{name}/{key}", value, batch_size=B, on_step=False, on_epoch=True, sync_dist=sync)
-        self.log(f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True, sync_dist=sync)
+        self.log(
+            f"{split}/loss", total, batch_size=B, on_step=split == "train", on_epoch=True, prog_bar=True, sync_dist=sync
+        )
         if split == "train":
             self.stop_if_diverged(total, losses)
         return total

@@ -104,9 +104,11 @@ def check_wandb_reachable(cfg: DictConfig) -> None:
 
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     if not hub.reachable(url):
-        raise ConfigError(f"the W&B logger is online (WANDB_MODE / logger.wandb.mode) but {url} does not answer "
-                          f"within {hub.HUB_PROBE_TIMEOUT_S:.0f} s (no network?): set WANDB_MODE=offline (and upload "
-                          f"later with `wandb sync`), or check the network / WANDB_BASE_URL")
+        raise ConfigError(
+            f"the W&B logger is online (WANDB_MODE / logger.wandb.mode) but {url} does not answer "
+            f"within {hub.HUB_PROBE_TIMEOUT_S:.0f} s (no network?): set WANDB_MODE=offline (and upload "
+            f"later with `wandb sync`), or check the network / WANDB_BASE_URL"
+        )
 
 
 def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict]:
@@ -179,11 +181,19 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict
     if cfg.get("test", True) and trainer.is_global_zero:
         from mmbench.metrics.presentation import publish
 
-        publish(out_dir, dict(sorted(metrics.items())), samples=eval_samples, loggers=trainer.loggers,
-                step=trainer.global_step, datamodule=dm, split=settings.get("split", "test"),
-                complexity=comp,
-                title=f"mmbench run {out_dir.name}", info={"choices": choices_of(cfg), "eval_s": round(eval_seconds, 1)},
-                max_samples=int(settings.get("samples", 16)))
+        publish(
+            out_dir,
+            dict(sorted(metrics.items())),
+            samples=eval_samples,
+            loggers=trainer.loggers,
+            step=trainer.global_step,
+            datamodule=dm,
+            split=settings.get("split", "test"),
+            complexity=comp,
+            title=f"mmbench run {out_dir.name}",
+            info={"choices": choices_of(cfg), "eval_s": round(eval_seconds, 1)},
+            max_samples=int(settings.get("samples", 16)),
+        )
     metrics = dict(sorted(metrics.items()))
     log.info("metrics: %s", metrics)
     return metrics, comp

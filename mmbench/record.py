@@ -17,7 +17,17 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-_PACKAGES = ("mmbench", "torch", "pytorch-lightning", "hydra-core", "omegaconf", "datasets", "tokenizers", "torchmetrics", "wandb")
+_PACKAGES = (
+    "mmbench",
+    "torch",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "datasets",
+    "tokenizers",
+    "torchmetrics",
+    "wandb",
+)
 
 
 class Diverged(RuntimeError):
@@ -51,7 +61,12 @@ def git_sha() -> str | None:
         sha = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -63,8 +78,11 @@ def write_metrics(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(record), indent=2, sort_keys=False, allow_nan=False,
-                              default=lambda value: _finite(float(value))))  # numpy / torch scalars
+    tmp.write_text(
+        json.dumps(
+            _finite(record), indent=2, sort_keys=False, allow_nan=False, default=lambda value: _finite(float(value))
+        )
+    )  # numpy / torch scalars
     os.replace(tmp, path)
 
 

@@ -113,8 +113,13 @@ def read_job(job_dir: Path) -> Job:
     except (OSError, ValueError):
         rec = None
     if rec is None:
-        return Job(job_dir.name, job_dir, "unfinished", _parse_overrides(_hydra_overrides(job_dir)),
-                   error="no final metrics.json (killed, or still running)")
+        return Job(
+            job_dir.name,
+            job_dir,
+            "unfinished",
+            _parse_overrides(_hydra_overrides(job_dir)),
+            error="no final metrics.json (killed, or still running)",
+        )
     status = SUMMARY_STATE.get(rec.get("status"), "unfinished")  # as the sweep summary: diverged = failed
     error = (rec.get("error") or "").strip().splitlines()
     complexity = rec.get("complexity") or {}
@@ -138,7 +143,9 @@ def find_jobs(dirs: list[Path]) -> list[Job]:
     found: dict[Path, Job] = {}
     for root in dirs:
         root = Path(root)
-        candidates = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+        candidates = {p.parent for p in root.rglob("metrics.json")} | {
+            p.parent for p in root.rglob(".hydra") if p.is_dir()
+        }
         for job_dir in sorted(candidates):
             if "wandb" in job_dir.parts or job_dir.name == "report":
                 continue
@@ -370,8 +377,14 @@ MD_MARKS = {"best": ("**", "**"), "tied": ("<u>", "</u>"), "untestable": ("", "�
 TEX_MARKS = {"best": ("\\textbf{", "}"), "tied": ("\\underline{", "}"), "untestable": ("", "$^\\dagger$")}
 
 
-def _cell(s: dict, row_n: int, marks: dict[str, tuple[str, str]], pm: str = "±", ci: str = "[{}, {}]",
-          no_ci: str = "(n=1, no CI)") -> str:
+def _cell(
+    s: dict,
+    row_n: int,
+    marks: dict[str, tuple[str, str]],
+    pm: str = "±",
+    ci: str = "[{}, {}]",
+    no_ci: str = "(n=1, no CI)",
+) -> str:
     """`mean ± std` with its mark, `(n=k)` if this metric has fewer seeds than the row, then the CI;
     for a single seed only the mean with its mark, then `no_ci` (no std, no interval)."""
     before, after = marks.get(s["vs_best"], ("", ""))
@@ -409,25 +422,38 @@ def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex:
     n = "n = seeds per row as given in the n column"
     if any(s["n"] != row_n for row_n, s in cells):
         n += ", or (n=k) in a cell when only k of them recorded that metric"
-    text = (f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
-            f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
-            f"{tested} comparison{'' if tested == 1 else 's'} of this table, {a} = {alpha:g}; {n}).")
+    text = (
+        f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
+        f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
+        f"{tested} comparison{'' if tested == 1 else 's'} of this table, {a} = {alpha:g}; {n})."
+    )
     if untestable:
-        text += (f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
-                 f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed.")
+        text += (
+            f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
+            f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed."
+        )
     note = few_seeds_note(rows, metrics, tex)
     return f"{text} {note}" if note else text
 
 
-def write_markdown(path: Path, rows: list[Row], jobs: list[Job], metrics: list[str], keys: list[str], dirs: list[Path],
-                   alpha: float = 0.05) -> None:
+def write_markdown(
+    path: Path,
+    rows: list[Row],
+    jobs: list[Job],
+    metrics: list[str],
+    keys: list[str],
+    dirs: list[Path],
+    alpha: float = 0.05,
+) -> None:
     lines = [f"# mmbench report: {', '.join(str(d) for d in dirs)}", ""]
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "unfinished", "missing")}
     lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
-    lines.append(f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
-                 "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
-                 "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
-                 "`complexity.flops_per_sample` (one forward pass) over the row's runs.")
+    lines.append(
+        f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
+        "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
+        "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
+        "`complexity.flops_per_sample` (one forward pass) over the row's runs."
+    )
     lines.append(significance_caption(rows, metrics, alpha))
     lines.append("")
     header = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
@@ -455,8 +481,17 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
         w = csv.writer(f)
         head = [*(keys or ["group"]), "n", *(column for _, column in COMPLEXITY.values())]
         for m in metrics:
-            head += [f"{m}/mean", f"{m}/std", f"{m}/ci_lo", f"{m}/ci_hi", f"{m}/n", f"{m}/best",
-                     f"{m}/p", f"{m}/p_adj", f"{m}/vs_best"]
+            head += [
+                f"{m}/mean",
+                f"{m}/std",
+                f"{m}/ci_lo",
+                f"{m}/ci_hi",
+                f"{m}/n",
+                f"{m}/best",
+                f"{m}/p",
+                f"{m}/p_adj",
+                f"{m}/vs_best",
+            ]
         w.writerow(head)
         for r in rows:
             out = [g.split("=", 1)[1] for g in r.group] or ["all"]
@@ -474,12 +509,35 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
 def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["job", "status", *keys, "seed", "params", "flops_per_sample", "peak_memory_mb", "peak_memory_scope",
-                    *metrics, "error"])
+        w.writerow(
+            [
+                "job",
+                "status",
+                *keys,
+                "seed",
+                "params",
+                "flops_per_sample",
+                "peak_memory_mb",
+                "peak_memory_scope",
+                *metrics,
+                "error",
+            ]
+        )
         for j in jobs:
-            w.writerow([j.name, j.status, *(j.overrides.get(k, "") for k in keys), j.overrides.get("seed", ""),
-                        _blank(j.params), _blank(j.flops), _blank(j.peak_memory_mb), j.peak_memory_scope,
-                        *(j.metrics.get(m, "") for m in metrics), j.error])
+            w.writerow(
+                [
+                    j.name,
+                    j.status,
+                    *(j.overrides.get(k, "") for k in keys),
+                    j.overrides.get("seed", ""),
+                    _blank(j.params),
+                    _blank(j.flops),
+                    _blank(j.peak_memory_mb),
+                    j.peak_memory_scope,
+                    *(j.metrics.get(m, "") for m in metrics),
+                    j.error,
+                ]
+            )
 
 
 def _tex(s: str) -> str:
@@ -507,8 +565,16 @@ def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]
             if not s:
                 cells.append("--")
                 continue
-            cells.append(_cell(s, len(r.jobs), TEX_MARKS, pm="$\\pm$", ci="{{\\scriptsize [{}, {}]}}",
-                               no_ci="{\\scriptsize (n=1, no CI)}"))
+            cells.append(
+                _cell(
+                    s,
+                    len(r.jobs),
+                    TEX_MARKS,
+                    pm="$\\pm$",
+                    ci="{{\\scriptsize [{}, {}]}}",
+                    no_ci="{\\scriptsize (n=1, no CI)}",
+                )
+            )
         lines.append(" & ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "--"), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     path.write_text("\n".join(lines) + "\n")
@@ -543,10 +609,17 @@ BAR_STYLES = {
 # drawn when no run recorded it; may name the pattern's groups, \1) or a constant. The first matching pattern wins.
 BASELINES: tuple[tuple[str, tuple[tuple[str, str | float], ...]], ...] = (
     # blind baselines of the test split, written with every run (mmbench/data/datamodule.py)
-    (r"test/vqa/acc", (("majority answer", "test/vqa/majority_baseline"),
-                       ("question prior (blind)", "test/vqa/question_prior_baseline"))),
-    (r"test/vqa/acc_(exist|relation)", (("question prior (blind)", r"test/vqa/question_prior_baseline_\1"),
-                                         ("chance (2 options)", 0.5))),  # Shapes: yes/no; left/right or above/below
+    (
+        r"test/vqa/acc",
+        (
+            ("majority answer", "test/vqa/majority_baseline"),
+            ("question prior (blind)", "test/vqa/question_prior_baseline"),
+        ),
+    ),
+    (
+        r"test/vqa/acc_(exist|relation)",
+        (("question prior (blind)", r"test/vqa/question_prior_baseline_\1"), ("chance (2 options)", 0.5)),
+    ),  # Shapes: yes/no; left/right or above/below
     (r"test/vqa/acc_(\w+)", (("question prior (blind)", r"test/vqa/question_prior_baseline_\1"),)),
     (r"[^/]+/vqa/acc_(exist|relation)", (("chance (2 options)", 0.5),)),
     # one true statement against one hard negative on the image; match_acc (every pair) has no such line
@@ -558,9 +631,20 @@ BASELINES: tuple[tuple[str, tuple[tuple[str, str | float], ...]], ...] = (
 BASELINE_COLOURS = ("tab:red", "tab:green", "tab:purple")
 
 # words of metric names -> how an axis label spells them
-READABLE_WORDS = {"acc": "accuracy", "vqa": "VQA", "itc": "ITC", "itm": "ITM", "mlm": "MLM", "lm": "LM",
-                  "rmean": "mean recall", "top1": "top-1 accuracy", "ppl": "perplexity", "zeroshot": "zero-shot",
-                  "cider": "CIDEr", "bleu4": "BLEU-4"}
+READABLE_WORDS = {
+    "acc": "accuracy",
+    "vqa": "VQA",
+    "itc": "ITC",
+    "itm": "ITM",
+    "mlm": "MLM",
+    "lm": "LM",
+    "rmean": "mean recall",
+    "top1": "top-1 accuracy",
+    "ppl": "perplexity",
+    "zeroshot": "zero-shot",
+    "cider": "CIDEr",
+    "bleu4": "BLEU-4",
+}
 
 
 def readable(metric: str) -> str:
@@ -572,7 +656,9 @@ def readable(metric: str) -> str:
 
 def baseline_lines(rows: list[Row], metric: str) -> list[tuple[str, float]]:
     """The reference lines (label, value) of `metric`'s bar chart (BASELINES), over the rows' runs."""
-    match, lines = next(((m, lines) for pattern, lines in BASELINES if (m := re.fullmatch(pattern, metric))), (None, ()))
+    match, lines = next(
+        ((m, lines) for pattern, lines in BASELINES if (m := re.fullmatch(pattern, metric))), (None, ())
+    )
     out = []
     for label, value in lines:
         if isinstance(value, str):  # a recorded metric (\1 = the pattern's group): its mean over the runs that have it
@@ -605,25 +691,49 @@ def bar_chart(rows: list[Row], metric: str, alpha: float = 0.05):
     labels, means, yerr, kinds = bar_data(rows, metric)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(labels) + 1.5), 4.4), layout="constrained")
     x = np.arange(len(labels))
-    bars = ax.bar(x, means, yerr=yerr, capsize=3, color=[BAR_STYLES[k][0] for k in kinds], zorder=2,
-                  error_kw={"ecolor": "black", "elinewidth": 1.0, "zorder": 3})
+    bars = ax.bar(
+        x,
+        means,
+        yerr=yerr,
+        capsize=3,
+        color=[BAR_STYLES[k][0] for k in kinds],
+        zorder=2,
+        error_kw={"ecolor": "black", "elinewidth": 1.0, "zorder": 3},
+    )
     for bar, kind in zip(bars, kinds):
         bar.set_hatch(BAR_STYLES[kind][1])
         bar.set_edgecolor("tab:orange" if kind == "tied" else bar.get_facecolor())
     # each seed on its bar, spread sideways so that equal values stay visible
     seeds = [_values(r, metric) for r in rows if metric in r.stats]
     spread = [np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.zeros(1) for v in seeds]
-    ax.scatter(np.concatenate([xi + dx for xi, dx in zip(x, spread)]), np.concatenate(seeds), s=14, color="black",
-               edgecolors="white", linewidths=0.5, zorder=4, label="one seed")
+    ax.scatter(
+        np.concatenate([xi + dx for xi, dx in zip(x, spread)]),
+        np.concatenate(seeds),
+        s=14,
+        color="black",
+        edgecolors="white",
+        linewidths=0.5,
+        zorder=4,
+        label="one seed",
+    )
     for i, (label, value) in enumerate(baseline_lines(rows, metric)):
-        ax.axhline(value, linestyle="--", linewidth=1.2, color=BASELINE_COLOURS[i % len(BASELINE_COLOURS)],
-                   zorder=5, label=f"{label}: {value:.3g}")
+        ax.axhline(
+            value,
+            linestyle="--",
+            linewidth=1.2,
+            color=BASELINE_COLOURS[i % len(BASELINE_COLOURS)],
+            zorder=5,
+            label=f"{label}: {value:.3g}",
+        )
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(readable(metric), fontsize=8)
     ax.set_title(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)", fontsize=9)
     ax.grid(axis="y", linewidth=0.4, alpha=0.5, zorder=0)
-    legend = [(Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c), label.format(alpha=alpha))
-              for k, (c, h, label) in BAR_STYLES.items() if k in kinds]
+    legend = [
+        (Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c), label.format(alpha=alpha))
+        for k, (c, h, label) in BAR_STYLES.items()
+        if k in kinds
+    ]
     if np.isfinite(yerr).any():
         legend.append((bars.errorbar, "95% t-CI of the mean"))
     legend += zip(*ax.get_legend_handles_labels())  # the seed dots and the baseline lines
@@ -728,8 +838,14 @@ def plot_curves(out: Path, rows: list[Row], patterns: list[str]) -> list[Path]:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def report(dirs: list[Path], out: Path | None = None, metrics: list[str] | None = None,
-           curves: list[str] | None = None, plots: bool = True, alpha: float = 0.05) -> dict:
+def report(
+    dirs: list[Path],
+    out: Path | None = None,
+    metrics: list[str] | None = None,
+    curves: list[str] | None = None,
+    plots: bool = True,
+    alpha: float = 0.05,
+) -> dict:
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
     jobs = find_jobs(dirs)
@@ -752,19 +868,33 @@ def report(dirs: list[Path], out: Path | None = None, metrics: list[str] | None 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmbench-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="sweep directories (outputs/multiruns/<name>), run dirs or parents")
+    parser.add_argument(
+        "dirs", nargs="+", type=Path, help="sweep directories (outputs/multiruns/<name>), run dirs or parents"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first DIR>/report)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--metrics", nargs="*", default=None,
-                       help="glob patterns of metric names, e.g. 'test/vqa/*' 'test/itc/acc' ('*': every metric). "
-                            f"Default: the headline metrics the runs recorded ({' '.join(HEADLINE_METRICS)}); every "
-                            "test/* metric when they recorded none of them")
+    which.add_argument(
+        "--metrics",
+        nargs="*",
+        default=None,
+        help="glob patterns of metric names, e.g. 'test/vqa/*' 'test/itc/acc' ('*': every metric). "
+        f"Default: the headline metrics the runs recorded ({' '.join(HEADLINE_METRICS)}); every "
+        "test/* metric when they recorded none of them",
+    )
     which.add_argument("--all-metrics", action="store_true", help="every metric the runs recorded (= --metrics '*')")
-    parser.add_argument("--curves", nargs="*", default=None,
-                        help="CSV log columns to plot (default: train/loss_step train/loss val/loss)")
+    parser.add_argument(
+        "--curves",
+        nargs="*",
+        default=None,
+        help="CSV log columns to plot (default: train/loss_step train/loss val/loss)",
+    )
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
@@ -773,8 +903,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
     if not find_jobs([Path(d) for d in args.dirs]):  # nothing to report: write nothing, say where it looked
-        print(f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
-              f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written", file=sys.stderr)
+        print(
+            f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
+            f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written",
+            file=sys.stderr,
+        )
         return 2
     patterns = ["*"] if args.all_metrics else args.metrics
     res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
@@ -787,7 +920,9 @@ def main(argv: list[str] | None = None) -> int:
     for j in jobs:
         if j.status != "completed":
             print(f"  {j.status}: {j.name}: {j.error}")
-    print(f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}")
+    print(
+        f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}"
+    )
     note = few_seeds_note(res["rows"], res["metrics"])
     if note:
         print(f"mmbench-report: warning: {note}", file=sys.stderr)

@@ -55,13 +55,19 @@ LOCK_FILE = ".lock"
 # a completed run reports, and re-evaluating a trained run with other settings is what mmbench-eval is
 # for (a refusal that only differs there says so).
 IGNORED = (
-    *RUN_KEYS,                      # resume, sweep_name, torch_threads
-    "paths",                        # where; other values under the run's own paths become placeholders
-    "logger", "tags",               # how results are recorded (CSV, W&B)
-    "callbacks.progress_bar", "callbacks.progress_log", "callbacks.lr_monitor",  # observers
-    "callbacks.last_checkpoint", "callbacks.model_checkpoint.save_last",  # how and when last.ckpt is written
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "data.num_workers",             # loader processes: the same batches
+    *RUN_KEYS,  # resume, sweep_name, torch_threads
+    "paths",  # where; other values under the run's own paths become placeholders
+    "logger",
+    "tags",  # how results are recorded (CSV, W&B)
+    "callbacks.progress_bar",
+    "callbacks.progress_log",
+    "callbacks.lr_monitor",  # observers
+    "callbacks.last_checkpoint",
+    "callbacks.model_checkpoint.save_last",  # how and when last.ckpt is written
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.num_workers",  # loader processes: the same batches
 )
 EVAL_KEYS = ("eval", "test")  # what a completed run's metrics depend on beyond its weights
 _ABSENT = object()
@@ -113,7 +119,7 @@ def _drop_ignored(tree: dict) -> dict:
 
 def _path_roots(cfg: DictConfig) -> list[tuple[str, str]]:
     roots = []
-    for name in (cfg.get("paths") or {}):
+    for name in cfg.get("paths") or {}:
         try:
             value = cfg.paths[name]
         except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside Hydra
@@ -131,7 +137,7 @@ def _placeholders(value: Any, roots: list[tuple[str, str]]) -> Any:
     if isinstance(value, str):
         for root, name in roots:
             if value == root or value.startswith(root + "/"):
-                return name + value[len(root):]
+                return name + value[len(root) :]
     return value
 
 
@@ -237,11 +243,17 @@ def claim(run_dir: str | os.PathLike, cfg: DictConfig, resume: bool = True, mult
     return RunDir(run_dir, state, identity, fd)
 
 
-def _decide(run_dir: Path, cfg: DictConfig, config_hash: str, config: dict, resume: bool,
-            multirun: bool) -> tuple[str, dict]:
+def _decide(
+    run_dir: Path, cfg: DictConfig, config_hash: str, config: dict, resume: bool, multirun: bool
+) -> tuple[str, dict]:
     overrides = _task_overrides()
-    new = {"config_hash": config_hash, "run_id": secrets.token_hex(6), "created": _now(), "overrides": overrides,
-           "config": config}
+    new = {
+        "config_hash": config_hash,
+        "run_id": secrets.token_hex(6),
+        "created": _now(),
+        "overrides": overrides,
+        "config": config,
+    }
     record = read_record(run_dir)
     stored = read_identity(run_dir)
     checkpoints = run_dir / "checkpoints"
@@ -255,13 +267,18 @@ def _decide(run_dir: Path, cfg: DictConfig, config_hash: str, config: dict, resu
         raise RunDirError(
             f"resume=false starts a new run, but {run_dir} already holds {_a(status)} run{held}, and a run "
             f"directory is never overwritten: {_elsewhere(multirun)}; or delete {run_dir} if you no longer need "
-            f"it. Without resume=false the same config skips a completed run and resumes any other.", "refused")
+            f"it. Without resume=false the same config skips a completed run and resumes any other.",
+            "refused",
+        )
 
     # what the directory holds: identity.json, else metrics.json (both resolved), else .hydra/config.yaml
     # of an mmbench from before identity files (unresolved, so compared unresolved); else unknown
     if stored is None and record and isinstance(record.get("config"), dict):
-        stored = {"config_hash": record.get("config_hash"), "config": record["config"],
-                  "overrides": record.get("overrides")}
+        stored = {
+            "config_hash": record.get("config_hash"),
+            "config": record["config"],
+            "overrides": record.get("overrides"),
+        }
     if stored is not None and isinstance(stored.get("config"), dict):
         old, current = _refiltered(stored["config"]), config
     elif legacy.is_file():
@@ -299,11 +316,16 @@ def _mismatch(run_dir: Path, status: str, diffs: list[tuple[str, str, str]], ove
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     if only_eval:
         settings = "".join(f" {key}={new}" for key, _, new in diffs if key != "test")
-        lines.append(f"The trained run is the same: to evaluate it with these settings, run mmbench-eval "
-                     f"ckpt_path={ckpt}{settings}")
-    lines.append(f"To train this config: {_elsewhere(multirun)}. To skip or resume the run that is there, rerun it "
-                 "with its own config" + (f" (its overrides: {' '.join(map(str, overrides))})" if overrides else "")
-                 + ("." if only_eval else f"; to evaluate it with other settings, use mmbench-eval ckpt_path={ckpt}."))
+        lines.append(
+            f"The trained run is the same: to evaluate it with these settings, run mmbench-eval "
+            f"ckpt_path={ckpt}{settings}"
+        )
+    lines.append(
+        f"To train this config: {_elsewhere(multirun)}. To skip or resume the run that is there, rerun it "
+        "with its own config"
+        + (f" (its overrides: {' '.join(map(str, overrides))})" if overrides else "")
+        + ("." if only_eval else f"; to evaluate it with other settings, use mmbench-eval ckpt_path={ckpt}.")
+    )
     return "\n".join(lines)
 
 
@@ -344,7 +366,11 @@ def _save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_cfg),
+        ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+    ):
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
@@ -361,12 +387,22 @@ def _lock(run_dir: Path, multirun: bool) -> int:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        then = ("rerun this sweep when it has ended (its completed jobs are then skipped), or give this sweep its own "
-                "directory with sweep_name=<a new name>") if multirun else (
+        then = (
+            (
+                "rerun this sweep when it has ended (its completed jobs are then skipped), or give this sweep its own "
+                "directory with sweep_name=<a new name>"
+            )
+            if multirun
+            else (
                 "wait for it to end (rerunning the same command then skips or resumes the run), or give this run "
-                "another hydra.run.dir")
-        raise RunDirError(f"run directory {run_dir} is being trained by {holder}; one process trains a run directory "
-                          f"at a time: {then}", "busy") from None
+                "another hydra.run.dir"
+            )
+        )
+        raise RunDirError(
+            f"run directory {run_dir} is being trained by {holder}; one process trains a run directory "
+            f"at a time: {then}",
+            "busy",
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}).encode(), 0)
     return fd

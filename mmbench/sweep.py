@@ -147,7 +147,9 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").exists()))
+    return sorted(
+        p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").exists())
+    )
 
 
 # a job's status in metrics.json -> its line in the sweep summary: a diverged job failed (its error
@@ -203,15 +205,24 @@ class SweepSummary(Callback):
             for name, error in state.get(status, []):
                 print(f"  {status}: {name}: {error}", file=sys.stderr)
         if state.get("busy"):
-            print("mmbench: a busy job is being trained by another process: rerun this command when that has "
-                  "ended, and the job is skipped or resumed", file=sys.stderr)
+            print(
+                "mmbench: a busy job is being trained by another process: rerun this command when that has "
+                "ended, and the job is skipped or resumed",
+                file=sys.stderr,
+            )
         if state.get("refused"):
-            print("mmbench: a refused job's directory holds a run of another config (the messages above say which "
-                  "keys differ) and was left as it is: give this sweep its own directory with sweep_name=<a new "
-                  "name>, or resume=false (a new timestamped one)", file=sys.stderr)
+            print(
+                "mmbench: a refused job's directory holds a run of another config (the messages above say which "
+                "keys differ) and was left as it is: give this sweep its own directory with sweep_name=<a new "
+                "name>, or resume=false (a new timestamped one)",
+                file=sys.stderr,
+            )
         if state["failed"] or state["unfinished"]:
-            print("mmbench: fix the cause and rerun the same command: completed jobs are skipped, "
-                  "the others resume from their last checkpoint", file=sys.stderr)
+            print(
+                "mmbench: fix the cause and rerun the same command: completed jobs are skipped, "
+                "the others resume from their last checkpoint",
+                file=sys.stderr,
+            )
         if bad:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -351,7 +362,11 @@ def csv_history(loggers, step: int | None) -> list[tuple[Any, list[dict]]]:
         if path is None or not path.exists():
             continue
         with open(path, newline="") as f:  # rows logged after the checkpoint are logged again
-            rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f) if r.get("step") and int(r["step"]) < step]
+            rows = [
+                {k: v for k, v in r.items() if v != ""}
+                for r in csv.DictReader(f)
+                if r.get("step") and int(r["step"]) < step
+            ]
         saved.append((lg, rows))
     return saved
 

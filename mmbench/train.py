@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     _JOBS_STARTED.append(str(out_dir))
     if not multirun:  # a single run's bad config is refused before its directory is touched; a sweep's
-        try:          # job records it in its metrics.json (pipeline.run) so the sweep summary lists it
+        try:  # job records it in its metrics.json (pipeline.run) so the sweep summary lists it
             validate(cfg)
         except ConfigError as err:
             print(f"mmbench: {err}", file=sys.stderr)
@@ -90,15 +90,22 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
     from mmbench.sweep import CheckpointError, read_record, torch_threads
 
     if run_dir.state == "completed":
-        log.info("skipping %s: it holds a completed run of this config (metrics.json kept; resume=false refuses, "
-                 "another directory reruns it)", out_dir)
+        log.info(
+            "skipping %s: it holds a completed run of this config (metrics.json kept; resume=false refuses, "
+            "another directory reruns it)",
+            out_dir,
+        )
         value = (read_record(out_dir) or {}).get("metrics", {}).get(cfg.monitor.metric)
         return float("nan") if value is None else value  # metrics.json writes NaN as null
     previous = read_record(out_dir)
     if previous and previous.get("status") == "diverged":
-        log.warning("%s diverged in its previous run (%s). Rerun with the same settings, it diverges again: it "
-                    "resumes from its last finite checkpoint if it has one (delete %s to start afresh)",
-                    out_dir, previous.get("error"), out_dir / "checkpoints")
+        log.warning(
+            "%s diverged in its previous run (%s). Rerun with the same settings, it diverges again: it "
+            "resumes from its last finite checkpoint if it has one (delete %s to start afresh)",
+            out_dir,
+            previous.get("error"),
+            out_dir / "checkpoints",
+        )
     run_dir.start(cfg)  # identity.json and .hydra/
 
     threads = torch_threads(cfg.get("torch_threads"))
@@ -119,8 +126,11 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
             return float("nan")  # a failed trial for sweepers that optimise the returned value
         sys.exit(2)
     except KeyboardInterrupt as err:  # metrics.json says interrupted
-        print(f"mmbench: {str(err) or 'interrupted by SIGINT (Ctrl-C)'}; rerun the same command to resume from "
-              f"{out_dir / 'checkpoints'}", file=sys.stderr)
+        print(
+            f"mmbench: {str(err) or 'interrupted by SIGINT (Ctrl-C)'}; rerun the same command to resume from "
+            f"{out_dir / 'checkpoints'}",
+            file=sys.stderr,
+        )
         sys.exit(128 + int(err.signum if isinstance(err, Interrupted) else signal.SIGINT))
     except Diverged as err:  # metrics.json says diverged
         if multirun:

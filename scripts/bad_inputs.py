@@ -26,8 +26,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bad_input_cases import ACCEPTED, CASES  # noqa: E402
 
-TINY_RUN = ["trainer.fast_dev_run=true", "data.source.num_train=64", "data.source.num_val=16",
-            "data.source.num_test=16", "logger=csv", "eval.protocols=[vqa]"]
+TINY_RUN = [
+    "trainer.fast_dev_run=true",
+    "data.source.num_train=64",
+    "data.source.num_val=16",
+    "data.source.num_test=16",
+    "logger=csv",
+    "eval.protocols=[vqa]",
+]
 
 
 def run_case(overrides: list[str], expected: str) -> dict:
@@ -36,8 +42,14 @@ def run_case(overrides: list[str], expected: str) -> dict:
         env = {**os.environ, "MMBENCH_CACHE": str(cache), "WANDB_MODE": "offline"}
         extra = TINY_RUN if expected == ACCEPTED else []
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "mmbench.train", *overrides, *extra, f"hydra.run.dir={tmp}/run"],
-                              capture_output=True, text=True, cwd=tmp, env=env, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "mmbench.train", *overrides, *extra, f"hydra.run.dir={tmp}/run"],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env=env,
+            timeout=600,
+        )
         seconds = time.perf_counter() - t0
         prepared = cache.exists() and any(cache.iterdir())
     output = done.stderr + done.stdout
@@ -58,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     for overrides, expected, _ in CASES[: args.limit]:
         result = run_case(overrides, expected)
         rows.append((overrides, expected, result))
-        print(f"{'ok ' if result['ok'] else 'BAD'} exit {result['exit']} {result['seconds']:5.1f}s  {' '.join(overrides) or '(default)'}",
-              flush=True)
+        print(
+            f"{'ok ' if result['ok'] else 'BAD'} exit {result['exit']} {result['seconds']:5.1f}s  {' '.join(overrides) or '(default)'}",
+            flush=True,
+        )
     refused = [r for _, e, r in rows if e != ACCEPTED]
     lines = [
         "# Bad inputs: what mmbench answers",
@@ -73,15 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{sum(r['ok'] for _, _, r in rows)} of {len(rows)} answered as expected; refusals took "
         f"{min(r['seconds'] for r in refused):.1f}-{max(r['seconds'] for r in refused):.1f} s "
-        f"(median {sorted(r['seconds'] for r in refused)[len(refused) // 2]:.1f} s)." if refused else "",
+        f"(median {sorted(r['seconds'] for r in refused)[len(refused) // 2]:.1f} s)."
+        if refused
+        else "",
         "",
         "| overrides | expected | exit | seconds | verdict | first line of the message |",
         "|---|---|---|---|---|---|",
     ]
     for overrides, expected, r in rows:
         msg = r["message"].replace("|", "\\|")[:140]
-        lines.append(f"| `{' '.join(overrides) or '(default)'}` | {expected} | {r['exit']} | {r['seconds']:.1f} | "
-                     f"{'as expected' if r['ok'] else '**wrong**'} | {msg} |")
+        lines.append(
+            f"| `{' '.join(overrides) or '(default)'}` | {expected} | {r['exit']} | {r['seconds']:.1f} | "
+            f"{'as expected' if r['ok'] else '**wrong**'} | {msg} |"
+        )
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0 if all(r["ok"] for _, _, r in rows) else 1

@@ -46,26 +46,37 @@ def main() -> None:
     register_resolvers()
     os.environ.setdefault("MMBENCH_CACHE", str(ROOT / ".cache" / "mmbench"))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"data.source.num_test={args.images}", f"data.source.captions_per_image={args.captions}",
-            "data.source.num_train=1000", "data.source.num_val=100", "paths.output_dir=/tmp/mmbench-bench", *args.overrides,
-        ])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.source.num_test={args.images}",
+                f"data.source.captions_per_image={args.captions}",
+                "data.source.num_train=1000",
+                "data.source.num_val=100",
+                "paths.output_dir=/tmp/mmbench-bench",
+                *args.overrides,
+            ],
+        )
     t0 = time.perf_counter()
     dm = build_datamodule(cfg)
     print(f"data ready in {time.perf_counter() - t0:.1f}s: {args.images} images x {args.captions} captions")
     torch.manual_seed(0)
     module = build_module(cfg, dm.info)
     names = list(module.objectives)
-    print(f"model {cfg.model.name} size={cfg.model.size} dim={cfg.model.dim}, objectives {names}, "
-          f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M params, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {cfg.model.name} size={cfg.model.size} dim={cfg.model.dim}, objectives {names}, "
+        f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M params, torch threads {torch.get_num_threads()}"
+    )
     inputs = Inputs(dm.datasets["test"], dm.tokenizer)
     if "itc" in module.objectives:
         for k in args.k:
             t0 = time.perf_counter()
             out = retrieval(module, inputs, rerank_k=k)
             dt = time.perf_counter() - t0
-            print(f"ITC{f' + ITM re-rank k={k}' if k else ' only'}: {dt:.1f}s "
-                  f"({int(out['retrieval/num_images'])} x {int(out['retrieval/num_texts'])}, rmean {out['retrieval/rmean']:.3f})")
+            print(
+                f"ITC{f' + ITM re-rank k={k}' if k else ' only'}: {dt:.1f}s "
+                f"({int(out['retrieval/num_images'])} x {int(out['retrieval/num_texts'])}, rmean {out['retrieval/rmean']:.3f})"
+            )
     if "itm" in module.objectives and args.itm_only_images > 0:
         itc = module.objectives.pop("itc") if "itc" in module.objectives else None
         n = args.itm_only_images

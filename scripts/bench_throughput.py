@@ -36,8 +36,17 @@ def build(preset: str, objectives: str, size: str, batch_size: int, overrides: l
     GlobalHydra.instance().clear()
     conf = Path(__file__).resolve().parent.parent / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={preset}", f"objective=[{objectives}]", f"model.size={size}",
-                                          f"data.batch_size={batch_size}", "logger=csv", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={preset}",
+                f"objective=[{objectives}]",
+                f"model.size={size}",
+                f"data.batch_size={batch_size}",
+                "logger=csv",
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/mmbench-bench"
     dm = build_datamodule(cfg)
@@ -69,7 +78,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", default="tiny")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)"
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -90,8 +101,12 @@ def main() -> None:
         module.train()
         t0 = time.perf_counter()
         if args.compile:
-            for part in (module.model.text_encoder, module.model.vision_encoder, module.model.fusion,
-                         *module.objectives.values()):
+            for part in (
+                module.model.text_encoder,
+                module.model.vision_encoder,
+                module.model.fusion,
+                *module.objectives.values(),
+            ):
                 part.compile(dynamic=None)
         for b in batches[:2]:  # warm-up (and compilation)
             step(module, optimizer, b)
@@ -105,14 +120,18 @@ def main() -> None:
             for i in range(args.steps):
                 step(module, optimizer, batches[i % len(batches)])
             rates[preset].append(args.steps * args.batch_size / (time.perf_counter() - t0))
-    print(f"torch {torch.__version__}{' compiled' if args.compile else ''}, {args.threads} thread(s), objectives [{args.objectives}], batch {args.batch_size}, "
-          f"size {args.size}, median of {args.repeats} x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}{' compiled' if args.compile else ''}, {args.threads} thread(s), objectives [{args.objectives}], batch {args.batch_size}, "
+        f"size {args.size}, median of {args.repeats} x {args.steps} steps"
+    )
     print("| preset | params | FLOPs/sample (fwd) | samples/s | s/step | range samples/s | warm-up s (2 steps) |")
     print("|---|---|---|---|---|---|---|")
     for preset, r in rates.items():
         med = statistics.median(r)
-        print(f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {med:.1f} | "
-              f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} | {warmup[preset]:.1f} |")
+        print(
+            f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {med:.1f} | "
+            f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} | {warmup[preset]:.1f} |"
+        )
     sys.stdout.flush()
 
 

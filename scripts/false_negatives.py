@@ -57,8 +57,10 @@ def main() -> None:
             hard += (p_hard * true).sum(1).mean().item()
             uniform += (p_uniform * true).sum(1).mean().item()
             n += 1
-    print(f"{n} batches of {dm.batch_size}: mass on texts true of the image: "
-          f"ITC hard negatives {hard / n:.3f}, uniform negatives {uniform / n:.3f}")
+    print(
+        f"{n} batches of {dm.batch_size}: mass on texts true of the image: "
+        f"ITC hard negatives {hard / n:.3f}, uniform negatives {uniform / n:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,16 +38,28 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name in presets:
             for size in args.sizes.split(","):
-                cfg = compose("train", overrides=[f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])],
-                              return_hydra_config=True)
-                info = DataInfo(vocab_size=args.vocab, pad_id=0, mask_id=4, bos_id=5, eos_id=6,
-                                special_ids=list(range(7)), max_text_len=cfg.data.max_text_len,
-                                image_size=cfg.data.image_size)
+                cfg = compose(
+                    "train",
+                    overrides=[f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])],
+                    return_hydra_config=True,
+                )
+                info = DataInfo(
+                    vocab_size=args.vocab,
+                    pad_id=0,
+                    mask_id=4,
+                    bos_id=5,
+                    eos_id=6,
+                    special_ids=list(range(7)),
+                    max_text_len=cfg.data.max_text_len,
+                    image_size=cfg.data.image_size,
+                )
                 model = build_model(cfg, info)
                 choices = cfg.hydra.runtime.choices
-                print(f"| {name} | {size} | {choices['encoder/text']} | {choices['encoder/vision']} | {choices['fusion']} | "
-                      f"{count(model.text_encoder)} | {count(model.vision_encoder)} | {count(model.fusion)} | {count(model)} |",
-                      flush=True)
+                print(
+                    f"| {name} | {size} | {choices['encoder/text']} | {choices['encoder/vision']} | {choices['fusion']} | "
+                    f"{count(model.text_encoder)} | {count(model.vision_encoder)} | {count(model.fusion)} | {count(model)} |",
+                    flush=True,
+                )
                 del model
 
 

@@ -58,7 +58,7 @@ def main() -> None:
     predictions = {k: [] for k in ("original", "swapped")}
     with eval_mode(module), torch.no_grad():
         for s in range(0, len(asked), 256):
-            chunk = asked[s:s + 256]
+            chunk = asked[s : s + 256]
             image = encode_images(module.model, inputs, [c[0] for c in chunk], 256)
             for k, col in (("original", 1), ("swapped", 2)):
                 ids, mask = inputs.texts([c[col] for c in chunk])
@@ -74,7 +74,9 @@ def main() -> None:
     blind = sum(a == b for a, b in zip(predictions["original"], predictions["swapped"])) / n
     print(f"  order_blind (same answer to a question and its swap): {blind:.3f}")
     first = sum(p in ("left", "above") for p in predictions["original"]) / n
-    print(f"  share of 'left'/'above' answers: {first:.3f} (truth: {sum(t in ('left', 'above') for t in truth) / n:.3f})")
+    print(
+        f"  share of 'left'/'above' answers: {first:.3f} (truth: {sum(t in ('left', 'above') for t in truth) / n:.3f})"
+    )
 
 
 if __name__ == "__main__":

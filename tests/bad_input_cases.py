@@ -87,14 +87,21 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["eval.protocols=[nope]"], REFUSED, ("unknown protocol", "retrieval")),
     (["eval.protocols=[vqa,retreival]"], REFUSED, ("retreival",)),
     # a search over objective weights that optimises the loss they scale
-    (["hparams_search=optuna", "monitor.metric=val/loss", "monitor.mode=min"], REFUSED,
-     ("objective.itm.weight", "val/vqa/acc")),
+    (
+        ["hparams_search=optuna", "monitor.metric=val/loss", "monitor.mode=min"],
+        REFUSED,
+        ("objective.itm.weight", "val/vqa/acc"),
+    ),
     (["hparams_search=optuna", "hydra.sweeper.n_trials=1"], ACCEPTED, ()),
     # pretrained weights
     (["model.init_from=/nonexistent/vilt"], REFUSED, ("model.init_from=/nonexistent/vilt", "no such directory")),
     (["model.init_from=./missing_dir"], REFUSED, ("no such directory",)),
     # several problems at once: all of them, in one message
-    (["model.dim=0", "optimizer.lr=-1", "data.batch_size=0"], REFUSED, ("model.dim=0", "optimizer.lr", "data.batch_size=0")),
+    (
+        ["model.dim=0", "optimizer.lr=-1", "data.batch_size=0"],
+        REFUSED,
+        ("model.dim=0", "optimizer.lr", "data.batch_size=0"),
+    ),
     # controls: must pass validation
     ([], ACCEPTED, ()),
     (["model=clip", "objective=[itc]"], ACCEPTED, ()),

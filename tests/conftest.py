@@ -37,7 +37,7 @@ TINY = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
     "eval.robustness.max_images=16",  # the evaluation suite at the end of every run: robustness on a
-    "eval.robustness.levels=[0.5]",   # small subset at one level keeps a tiny run's evaluation ~1-2 s
+    "eval.robustness.levels=[0.5]",  # small subset at one level keeps a tiny run's evaluation ~1-2 s
 ]
 
 

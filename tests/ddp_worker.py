@@ -20,8 +20,13 @@ from mmbench.objectives.itc import ITC, multi_positive_contrastive_loss
 def make_itc(text_dim: int, image_dim: int, embed_dim: int, seed: int = 0, claim_positives: bool = False) -> ITC:
     """The same ITC head on every rank (and in the single-process reference): fixed seed."""
     torch.manual_seed(seed)
-    return ITC(text_dim=text_dim, image_dim=image_dim, embed_dim=embed_dim, temperature_init=0.07,
-               claim_positives=claim_positives)
+    return ITC(
+        text_dim=text_dim,
+        image_dim=image_dim,
+        embed_dim=embed_dim,
+        temperature_init=0.07,
+        claim_positives=claim_positives,
+    )
 
 
 def features(pooled: torch.Tensor) -> Features:
@@ -41,8 +46,9 @@ def itc_worker(rank: int, world_size: int, port: int, out_dir: str, data: dict) 
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        itc = make_itc(data["text"].shape[1], data["image"].shape[1], data["embed_dim"],
-                       claim_positives="text_claim" in data)
+        itc = make_itc(
+            data["text"].shape[1], data["image"].shape[1], data["embed_dim"], claim_positives="text_claim" in data
+        )
         rows = torch.arange(data["text"].shape[0]).chunk(world_size)[rank]  # this rank's slice
         text, image = features(data["text"][rows]), features(data["image"][rows])
         batch = {k: data[k][rows] for k in ("image_id", "text_claim", "image_facts") if k in data}

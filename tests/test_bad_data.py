@@ -44,8 +44,14 @@ def jsonl_data(root: Path, texts: list[str], broken_line: int | None = None) -> 
 def test_invalid_json_line_names_the_file_and_line(tmp_path):
     data = jsonl_data(tmp_path / "d", ["a red picture"] * 5, broken_line=3)
     with pytest.raises(DataError) as err:
-        hf.build_hf(tmp_path / "cache", path=str(data), image_size=16, columns=COLUMNS, splits=ALL_SPLITS,
-                    hf_cache_dir=str(tmp_path / "hf"))
+        hf.build_hf(
+            tmp_path / "cache",
+            path=str(data),
+            image_size=16,
+            columns=COLUMNS,
+            splits=ALL_SPLITS,
+            hf_cache_dir=str(tmp_path / "hf"),
+        )
     assert str(err.value).startswith(f"cannot read local data {data}, line 3: invalid JSON (Expecting value at column")
     assert "fix or remove that row" in str(err.value)
 
@@ -56,15 +62,32 @@ def test_csv_row_with_a_wrong_field_count_names_the_file_and_line(tmp_path):
     data = root / "train.csv"
     data.write_text("path,text\na.png,a red picture\na.png,a red picture\na.png,one,too many\n")
     with pytest.raises(DataError, match=rf"cannot read local data {data}, line 4: 3 fields where the header has 2"):
-        hf.build_hf(tmp_path / "cache", path=str(data), image_size=16, columns=COLUMNS, splits=ALL_SPLITS,
-                    hf_cache_dir=str(tmp_path / "hf"))
+        hf.build_hf(
+            tmp_path / "cache",
+            path=str(data),
+            image_size=16,
+            columns=COLUMNS,
+            splits=ALL_SPLITS,
+            hf_cache_dir=str(tmp_path / "hf"),
+        )
 
 
 def test_invalid_json_line_through_the_cli_is_one_message(tmp_path):
     data = jsonl_data(tmp_path / "d", ["a red picture"] * 5, broken_line=3)
-    res = _cli(["data=hf", f"data.source.path={data}", "data.source.columns.image=path",
-                "data.source.columns.text=text", "objective=[itc]", *TINY_HF], tmp_path, timeout=300,
-               HF_HOME=str(tmp_path / "hf"), MMBENCH_CACHE=str(tmp_path / "cache"))
+    res = _cli(
+        [
+            "data=hf",
+            f"data.source.path={data}",
+            "data.source.columns.image=path",
+            "data.source.columns.text=text",
+            "objective=[itc]",
+            *TINY_HF,
+        ],
+        tmp_path,
+        timeout=300,
+        HF_HOME=str(tmp_path / "hf"),
+        MMBENCH_CACHE=str(tmp_path / "cache"),
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"mmbench: cannot read local data {data}, line 3: invalid JSON" in res.stderr
     assert "Traceback" not in res.stderr and "Failed to load JSON" not in res.stderr, res.stderr[-3000:]
@@ -77,8 +100,9 @@ def test_every_caption_empty_is_refused_naming_split_column_and_file(tmp_path):
     data = jsonl_data(tmp_path / "d", ["", " ", ""])
     with pytest.raises(DataError) as err:
         hf.build_hf(tmp_path / "cache", path=str(data), image_size=16, columns=COLUMNS, splits=ALL_SPLITS)
-    assert str(err.value).startswith(f"every caption of split 'train' of {str(data)!r} is empty "
-                                     f"(column 'text', data.source.columns.text)")
+    assert str(err.value).startswith(
+        f"every caption of split 'train' of {str(data)!r} is empty (column 'text', data.source.columns.text)"
+    )
 
 
 def test_one_empty_caption_is_dropped_with_one_line_naming_its_row(tmp_path, caplog):
@@ -87,12 +111,20 @@ def test_one_empty_caption_is_dropped_with_one_line_naming_its_row(tmp_path, cap
     data = jsonl_data(tmp_path / "d", texts)
     caplog.set_level(logging.WARNING, logger="mmbench.data.hf")
     splits = {"train": "train", "val": None, "test": None}  # val and test carved from train
-    dsd, _ = hf.build_hf(tmp_path / "cache", path=str(data), image_size=16, columns=COLUMNS, splits=splits,
-                         val_fraction=0.1, test_fraction=0.1)
+    dsd, _ = hf.build_hf(
+        tmp_path / "cache",
+        path=str(data),
+        image_size=16,
+        columns=COLUMNS,
+        splits=splits,
+        val_fraction=0.1,
+        test_fraction=0.1,
+    )
     assert sum(len(c) for s in dsd.values() for c in s["captions"]) == 19  # dropped, as before
     lines = [r.getMessage() for r in caplog.records if "empty caption" in r.getMessage()]
-    assert lines == [f"dropped 1 pair with an empty caption (row 17 of split 'train' of {data}, counted from 1; "
-                     f"column 'text')"]
+    assert lines == [
+        f"dropped 1 pair with an empty caption (row 17 of split 'train' of {data}, counted from 1; column 'text')"
+    ]
 
 
 def test_datamodule_refuses_a_split_without_pairs(tmp_path):
@@ -100,8 +132,9 @@ def test_datamodule_refuses_a_split_without_pairs(tmp_path):
 
     from mmbench.data.datamodule import VLDataModule
 
-    split = datasets.Dataset.from_dict({"image_id": [0], "pixels": [bytes(16 * 16 * 3)], "image_size": [16],
-                                        "captions": [[]]})
+    split = datasets.Dataset.from_dict(
+        {"image_id": [0], "pixels": [bytes(16 * 16 * 3)], "image_size": [16], "captions": [[]]}
+    )
     dm = VLDataModule(lambda: (datasets.DatasetDict(train=split, val=split, test=split), tmp_path), image_size=16)
     with pytest.raises(DataError, match=f"every caption of split 'train' of the dataset in {tmp_path} is empty"):
         dm.prepare_data()
@@ -239,9 +272,11 @@ def test_online_wandb_without_network_is_refused_at_once(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         pipeline.run(cfg)
     assert time.time() - start < 20 and probed == ["https://wandb.example.org"]
-    assert str(err.value).startswith("the W&B logger is online (WANDB_MODE / logger.wandb.mode) but "
-                                     "https://wandb.example.org does not answer within 3 s (no network?): "
-                                     "set WANDB_MODE=offline")
+    assert str(err.value).startswith(
+        "the W&B logger is online (WANDB_MODE / logger.wandb.mode) but "
+        "https://wandb.example.org does not answer within 3 s (no network?): "
+        "set WANDB_MODE=offline"
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # offline (the default) never probes

@@ -33,13 +33,27 @@ def test_at_least_sixty_cases():
     assert len([c for c in CASES if c[1] != ACCEPTED]) >= 60
 
 
-@pytest.mark.parametrize("overrides", [["seed=abc"], ["trainer.max_epochs=abc"], ["model.size=huge"],
-                                       ["encoder/vision=region_feats"], ["monitor.metric=val/nope"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["seed=abc"],
+        ["trainer.max_epochs=abc"],
+        ["model.size=huge"],
+        ["encoder/vision=region_feats"],
+        ["monitor.metric=val/nope"],
+    ],
+)
 def test_cli_refuses_with_exit_2_and_no_traceback_before_any_data(overrides, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "MMBENCH_CACHE": str(cache), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "mmbench.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmbench.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     assert "invalid configuration" in done.stderr
@@ -50,6 +64,12 @@ def test_cli_refuses_with_exit_2_and_no_traceback_before_any_data(overrides, tmp
 def test_hydra_refusals_exit_2(override, words, tmp_path):
     """Hydra refuses an unknown key or option itself (exit code 1 from Hydra); mmbench-train says 2."""
     env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "mmbench.train", override, f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmbench.train", override, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]

@@ -73,8 +73,9 @@ def test_itc_ddp_matches_single_process(tmp_path, claims):
     batch = {k: data[k] for k in ("image_id", "text_claim", "image_facts") if k in data}
     ref = itc(None, batch, text, image, StepContext())
     if claims:  # the claims change the loss: the check below compares like with like
-        plain = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM)(None, {"image_id": data["image_id"]}, features(data["text"]),
-                                                         features(data["image"]), StepContext())
+        plain = make_itc(TEXT_DIM, IMAGE_DIM, EMBED_DIM)(
+            None, {"image_id": data["image_id"]}, features(data["text"]), features(data["image"]), StepContext()
+        )
         assert abs(plain.loss.item() - ref.loss.item()) > 1e-3
     ref.loss.backward()
 
@@ -120,7 +121,12 @@ def test_lightning_ddp_cli_on_cpu(cache_dir, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     args = [*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     res = subprocess.run(
-        [sys.executable, "-m", "mmbench.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mmbench.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -145,7 +151,12 @@ def test_lightning_ddp_jobs_of_a_local_multirun(cache_dir, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     args = ["-m", "seed=0,1", *TINY, "test=false", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     res = subprocess.run(
-        [sys.executable, "-m", "mmbench.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "mmbench.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
@@ -154,7 +165,10 @@ def test_lightning_ddp_jobs_of_a_local_multirun(cache_dir, tmp_path):
     for job in jobs:
         rec = json.loads((sweep / job / "metrics.json").read_text())
         assert rec["status"] == "completed"
-        rank0, rank1 = _logged_metrics(sweep / job / "train.log"), _logged_metrics(sweep / job / "train_ddp_process_1.log")
+        rank0, rank1 = (
+            _logged_metrics(sweep / job / "train.log"),
+            _logged_metrics(sweep / job / "train_ddp_process_1.log"),
+        )
         for key in (k for k in rank0 if k.startswith("val/")):
             assert rank0[key] == pytest.approx(rank1[key], rel=1e-6), key
             assert rec["metrics"][key] == pytest.approx(rank0[key], rel=1e-6), key

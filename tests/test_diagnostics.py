@@ -28,7 +28,11 @@ def _inputs(dm):
 
 def _truth(dm):
     split = dm.datasets["test"].split
-    return [v for pos, neg in zip(split["match_positives"], split["match_negatives"]) for v in [1.0] * len(pos) + [-1.0] * len(neg)]
+    return [
+        v
+        for pos, neg in zip(split["match_positives"], split["match_negatives"])
+        for v in [1.0] * len(pos) + [-1.0] * len(neg)
+    ]
 
 
 def _oracle(values, sign: float):
@@ -58,7 +62,9 @@ def test_winoground_known_answers(setup, monkeypatch, sign, expected):
     out = matching_diagnostics(module, _inputs(dm), batch_size=7, grid=3)
     assert out["diagnostics/winoground_pairs"] > 0.8 * sum(len(n) for n in dm.datasets["test"].split["match_negatives"])
     scores = {k: v for k, v in out.items() if k.endswith("_score")}
-    assert set(scores) == {f"diagnostics/{p}{s}_score" for p in ("", *(f"{t}_" for t in TYPES)) for s in ("text", "image", "group")}
+    assert set(scores) == {
+        f"diagnostics/{p}{s}_score" for p in ("", *(f"{t}_" for t in TYPES)) for s in ("text", "image", "group")
+    }
     assert all(v == expected for v in scores.values()), scores
 
 
@@ -85,24 +91,45 @@ def test_counterfactuals_make_the_negative_true_and_the_positive_false():
     s = shapes.ShapeObject
     scene = (s(0, 0, "circle", "red", "large"), s(0, 2, "square", "blue", "small"))
     image, boxes = shapes.render(scene, 48, 3)
-    cols = {"obj_shape": [o.shape for o in scene], "obj_color": [o.color for o in scene],
-            "obj_size": [o.size for o in scene], "boxes": boxes}
+    cols = {
+        "obj_shape": [o.shape for o in scene],
+        "obj_color": [o.color for o in scene],
+        "obj_size": [o.size for o in scene],
+        "boxes": boxes,
+    }
     pos = "a red circle left of a blue square"
-    for kind, neg in (("attribute_swap", "a blue circle left of a red square"), ("relation_swap", "a blue square left of a red circle"),
-                      ("count_change", "there are three objects")):
+    for kind, neg in (
+        ("attribute_swap", "a blue circle left of a red square"),
+        ("relation_swap", "a blue square left of a red circle"),
+        ("count_change", "there are three objects"),
+    ):
         p = pos if kind != "count_change" else "there are two objects"
         cf = counterfactual(cols, p, neg, kind, 48, 3)
         assert cf is not None and not np.array_equal(cf[0], image), kind
     # statements about objects the scene does not have, or that cannot be parsed, get no counterfactual
-    assert counterfactual(cols, "a green circle left of a blue square", "a blue circle left of a green square", "attribute_swap", 48, 3) is None
+    assert (
+        counterfactual(
+            cols,
+            "a green circle left of a blue square",
+            "a blue circle left of a green square",
+            "attribute_swap",
+            48,
+            3,
+        )
+        is None
+    )
     assert counterfactual(cols, "two circles", "three circles", "count_change", 48, 3) is None
 
 
 def test_itm_outranks_itc_and_itc_alone_is_used(setup, monkeypatch):
     module, dm = setup
     called = []
-    monkeypatch.setattr(module.objectives["itm"], "pair_score", lambda m, t, i: called.append("itm") or torch.zeros(t.tokens.shape[0]))
-    monkeypatch.setattr(module.objectives["itc"], "pair_score", lambda m, t, i: called.append("itc") or torch.zeros(t.tokens.shape[0]))
+    monkeypatch.setattr(
+        module.objectives["itm"], "pair_score", lambda m, t, i: called.append("itm") or torch.zeros(t.tokens.shape[0])
+    )
+    monkeypatch.setattr(
+        module.objectives["itc"], "pair_score", lambda m, t, i: called.append("itc") or torch.zeros(t.tokens.shape[0])
+    )
     matching_diagnostics(module, _inputs(dm))
     assert set(called) == {"itm"}
     del module.objectives["itm"]

@@ -27,9 +27,17 @@ from mmbench.pipeline import run
 from tests.conftest import ROOT
 
 # cheap suite settings for unit-level checks
-SETTINGS = {"batch_size": 64, "retrieval": {"rerank_k": 4, "itm_only_max_images": 12}, "captioning": {"max_images": 4, "max_len": 6},
-            "robustness": {"max_images": 8, "levels": [0.5], "metrics": ["retrieval/rmean", "vqa/acc", "zeroshot/top1"],
-                           "settings": {"retrieval": {"rerank_k": 0}, "diagnostics": {"winoground": False}}}}
+SETTINGS = {
+    "batch_size": 64,
+    "retrieval": {"rerank_k": 4, "itm_only_max_images": 12},
+    "captioning": {"max_images": 4, "max_len": 6},
+    "robustness": {
+        "max_images": 8,
+        "levels": [0.5],
+        "metrics": ["retrieval/rmean", "vqa/acc", "zeroshot/top1"],
+        "settings": {"retrieval": {"rerank_k": 0}, "diagnostics": {"winoground": False}},
+    },
+}
 
 
 def _build(tiny_cfg, *overrides):
@@ -42,15 +50,20 @@ def _groups(metrics: dict) -> set[str]:
     return {k.split("/")[1] for k in metrics if k.startswith("test/")}
 
 
-@pytest.mark.parametrize("objectives, expected", [
-    ("itc,itm,mlm,vqa", {"retrieval", "vqa", "diagnostics", "zeroshot", "robustness"}),
-    ("itm,vqa", {"retrieval", "vqa", "diagnostics", "robustness"}),  # no ITC: no zero-shot
-    ("itc,lm", {"retrieval", "diagnostics", "zeroshot", "captioning", "robustness"}),
-    ("mlm", set()),
-])
+@pytest.mark.parametrize(
+    "objectives, expected",
+    [
+        ("itc,itm,mlm,vqa", {"retrieval", "vqa", "diagnostics", "zeroshot", "robustness"}),
+        ("itm,vqa", {"retrieval", "vqa", "diagnostics", "robustness"}),  # no ITC: no zero-shot
+        ("itc,lm", {"retrieval", "diagnostics", "zeroshot", "captioning", "robustness"}),
+        ("mlm", set()),
+    ],
+)
 def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
     # TINY sets objective.itc.*, so ITC is always composed and removed when the case has none
-    module, dm = _build(tiny_cfg, f"objective=[itc,{objectives}]" if "itc" not in objectives else f"objective=[{objectives}]")
+    module, dm = _build(
+        tiny_cfg, f"objective=[itc,{objectives}]" if "itc" not in objectives else f"objective=[{objectives}]"
+    )
     if "itc" not in objectives:
         del module.objectives["itc"]
     settings = {**SETTINGS, "protocols": ["retrieval", "vqa", "diagnostics", "captioning", "zeroshot", "robustness"]}
@@ -58,7 +71,9 @@ def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
     assert _groups(metrics) == expected
     if "retrieval" in expected:
         itm_only = "itc" not in objectives
-        assert metrics["test/retrieval/num_images"] == (12 if itm_only else 48)  # ITM-only: all pairs, a smaller gallery
+        assert metrics["test/retrieval/num_images"] == (
+            12 if itm_only else 48
+        )  # ITM-only: all pairs, a smaller gallery
         assert ("test/retrieval/itc/rmean" in metrics) == ("itm" in objectives and not itm_only)  # re-ranked
         assert all(0.0 <= metrics[f"test/retrieval/{d}_r{k}"] <= 1.0 for d in ("i2t", "t2i") for k in (1, 5, 10))
     if "captioning" in expected:
@@ -66,11 +81,15 @@ def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
 
 
 def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
-    module, dm = _build(tiny_cfg, "objective=[itc,itm,vqa]", "data.source.holdout=[[red,circle]]", "+data.source.num_holdout=16")
+    module, dm = _build(
+        tiny_cfg, "objective=[itc,itm,vqa]", "data.source.holdout=[[red,circle]]", "+data.source.num_holdout=16"
+    )
     metrics, _ = evaluate_suite(module, dm, {**SETTINGS, "protocols": ["vqa", "diagnostics", "zeroshot"]})
     for name in ("vqa/acc", "diagnostics/match_acc", "diagnostics/group_score", "zeroshot/top1"):
         assert f"test/{name}" in metrics and f"test_holdout/{name}" in metrics, name
-        assert metrics[f"test/holdout_gap/{name}"] == pytest.approx(metrics[f"test/{name}"] - metrics[f"test_holdout/{name}"])
+        assert metrics[f"test/holdout_gap/{name}"] == pytest.approx(
+            metrics[f"test/{name}"] - metrics[f"test_holdout/{name}"]
+        )
 
 
 def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
@@ -81,7 +100,11 @@ def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
     module, dm = _build(tiny_cfg, "objective=[itc,itm]")
     inputs = Inputs(dm.datasets["test"], dm.tokenizer)
     seen = []
-    monkeypatch.setattr(protocol, "recall_metrics", lambda i2t, txt2img, t2i=None: seen.append((i2t, t2i)) or recall_metrics(i2t, txt2img, t2i))
+    monkeypatch.setattr(
+        protocol,
+        "recall_metrics",
+        lambda i2t, txt2img, t2i=None: seen.append((i2t, t2i)) or recall_metrics(i2t, txt2img, t2i),
+    )
     reranked = retrieval(module, inputs, rerank_k=10_000, max_images=4, batch_size=3, pair_batch_size=7)
     del module.objectives["itc"]
     itm_only = retrieval(module, inputs, itm_only_max_images=4, batch_size=3, pair_batch_size=7)
@@ -91,8 +114,15 @@ def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
     itm, model = module.objectives["itm"], module.model
     with eval_mode(module):
         image, text = encode_images(model, inputs, rows, 64), encode_texts(model, inputs, texts, 64)
-        brute = torch.tensor([[itm.pair_score(model, text.index(torch.tensor([t])), image.index(torch.tensor([i]))).item()
-                               for t in range(len(texts))] for i in range(len(rows))])
+        brute = torch.tensor(
+            [
+                [
+                    itm.pair_score(model, text.index(torch.tensor([t])), image.index(torch.tensor([i]))).item()
+                    for t in range(len(texts))
+                ]
+                for i in range(len(rows))
+            ]
+        )
     (_, _), (rerank_i2t, rerank_t2i), (all_pairs, _) = seen  # ITC ranking, re-ranked, ITM on every pair
     torch.testing.assert_close(rerank_i2t, brute, atol=1e-5, rtol=0)
     torch.testing.assert_close(rerank_t2i, brute.T, atol=1e-5, rtol=0)
@@ -113,7 +143,9 @@ def test_vqa_oracle_scores_one_per_question_type(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(module.objectives["vqa"], "answer_logits", oracle)
     metrics, predictions = vqa(module, Inputs(ds, dm.tokenizer), dm.info.answers, batch_size=5, return_predictions=True)
-    assert metrics["vqa/acc"] == 1.0 and {f"vqa/acc_{t}" for t in ("color", "shape", "count", "exist", "relation")} <= set(metrics)
+    assert metrics["vqa/acc"] == 1.0 and {
+        f"vqa/acc_{t}" for t in ("color", "shape", "count", "exist", "relation")
+    } <= set(metrics)
     assert all(v == 1.0 for v in metrics.values())
     assert len(predictions) == sum(len(q) for q in column(ds, "questions")) and predictions[0][2] == predictions[0][3]
 
@@ -122,7 +154,10 @@ def test_zeroshot_oracle(tiny_cfg, monkeypatch):
     """Embeddings that name an image's first object: top-1 is 1 on every image."""
     module, dm = _build(tiny_cfg, "objective=[itc]")
     ds = dm.datasets["test"]
-    colors, shapes_ = sorted({c for row in column(ds, "obj_color") for c in row}), sorted({s for row in column(ds, "obj_shape") for s in row})
+    colors, shapes_ = (
+        sorted({c for row in column(ds, "obj_color") for c in row}),
+        sorted({s for row in column(ds, "obj_shape") for s in row}),
+    )
     classes = [(c, s) for c in colors for s in shapes_]
     row_of = {int(i): r for r, i in enumerate(ds.image_ids)}
 
@@ -170,8 +205,9 @@ def test_wandb_gets_summary_plot_and_sample_table_with_images(tiny_cfg, tmp_path
     plot = tmp_path / "robustness.png"
     plot.write_bytes(b"png")
     lg = WandbLogger()
-    samples = Samples(vqa=[(0, "what color is the circle?", "red", "blue")],
-                      captioning=[(1, ["a red circle"], "a blue circle")])
+    samples = Samples(
+        vqa=[(0, "what color is the circle?", "red", "blue")], captioning=[(1, ["a red circle"], "a blue circle")]
+    )
     log_to_loggers([lg], {"test/vqa/acc": 0.5}, samples=samples, datamodule=dm, plot=plot)
     assert lg.experiment.summary == {"test/vqa/acc": 0.5} and lg.calls["image"][0] == "eval/robustness"
     key, columns, data = lg.calls["table"]
@@ -180,14 +216,23 @@ def test_wandb_gets_summary_plot_and_sample_table_with_images(tiny_cfg, tmp_path
 
 
 def _tree(path: Path) -> dict[str, tuple[str, float]]:
-    return {str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime)
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _eval_cli(args, cwd, timeout=300):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "mmbench.evaluate", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mmbench.evaluate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
@@ -195,14 +240,32 @@ def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
     record = run(cfg)
     out = Path(cfg.paths.output_dir)
     m = record["metrics"]
-    for key in ("test/retrieval/i2t_r1", "test/retrieval/t2i_r10", "test/retrieval/rmean", "test/vqa/acc", "test/vqa/acc_count",
-                "test/diagnostics/match_acc", "test/diagnostics/group_score", "test/zeroshot/top1",
-                "test/robustness/image_noise/vqa/acc/auc", "test/robustness/blank_image/vqa/acc"):
+    for key in (
+        "test/retrieval/i2t_r1",
+        "test/retrieval/t2i_r10",
+        "test/retrieval/rmean",
+        "test/vqa/acc",
+        "test/vqa/acc_count",
+        "test/diagnostics/match_acc",
+        "test/diagnostics/group_score",
+        "test/zeroshot/top1",
+        "test/robustness/image_noise/vqa/acc/auc",
+        "test/robustness/blank_image/vqa/acc",
+    ):
         assert key in m, key
     comp = record["complexity"]
-    assert comp["inference_samples_per_s"] > 0 and comp["peak_memory_mb"] > 0 and comp["params_per_component"]["fusion"] > 0
+    assert (
+        comp["inference_samples_per_s"] > 0
+        and comp["peak_memory_mb"] > 0
+        and comp["params_per_component"]["fusion"] > 0
+    )
     report = (out / "report.md").read_text()
-    assert "`test/retrieval/i2t_r1`" in report and "robustness.png" in report and "image_noise (auc)" in report and (out / "robustness.png").stat().st_size > 0
+    assert (
+        "`test/retrieval/i2t_r1`" in report
+        and "robustness.png" in report
+        and "image_noise (auc)" in report
+        and (out / "robustness.png").stat().st_size > 0
+    )
     assert "test/retrieval/rmean" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
 
     from omegaconf import OmegaConf
@@ -220,14 +283,18 @@ def test_training_report_and_mmbench_eval_on_the_checkpoint(tiny_cfg, tmp_path):
     assert len(evals) == 1
     saved = json.loads((evals[0] / "metrics.json").read_text())
     assert saved["status"] == "completed" and saved["mode"] == "eval" and saved["choices"]["model"] == "vilt"
-    suite_keys = [k for k in saved["metrics"] if k.split("/")[1] in ("retrieval", "vqa", "diagnostics", "zeroshot", "robustness")]
+    suite_keys = [
+        k for k in saved["metrics"] if k.split("/")[1] in ("retrieval", "vqa", "diagnostics", "zeroshot", "robustness")
+    ]
     assert len(suite_keys) > 50
     assert {k: saved["metrics"][k] for k in suite_keys} == {k: m[k] for k in suite_keys}  # the same numbers again
     assert "test/vqa/question_prior_baseline" in suite_keys  # mmbench-eval reports the blind baselines too
     assert (evals[0] / "report.md").exists() and (evals[0] / "csv" / "metrics.csv").exists()
 
     # another data config: a smaller test split (a new Shapes cache); the model keeps its training vocabulary
-    res = _eval_cli([f"ckpt_path={ckpt}", "logger=csv", "+data.source.num_test=24", "eval.protocols=[retrieval,vqa]"], cwd)
+    res = _eval_cli(
+        [f"ckpt_path={ckpt}", "logger=csv", "+data.source.num_test=24", "eval.protocols=[retrieval,vqa]"], cwd
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     new = [p for p in (cwd / "outputs" / "evals").iterdir() if p != evals[0]]
     saved = json.loads((new[0] / "metrics.json").read_text())

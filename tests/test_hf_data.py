@@ -46,8 +46,11 @@ TINY_HF = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
 ]
-COLUMNS = ["data.source.columns.text=captions", "data.source.columns.question=question",
-           "data.source.columns.answers=answers"]
+COLUMNS = [
+    "data.source.columns.text=captions",
+    "data.source.columns.question=question",
+    "data.source.columns.answers=answers",
+]
 
 
 def picture(i: int, color: str, size=(40, 30)) -> Image.Image:
@@ -108,10 +111,19 @@ def make_parquet(root: Path, n_train: int = 20, n_test: int = 8) -> Path:
             ex = example(i)
             buf = io.BytesIO()
             picture(i, ex["color"], size=(32, 32)).save(buf, format="PNG")
-            for q, (question, answer) in enumerate([(ex["question"], ex["answers"]), ("is there a stripe?",
-                                                    ["yes" if i % 2 else "no"] * 3)]):
-                rows.append({"img": {"bytes": buf.getvalue(), "path": None}, "iid": f"img-{i}",
-                             "caption": ex["captions"][q], "question": question, "answers": answer, "label": ex["label"]})
+            for q, (question, answer) in enumerate(
+                [(ex["question"], ex["answers"]), ("is there a stripe?", ["yes" if i % 2 else "no"] * 3)]
+            ):
+                rows.append(
+                    {
+                        "img": {"bytes": buf.getvalue(), "path": None},
+                        "iid": f"img-{i}",
+                        "caption": ex["captions"][q],
+                        "question": question,
+                        "answers": answer,
+                        "label": ex["label"],
+                    }
+                )
         table = pa.Table.from_pylist(rows)
         pq.write_table(table, root / f"{split}.parquet")
         offset += n
@@ -127,8 +139,13 @@ def hf_cfg(tmp_path: Path, *extra: str):
 
 def test_imagefolder_converts_to_canonical_columns_and_is_cached(tmp_path, caplog):
     data = make_imagefolder(tmp_path / "data")
-    kwargs = dict(path=str(data), image_size=32, seed=0, columns={"image": "image", "text": "captions",
-                  "question": "question", "answers": "answers", "label": "label"}, val_fraction=0.25)
+    kwargs = dict(
+        path=str(data),
+        image_size=32,
+        seed=0,
+        columns={"image": "image", "text": "captions", "question": "question", "answers": "answers", "label": "label"},
+        val_fraction=0.25,
+    )
     caplog.set_level("INFO")
     dsd, cache = hf.build_hf(tmp_path / "cache", **kwargs)
     assert cache.name.startswith("hf-") and "carving val from train" in caplog.text
@@ -154,10 +171,17 @@ def test_imagefolder_converts_to_canonical_columns_and_is_cached(tmp_path, caplo
 
 def test_parquet_rows_of_one_image_are_grouped_and_trained_through_compose_api(tmp_path, cache_dir):
     data = make_parquet(tmp_path / "pq")
-    cfg = hf_cfg(tmp_path, f"data.source.path={data}", "data.source.columns.image=img",
-                 "data.source.columns.text=caption", "data.source.columns.question=question",
-                 "data.source.columns.answers=answers", "data.source.columns.image_id=iid",
-                 "data.source.splits.val=null", "data.source.val_fraction=0.2")
+    cfg = hf_cfg(
+        tmp_path,
+        f"data.source.path={data}",
+        "data.source.columns.image=img",
+        "data.source.columns.text=caption",
+        "data.source.columns.question=question",
+        "data.source.columns.answers=answers",
+        "data.source.columns.image_id=iid",
+        "data.source.splits.val=null",
+        "data.source.val_fraction=0.2",
+    )
     record = run(cfg)
     assert record["status"] == "completed"
     assert "test/vqa/acc" in record["metrics"] and "test/itc/acc" in record["metrics"]
@@ -173,8 +197,9 @@ def test_parquet_rows_of_one_image_are_grouped_and_trained_through_compose_api(t
 
 def test_soft_scores_and_capped_answer_vocabulary(tmp_path, cache_dir):
     data = make_imagefolder(tmp_path / "data")
-    cfg = hf_cfg(tmp_path, f"data.source.path={data}", *COLUMNS, "data.max_answers=2",
-                 "data.source.columns.label=label")
+    cfg = hf_cfg(
+        tmp_path, f"data.source.path={data}", *COLUMNS, "data.max_answers=2", "data.source.columns.label=label"
+    )
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.data)
@@ -202,8 +227,14 @@ def test_soft_scores_and_capped_answer_vocabulary(tmp_path, cache_dir):
 
 def _cli(args, cwd, timeout=600, **env):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "mmbench.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mmbench.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_trains_and_tests_on_an_imagefolder(tmp_path, cache_dir):
@@ -251,8 +282,13 @@ def test_missing_image_file_in_jsonl_is_reported_with_its_path(tmp_path):
     rows = [{"path": "a.png", "text": "a red picture"}, {"path": "missing.png", "text": "nothing"}]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=f"unreadable image {root / 'missing.png'}"):
-        hf.build_hf(tmp_path / "cache", path=str(root / "train.jsonl"), image_size=16,
-                    columns={"image": "path", "text": "text"}, splits={"train": "train", "val": "train", "test": "train"})
+        hf.build_hf(
+            tmp_path / "cache",
+            path=str(root / "train.jsonl"),
+            image_size=16,
+            columns={"image": "path", "text": "text"},
+            splits={"train": "train", "val": "train", "test": "train"},
+        )
 
 
 def test_empty_split_is_an_error_before_training(tmp_path):
@@ -265,9 +301,16 @@ def test_empty_split_is_an_error_before_training(tmp_path):
 
 def test_missing_split_names_the_available_ones(tmp_path):
     data = make_imagefolder(tmp_path / "data", n_train=4, n_test=2)
-    with pytest.raises(DataError, match=r"splits.test='eval' is not a split of the dataset; it has \['train', 'test'\]"):
-        hf.build_hf(tmp_path / "cache", path=str(data), image_size=32, columns={"text": "captions"},
-                    splits={"train": "train", "val": None, "test": "eval"})
+    with pytest.raises(
+        DataError, match=r"splits.test='eval' is not a split of the dataset; it has \['train', 'test'\]"
+    ):
+        hf.build_hf(
+            tmp_path / "cache",
+            path=str(data),
+            image_size=32,
+            columns={"text": "captions"},
+            splits={"train": "train", "val": None, "test": "eval"},
+        )
 
 
 # --------------------------------------------------------------------------- offline
@@ -279,11 +322,18 @@ def test_uncached_hub_id_fails_fast_offline(tmp_path, monkeypatch, offline):
     monkeypatch.setattr(hub, "_probe_result", {})
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.HUB_PROBE_TIMEOUT_S: False)  # tests never use the network
+    monkeypatch.setattr(
+        hub, "hub_reachable", lambda timeout=hub.HUB_PROBE_TIMEOUT_S: False
+    )  # tests never use the network
     start = time.time()
     with pytest.raises(hf.HubUnavailableError, match="is not in the local HF cache") as err:
-        hf.build_hf(tmp_path / "cache", path="mmbench-tests/no-such-dataset", image_size=32, offline=offline,
-                    hf_cache_dir=str(tmp_path / "hf"))
+        hf.build_hf(
+            tmp_path / "cache",
+            path="mmbench-tests/no-such-dataset",
+            image_size=32,
+            offline=offline,
+            hf_cache_dir=str(tmp_path / "hf"),
+        )
     assert time.time() - start < 20
     assert ("data.offline=true" if offline else "unreachable") in str(err.value)
 
@@ -298,8 +348,12 @@ def test_hub_probe_is_bounded_in_time():
 def test_uncached_hub_id_through_the_cli_is_one_message_within_seconds(tmp_path, cache_dir):
     """Bad data through the CLI: one message, exit code 2, no traceback, no retries."""
     start = time.time()
-    res = _cli(["data=hf", "data.source.path=mmbench-tests/no-such-dataset", "data.offline=true", "objective=[itc]", *TINY_HF],
-               tmp_path, timeout=120, HF_HOME=str(tmp_path / "hf"))
+    res = _cli(
+        ["data=hf", "data.source.path=mmbench-tests/no-such-dataset", "data.offline=true", "objective=[itc]", *TINY_HF],
+        tmp_path,
+        timeout=120,
+        HF_HOME=str(tmp_path / "hf"),
+    )
     assert res.returncode == 2 and "is not in the local HF cache" in res.stderr, res.stderr[-2000:]
     assert "Retrying" not in res.stderr and "Traceback" not in res.stderr
     assert time.time() - start < 60  # interpreter + torch start-up dominate
@@ -346,9 +400,15 @@ def test_region_features_from_files_train_region_feats_encoder(tmp_path, cache_d
     for p in data.rglob("*.png"):
         feats, boxes = _regions(int(p.stem))
         np.savez(regions / f"{p.stem}.npz", feats=feats, boxes=boxes)
-    cfg = hf_cfg(tmp_path, f"data.source.path={data}", "data.source.columns.text=captions",
-                 f"data.source.region_dir={regions}", "encoder/vision=region_feats", "model.region_feat_dim=8",
-                 "objective=[itc,itm]")
+    cfg = hf_cfg(
+        tmp_path,
+        f"data.source.path={data}",
+        "data.source.columns.text=captions",
+        f"data.source.region_dir={regions}",
+        "encoder/vision=region_feats",
+        "model.region_feat_dim=8",
+        "objective=[itc,itm]",
+    )
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.data)
@@ -375,12 +435,23 @@ def test_region_features_as_columns(tmp_path):
         rows = []
         for i in ids:
             feats, boxes = _regions(i, F=4)
-            rows.append({"text": f"picture {i}", "feats": feats.tolist(), "boxes": boxes.tolist(),
-                         "objects": list(range(len(boxes)))})
+            rows.append(
+                {
+                    "text": f"picture {i}",
+                    "feats": feats.tolist(),
+                    "boxes": boxes.tolist(),
+                    "objects": list(range(len(boxes))),
+                }
+            )
         pq.write_table(pa.Table.from_pylist(rows), root / f"{split}.parquet")
-    dsd, _ = hf.build_hf(tmp_path / "cache", path=str(root), image_size=16, splits={"train": "train", "val": None, "test": "test"},
-                         val_fraction=0.3, columns={"image": None, "text": "text", "region_feats": "feats",
-                                                     "boxes": "boxes", "region_labels": "objects"})
+    dsd, _ = hf.build_hf(
+        tmp_path / "cache",
+        path=str(root),
+        image_size=16,
+        splits={"train": "train", "val": None, "test": "test"},
+        val_fraction=0.3,
+        columns={"image": None, "text": "text", "region_feats": "feats", "boxes": "boxes", "region_labels": "objects"},
+    )
     row = dsd["test"].with_format("numpy")[1]
     feats, boxes = _regions(7, F=4)
     np.testing.assert_allclose(row["region_feats"], feats)
@@ -391,8 +462,14 @@ def test_region_features_as_columns(tmp_path):
     rows = [{"text": "x", "feats": [[0.0] * 4], "boxes": [[0.0, 0.0, 20.0, 30.0]], "objects": [0]}] * 4
     pq.write_table(pa.Table.from_pylist(rows), bad)
     with pytest.raises(DataError, match="not normalised to"):
-        hf.build_hf(tmp_path / "cache", path=str(root), image_size=16, splits={"train": "train", "val": None, "test": "test"},
-                    val_fraction=0.3, columns={"image": None, "text": "text", "region_feats": "feats", "boxes": "boxes"})
+        hf.build_hf(
+            tmp_path / "cache",
+            path=str(root),
+            image_size=16,
+            splits={"train": "train", "val": None, "test": "test"},
+            val_fraction=0.3,
+            columns={"image": None, "text": "text", "region_feats": "feats", "boxes": "boxes"},
+        )
 
 
 def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
@@ -403,17 +480,36 @@ def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
     dm.setup()
     ds = dm.datasets["val"]
     batch = dm.collate([ds[i] for i in range(16)])
-    assert set(batch) == {"pixel_values", "image_id", "input_ids", "attention_mask", "question_ids", "question_mask",
-                          "answer", "answer_scores", "region_boxes", "region_labels", "region_mask",
-                          "text_claim", "image_facts"}
+    assert set(batch) == {
+        "pixel_values",
+        "image_id",
+        "input_ids",
+        "attention_mask",
+        "question_ids",
+        "question_mask",
+        "answer",
+        "answer_scores",
+        "region_boxes",
+        "region_labels",
+        "region_mask",
+        "text_claim",
+        "image_facts",
+    }
     assert torch.equal(batch["answer_scores"].sum(1), (batch["answer"] >= 0).float())
     assert torch.equal(batch["region_mask"], batch["region_labels"] >= 0)
 
 
 def test_streaming_converts_the_first_max_samples(tmp_path):
     data = make_imagefolder(tmp_path / "data", n_train=12, n_test=6)
-    dsd, _ = hf.build_hf(tmp_path / "cache", path=str(data), image_size=32, columns={"text": "captions"},
-                         streaming=True, max_samples=8, val_fraction=0.25)
+    dsd, _ = hf.build_hf(
+        tmp_path / "cache",
+        path=str(data),
+        image_size=32,
+        columns={"text": "captions"},
+        streaming=True,
+        max_samples=8,
+        val_fraction=0.25,
+    )
     assert (len(dsd["train"]), len(dsd["val"]), len(dsd["test"])) == (6, 2, 6)
     with pytest.raises(DataError, match="streaming=true needs data.source.max_samples"):
         hf.build_hf(tmp_path / "cache", path=str(data), image_size=32, columns={"text": "captions"}, streaming=True)

@@ -54,10 +54,12 @@ class FixedLogitsModel(nn.Module):
 def _known_case():
     ids = torch.tensor([[2, 1, 1, 3], [2, 1, 3, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
-    probs = torch.tensor([
-        [[0.1, 0.6, 0.2, 0.1], [0.3, 0.25, 0.25, 0.2], [0.1, 0.1, 0.1, 0.7], [0.97, 0.01, 0.01, 0.01]],
-        [[0.1, 0.5, 0.3, 0.1], [0.2, 0.2, 0.2, 0.4], [0.01, 0.01, 0.97, 0.01], [0.97, 0.01, 0.01, 0.01]],
-    ])  # (B, T, V): row t is the prediction of token t+1
+    probs = torch.tensor(
+        [
+            [[0.1, 0.6, 0.2, 0.1], [0.3, 0.25, 0.25, 0.2], [0.1, 0.1, 0.1, 0.7], [0.97, 0.01, 0.01, 0.01]],
+            [[0.1, 0.5, 0.3, 0.1], [0.2, 0.2, 0.2, 0.4], [0.01, 0.01, 0.97, 0.01], [0.97, 0.01, 0.01, 0.01]],
+        ]
+    )  # (B, T, V): row t is the prediction of token t+1
     return ids, mask, probs
 
 
@@ -117,10 +119,17 @@ def test_head_is_mlm_head_tied_to_word_embeddings():
 
 # ------------------------------------------------------------------------------------ leakage
 
-INFO = DataInfo(vocab_size=50, pad_id=PAD, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)),
-                max_text_len=16, image_size=48)
-SMALL = ["model.sizes.tiny.dim=32", "model.sizes.tiny.heads=2", "model.sizes.tiny.text_depth=1",
-         "model.sizes.tiny.vision_depth=1", "model.sizes.tiny.fusion_depth=2", "data.max_text_len=16"]
+INFO = DataInfo(
+    vocab_size=50, pad_id=PAD, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)), max_text_len=16, image_size=48
+)
+SMALL = [
+    "model.sizes.tiny.dim=32",
+    "model.sizes.tiny.heads=2",
+    "model.sizes.tiny.text_depth=1",
+    "model.sizes.tiny.vision_depth=1",
+    "model.sizes.tiny.fusion_depth=2",
+    "data.max_text_len=16",
+]
 
 
 def _built(model_name: str):
@@ -132,9 +141,14 @@ def _built(model_name: str):
     return model, lm
 
 
-@pytest.mark.parametrize("model_name, fusion", [
-    ("vilt", "MergedFusion"), ("albef", "TextCrossAttentionFusion"), ("flamingo", "GatedCrossAttentionFusion"),
-])
+@pytest.mark.parametrize(
+    "model_name, fusion",
+    [
+        ("vilt", "MergedFusion"),
+        ("albef", "TextCrossAttentionFusion"),
+        ("flamingo", "GatedCrossAttentionFusion"),
+    ],
+)
 def test_no_future_token_leakage_through_the_whole_model(model_name, fusion):
     model, lm = _built(model_name)
     assert type(model.fusion).__name__ == fusion and len(model.text_encoder.stack.blocks) >= 1
@@ -162,12 +176,15 @@ def test_no_future_token_leakage_through_the_whole_model(model_name, fusion):
         assert not torch.allclose(lm.logits(model, ids, mask, other), base, atol=1e-4)
 
 
-@pytest.mark.parametrize("model_name, missing", [
-    ("vilbert", "causal_text"),  # coattention
-    ("lxmert", "causal_text"),  # cross_encoder
-    ("clip", "text_tokens, causal_text"),  # none
-    ("concat", "text_tokens, causal_text"),  # a vector fusion
-])
+@pytest.mark.parametrize(
+    "model_name, missing",
+    [
+        ("vilbert", "causal_text"),  # coattention
+        ("lxmert", "causal_text"),  # cross_encoder
+        ("clip", "text_tokens, causal_text"),  # none
+        ("concat", "text_tokens, causal_text"),  # a vector fusion
+    ],
+)
 def test_config_refuses_lm_without_causal_text_tokens(model_name, missing):
     cfg = compose_cfg([f"model={model_name}", "objective=[lm]"])
     with pytest.raises(ConfigError, match=f"objective 'lm' needs a fusion with {missing}"):
@@ -287,6 +304,7 @@ def test_beam_of_one_equals_greedy_on_a_real_model_and_image_encoded_once(monkey
 
 
 # ------------------------------------------------------------------------------ learning it
+
 
 def test_overfit_few_images_then_greedy_reproduces_captions(cache_dir, tmp_path):
     """ViLT (merged fusion, dim 64, one fusion layer) on 8 Shapes images, one caption each."""

@@ -27,10 +27,12 @@ from mmbench.metrics.vqa import vqa_score
 def test_recall_hand_computed_multi_caption():
     # 2 images, captions 0,1 -> image 0 and 2,3 -> image 1
     txt2img = torch.tensor([0, 0, 1, 1])
-    i2t = torch.tensor([
-        [0.1, 0.9, 0.8, 0.0],  # image 0: best caption is 1 (its own) -> hit at 1
-        [0.9, 0.2, 0.1, 0.3],  # image 1: ranking 0, 3, 1, 2 -> its first caption (3) at rank 2
-    ])
+    i2t = torch.tensor(
+        [
+            [0.1, 0.9, 0.8, 0.0],  # image 0: best caption is 1 (its own) -> hit at 1
+            [0.9, 0.2, 0.1, 0.3],  # image 1: ranking 0, 3, 1, 2 -> its first caption (3) at rank 2
+        ]
+    )
     out = recall_metrics(i2t, txt2img, ks=(1, 2))
     assert out["i2t_r1"] == 0.5 and out["i2t_r2"] == 1.0
     # t2i = i2t.T: caption 0 -> image 1 (miss), 1 -> 0 (hit), 2 -> 0 (miss), 3 -> 1 (hit)
@@ -58,7 +60,9 @@ def test_recall_equals_torchmetrics_hit_rate():
         idx = torch.arange(t2i.shape[0])[:, None].expand_as(t2i)
         target = torch.arange(n_img)[None, :] == txt2img[:, None]
         assert ours[f"t2i_r{k}"] == pytest.approx(hit(t2i.flatten(), target.flatten(), indexes=idx.flatten()).item())
-        assert ours[f"t2i_r{k}"] == pytest.approx((t2i.topk(k, 1).indices == txt2img[:, None]).any(1).float().mean().item())
+        assert ours[f"t2i_r{k}"] == pytest.approx(
+            (t2i.topk(k, 1).indices == txt2img[:, None]).any(1).float().mean().item()
+        )
 
 
 def test_rerank_reorders_only_the_top_k():
@@ -72,16 +76,19 @@ def test_rerank_reorders_only_the_top_k():
 # --------------------------------------------------------------------------- VQA
 
 
-@pytest.mark.parametrize("answers, expected", [
-    ("two", 1.0),
-    ("three", 0.0),
-    (["two"], 1.0),
-    (["two"] * 3 + ["one"] * 7, 0.9),  # official VQAv2: (3 * 2/3 + 7 * 1) / 10
-    (["two"] * 2 + ["one"] * 8, 0.6),  # (2 * 1/3 + 8 * 2/3) / 10
-    (["two"] * 1 + ["one"] * 9, 0.3),  # (1 * 0 + 9 * 1/3) / 10
-    (["two"] * 10, 1.0),
-    (["one"] * 10, 0.0),
-])
+@pytest.mark.parametrize(
+    "answers, expected",
+    [
+        ("two", 1.0),
+        ("three", 0.0),
+        (["two"], 1.0),
+        (["two"] * 3 + ["one"] * 7, 0.9),  # official VQAv2: (3 * 2/3 + 7 * 1) / 10
+        (["two"] * 2 + ["one"] * 8, 0.6),  # (2 * 1/3 + 8 * 2/3) / 10
+        (["two"] * 1 + ["one"] * 9, 0.3),  # (1 * 0 + 9 * 1/3) / 10
+        (["two"] * 10, 1.0),
+        (["one"] * 10, 0.0),
+    ],
+)
 def test_vqa_score_hand_computed(answers, expected):
     assert vqa_score("Two.", answers) == pytest.approx(expected)
 
@@ -93,8 +100,11 @@ def test_caption_scores_are_pycocoevalcap():
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
-    refs = [["a red circle left of a blue square", "there is a red circle"], ["two squares", "a small green square"],
-            ["there are three objects", "a cyan cross above a red circle"]]
+    refs = [
+        ["a red circle left of a blue square", "there is a red circle"],
+        ["two squares", "a small green square"],
+        ["there are three objects", "a cyan cross above a red circle"],
+    ]
     hyps = ["a red circle left of a green square", "a small green square", "there are two objects"]
     ours = caption_scores(refs, hyps)
     gts = {i: r for i, r in enumerate(refs)}
@@ -110,7 +120,9 @@ def test_caption_scores_hand_computed():
     perfect = caption_scores(refs, ["a small red circle", "two blue squares"])
     assert perfect["captioning/exact_match"] == 1.0 and perfect["captioning/bleu4"] > 0.99
     wrong = caption_scores(refs, ["zebra", "zebra"])
-    assert wrong["captioning/exact_match"] == 0.0 and wrong["captioning/bleu4"] < 1e-6 and wrong["captioning/cider"] == 0.0
+    assert (
+        wrong["captioning/exact_match"] == 0.0 and wrong["captioning/bleu4"] < 1e-6 and wrong["captioning/cider"] == 0.0
+    )
     assert tokenize("A red circle, left of a square.") == "a red circle left of a square"
 
 
@@ -132,7 +144,7 @@ def test_corruptions():
     assert (dropped["pixel_values"] == 0).all() and not dropped["region_mask"].any()
     half = patch_dropout(batch, g(), 0.5, patch_size=16)["pixel_values"]
     cells = (half.view(2, 3, 2, 16, 2, 16) == 0).all(dim=(1, 3, 5))  # (2, 2, 2): whole cells are dropped
-    assert ((half == 0).sum() == cells.sum() * 3 * 16 * 16)
+    assert (half == 0).sum() == cells.sum() * 3 * 16 * 16
     assert (blank_image(batch, g())["pixel_values"] == 0).all()
     noisy = corruption("image_noise", 0.5).images(batch, g())["pixel_values"]
     assert noisy.abs().max() <= 1 and not torch.equal(noisy, batch["pixel_values"])
@@ -151,8 +163,13 @@ def test_robustness_curves_and_missing_modalities():
         level = 0.0 if c is None else c.level
         return {"vqa/acc": 1.0 - level, "other": 3.0}
 
-    out = robustness(evaluate, metrics=["vqa/acc", "absent/metric"], levels=[0.5, 1.0],
-                     corruptions=["image_noise", "text_typos"], missing=["blank_image"])
+    out = robustness(
+        evaluate,
+        metrics=["vqa/acc", "absent/metric"],
+        levels=[0.5, 1.0],
+        corruptions=["image_noise", "text_typos"],
+        missing=["blank_image"],
+    )
     assert out["robustness/image_noise/vqa/acc/l0"] == 1.0 and out["robustness/image_noise/vqa/acc/l50"] == 0.5
     assert out["robustness/text_typos/vqa/acc/auc"] == pytest.approx(0.5)
     assert out["robustness/blank_image/vqa/acc"] == 0.0

@@ -177,8 +177,13 @@ def test_mrm_region_classification_known_answer_over_real_masked_regions():
     batch = region_batch()
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
     image = model.encode_image(batch)
-    mrm = MRM(dim=D, num_region_labels=NUM_LABELS, mask_prob=0.5, regression_weight=0.0,
-              vision_input_dim=model.vision_input_dim)
+    mrm = MRM(
+        dim=D,
+        num_region_labels=NUM_LABELS,
+        mask_prob=0.5,
+        regression_weight=0.0,
+        vision_input_dim=model.vision_input_dim,
+    )
     torch.nn.init.zeros_(mrm.classification_head.weight)
     bias = torch.tensor([2.0, 0.0, -1.0, 0.5, 0.0])
     with torch.no_grad():
@@ -354,7 +359,9 @@ def test_mrm_target_of_end_to_end_regions_is_the_roi_feature():
     assert mrm.regression_head.out_features == enc.backbone.out_channels
     selected = mask_image_tokens(image.mask, 0.5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        roi = enc.roi_features(enc.backbone(batch["pixel_values"]), torch.nan_to_num(batch["region_boxes"]))  # (B, R, C)
+        roi = enc.roi_features(
+            enc.backbone(batch["pixel_values"]), torch.nan_to_num(batch["region_boxes"])
+        )  # (B, R, C)
         pred = mrm.predict(model, batch, text, selected)
     torch.testing.assert_close(pred.target, roi[selected[:, 1:]], atol=1e-6, rtol=1e-6)
 
@@ -390,17 +397,33 @@ def test_mrm_refused_by_fusion_override(fusion):
         validate(cfg)
 
 
-HF_LABELLED = ["data=hf", "data.source.path=my/data", "data.source.columns.label=label", "data.source.columns.boxes=boxes",
-               "data.image_size=64"]
+HF_LABELLED = [
+    "data=hf",
+    "data.source.path=my/data",
+    "data.source.columns.label=label",
+    "data.source.columns.boxes=boxes",
+    "data.image_size=64",
+]
 
 
-@pytest.mark.parametrize("model, extra", [("vilt", ["objective.mrm.classification_weight=0"]), ("visualbert", []),
-                                          ("vilbert", []), ("lxmert", [])])
+@pytest.mark.parametrize(
+    "model, extra",
+    [("vilt", ["objective.mrm.classification_weight=0"]), ("visualbert", []), ("vilbert", []), ("lxmert", [])],
+)
 def test_mrm_and_classify_accepted_with_image_tokens(model, extra):
     # data with a label column (classify reads `labels`; Shapes has none) and object labels (MRM's
     # classification term): only the config is checked here
-    validate(compose_cfg([f"model={model}", "objective=[mrm,classify]", *HF_LABELLED,
-                          "data.source.columns.region_labels=labels", *extra]))
+    validate(
+        compose_cfg(
+            [
+                f"model={model}",
+                "objective=[mrm,classify]",
+                *HF_LABELLED,
+                "data.source.columns.region_labels=labels",
+                *extra,
+            ]
+        )
+    )
 
 
 def test_mrm_classification_with_patch_tokens_is_refused_before_anything_is_built():
@@ -416,10 +439,20 @@ def test_mrm_classification_with_patch_tokens_is_refused_before_anything_is_buil
 
 @pytest.mark.parametrize("encoder, cls", [("timm", "TimmEncoder"), ("hf", "HFVisionEncoder")])
 def test_mrm_refused_with_vision_encoders_that_cannot_hide_inputs(encoder, cls):
-    cfg = compose_cfg(["model=vilt", "objective=[mrm]", "objective.mrm.classification_weight=0",
-                       f"encoder/vision={encoder}", "encoder.vision.name=some-model"])
-    with pytest.raises(ConfigError, match=f"hides image tokens at the vision encoder's input, before any of its "
-                                          f"layers, which encoder/vision '{cls}' cannot do; use {MASKABLE_OPTIONS}"):
+    cfg = compose_cfg(
+        [
+            "model=vilt",
+            "objective=[mrm]",
+            "objective.mrm.classification_weight=0",
+            f"encoder/vision={encoder}",
+            "encoder.vision.name=some-model",
+        ]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=f"hides image tokens at the vision encoder's input, before any of its "
+        f"layers, which encoder/vision '{cls}' cannot do; use {MASKABLE_OPTIONS}",
+    ):
         validate(cfg)
 
 
@@ -437,7 +470,9 @@ def test_mrm_messages_name_exactly_the_encoders_that_can():
 
     from tests.conftest import ROOT
 
-    targets = {p.stem: get_class(OmegaConf.load(p)._target_) for p in (ROOT / "conf" / "encoder" / "vision").glob("*.yaml")}
+    targets = {
+        p.stem: get_class(OmegaConf.load(p)._target_) for p in (ROOT / "conf" / "encoder" / "vision").glob("*.yaml")
+    }
     named = lambda options: set(options.removeprefix("encoder/vision=").replace(" or ", ", ").split(", "))  # noqa: E731
     assert named(MASKABLE_OPTIONS) == {n for n, c in targets.items() if getattr(c, "maskable_inputs", False)}
     assert named(REGION_OPTIONS) == {n for n, c in targets.items() if getattr(c, "needs_regions", False)}
@@ -458,15 +493,38 @@ def test_classify_takes_num_labels_from_the_data_unless_set():
     from mmbench.builder import data_kwargs
     from mmbench.data.datamodule import DataInfo
 
-    info = DataInfo(vocab_size=10, pad_id=0, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)),
-                    max_text_len=8, image_size=16, num_labels=3)
+    info = DataInfo(
+        vocab_size=10,
+        pad_id=0,
+        mask_id=4,
+        bos_id=5,
+        eos_id=6,
+        special_ids=list(range(7)),
+        max_text_len=8,
+        image_size=16,
+        num_labels=3,
+    )
     for overrides, expected in (([], 3), (["objective.classify.num_labels=5"], 5)):
         c = compose_cfg(["model=vilt", "objective=[classify]", *overrides]).objective.classify
         assert instantiate(c, **data_kwargs(c, info)).head.out_features == expected
     c = compose_cfg(["model=vilt", "objective=[classify]"]).objective.classify
     with pytest.raises(Exception, match="the data has no labels"):  # hydra wraps it in InstantiationException
-        instantiate(c, **data_kwargs(c, DataInfo(vocab_size=10, pad_id=0, mask_id=4, bos_id=5, eos_id=6,
-                                                 special_ids=list(range(7)), max_text_len=8, image_size=16)))
+        instantiate(
+            c,
+            **data_kwargs(
+                c,
+                DataInfo(
+                    vocab_size=10,
+                    pad_id=0,
+                    mask_id=4,
+                    bos_id=5,
+                    eos_id=6,
+                    special_ids=list(range(7)),
+                    max_text_len=8,
+                    image_size=16,
+                ),
+            ),
+        )
 
 
 def test_classify_known_answer():
@@ -505,11 +563,14 @@ def test_classify_label_out_of_range_is_explained():
 # ---------------------------------------------------------------- real tiny run
 
 
-@pytest.mark.parametrize("model, extra, keys", [
-    ("visualbert", [], ("test/mrm/acc", "test/mrm/mse", "test/mrm/loss")),  # regions, no vision layers
-    ("lxmert", [], ("test/mrm/acc", "test/mrm/mse", "test/mrm/loss")),  # regions + object-relationship layers
-    ("vilt", ["objective.mrm.classification_weight=0"], ("test/mrm/mse", "test/mrm/loss")),  # patches: regression
-])
+@pytest.mark.parametrize(
+    "model, extra, keys",
+    [
+        ("visualbert", [], ("test/mrm/acc", "test/mrm/mse", "test/mrm/loss")),  # regions, no vision layers
+        ("lxmert", [], ("test/mrm/acc", "test/mrm/mse", "test/mrm/loss")),  # regions + object-relationship layers
+        ("vilt", ["objective.mrm.classification_weight=0"], ("test/mrm/mse", "test/mrm/loss")),  # patches: regression
+    ],
+)
 def test_itc_mrm_run_logs_mrm_metrics(tiny_cfg, model, extra, keys):
     small = ("trainer.limit_train_batches=2", "data.batch_size=8", "data.eval_batch_size=16", "model.backbone_width=8")
     record = run(tiny_cfg(f"model={model}", "objective=[itc,mrm]", *small, *extra))

@@ -40,7 +40,7 @@ def test_itc_known_answer_multi_positive():
     # a same-image caption is never a negative: a model that cannot tell the two captions of
     # image 7 apart (identical text embeddings) loses nothing for it
     txt_same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    loss_same, acc_same = multi_positive_contrastive_loss(img, txt_same, ids, 100.0 ** -1)
+    loss_same, acc_same = multi_positive_contrastive_loss(img, txt_same, ids, 100.0**-1)
     assert loss_same.item() < 0.01 + math.log(2) and acc_same.item() == 1.0
 
 
@@ -127,12 +127,15 @@ def test_true_pairs_and_negatives_exclude_identical_captions():
     image_ids = torch.tensor([0, 0, 1, 2])
     input_ids = torch.tensor([[1, 5, 2, 0], [1, 6, 7, 2], [1, 5, 2, 0], [1, 8, 2, 0]])  # rows 0 and 2 say the same
     true = true_pairs(image_ids, input_ids)
-    expected = torch.tensor([
-        [1, 1, 1, 0],  # image 0 (rows 0, 1): its captions, and row 2 (= row 0's words)
-        [1, 1, 1, 0],
-        [1, 0, 1, 0],  # image 1 (row 2): itself and row 0 (same words)
-        [0, 0, 0, 1],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 0],  # image 0 (rows 0, 1): its captions, and row 2 (= row 0's words)
+            [1, 1, 1, 0],
+            [1, 0, 1, 0],  # image 1 (row 2): itself and row 0 (same words)
+            [0, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(true, expected)
     assert torch.equal(true_pairs(image_ids), image_ids[:, None] == image_ids[None, :])
     g = torch.Generator().manual_seed(0)

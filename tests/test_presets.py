@@ -22,11 +22,27 @@ ALL_OBJECTIVES = ["itc", "itm", "mlm", "vqa"]
 def supported_objectives(model: str) -> list[str]:
     cfg = compose_cfg([f"model={model}", f"objective=[{','.join(ALL_OBJECTIVES)}]"])
     caps = get_class(cfg.fusion._target_).capabilities
-    return [o for o in ALL_OBJECTIVES if all(getattr(caps, need) for need in get_class(cfg.objective[o]._target_).requires)]
+    return [
+        o for o in ALL_OBJECTIVES if all(getattr(caps, need) for need in get_class(cfg.objective[o]._target_).requires)
+    ]
 
 
 def test_every_family_is_present():
-    assert {"vilt", "visualbert", "vilbert", "lxmert", "clip", "albef", "flamingo", "concat", "late", "tfn", "lmf", "gated", "bilinear"} <= set(PRESETS)
+    assert {
+        "vilt",
+        "visualbert",
+        "vilbert",
+        "lxmert",
+        "clip",
+        "albef",
+        "flamingo",
+        "concat",
+        "late",
+        "tfn",
+        "lmf",
+        "gated",
+        "bilinear",
+    } <= set(PRESETS)
 
 
 @pytest.mark.parametrize("model", PRESETS)
@@ -58,8 +74,16 @@ def test_unsupported_objectives_are_refused_before_building(model):
 
 def _count(model: str, overrides: list[str], vocab: int) -> int:
     cfg = compose_cfg([f"model={model}", "model.size=base", *overrides])
-    info = DataInfo(vocab_size=vocab, pad_id=0, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)),
-                    max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
+    info = DataInfo(
+        vocab_size=vocab,
+        pad_id=0,
+        mask_id=4,
+        bos_id=5,
+        eos_id=6,
+        special_ids=list(range(7)),
+        max_text_len=cfg.data.max_text_len,
+        image_size=cfg.data.image_size,
+    )
     return sum(p.numel() for p in build_model(cfg, info).parameters())
 
 
@@ -69,8 +93,12 @@ def _count(model: str, overrides: list[str], vocab: int) -> int:
 PARITY = {
     "vilt": (["data.image_size=384", "data.max_text_len=40"], "ViltModel", "ViltConfig", 30522),
     "lxmert": (["data.max_text_len=512", "encoder/vision=region_feats"], "LxmertModel", "LxmertConfig", 30522),
-    "visualbert": (["data.max_text_len=512", "encoder/vision=region_feats", "model.region_feat_dim=512"],
-                   "VisualBertModel", "VisualBertConfig", 30522),
+    "visualbert": (
+        ["data.max_text_len=512", "encoder/vision=region_feats", "model.region_feat_dim=512"],
+        "VisualBertModel",
+        "VisualBertConfig",
+        30522,
+    ),
     "clip": (["data.image_size=224", "data.max_text_len=77"], "CLIPModel", "CLIPConfig", 49408),
 }
 
@@ -79,6 +107,8 @@ PARITY = {
 def test_base_parameter_count_matches_reference(model):
     transformers = pytest.importorskip("transformers")
     overrides, model_cls, config_cls, vocab = PARITY[model]
-    reference = sum(p.numel() for p in getattr(transformers, model_cls)(getattr(transformers, config_cls)()).parameters())
+    reference = sum(
+        p.numel() for p in getattr(transformers, model_cls)(getattr(transformers, config_cls)()).parameters()
+    )
     ours = _count(model, overrides, vocab)
     assert abs(ours - reference) / reference < 0.01, (model, ours, reference)

@@ -21,8 +21,17 @@ from mmbench.models.vision.hf import HFVisionEncoder  # noqa: E402
 from mmbench.models.vision.timm import TimmEncoder  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
-TINY_BERT = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+TINY_BERT = dict(
+    vocab_size=1000,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48
+)
 TIMM_KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
@@ -84,8 +93,24 @@ def test_hf_vision_encoder_resizes_and_normalises_like_the_processor(checkpoints
 
 def test_hf_vision_encoder_takes_the_vision_tower_of_clip(tmp_path):
     cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=99, bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-        vision_config=dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=99,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=16,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
         projection_dim=16,
     )
     transformers.CLIPModel(cfg).save_pretrained(tmp_path / "clip")
@@ -98,7 +123,9 @@ def test_hf_vision_encoder_takes_the_vision_tower_of_clip(tmp_path):
 
 def test_timm_encoder_loads_a_local_weight_file(checkpoints):
     state = torch.load(checkpoints / "timm_vit.pth", weights_only=True)
-    enc = TimmEncoder("vit_tiny_patch16_224", dim=16, checkpoint=str(checkpoints / "timm_vit.pth"), model_kwargs=TIMM_KW).eval()
+    enc = TimmEncoder(
+        "vit_tiny_patch16_224", dim=16, checkpoint=str(checkpoints / "timm_vit.pth"), model_kwargs=TIMM_KW
+    ).eval()
     torch.testing.assert_close(enc.model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
     out = enc({"pixel_values": torch.rand(2, 3, 48, 48) * 2 - 1})  # resized to the model's 32x32
     assert out.tokens.shape == (2, 17, 16) and out.pooled.shape == (2, 16) and out.mask.all()
@@ -111,10 +138,7 @@ def test_timm_cnn_feature_map_becomes_tokens():
 
 
 def test_uncached_hub_id_fails_fast_offline():
-    code = (
-        "from mmbench.models.text_hf import HFTextEncoder\n"
-        "HFTextEncoder('mmbench-tests/no-such-model-xyz', dim=8)\n"
-    )
+    code = "from mmbench.models.text_hf import HFTextEncoder\nHFTextEncoder('mmbench-tests/no-such-model-xyz', dim=8)\n"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0

@@ -29,8 +29,9 @@ TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=2"]  # epoch 
 
 def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def strict_json(path: Path) -> dict:
@@ -86,8 +87,12 @@ def test_non_finite_weights_are_never_checkpointed(cache_dir, tmp_path):
     callback monitors the step, so that it saves every epoch: with val/loss it would not save epoch 1
     (a NaN loss is no improvement), but a metric such as an accuracy can 'improve' on NaN weights."""
     out = tmp_path / "run"
-    poison = ["+callbacks.poison._target_=tests.sweep_faults.PoisonWeights", "+callbacks.poison.epoch=1",
-              "callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=max"]
+    poison = [
+        "+callbacks.poison._target_=tests.sweep_faults.PoisonWeights",
+        "+callbacks.poison.epoch=1",
+        "callbacks.model_checkpoint.monitor=step",
+        "callbacks.model_checkpoint.mode=max",
+    ]
     with pytest.raises(Diverged, match="global step 4: non-finite weights in"):
         run(compose_cfg([*FAST, *TWO_EPOCHS, *poison], out))
     assert strict_json(out / "metrics.json")["status"] == "diverged"
@@ -96,8 +101,12 @@ def test_non_finite_weights_are_never_checkpointed(cache_dir, tmp_path):
 
 
 def test_metrics_json_is_strict_json_with_null_for_non_finite_numbers(tmp_path):
-    record = {"status": "completed", "metrics": {"val/loss": math.nan, "a": math.inf, "b": -math.inf, "c": 0.5},
-              "nested": [{"x": np.float32("nan")}, torch.tensor(float("inf")), np.float64(2.0)], "wall_s": None}
+    record = {
+        "status": "completed",
+        "metrics": {"val/loss": math.nan, "a": math.inf, "b": -math.inf, "c": 0.5},
+        "nested": [{"x": np.float32("nan")}, torch.tensor(float("inf")), np.float64(2.0)],
+        "wall_s": None,
+    }
     write_metrics(tmp_path / "metrics.json", record)
     saved = strict_json(tmp_path / "metrics.json")
     assert saved["metrics"] == {"val/loss": None, "a": None, "b": None, "c": 0.5}
@@ -135,7 +144,12 @@ def test_sweep_summary_and_report_count_diverged_as_failed_and_interrupted_as_un
     assert state["unfinished"][0][1] == "interrupted here"
     jobs = {name: report.read_job(tmp_path / name) for name in statuses}
     assert {name: job.status for name, job in jobs.items()} == {
-        "a": "completed", "b": "failed", "c": "failed", "d": "unfinished", "e": "unfinished"}
+        "a": "completed",
+        "b": "failed",
+        "c": "failed",
+        "d": "unfinished",
+        "e": "unfinished",
+    }
     assert jobs["c"].error == "diverged here"
 
 
@@ -148,8 +162,11 @@ def test_interrupted_run_is_marked_and_a_rerun_resumes_it(signum, cache_dir, tmp
     raised (not Lightning's sys.exit(1)), Ctrl-C works again afterwards; rerun: resumes from step 2.
     (Lightning stops at once on Ctrl-C, after the current batch on SIGTERM.)"""
     out = tmp_path / "run"
-    fault = ["+callbacks.signal._target_=tests.sweep_faults.SignalAtStep", "+callbacks.signal.step=2",
-             f"+callbacks.signal.signum={signum}"]
+    fault = [
+        "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep",
+        "+callbacks.signal.step=2",
+        f"+callbacks.signal.signum={signum}",
+    ]
     monkeypatch.setenv("MMBENCH_TEST_SIGNAL", "1")
     handler = signal.getsignal(signal.SIGINT)
     step = 2 if signum == "SIGINT" else 3
@@ -168,8 +185,14 @@ def test_interrupted_run_is_marked_and_a_rerun_resumes_it(signum, cache_dir, tmp
 
 
 def test_ctrl_c_stops_a_sweep_with_exit_130_and_the_rerun_resumes_it(cache_dir, tmp_path):
-    args = ["-m", "seed=0", *FAST, *TWO_EPOCHS, "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep",
-            "+callbacks.signal.step=2"]
+    args = [
+        "-m",
+        "seed=0",
+        *FAST,
+        *TWO_EPOCHS,
+        "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep",
+        "+callbacks.signal.step=2",
+    ]
     res = _cli("mmbench.train", args, tmp_path, env={"MMBENCH_TEST_SIGNAL": "1"})
     assert res.returncode == 130, res.stderr[-3000:]
     assert "interrupted by SIGINT (Ctrl-C) at global step 2; rerun the same command" in res.stderr

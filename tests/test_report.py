@@ -51,11 +51,18 @@ def _sweep(root: Path) -> Path:
     swept = swept_keys(TASK)
     sweep.mkdir(parents=True)
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}
-    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": TASK}, "sweeper": sweeper}}), sweep / "multirun.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"overrides": {"task": TASK}, "sweeper": sweeper}}), sweep / "multirun.yaml"
+    )
 
     for (model, seed), metrics in VALUES.items():
-        _job(sweep, swept, model, seed, {"status": "completed", "metrics": {**metrics, "note": "text"},
-                                         "complexity": COMPLEXITY[model, seed]})
+        _job(
+            sweep,
+            swept,
+            model,
+            seed,
+            {"status": "completed", "metrics": {**metrics, "note": "text"}, "complexity": COMPLEXITY[model, seed]},
+        )
     _job(sweep, swept, "clip", 2, {"status": "failed", "metrics": {}, "error": "Traceback...\nRuntimeError: boom"})
     _job(sweep, swept, "albef", 0, None)  # killed: .hydra but no metrics.json
     return sweep
@@ -85,14 +92,19 @@ def test_report_statistics_bold_and_job_states(tmp_path):
             assert s["n"] == len(x) and (s["ci_lo"], s["ci_hi"]) == pytest.approx(_t_ci_by_formula(x), rel=1e-9)
             assert s["ci_lo"] < x.min() and x.max() < s["ci_hi"]  # 2-3 seeds: wider than [min, max]
     # higher is better for acc, lower for loss
-    assert rows[("model=vilt",)].stats["test/vqa/acc"]["best"] and not rows[("model=clip",)].stats["test/vqa/acc"]["best"]
+    assert (
+        rows[("model=vilt",)].stats["test/vqa/acc"]["best"] and not rows[("model=clip",)].stats["test/vqa/acc"]["best"]
+    )
     assert rows[("model=clip",)].stats["test/loss"]["best"] and not rows[("model=vilt",)].stats["test/loss"]["best"]
 
     md = (tmp_path / "rep" / "table.md").read_text()
     # 3 vs 2 seeds: Welch p = 0.050 (acc) and 0.031 (loss), Holm over the 2 -> 0.062 both: not distinguishable
     assert "| vilt | 3 | 1k | 38M | <u>1.9 ± 0.1</u> [" in md and "**0.85 ± 0.05**" in md and "**1.1 ± 0.1414**" in md
     # clip's loss 1.0, 1.2: 1.1 ± 12.706 * 0.1414 / sqrt(2) = 1.1 ± 1.2706
-    assert "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [-0.08531, 1.185] |" in md
+    assert (
+        "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [-0.08531, 1.185] |"
+        in md
+    )
     assert "| model | n | params | FLOPs/sample | test/loss | test/vqa/acc |" in md
     # vilt's acc 0.80, 0.90, 0.85: 0.85 ± 4.3027 * 0.05 / sqrt(3) = 0.85 ± 0.1242
     assert "**0.85 ± 0.05** [0.7258, 0.9742]" in md
@@ -103,7 +115,9 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     assert "**unfinished** `model=albef,seed=0`" in md
     assert "**missing** `model=albef,seed=1`" in md and "**missing** `model=albef,seed=2`" in md
     tex = (tmp_path / "rep" / "table.tex").read_text()
-    assert "\\textbf{0.85 $\\pm$ 0.05} {\\scriptsize [0.7258, 0.9742]}" in tex and "test/vqa/acc" in tex.replace("\\_", "_")
+    assert "\\textbf{0.85 $\\pm$ 0.05} {\\scriptsize [0.7258, 0.9742]}" in tex and "test/vqa/acc" in tex.replace(
+        "\\_", "_"
+    )
     assert "model & n & params & FLOPs/sample & test/loss" in tex and "\\begin{tabular}{lrrrrr}" in tex
     assert "clip & 2 & 1.1k & 10.5M & \\textbf{1.1 $\\pm$" in tex and "vilt & 3 & 1k & 38M & " in tex
     assert f"$n < 3$ seeds in 1 of 2 rows (model=clip): {FEW_SEEDS_NOTE}." in tex and "bootstrap" not in tex
@@ -113,8 +127,13 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     assert [(float(r["params"]), float(r["flops_per_sample"])) for r in summary] == [(1100, 1.05e7), (1000, 3.8e7)]
     with open(tmp_path / "rep" / "runs.csv", newline="") as f:
         runs = {r["job"]: r for r in csv.DictReader(f)}
-    assert runs["model=vilt,seed=2"]["flops_per_sample"] == "38000000.0" and runs["model=vilt,seed=2"]["params"] == "1000"
-    assert (runs["model=vilt,seed=1"]["peak_memory_mb"], runs["model=vilt,seed=1"]["peak_memory_scope"]) == ("520.5", "run")
+    assert (
+        runs["model=vilt,seed=2"]["flops_per_sample"] == "38000000.0" and runs["model=vilt,seed=2"]["params"] == "1000"
+    )
+    assert (runs["model=vilt,seed=1"]["peak_memory_mb"], runs["model=vilt,seed=1"]["peak_memory_scope"]) == (
+        "520.5",
+        "run",
+    )
     assert runs["model=vilt,seed=2"]["peak_memory_scope"] == "process"
     assert runs["model=clip,seed=0"]["peak_memory_mb"] == runs["model=clip,seed=0"]["peak_memory_scope"] == ""
     assert runs["model=clip,seed=2"]["status"] == "failed" and runs["model=clip,seed=2"]["flops_per_sample"] == ""
@@ -134,7 +153,9 @@ def test_report_statistics_bold_and_job_states(tmp_path):
 def test_t_ci_known_values():
     # [1, 2, 3]: mean 2, s = 1, 2 ± t_{0.975, 2} / sqrt(3) = 2 ± 4.3027 / 1.732
     assert report.t_ci([1.0, 2.0, 3.0]) == pytest.approx((-0.48413771175033, 4.48413771175033), rel=1e-12)
-    assert report.t_ci([3.0, 1.0, 2.0]) == pytest.approx((2 - T975[2] / np.sqrt(3), 2 + T975[2] / np.sqrt(3)), rel=1e-12)
+    assert report.t_ci([3.0, 1.0, 2.0]) == pytest.approx(
+        (2 - T975[2] / np.sqrt(3), 2 + T975[2] / np.sqrt(3)), rel=1e-12
+    )
     # 2 seeds: mean ± t_{0.975, 1} * |a - b| / 2, far wider than [min, max] (a bootstrap gives [min, max])
     assert report.t_ci([0.5, 0.6]) == pytest.approx((0.55 - T975[1] * 0.05, 0.55 + T975[1] * 0.05), rel=1e-9)
     assert report.t_ci([3.0]) is None  # one seed: no interval
@@ -142,7 +163,9 @@ def test_t_ci_known_values():
     # many values: close to the normal interval, 49.5 ± 1.9842 * 29.011 / 10
     lo, hi = report.t_ci(np.arange(100.0))
     assert (lo, hi) == pytest.approx((49.5 - 5.7565, 49.5 + 5.7565), abs=1e-3)
-    assert report.t_ci([1.0, 2.0, 3.0], level=0.90) == pytest.approx((2 - 2.919986 / np.sqrt(3), 2 + 2.919986 / np.sqrt(3)))
+    assert report.t_ci([1.0, 2.0, 3.0], level=0.90) == pytest.approx(
+        (2 - 2.919986 / np.sqrt(3), 2 + 2.919986 / np.sqrt(3))
+    )
     assert report.lower_is_better("val/loss") and report.lower_is_better("test/lm/ppl")
     assert not report.lower_is_better("test/itc/acc")
 
@@ -195,7 +218,9 @@ def _known_sweep(root: Path, models: str = "abcd") -> Path:
     swept = swept_keys([f"model={','.join(models)}", "seed=0,1,2"])
     for model, metrics in ((m, KNOWN[m]) for m in models):
         for seed in range(len(metrics["test/acc"])):
-            _job(sweep, swept, model, seed, {"status": "completed", "metrics": {m: v[seed] for m, v in metrics.items()}})
+            _job(
+                sweep, swept, model, seed, {"status": "completed", "metrics": {m: v[seed] for m, v in metrics.items()}}
+            )
     return sweep
 
 
@@ -206,8 +231,12 @@ def test_welch_p_known_values():
     assert report.welch_p(a1, a2) == pytest.approx(0.021, abs=5e-4)
     assert report.welch_p(a1, a2) == pytest.approx(_welch_by_formula(a1, a2), rel=1e-9)
     # unequal sizes and variances, as seeds give them: 3 vs 2 values
-    assert report.welch_p([0.80, 0.90, 0.85], [0.50, 0.60]) == pytest.approx(_welch_by_formula([0.80, 0.90, 0.85], [0.50, 0.60]))
-    assert report.welch_p([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(_welch_by_formula([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    assert report.welch_p([0.80, 0.90, 0.85], [0.50, 0.60]) == pytest.approx(
+        _welch_by_formula([0.80, 0.90, 0.85], [0.50, 0.60])
+    )
+    assert report.welch_p([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(
+        _welch_by_formula([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    )
     # undefined: a single value on either side, or no spread on both sides
     assert report.welch_p([0.7], [0.90, 0.91, 0.92]) is None
     assert report.welch_p([0.90, 0.91], [0.7]) is None
@@ -228,10 +257,16 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
     rows = {r.group[0].split("=")[1]: r for r in out["rows"]}
 
     # p-values by formula, Holm by its definition over the 5 testable comparisons of the table
-    raw = {(m, g): _welch_by_formula(KNOWN[g][m], KNOWN[BEST[m]][m])
-           for m, marks in EXPECTED.items() for g, mark in marks.items() if mark in ("tied", "worse")}
+    raw = {
+        (m, g): _welch_by_formula(KNOWN[g][m], KNOWN[BEST[m]][m])
+        for m, marks in EXPECTED.items()
+        for g, mark in marks.items()
+        if mark in ("tied", "worse")
+    }
     ranked = sorted(raw.values())
-    adjusted = {k: min(1.0, max((len(ranked) - j) * ranked[j] for j in range(ranked.index(p) + 1))) for k, p in raw.items()}
+    adjusted = {
+        k: min(1.0, max((len(ranked) - j) * ranked[j] for j in range(ranked.index(p) + 1))) for k, p in raw.items()
+    }
     for m, marks in EXPECTED.items():
         for g, mark in marks.items():
             s = rows[g].stats[m]
@@ -270,9 +305,12 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
             assert by_group[g][f"{m}/vs_best"] == mark
             assert (by_group[g][f"{m}/p_adj"] == "") == ((m, g) not in raw)
     assert float(by_group["b"]["test/acc/p_adj"]) == pytest.approx(adjusted["test/acc", "b"])
-    assert by_group["d"]["test/acc/ci_lo"] == by_group["d"]["test/acc/ci_hi"] == "" and by_group["d"]["test/acc/n"] == "1"
+    assert (
+        by_group["d"]["test/acc/ci_lo"] == by_group["d"]["test/acc/ci_hi"] == "" and by_group["d"]["test/acc/n"] == "1"
+    )
     assert (float(by_group["b"]["test/acc/ci_lo"]), float(by_group["b"]["test/acc/ci_hi"])) == pytest.approx(
-        _t_ci_by_formula(KNOWN["b"]["test/acc"]))
+        _t_ci_by_formula(KNOWN["b"]["test/acc"])
+    )
 
     # bar charts: error bars are the table's 95% t-CI, bars carry the marks
     labels, means, yerr, kinds = report.bar_data(out["rows"], "test/acc")
@@ -307,8 +345,15 @@ def test_no_few_seeds_note_with_3_seeds_everywhere(tmp_path, capsys):
 
 
 def test_si_format_of_params_and_flops():
-    assert [report._si(x) for x in (1000, 1100, 1.05e6, 3.8e7, 999960, 2.5e9, 512)] == \
-        ["1k", "1.1k", "1.05M", "38M", "1M", "2.5G", "512"]
+    assert [report._si(x) for x in (1000, 1100, 1.05e6, 3.8e7, 999960, 2.5e9, 512)] == [
+        "1k",
+        "1.1k",
+        "1.05M",
+        "38M",
+        "1M",
+        "2.5G",
+        "512",
+    ]
 
 
 # ------------------------------------------------------------------ default metrics, bar charts, curves
@@ -332,9 +377,16 @@ SUITE = {
     "val/loss": ([1.0, 1.1], [1.2, 1.3]),
 }
 # the default columns, in HEADLINE_METRICS' order
-HEADLINE_PRESENT = ["test/vqa/acc", "test/vqa/acc_count", "test/vqa/acc_exist", "test/diagnostics/match_acc",
-                    "test/diagnostics/attribute_swap_acc", "test/diagnostics/count_change_acc",
-                    "test/diagnostics/group_score", "test/retrieval/rmean"]
+HEADLINE_PRESENT = [
+    "test/vqa/acc",
+    "test/vqa/acc_count",
+    "test/vqa/acc_exist",
+    "test/diagnostics/match_acc",
+    "test/diagnostics/attribute_swap_acc",
+    "test/diagnostics/count_change_acc",
+    "test/diagnostics/group_score",
+    "test/retrieval/rmean",
+]
 # (group, seed) -> rows of csv/metrics.csv: (step, train/loss_step); b's seeds log different steps
 CURVES = {
     ("a", 0): [(0, 3.0), (10, 2.0), (20, 1.0)],
@@ -350,12 +402,24 @@ def _suite_sweep(root: Path) -> Path:
     swept = swept_keys(["model=a,b", "seed=0,1"])
     for g, model in enumerate("ab"):
         for seed in range(2):
-            _job(sweep, swept, model, seed, {"status": "completed", "metrics": {m: v[g][seed] for m, v in SUITE.items()},
-                                             "complexity": {"params": 1e6, "flops_per_sample": 4e7 / (1 + 3 * g)}})
+            _job(
+                sweep,
+                swept,
+                model,
+                seed,
+                {
+                    "status": "completed",
+                    "metrics": {m: v[g][seed] for m, v in SUITE.items()},
+                    "complexity": {"params": 1e6, "flops_per_sample": 4e7 / (1 + 3 * g)},
+                },
+            )
             log = sweep / job_dirname([f"model={model}", f"seed={seed}"], swept) / "csv" / "metrics.csv"
             log.parent.mkdir()
-            log.write_text("epoch,step,train/loss_step,val/loss\n" + "".join(
-                f"0,{step},{value},\n" for step, value in CURVES[model, seed]) + "0,20,,1.5\n")  # val/loss: 1 step
+            log.write_text(
+                "epoch,step,train/loss_step,val/loss\n"
+                + "".join(f"0,{step},{value},\n" for step, value in CURVES[model, seed])
+                + "0,20,,1.5\n"
+            )  # val/loss: 1 step
     return sweep
 
 
@@ -365,7 +429,10 @@ def test_default_metrics_are_the_headline_ones_present(tmp_path, capsys):
     assert report.select_metrics(jobs, None) == HEADLINE_PRESENT
     assert report.select_metrics(jobs, ["*"]) == sorted(SUITE)
     assert report.select_metrics(jobs, ["test/retrieval/*", "test/vqa/acc"]) == [
-        "test/retrieval/i2t_r1", "test/retrieval/rmean", "test/vqa/acc"]  # in the order of the patterns
+        "test/retrieval/i2t_r1",
+        "test/retrieval/rmean",
+        "test/vqa/acc",
+    ]  # in the order of the patterns
 
     assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "rep")]) == 0
     assert f"8 metrics (default set, of {len(SUITE)};" in capsys.readouterr().out
@@ -384,9 +451,14 @@ def test_default_metrics_are_the_headline_ones_present(tmp_path, capsys):
 def test_baselines_by_metric_name(tmp_path):
     out = report.report([_suite_sweep(tmp_path)], out=tmp_path / "rep", metrics=["*"], plots=False)
     lines = {m: report.baseline_lines(out["rows"], m) for m in out["metrics"]}
-    assert lines["test/vqa/acc"] == [("majority answer", pytest.approx(0.31)), ("question prior (blind)", pytest.approx(0.42))]
+    assert lines["test/vqa/acc"] == [
+        ("majority answer", pytest.approx(0.31)),
+        ("question prior (blind)", pytest.approx(0.42)),
+    ]
     assert lines["test/vqa/acc_exist"] == [("chance (2 options)", 0.5)]
-    assert lines["test/diagnostics/attribute_swap_acc"] == lines["test/diagnostics/count_change_acc"] == [("chance", 0.5)]
+    assert (
+        lines["test/diagnostics/attribute_swap_acc"] == lines["test/diagnostics/count_change_acc"] == [("chance", 0.5)]
+    )
     assert lines["test/diagnostics/group_score"] == [("chance", pytest.approx(1 / 6))]
     assert lines["test/diagnostics/text_score"] == [("chance", 0.25)]
     # every pair of an image right, counts, recalls, losses: no reference line
@@ -401,11 +473,14 @@ def test_baselines_by_metric_name(tmp_path):
     # a question type's own blind baseline, when the runs record it (\1 of the pattern names the type)
     for row in out["rows"]:
         for job, value in zip(row.jobs, (0.2, 0.4)):
-            job.metrics.update({"test/vqa/question_prior_baseline_count": value,
-                                "test/vqa/question_prior_baseline_exist": 0.5})
+            job.metrics.update(
+                {"test/vqa/question_prior_baseline_count": value, "test/vqa/question_prior_baseline_exist": 0.5}
+            )
     assert report.baseline_lines(out["rows"], "test/vqa/acc_count") == [("question prior (blind)", pytest.approx(0.3))]
-    assert report.baseline_lines(out["rows"], "test/vqa/acc_exist") == [("question prior (blind)", 0.5),
-                                                                       ("chance (2 options)", 0.5)]
+    assert report.baseline_lines(out["rows"], "test/vqa/acc_exist") == [
+        ("question prior (blind)", 0.5),
+        ("chance (2 options)", 0.5),
+    ]
 
 
 def _below(fig, ax) -> bool:
@@ -416,17 +491,24 @@ def _below(fig, ax) -> bool:
 
 def test_bar_chart_draws_seeds_ci_and_baselines(tmp_path):
     out = report.report([_suite_sweep(tmp_path)], out=tmp_path / "rep", plots=True)
-    assert {p.name for p in out["plots"] if p.name.startswith("bar_")} == {f"bar_{report._slug(m)}.png" for m in HEADLINE_PRESENT}
+    assert {p.name for p in out["plots"] if p.name.startswith("bar_")} == {
+        f"bar_{report._slug(m)}.png" for m in HEADLINE_PRESENT
+    }
     rows = out["rows"]
     fig = report.bar_chart(rows, "test/vqa/acc")
     ax = fig.axes[0]
     assert ax.get_ylabel() == "VQA accuracy (test)" and "higher is better" in ax.get_title()
     # the baselines: dashed horizontal lines at the mean over the runs, labelled with it
     dashed = [(line.get_label(), line.get_ydata()[0]) for line in ax.lines if line.get_linestyle() == "--"]
-    assert dashed == [("majority answer: 0.31", pytest.approx(0.31)), ("question prior (blind): 0.42", pytest.approx(0.42))]
+    assert dashed == [
+        ("majority answer: 0.31", pytest.approx(0.31)),
+        ("question prior (blind): 0.42", pytest.approx(0.42)),
+    ]
     # a dot per seed
     (seeds,) = [c for c in ax.collections if c.get_label() == "one seed"]
-    assert sorted(seeds.get_offsets()[:, 1]) == pytest.approx(sorted(SUITE["test/vqa/acc"][0] + SUITE["test/vqa/acc"][1]))
+    assert sorted(seeds.get_offsets()[:, 1]) == pytest.approx(
+        sorted(SUITE["test/vqa/acc"][0] + SUITE["test/vqa/acc"][1])
+    )
     # error bars: the table's t-CI
     (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
     (segments,) = bars.errorbar.lines[2]
@@ -436,7 +518,10 @@ def test_bar_chart_draws_seeds_ci_and_baselines(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"95% t-CI of the mean", "one seed", "majority answer: 0.31"} <= set(legend) and _below(fig, ax)
 
-    for metric, expected in (("test/diagnostics/attribute_swap_acc", [("chance: 0.5", 0.5)]), ("test/retrieval/rmean", [])):
+    for metric, expected in (
+        ("test/diagnostics/attribute_swap_acc", [("chance: 0.5", 0.5)]),
+        ("test/retrieval/rmean", []),
+    ):
         lines = report.bar_chart(rows, metric).axes[0].lines
         assert [(line.get_label(), line.get_ydata()[0]) for line in lines if line.get_linestyle() == "--"] == expected
 
@@ -452,7 +537,10 @@ def test_learning_curves_mean_over_seeds_distinct_styles(tmp_path):
     # val/loss has one step per run: no curve
     assert {p.name for p in out["plots"] if p.name.startswith("curve_")} == {"curve_train_loss_step.png"}
     per_key = report.seed_curves(out["rows"], ["train/loss_step", "val/loss"])
-    assert list(per_key) == ["train/loss_step"] and {i: len(c) for i, c in per_key["train/loss_step"].items()} == {0: 2, 1: 2}
+    assert list(per_key) == ["train/loss_step"] and {i: len(c) for i, c in per_key["train/loss_step"].items()} == {
+        0: 2,
+        1: 2,
+    }
     fig = report.curve_chart(out["rows"], "train/loss_step", per_key["train/loss_step"])
     ax = fig.axes[0]
     assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "loss step (train)"

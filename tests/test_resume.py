@@ -21,8 +21,13 @@ from mmbench.pipeline import run
 from mmbench.sweep import CheckpointError, read_record
 from tests.conftest import ALL_OBJECTIVES, ROOT, TINY, compose_cfg
 
-RUN = [ALL_OBJECTIVES, *TINY, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=3",
-       "trainer.log_every_n_steps=1"]
+RUN = [
+    ALL_OBJECTIVES,
+    *TINY,
+    "trainer.max_epochs=2",
+    "callbacks.last_checkpoint.every_n_train_steps=3",
+    "trainer.log_every_n_steps=1",
+]
 STOP = ["+callbacks.signal._target_=tests.sweep_faults.SignalAtStep"]  # SIGINT (Ctrl-C) before step `step`
 
 
@@ -88,8 +93,14 @@ def test_sigkill_within_an_epoch_and_the_same_command_again_give_the_uninterrupt
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
 
     def cli(run_dir: Path, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mmbench.train", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "mmbench.train", *args, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert cli(tmp_path / "a").returncode == 0
     assert cli(tmp_path / "b", MMBENCH_TEST_SIGNAL="1").returncode == -signal.SIGKILL
@@ -107,9 +118,15 @@ def test_train_loader_resumes_at_the_batch_it_stopped(workers):
     """The loader's state after 2 batches of epoch 1, loaded into a new loader: it yields the other 3
     batches of that epoch's order (torch's worker iterator draws indices twice while it is built), then
     whole epochs again. Other data settings are refused."""
+
     def loader():
-        return ResumableLoader(list(range(20)), batch_size=4, sampler=EpochShuffleSampler(20, seed=0),
-                               num_workers=workers, persistent_workers=workers > 0)
+        return ResumableLoader(
+            list(range(20)),
+            batch_size=4,
+            sampler=EpochShuffleSampler(20, seed=0),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     first = loader()
     first.sampler.set_epoch(1)

@@ -27,14 +27,18 @@ def _env(extra: dict | None = None) -> dict:
 
 
 def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_env(env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _files(run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file of a run directory with its content (the lock file aside: it is the process's, not the run's)."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != ".lock" and p.name not in skip}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != ".lock" and p.name not in skip
+    }
 
 
 def _read(path: Path) -> dict:
@@ -46,12 +50,28 @@ def _read(path: Path) -> dict:
 
 def test_identity_ignores_how_a_run_is_executed_and_recorded_but_not_what_it_computes(cache_dir, tmp_path):
     base, _ = config_identity(compose_cfg(FAST, tmp_path / "a"))
-    how = ["resume=false", "torch_threads=1", "sweep_name=x", "logger=default", "tags=[x]", "~callbacks.lr_monitor",
-           "trainer.log_every_n_steps=1", "data.num_workers=2", f"paths.cache_dir={tmp_path / 'elsewhere'}"]
+    how = [
+        "resume=false",
+        "torch_threads=1",
+        "sweep_name=x",
+        "logger=default",
+        "tags=[x]",
+        "~callbacks.lr_monitor",
+        "trainer.log_every_n_steps=1",
+        "data.num_workers=2",
+        f"paths.cache_dir={tmp_path / 'elsewhere'}",
+    ]
     for override in how:
         assert config_identity(compose_cfg([*FAST, override], tmp_path / "b"))[0] == base, override
-    what = ["optimizer.lr=2e-3", "seed=1", "test=true", "eval.retrieval.rerank_k=8", "trainer.max_epochs=2",
-            "callbacks.model_checkpoint.monitor=step", "data.source.num_train=256"]
+    what = [
+        "optimizer.lr=2e-3",
+        "seed=1",
+        "test=true",
+        "eval.retrieval.rerank_k=8",
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.monitor=step",
+        "data.source.num_train=256",
+    ]
     hashes = {config_identity(compose_cfg([*FAST, override], tmp_path / "a"))[0] for override in what}
     assert base not in hashes and len(hashes) == len(what)
     # stored resolved, with the run's own paths as placeholders (the directory can move)
@@ -74,7 +94,9 @@ def test_wandb_run_id_is_stable_for_a_run_and_new_for_a_new_run_in_the_same_path
 # ------------------------------------------------------------------------------- a single run
 
 
-def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_checkpoint_still_evaluates(cache_dir, tmp_path):
+def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_checkpoint_still_evaluates(
+    cache_dir, tmp_path
+):
     run_dir = tmp_path / "run"
     args = [*FAST, f"hydra.run.dir={run_dir}"]
     res = _cli("mmbench.train", args, tmp_path)
@@ -96,7 +118,11 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
 
     # only evaluation settings differ: pointed to mmbench-eval
     res = _cli("mmbench.train", [*args, "eval.retrieval.rerank_k=8"], tmp_path)
-    assert res.returncode == 2 and "only evaluation settings differ" in res.stderr and "eval.retrieval.rerank_k: 4 -> 8" in res.stderr
+    assert (
+        res.returncode == 2
+        and "only evaluation settings differ" in res.stderr
+        and "eval.retrieval.rerank_k: 4 -> 8" in res.stderr
+    )
     assert _files(run_dir) == before
 
     # resume=false never overwrites a run, not even one of the same config
@@ -112,8 +138,11 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
     assert _files(run_dir, skip=("train.log",)) == {k: v for k, v in before.items() if k != "train.log"}
 
     # the run's own checkpoint still evaluates with the run's own .hydra/config.yaml
-    res = _cli("mmbench.evaluate", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "logger=csv",
-                                    "eval.protocols=[retrieval,vqa]"], tmp_path)
+    res = _cli(
+        "mmbench.evaluate",
+        [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "logger=csv", "eval.protocols=[retrieval,vqa]"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -194,8 +223,14 @@ def test_one_process_per_run_directory(cache_dir, tmp_path):
     wait = tmp_path / "wait"
     wait.mkdir()
     args = ["-m", "seed=7", *FAST, "+callbacks.wait._target_=tests.sweep_faults.WaitAtStart"]
-    first = subprocess.Popen([sys.executable, "-m", "mmbench.train", *args], cwd=tmp_path, text=True,
-                             env=_env({"MMBENCH_TEST_WAIT": str(wait)}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mmbench.train", *args],
+        cwd=tmp_path,
+        text=True,
+        env=_env({"MMBENCH_TEST_WAIT": str(wait)}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 240
         while not (wait / "started").exists():
@@ -208,7 +243,9 @@ def test_one_process_per_run_directory(cache_dir, tmp_path):
         second = _cli("mmbench.train", args, tmp_path)
         assert second.returncode == 1, second.stderr[-3000:]
         assert f"is being trained by process {first.pid}" in second.stderr
-        assert "0/1 completed, 0 failed, 0 unfinished, 1 busy" in second.stderr and f"busy: {job.name}:" in second.stderr
+        assert (
+            "0/1 completed, 0 failed, 0 unfinished, 1 busy" in second.stderr and f"busy: {job.name}:" in second.stderr
+        )
 
         single = _cli("mmbench.train", [*args[1:], f"hydra.run.dir='{job}'"], tmp_path)
         assert single.returncode == 2, single.stderr[-3000:]

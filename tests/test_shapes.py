@@ -45,8 +45,12 @@ def key_of(row: dict, grid: int = 3) -> tuple:
 
 def holds(a: dict, rel: str, b: dict) -> bool:
     rel = rel.replace("to the ", "")
-    return {"left of": a["col"] < b["col"], "right of": a["col"] > b["col"],
-            "above": a["row"] < b["row"], "below": a["row"] > b["row"]}[rel]
+    return {
+        "left of": a["col"] < b["col"],
+        "right of": a["col"] > b["col"],
+        "above": a["row"] < b["row"],
+        "below": a["row"] > b["row"],
+    }[rel]
 
 
 def singular(word: str) -> str:
@@ -64,8 +68,16 @@ def is_true(text: str, objs: list[dict]) -> bool:
     rel = r"(left of|right of|above|below|to the left of|to the right of)"
     if m := re.fullmatch(rf"(?:there is )?a (\w+) (\w+) (?:is )?{rel} a (\w+) (\w+)", text):
         c1, s1, r, c2, s2 = m.groups()
-        return any(a is not b and a["color"] == c1 and a["shape"] == s1 and b["color"] == c2 and b["shape"] == s2
-                   and holds(a, r, b) for a in objs for b in objs)
+        return any(
+            a is not b
+            and a["color"] == c1
+            and a["shape"] == s1
+            and b["color"] == c2
+            and b["shape"] == s2
+            and holds(a, r, b)
+            for a in objs
+            for b in objs
+        )
     if m := re.fullmatch(r"(?:there (?:is|are)|the image contains) (\w+) objects?", text):
         return NUMBERS[m.group(1)] == len(objs)
     if m := re.fullmatch(r"there (?:is|are) (\w+) (\w+)", text):
@@ -105,7 +117,8 @@ def expected_answer(question: str, objs: list[dict]) -> str:
     axis = "col" if choice == "left or right" else "row"
     assert a[axis] != b[axis], f"relation not strictly defined: {question}"
     return {("col", True): "left", ("col", False): "right", ("row", True): "above", ("row", False): "below"}[
-        axis, a[axis] < b[axis]]
+        axis, a[axis] < b[axis]
+    ]
 
 
 def split(n: int, name: str = "train", seed: int = 0, **kw) -> dict:
@@ -145,21 +158,28 @@ def test_text_is_true_and_negatives_false():
         for question, answer, qtype in zip(row["questions"], row["answers"], row["question_types"]):
             assert qtype in QUESTION_TYPES
             assert expected_answer(question, objs) == answer, (question, answer, objs)
-        assert row["labels"] == [SHAPES.index(s) * len(COLORS) + COLORS.index(c)
-                                 for s, c in zip(row["obj_shape"], row["obj_color"])]
+        assert row["labels"] == [
+            SHAPES.index(s) * len(COLORS) + COLORS.index(c) for s, c in zip(row["obj_shape"], row["obj_color"])
+        ]
     assert set(negative_types) == set(NEGATIVE_TYPES)
 
 
 def test_truth_functions_on_hand_built_scene():
     # red circle | blue square | red circle in the top row, green triangle below the square
-    scene = (ShapeObject(0, 0, "circle", "red", "small"), ShapeObject(0, 1, "square", "blue", "large"),
-             ShapeObject(0, 2, "circle", "red", "small"), ShapeObject(1, 1, "triangle", "green", "small"))
+    scene = (
+        ShapeObject(0, 0, "circle", "red", "small"),
+        ShapeObject(0, 1, "square", "blue", "large"),
+        ShapeObject(0, 2, "circle", "red", "small"),
+        ShapeObject(1, 1, "triangle", "green", "small"),
+    )
     assert shapes.strict_relations(scene[0], scene[1]) == ["left of"]
     assert shapes.strict_relations(scene[3], scene[0]) == ["right of", "below"]
     assert shapes.relation_claim_true(scene, ("red", "circle"), "left of", ("blue", "square"))
     assert shapes.relation_claim_true(scene, ("blue", "square"), "left of", ("red", "circle"))  # the other circle
     assert not shapes.relation_claim_true(scene, ("blue", "square"), "below", ("green", "triangle"))
-    assert shapes.has_object(scene, "blue", "square", "large") and not shapes.has_object(scene, "blue", "square", "small")
+    assert shapes.has_object(scene, "blue", "square", "large") and not shapes.has_object(
+        scene, "blue", "square", "small"
+    )
     assert shapes.inventory_text(scene) == "two circles, a square and a triangle"
     assert shapes.available_question_types(scene) == ["color", "shape", "count", "exist", "relation"]
     objs = [{"row": o.row, "col": o.col, "shape": o.shape, "color": o.color, "size": o.size} for o in scene]
@@ -182,7 +202,7 @@ def test_pixels_of_hand_built_scene():
     cols = split(20)
     image = shapes.decode_pixels(cols["pixels"][0], 64)
     (x0, y0, x1, y1), color = cols["boxes"][0][0], cols["obj_color"][0][0]
-    inside = image[int(y0 * 64):int(y1 * 64), int(x0 * 64):int(x1 * 64)].reshape(-1, 3)
+    inside = image[int(y0 * 64) : int(y1 * 64), int(x0 * 64) : int(x1 * 64)].reshape(-1, 3)
     assert (inside == COLOR_RGB[color]).all(axis=1).any()
 
 
@@ -204,7 +224,7 @@ def test_splits_disjoint_and_holdout(tmp_path):
     assert len(set(ids)) == len(ids) == sum(len(ds) for ds in dsd.values())
     names = list(keys)
     for i, a in enumerate(names):  # no scene (objects, cells, attributes) is shared by two splits
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not keys[a] & keys[b], (a, b)
 
 
@@ -270,8 +290,12 @@ def test_answer_distribution():
     answers = Counter(a for row in cols["answers"] for a in row)
     assert max(answers.values()) / sum(answers.values()) < 0.35, answers.most_common(3)
     for qtype, pairs in (("exist", [("yes", "no")]), ("relation", [("left", "right"), ("above", "below")])):
-        given = Counter(a for row_a, row_t in zip(cols["answers"], cols["question_types"])
-                        for a, t in zip(row_a, row_t) if t == qtype)
+        given = Counter(
+            a
+            for row_a, row_t in zip(cols["answers"], cols["question_types"])
+            for a, t in zip(row_a, row_t)
+            if t == qtype
+        )
         assert set(given) == {a for pair in pairs for a in pair}, (qtype, given)
         for first, second in pairs:  # the two answers a question offers are equally likely
             assert 0.4 < given[first] / (given[first] + given[second]) < 0.6, (qtype, given)
@@ -293,24 +317,27 @@ def test_question_mix():
             assert a == expected_answer(q, objects_of(row)), q
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(question_mix={"colour": 2}), "valid types: ['color', 'shape', 'count', 'exist', 'relation']"),
-    (dict(question_mix={"relation": -1}), "question_mix.relation"),
-    (dict(question_mix={t: 0 for t in QUESTION_TYPES}), "every weight is 0"),
-    (dict(grid=2, max_objects=5), "max_objects"),
-    (dict(image_size=8), "image_size"),
-    (dict(image_size=32, grid=5), "image_size"),
-    (dict(min_objects=0), "min_objects"),
-    (dict(min_objects=3, max_objects=2), "max_objects"),
-    (dict(holdout=[["pink", "circle"]]), "valid colours: ['red', 'green', 'blue', 'yellow', 'purple', 'cyan']"),
-    (dict(holdout=[["red", "hexagon"]]), "valid shapes: ['circle', 'square', 'triangle', 'cross']"),
-    (dict(holdout=["red"]), "holdout"),
-    (dict(num_train=-1), "num_train"),
-    (dict(captions_per_image=0), "captions_per_image"),
-    (dict(num_holdout=10), "num_holdout"),
-    (dict(grid=1, max_objects=1, num_train=100), "distinct"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(question_mix={"colour": 2}), "valid types: ['color', 'shape', 'count', 'exist', 'relation']"),
+        (dict(question_mix={"relation": -1}), "question_mix.relation"),
+        (dict(question_mix={t: 0 for t in QUESTION_TYPES}), "every weight is 0"),
+        (dict(grid=2, max_objects=5), "max_objects"),
+        (dict(image_size=8), "image_size"),
+        (dict(image_size=32, grid=5), "image_size"),
+        (dict(min_objects=0), "min_objects"),
+        (dict(min_objects=3, max_objects=2), "max_objects"),
+        (dict(holdout=[["pink", "circle"]]), "valid colours: ['red', 'green', 'blue', 'yellow', 'purple', 'cyan']"),
+        (dict(holdout=[["red", "hexagon"]]), "valid shapes: ['circle', 'square', 'triangle', 'cross']"),
+        (dict(holdout=["red"]), "holdout"),
+        (dict(num_train=-1), "num_train"),
+        (dict(captions_per_image=0), "captions_per_image"),
+        (dict(num_holdout=10), "num_holdout"),
+        (dict(grid=1, max_objects=1, num_train=100), "distinct"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build_shapes(tmp_path, **kwargs)
@@ -333,21 +360,29 @@ def test_vqa_baselines_known_answers():
 
     from mmbench.data.datamodule import VLDataModule
 
-    train = datasets.Dataset.from_dict({
-        "questions": [["q1", "q2"], ["q1", "q1"]],
-        "answers": [["yes", "two"], ["yes", "no"]],  # q1 -> yes (2 of 3), q2 -> two; overall top: yes
-    })
-    test = datasets.Dataset.from_dict({
-        "questions": [["q1", "q2"], ["q1", "q3"]],   # q3 never asked in training -> the top answer
-        "answers": [["yes", "two"], ["no", "yes"]],
-    })
+    train = datasets.Dataset.from_dict(
+        {
+            "questions": [["q1", "q2"], ["q1", "q1"]],
+            "answers": [["yes", "two"], ["yes", "no"]],  # q1 -> yes (2 of 3), q2 -> two; overall top: yes
+        }
+    )
+    test = datasets.Dataset.from_dict(
+        {
+            "questions": [["q1", "q2"], ["q1", "q3"]],  # q3 never asked in training -> the top answer
+            "answers": [["yes", "two"], ["no", "yes"]],
+        }
+    )
     assert VLDataModule._majority_baseline(test, "yes") == pytest.approx(2 / 4)
     assert VLDataModule._question_prior_baseline(train, test, "yes") == pytest.approx(3 / 4)
-    soft = datasets.Dataset.from_dict({"questions": [["q2"]], "answers": [["two"]],
-                                       "all_answers": [[["two", "two", "three"]]]})
+    soft = datasets.Dataset.from_dict(
+        {"questions": [["q2"]], "answers": [["two"]], "all_answers": [[["two", "two", "three"]]]}
+    )
     assert VLDataModule._question_prior_baseline(train, soft, "yes") == pytest.approx(2 / 3)
     typed = test.add_column("question_types", [["exist", "count"], ["exist", "count"]])
-    assert VLDataModule._question_prior_by_type(train, typed, "yes") == {"count": 1.0, "exist": 1 / 2}  # q2, q3 right; q1 once
+    assert VLDataModule._question_prior_by_type(train, typed, "yes") == {
+        "count": 1.0,
+        "exist": 1 / 2,
+    }  # q2, q3 right; q1 once
     assert VLDataModule._question_prior_by_type(train, test, "yes") == {}
 
 
@@ -370,22 +405,40 @@ def test_claims_decide_truth_exactly_like_an_independent_checker():
 
 
 def test_claims_of_paraphrases_and_unknown_text():
-    same = ["a red circle left of a blue square", "there is a red circle left of a blue square",
-            "a red circle is to the left of a blue square"]
+    same = [
+        "a red circle left of a blue square",
+        "there is a red circle left of a blue square",
+        "a red circle is to the left of a blue square",
+    ]
     assert {shapes.claim_of(t) for t in same} == {"relation:red circle|left of|blue square"}
-    assert shapes.claim_of("there is a small red circle") == shapes.claim_of("the image shows a small red circle") \
-        == "object:small red circle" != shapes.claim_of("a red circle")
+    assert (
+        shapes.claim_of("there is a small red circle")
+        == shapes.claim_of("the image shows a small red circle")
+        == "object:small red circle"
+        != shapes.claim_of("a red circle")
+    )
     assert shapes.claim_of("there are two objects") == shapes.claim_of("the image contains two objects") == "count:2"
     assert shapes.claim_of("there is one cross") == "shapes:cross=1"
     assert shapes.claim_of("two circles and a square") == "inventory:two circles and a square"
     for unknown in ("a dog on a sofa", "a square and two circles", "a red dog", "there are two dogs", ""):
         assert shapes.claim_of(unknown) == "", unknown
     scene = (ShapeObject(0, 0, "circle", "red", "small"), ShapeObject(1, 1, "square", "blue", "large"))
-    assert shapes.scene_facts(scene) == sorted([
-        "count:2", "inventory:a circle and a square", "object:red circle", "object:small red circle",
-        "object:blue square", "object:large blue square", "shapes:circle=1", "shapes:square=1",
-        "relation:red circle|left of|blue square", "relation:red circle|above|blue square",
-        "relation:blue square|right of|red circle", "relation:blue square|below|red circle"])
+    assert shapes.scene_facts(scene) == sorted(
+        [
+            "count:2",
+            "inventory:a circle and a square",
+            "object:red circle",
+            "object:small red circle",
+            "object:blue square",
+            "object:large blue square",
+            "shapes:circle=1",
+            "shapes:square=1",
+            "relation:red circle|left of|blue square",
+            "relation:red circle|above|blue square",
+            "relation:blue square|right of|red circle",
+            "relation:blue square|below|red circle",
+        ]
+    )
 
 
 def test_batches_mark_texts_true_of_other_images(tmp_path):

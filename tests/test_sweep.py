@@ -27,20 +27,28 @@ def _cli(args, cwd, env=None, timeout=300):
 
 def _jobs(cwd: Path) -> dict[str, dict]:
     (sweep,) = list((cwd / "outputs" / "multiruns").iterdir())
-    return {p.name: json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir() if (p / "metrics.json").exists()}
+    return {
+        p.name: json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir() if (p / "metrics.json").exists()
+    }
 
 
 def test_sweep_and_job_names_come_from_overrides():
     assert sweep_name(["experiment=arch_sweep"]) == "arch_sweep"
-    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) == sweep_name(["trainer.max_epochs=5", "experiment=arch_sweep"])
-    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) != sweep_name(["experiment=arch_sweep", "trainer.max_epochs=6"])
+    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) == sweep_name(
+        ["trainer.max_epochs=5", "experiment=arch_sweep"]
+    )
+    assert sweep_name(["experiment=arch_sweep", "trainer.max_epochs=5"]) != sweep_name(
+        ["experiment=arch_sweep", "trainer.max_epochs=6"]
+    )
     assert sweep_name(["seed=0,1"], "mine") == "mine"
     assert sweep_name(["seed=0,1", "resume=false"]) == sweep_name(["seed=0,1"])  # how to run, not what
     assert sweep_name(["seed=0,1"], resume=False) != sweep_name(["seed=0,1"])
     swept = swept_keys(["seed=0,1", "model=vilt", "objective=[itc],[itc,itm]"], {"+experiment/bow": "clip,vilt"})
     assert swept == ["experiment/bow", "objective", "seed"]
     assert job_dirname(["model=vilt", "objective=[itc,itm]", "seed=1"], swept) == "objective=itc+itm,seed=1"
-    assert job_dirname(["seed=1", "objective=[itc,itm]"], swept) == job_dirname(["objective=[itc,itm]", "seed=1"], swept)
+    assert job_dirname(["seed=1", "objective=[itc,itm]"], swept) == job_dirname(
+        ["objective=[itc,itm]", "seed=1"], swept
+    )
     assert len(job_dirname([f"k{i}=v{i}" for i in range(40)])) <= 100
 
 
@@ -48,8 +56,14 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     """4 jobs: one completes; two have an invalid config (itm weight -1), one raises at run time
     (pretrained weights that are neither a directory nor in the HF cache: only the hub lookup, after
     the data is prepared, can tell). The sweep runs them all."""
-    args = ["-m", "objective=[itc,itm,mlm,vqa]", "objective.itm.weight=1,-1", "model.init_from=null,nobody/uncached",
-            *FAST, "trainer.log_every_n_steps=1"]
+    args = [
+        "-m",
+        "objective=[itc,itm,mlm,vqa]",
+        "objective.itm.weight=1,-1",
+        "model.init_from=null,nobody/uncached",
+        *FAST,
+        "trainer.log_every_n_steps=1",
+    ]
     res = _cli(args, tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "1/4 completed, 3 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr
@@ -57,7 +71,11 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     ok = "model.init_from=null,objective.itm.weight=1"
     runtime = "model.init_from=nobody_uncached,objective.itm.weight=1"
     assert len(jobs) == 4 and jobs[ok]["status"] == "completed"
-    assert jobs[runtime]["status"] == "failed" and "nobody/uncached" in jobs[runtime]["error"] and jobs[runtime]["traceback"]
+    assert (
+        jobs[runtime]["status"] == "failed"
+        and "nobody/uncached" in jobs[runtime]["error"]
+        and jobs[runtime]["traceback"]
+    )
     for name in jobs:
         if name.endswith("weight=-1"):
             assert jobs[name]["status"] == "failed" and "weight" in jobs[name]["error"]
@@ -85,7 +103,9 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
 def test_named_experiment_on_joblib_runs_jobs_in_parallel_with_one_thread_each(cache_dir, tmp_path):
     """`mmbench-train experiment=<name>` is a sweep without -m; command-line values replace the
     experiment's swept lists (here: one objective set, two seeds)."""
-    res = _cli(["experiment=objective_ablation", "objective=[itc,itm]", "seed=0,1", "hydra/launcher=parallel", *FAST], tmp_path)
+    res = _cli(
+        ["experiment=objective_ablation", "objective=[itc,itm]", "seed=0,1", "hydra/launcher=parallel", *FAST], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = _jobs(tmp_path)
     assert set(jobs) == {"objective=itc+itm,seed=0", "objective=itc+itm,seed=1"}
@@ -152,8 +172,11 @@ def test_launcher_configs_compose():
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        slurm = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4"],
-                        return_hydra_config=True).hydra.launcher
+        slurm = compose(
+            "train",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4"],
+            return_hydra_config=True,
+        ).hydra.launcher
         parallel = compose("train", ["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
         optuna = compose("train", ["hparams_search=optuna", "monitor.mode=max"], return_hydra_config=True).hydra.sweeper
     assert slurm._target_.endswith("SlurmLauncher") and slurm.partition == "gpu" and slurm.gpus_per_node == 4

@@ -15,9 +15,42 @@ from mmbench.data.datamodule import DataError
 from mmbench.data.shapes import COLORS, NUMBER_WORDS, PLURALS, SHAPES, SIZES
 from mmbench.pipeline import run
 
-WORDS = sorted({*COLORS, *SHAPES, *PLURALS.values(), *SIZES, *NUMBER_WORDS, "a", "an", "the", "there", "is", "are",
-                "of", "left", "right", "above", "below", "to", "what", "color", "shape", "object", "objects",
-                "image", "shows", "contains", "and", "how", "many", "yes", "no", "?", ","})
+WORDS = sorted(
+    {
+        *COLORS,
+        *SHAPES,
+        *PLURALS.values(),
+        *SIZES,
+        *NUMBER_WORDS,
+        "a",
+        "an",
+        "the",
+        "there",
+        "is",
+        "are",
+        "of",
+        "left",
+        "right",
+        "above",
+        "below",
+        "to",
+        "what",
+        "color",
+        "shape",
+        "object",
+        "objects",
+        "image",
+        "shows",
+        "contains",
+        "and",
+        "how",
+        "many",
+        "yes",
+        "no",
+        "?",
+        ",",
+    }
+)
 
 
 @pytest.fixture
@@ -35,8 +68,9 @@ def bert_dir(tmp_path):
 
 
 def test_pretrained_tokenizer_from_a_directory(bert_dir):
-    tok, special = tokenization.build("hf", cache_dir=bert_dir, texts=None, vocab_size=0, max_len=8,
-                                      name_or_path=str(bert_dir))
+    tok, special = tokenization.build(
+        "hf", cache_dir=bert_dir, texts=None, vocab_size=0, max_len=8, name_or_path=str(bert_dir)
+    )
     assert (special.pad, special.bos, special.eos, special.mask) == (0, 2, 3, 4)  # [PAD] [CLS] [SEP] [MASK]
     assert set(special.all) == {0, 1, 2, 3, 4}
     a, b = tok.encode_batch(["a red circle", "there are two small blue squares left of the circle"])
@@ -55,8 +89,9 @@ def test_tokenizer_json_without_pad_and_mask_gets_them_added(tmp_path):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
-    loaded, special = tokenization.build("hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=16,
-                                         name_or_path=str(path))
+    loaded, special = tokenization.build(
+        "hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=16, name_or_path=str(path)
+    )
     assert (special.bos, special.eos) == (0, 1)
     assert special.pad == len(vocab) and special.mask == len(vocab) + 1 and loaded.get_vocab_size() == len(vocab) + 2
 
@@ -78,9 +113,17 @@ def test_uncached_hub_tokenizer_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.HUB_PROBE_TIMEOUT_S: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     start = time.time()
-    with pytest.raises(hf.HubUnavailableError, match="tokenizer 'mmbench-tests/no-such-tokenizer' is not in the local HF cache"):
-        tokenization.build("hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=8,
-                           name_or_path="mmbench-tests/no-such-tokenizer")
+    with pytest.raises(
+        hf.HubUnavailableError, match="tokenizer 'mmbench-tests/no-such-tokenizer' is not in the local HF cache"
+    ):
+        tokenization.build(
+            "hf",
+            cache_dir=tmp_path,
+            texts=None,
+            vocab_size=0,
+            max_len=8,
+            name_or_path="mmbench-tests/no-such-tokenizer",
+        )
     assert time.time() - start < 20
 
 
@@ -88,8 +131,9 @@ def test_tokenizer_config_errors_are_clear(tiny_cfg, tmp_path):
     with pytest.raises(tokenization.TokenizerError, match="needs data.tokenizer.name_or_path"):
         tokenization.build("hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=8)
     with pytest.raises(tokenization.TokenizerError, match="does not exist"):
-        tokenization.build("hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=8,
-                           name_or_path=str(tmp_path / "nowhere"))
+        tokenization.build(
+            "hf", cache_dir=tmp_path, texts=None, vocab_size=0, max_len=8, name_or_path=str(tmp_path / "nowhere")
+        )
     dm = instantiate(tiny_cfg("data.tokenizer.kind=nope").data)
     with pytest.raises(DataError, match="unknown tokenizer kind 'nope'"):
         dm.setup()

@@ -23,8 +23,15 @@ def test_train_and_test_through_compose_api(tiny_cfg):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "completed" == record["status"]
     assert saved["choices"]["model"] == "vilt" and saved["choices"]["objective"] == ["itc", "itm", "mlm", "vqa"]
-    for key in ("test/loss", "test/itc/acc", "test/itm/acc", "test/mlm/acc", "test/vqa/acc", "test/vqa/majority_baseline",
-                "test/vqa/question_prior_baseline"):
+    for key in (
+        "test/loss",
+        "test/itc/acc",
+        "test/itm/acc",
+        "test/mlm/acc",
+        "test/vqa/acc",
+        "test/vqa/majority_baseline",
+        "test/vqa/question_prior_baseline",
+    ):
         assert key in saved["metrics"], key
     assert saved["complexity"]["params"] > 0 and saved["complexity"]["flops_per_sample"] > 0
     assert saved["versions"]["torch"] and saved["seed"] == 0 and saved["wall_s"] > 0
@@ -49,7 +56,9 @@ def test_training_reduces_loss_on_fixed_batches(tiny_cfg):
 
     rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv")))
     losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
-    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses  # one per epoch: the summary row does not repeat it
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], (
+        losses
+    )  # one per epoch: the summary row does not repeat it
     (summary,) = [r for r in rows if r.get("test/vqa/majority_baseline")]  # the end-of-run row: test / evaluation only
     assert not any(v for k, v in summary.items() if k.startswith(("train/", "val/")))
 
@@ -100,7 +109,9 @@ def test_bad_config_is_one_clear_message(override, message, cache_dir, tmp_path)
     assert res.returncode != 0
     assert message in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
-    assert not (tmp_path / "outputs" / "runs").exists() or not list((tmp_path / "outputs" / "runs").glob("*/checkpoints"))
+    assert not (tmp_path / "outputs" / "runs").exists() or not list(
+        (tmp_path / "outputs" / "runs").glob("*/checkpoints")
+    )
 
 
 def test_multirun_one_dir_metrics_and_wandb_run_per_job(cache_dir, tmp_path):
@@ -132,8 +143,10 @@ def test_help_is_fast_and_lists_groups(tmp_path):
 def test_progress_lines_without_a_terminal(cache_dir, tmp_path):
     """stdout is a pipe here, as in a SLURM log or under nohup: a line every N steps, with loss,
     throughput and ETA, where a live progress bar prints nothing."""
-    res = _cli([*TINY, "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2", "eval.protocols=[vqa]"],
-               tmp_path)
+    res = _cli(
+        [*TINY, "trainer.limit_train_batches=4", "callbacks.progress_log.every_n_steps=2", "eval.protocols=[vqa]"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line for line in (res.stdout + res.stderr).splitlines() if "samples/s" in line]
     assert len(lines) == 2 and "step 2/4" in lines[0] and "step 4/4" in lines[1], lines
@@ -142,6 +155,10 @@ def test_progress_lines_without_a_terminal(cache_dir, tmp_path):
 
 def test_shapes_without_questions_trains_caption_objectives(cache_dir, tmp_path):
     """questions_per_image=0 leaves an `answers` column of empty lists: no VQA data, not a crash."""
-    record = run(compose_cfg([*TINY, "data.source.questions_per_image=0", "objective=[itc,itm]", "eval.protocols=[retrieval]"],
-                             tmp_path / "run"))
+    record = run(
+        compose_cfg(
+            [*TINY, "data.source.questions_per_image=0", "objective=[itc,itm]", "eval.protocols=[retrieval]"],
+            tmp_path / "run",
+        )
+    )
     assert record["status"] == "completed" and "test/vqa/majority_baseline" not in record["metrics"]

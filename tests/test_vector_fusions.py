@@ -30,7 +30,14 @@ FUSIONS = {
     "late": LateFusion,
 }
 ALL = list(FUSIONS.values()) + [LowRankTensorFusion]
-INTERACTING = [MultiplicativeFusion, GatedFusion, BilinearFusion, LowRankBilinearFusion, TensorFusion, LowRankTensorFusion]
+INTERACTING = [
+    MultiplicativeFusion,
+    GatedFusion,
+    BilinearFusion,
+    LowRankBilinearFusion,
+    TensorFusion,
+    LowRankTensorFusion,
+]
 
 
 def features(pooled: torch.Tensor) -> Features:

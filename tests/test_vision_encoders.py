@@ -128,9 +128,7 @@ def test_conv_backbone_trains_on_channels_last_pixels_with_few_channels():
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", (
-        f"exit {done.returncode}: {done.stderr[-2000:]}"
-    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", f"exit {done.returncode}: {done.stderr[-2000:]}"
 
 
 def test_conv_encoder_shapes():
@@ -257,8 +255,12 @@ def test_batched_roi_align_equals_per_image_calls():
         batched = enc.roi_features(fmap, boxes)  # (B, 5, C)
         for b in range(B):  # the reference: one roi_align call per image, boxes as a list
             ref = roi_align(
-                fmap[b : b + 1], [boxes[b] * S], output_size=4, spatial_scale=1 / enc.backbone.stride,
-                sampling_ratio=2, aligned=True,
+                fmap[b : b + 1],
+                [boxes[b] * S],
+                output_size=4,
+                spatial_scale=1 / enc.backbone.stride,
+                sampling_ratio=2,
+                aligned=True,
             ).mean(dim=(2, 3))
             torch.testing.assert_close(batched[b], ref)
 
@@ -294,8 +296,15 @@ def _root(vision_yaml: str):
     return OmegaConf.create(
         {
             "model": {
-                "vision_dim": D, "vision_depth": 1, "vision_heads": H, "backbone_width": 8, "mlp_ratio": 4.0, "prenorm": True,
-                "dropout": 0.0, "patch_size": 8, "region_feat_dim": F,
+                "vision_dim": D,
+                "vision_depth": 1,
+                "vision_heads": H,
+                "backbone_width": 8,
+                "mlp_ratio": 4.0,
+                "prenorm": True,
+                "dropout": 0.0,
+                "patch_size": 8,
+                "region_feat_dim": F,
             },
             "data": {"image_size": S},
             "vision": OmegaConf.load(VISION_CONF / f"{vision_yaml}.yaml"),
@@ -304,7 +313,8 @@ def _root(vision_yaml: str):
 
 
 @pytest.mark.parametrize(
-    "name, cls", [("conv", ConvEncoder), ("region", RegionEncoder), ("region_feats", RegionFeatureEncoder), ("vit", PatchEncoder)]
+    "name, cls",
+    [("conv", ConvEncoder), ("region", RegionEncoder), ("region_feats", RegionFeatureEncoder), ("vit", PatchEncoder)],
 )
 def test_config_instantiates_and_runs(name, cls):
     enc = instantiate(_root(name).vision).eval()

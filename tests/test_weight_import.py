@@ -24,7 +24,13 @@ from tests.conftest import ROOT, compose_cfg  # noqa: E402
 
 ATOL = 1e-4
 B, T, V = 2, 9, 100  # batch, text length, vocabulary of the tiny HF configs
-COMMON = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+COMMON = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 MAX_DIFF: dict[str, float] = {}  # family -> measured max abs difference (printed at the end)
 
 
@@ -38,8 +44,16 @@ def save(model, path):
 
 def import_preset(preset: str, path, *overrides: str):
     cfg = compose_cfg([f"model={preset}", f"model.init_from={path}", *overrides])
-    info = DataInfo(vocab_size=V, pad_id=0, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)),
-                    max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
+    info = DataInfo(
+        vocab_size=V,
+        pad_id=0,
+        mask_id=4,
+        bos_id=5,
+        eos_id=6,
+        special_ids=list(range(7)),
+        max_text_len=cfg.data.max_text_len,
+        image_size=cfg.data.image_size,
+    )
     return build_model(cfg, info).eval()
 
 
@@ -67,7 +81,9 @@ def report():
 def test_bert_into_text_encoder(tmp_path):
     config = transformers.BertConfig(vocab_size=V, num_hidden_layers=2, max_position_embeddings=16, **COMMON)
     ref = save(transformers.BertModel(config), tmp_path)
-    model = import_preset("lxmert", tmp_path, "model.sizes.tiny.dim=32", "model.sizes.tiny.text_depth=2", "data.max_text_len=16")
+    model = import_preset(
+        "lxmert", tmp_path, "model.sizes.tiny.dim=32", "model.sizes.tiny.text_depth=2", "data.max_text_len=16"
+    )
     ids, mask = text_inputs()
     with torch.no_grad():
         ours, want = model.encode_text(ids, mask), ref(input_ids=ids, attention_mask=mask)
@@ -76,14 +92,18 @@ def test_bert_into_text_encoder(tmp_path):
 
 
 def test_vilt(tmp_path):
-    config = transformers.ViltConfig(vocab_size=V, num_hidden_layers=2, max_position_embeddings=16, image_size=32, patch_size=8, **COMMON)
+    config = transformers.ViltConfig(
+        vocab_size=V, num_hidden_layers=2, max_position_embeddings=16, image_size=32, patch_size=8, **COMMON
+    )
     ref = save(transformers.ViltModel(config), tmp_path)
     model = import_preset("vilt", tmp_path, "data.image_size=32", "data.max_text_len=16")
     ids, mask = text_inputs()
     pixels = torch.rand(B, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.manual_seed(123)  # HF ViLT visits the 16 patches in a random order (torch.multinomial) ...
-        want = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, pixel_mask=torch.ones(B, 32, 32, dtype=torch.long))
+        want = ref(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, pixel_mask=torch.ones(B, 32, 32, dtype=torch.long)
+        )
         torch.manual_seed(123)  # ... which is replayed here to line the image tokens up
         order = torch.stack([torch.multinomial(torch.ones(16), 16) for _ in range(B)])  # (B, 16)
         joint = model.fuse(model.encode_text(ids, mask), model.encode_image({"pixel_values": pixels}))
@@ -95,9 +115,25 @@ def test_vilt(tmp_path):
 
 def test_clip(tmp_path):
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=V, max_position_embeddings=16, bos_token_id=V - 2, eos_token_id=V - 1, pad_token_id=0,
-                         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=V,
+            max_position_embeddings=16,
+            bos_token_id=V - 2,
+            eos_token_id=V - 1,
+            pad_token_id=0,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
         projection_dim=16,
     )
     ref = save(transformers.CLIPModel(config), tmp_path)
@@ -118,7 +154,9 @@ def test_clip(tmp_path):
         check("clip", text.pooled, want_t.pooler_output)  # EOS token after final_layer_norm
         check("clip", image.pooled, want_v.pooler_output)  # post_layernorm([CLS])
         check("clip", image.tokens, ref.vision_model.post_layernorm(want_v.last_hidden_state))
-        full = ref(input_ids=ids, attention_mask=mask, pixel_values=clip_pixels)  # the projections stay in HF (ITC has its own)
+        full = ref(
+            input_ids=ids, attention_mask=mask, pixel_values=clip_pixels
+        )  # the projections stay in HF (ITC has its own)
         normalize = torch.nn.functional.normalize
         check("clip", normalize(ref.text_projection(text.pooled), dim=-1), full.text_embeds)
         check("clip", normalize(ref.visual_projection(image.pooled), dim=-1), full.image_embeds)
@@ -134,38 +172,52 @@ def regions(F=12, R=5, seed=0):
 
 
 def test_visualbert(tmp_path):
-    config = transformers.VisualBertConfig(vocab_size=V, num_hidden_layers=2, max_position_embeddings=16, visual_embedding_dim=12, **COMMON)
+    config = transformers.VisualBertConfig(
+        vocab_size=V, num_hidden_layers=2, max_position_embeddings=16, visual_embedding_dim=12, **COMMON
+    )
     ref = save(transformers.VisualBertModel(config), tmp_path)
     model = import_preset("visualbert", tmp_path, "encoder/vision=region_feats", "data.max_text_len=16")
     ids, mask = text_inputs()
     batch = regions()
     with torch.no_grad():
         joint = model.fuse(model.encode_text(ids, mask), model.encode_image(batch))
-        want = ref(input_ids=ids, attention_mask=mask, visual_embeds=batch["region_feats"],
-                   visual_attention_mask=batch["region_mask"].long())
+        want = ref(
+            input_ids=ids,
+            attention_mask=mask,
+            visual_embeds=batch["region_feats"],
+            visual_attention_mask=batch["region_mask"].long(),
+        )
     real = torch.cat([mask.bool(), batch["region_mask"]], dim=1)  # compare real tokens (padding is free)
     check("visualbert", torch.cat([joint.text_tokens, joint.image_tokens], dim=1)[real], want.last_hidden_state[real])
     check("visualbert", joint.pooled, want.pooler_output)
 
 
 def test_lxmert(tmp_path):
-    config = transformers.LxmertConfig(vocab_size=V, l_layers=2, x_layers=2, r_layers=1, max_position_embeddings=16,
-                                       visual_feat_dim=12, **COMMON)
+    config = transformers.LxmertConfig(
+        vocab_size=V, l_layers=2, x_layers=2, r_layers=1, max_position_embeddings=16, visual_feat_dim=12, **COMMON
+    )
     ref = save(transformers.LxmertModel(config), tmp_path)
     model = import_preset("lxmert", tmp_path, "encoder/vision=region_feats", "data.max_text_len=16")
     ids, mask = text_inputs()
     batch = regions()
     with torch.no_grad():
         joint = model.fuse(model.encode_text(ids, mask), model.encode_image(batch))
-        want = ref(input_ids=ids, attention_mask=mask, visual_feats=batch["region_feats"], visual_pos=batch["region_boxes"],
-                   visual_attention_mask=batch["region_mask"].long())
+        want = ref(
+            input_ids=ids,
+            attention_mask=mask,
+            visual_feats=batch["region_feats"],
+            visual_pos=batch["region_boxes"],
+            visual_attention_mask=batch["region_mask"].long(),
+        )
     check("lxmert", joint.text_tokens[mask.bool()], want.language_output[mask.bool()])
     check("lxmert", joint.image_tokens[batch["region_mask"]], want.vision_output[batch["region_mask"]])
     check("lxmert", joint.pooled, want.pooled_output)
 
 
 def test_checkpoint_needs_the_matching_parts(tmp_path):
-    config = transformers.ViltConfig(vocab_size=V, num_hidden_layers=1, max_position_embeddings=16, image_size=32, patch_size=8, **COMMON)
+    config = transformers.ViltConfig(
+        vocab_size=V, num_hidden_layers=1, max_position_embeddings=16, image_size=32, patch_size=8, **COMMON
+    )
     transformers.ViltModel(config).save_pretrained(tmp_path)
     with pytest.raises(ImportConfigError, match="fusion is mmbench.models.fusion.none.NoFusion"):
         import_preset("clip", tmp_path, "data.image_size=32", "data.max_text_len=16")
@@ -182,7 +234,9 @@ def test_uncached_hub_id_fails_fast_offline():
 def test_init_from_trains_end_to_end_at_another_image_size(tmp_path, tiny_cfg, caplog):
     """A ViLT checkpoint for 32px images runs on 48px Shapes (positions interpolated at import),
     with the checkpoint's widths for the objective heads and its vocabulary for MLM."""
-    config = transformers.ViltConfig(vocab_size=1000, num_hidden_layers=1, max_position_embeddings=40, image_size=32, patch_size=8, **COMMON)
+    config = transformers.ViltConfig(
+        vocab_size=1000, num_hidden_layers=1, max_position_embeddings=40, image_size=32, patch_size=8, **COMMON
+    )
     transformers.ViltModel(config).save_pretrained(tmp_path / "vilt")
     cfg = tiny_cfg("model=vilt", f"model.init_from={tmp_path / 'vilt'}", "trainer.limit_train_batches=2")
     with caplog.at_level("INFO", logger="mmbench.models.convert"):

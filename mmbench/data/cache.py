@@ -84,8 +84,12 @@ def remove_stale_temporaries(root: Path, stale_after_s: float = STALE_AFTER_S) -
                 finally:
                     os.close(fd)
     if removed:
-        log.info("removed %d orphaned temporary cache director%s of interrupted builds: %s",
-                 len(removed), "y" if len(removed) == 1 else "ies", ", ".join(str(p) for p in removed))
+        log.info(
+            "removed %d orphaned temporary cache director%s of interrupted builds: %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            ", ".join(str(p) for p in removed),
+        )
     return removed
 
 

@@ -79,9 +79,11 @@ class DataInfo:
 
     def baseline_metrics(self) -> dict[str, float]:
         """The blind VQA baselines of the test split as metrics (`test/vqa/...`), those the data has."""
-        values = {"test/vqa/majority_baseline": self.majority_baseline,
-                  "test/vqa/question_prior_baseline": self.question_prior_baseline,
-                  **{f"test/vqa/question_prior_baseline_{t}": v for t, v in self.question_prior_by_type.items()}}
+        values = {
+            "test/vqa/majority_baseline": self.majority_baseline,
+            "test/vqa/question_prior_baseline": self.question_prior_baseline,
+            **{f"test/vqa/question_prior_baseline_{t}": v for t, v in self.question_prior_by_type.items()},
+        }
         return {k: float(v) for k, v in values.items() if v is not None}
 
 
@@ -108,7 +110,9 @@ class PairDataset(Dataset):
         self.caption_labels = split["caption_labels"] if "caption_labels" in cols else None
         self.boxes = split["boxes"] if "boxes" in cols else None
         self.labels = split["labels"] if "labels" in cols else None
-        self.region_feats = split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
+        self.region_feats = (
+            split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
+        )
         has_claims = "caption_claims" in cols and "image_facts" in cols
         self.claims = [[claim_code(c) for c in row] for row in split["caption_claims"]] if has_claims else None
         self.facts = [[claim_code(f) for f in row] for row in split["image_facts"]] if has_claims else None
@@ -146,8 +150,11 @@ class PairDataset(Dataset):
             item["answer"] = self.answer_index.get(self.answers[r][q], -1)
             if self.all_answers is not None:
                 counts = Counter(self.all_answers[r][q])
-                item["answer_soft"] = [(self.answer_index[a], min(1.0, c / VQA_ANNOTATORS))
-                                       for a, c in counts.items() if a in self.answer_index]
+                item["answer_soft"] = [
+                    (self.answer_index[a], min(1.0, c / VQA_ANNOTATORS))
+                    for a, c in counts.items()
+                    if a in self.answer_index
+                ]
         return item
 
 
@@ -273,8 +280,10 @@ class ResumableLoader(DataLoader):
         # start drawing indices as soon as `iter()` is called)
         epoch = int(getattr(self.sampler, "epoch", 0))
         if self._skip and epoch != self._skip_epoch:
-            raise CheckpointError(f"the checkpoint stopped within epoch {self._skip_epoch}, but training resumed "
-                                  f"at epoch {epoch}; delete the run's checkpoints/ to start it afresh")
+            raise CheckpointError(
+                f"the checkpoint stopped within epoch {self._skip_epoch}, but training resumed "
+                f"at epoch {epoch}; delete the run's checkpoints/ to start it afresh"
+            )
         self._position = self._skip
         batches = super().__iter__()  # draws its indices from _index_sampler, which leaves out _skip batches
         self._skip = 0
@@ -287,8 +296,12 @@ class ResumableLoader(DataLoader):
         return _SkipBatches(super()._index_sampler, self)
 
     def state_dict(self) -> dict:
-        return {"batches": self._position, "epoch": int(getattr(self.sampler, "epoch", 0)),
-                "batch_size": self.batch_size, "num_batches": len(self)}
+        return {
+            "batches": self._position,
+            "epoch": int(getattr(self.sampler, "epoch", 0)),
+            "batch_size": self.batch_size,
+            "num_batches": len(self),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         saved, here = (state["batch_size"], state["num_batches"]), (self.batch_size, len(self))
@@ -296,7 +309,8 @@ class ResumableLoader(DataLoader):
             raise CheckpointError(
                 f"the checkpoint stopped within an epoch of other data settings (batch size, batches per epoch: "
                 f"{saved}; this run: {here}), so this run cannot continue that epoch. Rerun with the settings it "
-                "was written with, or delete the run's checkpoints/ to start it afresh")
+                "was written with, or delete the run's checkpoints/ to start it afresh"
+            )
         self._skip, self._skip_epoch = int(state["batches"]), int(state["epoch"])
 
 
@@ -374,14 +388,28 @@ class VLDataModule(pl.LightningDataModule):
             if len(split) == 0:
                 raise DataError(f"split '{name}' of the dataset in {cache_dir} is empty")
             if not any(len(captions) for captions in split["captions"]):  # 0 pairs: 0 steps, then evaluation fails
-                raise DataError(f"every caption of split '{name}' of the dataset in {cache_dir} is empty (column "
-                                f"'captions'): there is no image-text pair to train or evaluate on")
+                raise DataError(
+                    f"every caption of split '{name}' of the dataset in {cache_dir} is empty (column "
+                    f"'captions'): there is no image-text pair to train or evaluate on"
+                )
         train = dsd["train"]
-        texts = lambda: (t for col in ("captions", "questions", "answers") if col in train.column_names for row in train[col] for t in row)  # noqa: E731
+        texts = lambda: (
+            t
+            for col in ("captions", "questions", "answers")
+            if col in train.column_names
+            for row in train[col]
+            for t in row
+        )  # noqa: E731
         try:
-            tok, special = tokenization.build(self.tokenizer_kind, cache_dir=cache_dir, texts=texts,
-                                              vocab_size=self.vocab_size, max_len=self.max_text_len,
-                                              name_or_path=self.tokenizer_name, offline=self.offline)
+            tok, special = tokenization.build(
+                self.tokenizer_kind,
+                cache_dir=cache_dir,
+                texts=texts,
+                vocab_size=self.vocab_size,
+                max_len=self.max_text_len,
+                name_or_path=self.tokenizer_name,
+                offline=self.offline,
+            )
         except tokenization.TokenizerError as err:
             raise DataError(str(err)) from err
         from mmbench.data.hf import read_stats
@@ -445,8 +473,11 @@ class VLDataModule(pl.LightningDataModule):
         """Scores of answers given without the image, one per (row, question) in row order: exact
         match, or the VQA soft score with all_answers."""
         if "all_answers" in test.column_names:
-            return [min(1.0, ans.count(g) / VQA_ANNOTATORS)
-                    for row, gs in zip(test["all_answers"], guesses) for ans, g in zip(row, gs)]
+            return [
+                min(1.0, ans.count(g) / VQA_ANNOTATORS)
+                for row, gs in zip(test["all_answers"], guesses)
+                for ans, g in zip(row, gs)
+            ]
         return [float(a == g) for row, gs in zip(test["answers"], guesses) for a, g in zip(row, gs)]
 
     @classmethod

@@ -60,8 +60,19 @@ log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1  # bump when the converted data changes; part of the cache key
 SPLITS = ("train", "val", "test")
-ROLES = ("image", "text", "question", "answers", "answer", "question_type", "label", "image_id",
-         "region_feats", "boxes", "region_labels")
+ROLES = (
+    "image",
+    "text",
+    "question",
+    "answers",
+    "answer",
+    "question_type",
+    "label",
+    "image_id",
+    "region_feats",
+    "boxes",
+    "region_labels",
+)
 BAD_IMAGE_POLICIES = ("raise", "skip")
 LOCAL_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 MAX_LISTED = 20  # skipped image paths kept in stats.json
@@ -138,7 +149,8 @@ class Columns:
             raise DataError(
                 f"data.source.columns.image={list(image)}: examples with several images (NLVR2's image pairs) are "
                 f"not supported; the model interface encodes one image per example (encode_image). "
-                f"Use a single-image dataset, or split each pair into two single-image examples yourself")
+                f"Use a single-image dataset, or split each pair into two single-image examples yourself"
+            )
         values = {k: (None if v in (None, "", "null") else str(v)) for k, v in mapping.items()}
         return cls(**values)
 
@@ -159,14 +171,22 @@ def _is_local(path: str) -> bool:
 
 def _load_kwargs(path: str, name, data_dir, data_files, revision, streaming, hf_cache_dir) -> tuple[str, dict]:
     """(builder or path, kwargs) for load_dataset; a local file becomes a packaged builder + data_files."""
-    kwargs = dict(name=name, data_dir=data_dir, data_files=_plain(data_files), revision=revision,
-                  streaming=streaming, cache_dir=hf_cache_dir)
+    kwargs = dict(
+        name=name,
+        data_dir=data_dir,
+        data_files=_plain(data_files),
+        revision=revision,
+        streaming=streaming,
+        cache_dir=hf_cache_dir,
+    )
     local = Path(os.path.expanduser(path))
     if local.is_file():
         builder = LOCAL_BUILDERS.get(local.suffix.lower())
         if builder is None:
-            raise DataError(f"data.source.path={path!r}: cannot tell the format of a {local.suffix!r} file; "
-                            f"use one of {sorted(LOCAL_BUILDERS)} or a directory")
+            raise DataError(
+                f"data.source.path={path!r}: cannot tell the format of a {local.suffix!r} file; "
+                f"use one of {sorted(LOCAL_BUILDERS)} or a directory"
+            )
         kwargs["data_files"] = str(local)
         return builder, kwargs
     return (str(local) if local.exists() else path), kwargs
@@ -199,8 +219,17 @@ def _local_identity(path: str, data_files, image_root) -> list:
     return entries
 
 
-def load_source(path: str, *, name=None, data_dir=None, data_files=None, revision=None, streaming=False,
-                offline=False, hf_cache_dir=None):
+def load_source(
+    path: str,
+    *,
+    name=None,
+    data_dir=None,
+    data_files=None,
+    revision=None,
+    streaming=False,
+    offline=False,
+    hf_cache_dir=None,
+):
     """The raw (Iterable)DatasetDict of a hub id or local data, never hanging on the network."""
     builder, kwargs = _load_kwargs(path, name, data_dir, data_files, revision, streaming, hf_cache_dir)
     if _is_local(path) or builder in LOCAL_BUILDERS.values() or builder in ("imagefolder",):
@@ -436,8 +465,10 @@ def read_image(value, size: int, image_root: Path | None) -> np.ndarray:
         value = data if data is not None else path
     if isinstance(value, str):
         if urlparse(value).scheme in ("http", "https"):
-            raise ValueError(f"image {value} is a URL; mmbench does not download images, set data.source.image_root "
-                             f"to a local copy and map a path column")
+            raise ValueError(
+                f"image {value} is a URL; mmbench does not download images, set data.source.image_root "
+                f"to a local copy and map a path column"
+            )
         path = _resolve_path(value, image_root)
         try:
             value = path.read_bytes()
@@ -524,7 +555,9 @@ def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None =
         texts = _texts(_get(row, cols.text)) if cols.text else []
         questions = _texts(_get(row, cols.question)) if cols.question else []
         if questions and cols.answers is None and cols.answer is None:
-            raise DataError(f"{where}: data.source.columns.question is set but neither columns.answers nor columns.answer")
+            raise DataError(
+                f"{where}: data.source.columns.question is set but neither columns.answers nor columns.answer"
+            )
         if len(questions) > 1:
             per_q = _as_list(_get(row, cols.answers)) if cols.answers else [None] * len(questions)
             majority = _as_list(_get(row, cols.answer)) if cols.answer else [None] * len(questions)
@@ -534,7 +567,11 @@ def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None =
         qtypes = _texts(_get(row, cols.question_type)) if cols.question_type else []
         for q, (question, given, major) in enumerate(zip(questions, per_q, majority)):
             answers = [str(a).strip() for a in _as_list(given) if a is not None and str(a).strip()]
-            major = str(major).strip() if major is not None and str(major).strip() else (_majority(answers) if answers else "")
+            major = (
+                str(major).strip()
+                if major is not None and str(major).strip()
+                else (_majority(answers) if answers else "")
+            )
             group.questions.append(question)
             group.answers.append(major)
             group.all_answers.append(answers or [major])
@@ -603,7 +640,9 @@ def canonical_features(row: dict) -> datasets.Features:
         "labels": datasets.List(datasets.Value("int64")),
     }
     if "region_feats" in row:
-        spec["region_feats"] = datasets.Array2D(shape=(None, int(np.asarray(row["region_feats"]).shape[1])), dtype="float32")
+        spec["region_feats"] = datasets.Array2D(
+            shape=(None, int(np.asarray(row["region_feats"]).shape[1])), dtype="float32"
+        )
     return datasets.Features({k: spec[k] for k in row})
 
 
@@ -622,8 +661,9 @@ class _Converter:
         """Write the canonical splits into `out`; returns stats (rows, skipped images, label names, ...)."""
         where = lambda s: f"split {s!r} of {self.source}"  # noqa: E731
         empty_rows: dict[str, list[int]] = {name: [] for name in source_splits}
-        grouped = {name: _group_rows(split, self.cols, where(name), empty_rows[name])
-                   for name, split in source_splits.items()}
+        grouped = {
+            name: _group_rows(split, self.cols, where(name), empty_rows[name]) for name, split in source_splits.items()
+        }
         for name, groups in grouped.items():
             if not any(g.captions for g in groups.values()):
                 column = self.cols.text or self.cols.question
@@ -631,7 +671,8 @@ class _Converter:
                 raise DataError(
                     f"every caption of {where(name)} is empty (column {column!r}, data.source.columns.{role}): "
                     f"there is no image-text pair to train or evaluate on. Map data.source.columns.{role} to the "
-                    f"column that holds the text")
+                    f"column that holds the text"
+                )
         label_names, to_index = ([], None)
         if self.cols.label:
             feature = getattr(source_splits["train"], "features", None)
@@ -644,8 +685,9 @@ class _Converter:
             for source_name, split in source_splits.items():
                 targets = plan[source_name]  # group key -> canonical split
                 by_row = {g.first_row: (key, g) for key, g in grouped[source_name].items() if key in targets}
-                cols = _role_columns(self.cols, ("image", "region_feats", "boxes", "region_labels"),
-                                     getattr(split, "column_names", None))
+                cols = _role_columns(
+                    self.cols, ("image", "region_feats", "boxes", "region_labels"), getattr(split, "column_names", None)
+                )
                 rows = _rows(split, cols) if cols else ({} for _ in range(max(by_row, default=-1) + 1))
                 for i, row in enumerate(rows):
                     if i not in by_row:
@@ -662,20 +704,31 @@ class _Converter:
             if counts[s] == 0:
                 skipped = len(self.skipped.get(s, []))
                 why = f" after skipping {skipped} unreadable image(s)" if skipped else ""
-                raise DataError(f"split '{s}' is empty{why}; check data.source.splits / max_samples "
-                                f"(source splits: {list(source_splits)})")
-        return {"rows": counts, "skipped_images": {s: len(p) for s, p in self.skipped.items()},
-                "skipped_examples": sum(len(p) for p in self.skipped.values()),
-                "skipped_paths": {s: p[:MAX_LISTED] for s, p in self.skipped.items()},
-                "empty_captions": {s: {"pairs": len(r), "rows": [i + 1 for i in sorted(set(r))[:MAX_LISTED]]}
-                                   for s, r in empty_rows.items() if r},  # rows counted from 1
-                "label_names": label_names, "carved": carve}
+                raise DataError(
+                    f"split '{s}' is empty{why}; check data.source.splits / max_samples "
+                    f"(source splits: {list(source_splits)})"
+                )
+        return {
+            "rows": counts,
+            "skipped_images": {s: len(p) for s, p in self.skipped.items()},
+            "skipped_examples": sum(len(p) for p in self.skipped.values()),
+            "skipped_paths": {s: p[:MAX_LISTED] for s, p in self.skipped.items()},
+            "empty_captions": {
+                s: {"pairs": len(r), "rows": [i + 1 for i in sorted(set(r))[:MAX_LISTED]]}
+                for s, r in empty_rows.items()
+                if r
+            },  # rows counted from 1
+            "label_names": label_names,
+            "carved": carve,
+        }
 
     def _plan(self, grouped: dict[str, dict[str, _Group]], carve: dict[str, float]) -> dict[str, dict[str, str]]:
         """Canonical split of every group; val / test carved from train by a seeded fraction of images."""
         plan = {}
         for source_name, groups in grouped.items():
-            plan[source_name] = {key: target for key in groups for target in [source_name]} if source_name in SPLITS else {}
+            plan[source_name] = (
+                {key: target for key in groups for target in [source_name]} if source_name in SPLITS else {}
+            )
         train_keys = list(grouped["train"])
         rng = np.random.default_rng([self.seed, 7])
         order = rng.permutation(len(train_keys))
@@ -697,8 +750,10 @@ class _Converter:
             except (OSError, ValueError) as err:
                 path = _describe(value, self.image_root)
                 if self.bad_images == "raise":
-                    raise DataError(f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
-                                    f"to skip such images (they are counted and logged)") from err
+                    raise DataError(
+                        f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
+                        f"to skip such images (they are counted and logged)"
+                    ) from err
                 self.skipped.setdefault(split, []).append(path)
                 return None
         else:
@@ -708,8 +763,12 @@ class _Converter:
             image_id = int(source_id)
         else:
             image_id = ids.setdefault(key, len(ids))
-        out = {"image_id": image_id, "pixels": pixels.tobytes(), "image_size": self.image_size,
-               "captions": group.captions}
+        out = {
+            "image_id": image_id,
+            "pixels": pixels.tobytes(),
+            "image_size": self.image_size,
+            "captions": group.captions,
+        }
         if self.cols.label:
             out["caption_labels"] = [to_index(v) for v in group.caption_labels]
         if self.cols.question:
@@ -731,16 +790,22 @@ class _Converter:
             elif self.cols.image and not key.startswith(("sha1:", "row:")):
                 name = Path(key).stem
             else:
-                raise DataError("data.source.region_dir needs data.source.columns.image_id or image paths to name "
-                                "each image's region file")
+                raise DataError(
+                    "data.source.region_dir needs data.source.columns.image_id or image paths to name "
+                    "each image's region file"
+                )
             return region_io.load_region_file(self.region_dir, name)
         if self.cols.region_feats:
             if not self.cols.boxes:
                 raise DataError("data.source.columns.region_feats is set but columns.boxes is not")
             labels = _get(row, self.cols.region_labels) if self.cols.region_labels else None
             try:
-                return region_io.check_regions(_get(row, self.cols.region_feats), _get(row, self.cols.boxes), labels,
-                                               where=f"image {group.source_id if group.source_id is not None else key}")
+                return region_io.check_regions(
+                    _get(row, self.cols.region_feats),
+                    _get(row, self.cols.boxes),
+                    labels,
+                    where=f"image {group.source_id if group.source_id is not None else key}",
+                )
             except region_io.RegionError as err:
                 raise DataError(str(err)) from err
         return None
@@ -753,8 +818,16 @@ def hf_config_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _select_splits(loaded, splits: dict, split_column: str | None, max_samples: int | None,
-                   streaming: bool, val_fraction: float, test_fraction: float, image: str | None) -> tuple[dict, dict]:
+def _select_splits(
+    loaded,
+    splits: dict,
+    split_column: str | None,
+    max_samples: int | None,
+    streaming: bool,
+    val_fraction: float,
+    test_fraction: float,
+    image: str | None,
+) -> tuple[dict, dict]:
     """Source split per canonical split (Dataset or list of streamed rows), and the splits to carve."""
     available = list(loaded)
     if split_column and streaming:
@@ -771,8 +844,10 @@ def _select_splits(loaded, splits: dict, split_column: str | None, max_samples: 
             if value is None:
                 continue
             if str(value) not in present:
-                raise DataError(f"data.source.splits.{canonical}={value!r}: no row has {split_column}={value!r}; "
-                                f"values present: {present}")
+                raise DataError(
+                    f"data.source.splits.{canonical}={value!r}: no row has {split_column}={value!r}; "
+                    f"values present: {present}"
+                )
             loaded[str(value)] = whole.select([i for i, v in enumerate(values) if str(v) == str(value)])
         available = list(loaded)
     chosen, carve = {}, {}
@@ -783,16 +858,25 @@ def _select_splits(loaded, splits: dict, split_column: str | None, max_samples: 
                 raise DataError(f"data.source.splits.train must name a split; the dataset has {available}")
             fraction = val_fraction if canonical == "val" else test_fraction
             if name is not None:
-                log.info("the dataset has no split %r for val; carving val from train (%.0f%% of its images, seeded)",
-                         name, 100 * fraction)
+                log.info(
+                    "the dataset has no split %r for val; carving val from train (%.0f%% of its images, seeded)",
+                    name,
+                    100 * fraction,
+                )
             else:
-                log.info("data.source.splits.%s is null: carving %s from train (%.0f%% of its images, seeded)",
-                         canonical, canonical, 100 * fraction)
+                log.info(
+                    "data.source.splits.%s is null: carving %s from train (%.0f%% of its images, seeded)",
+                    canonical,
+                    canonical,
+                    100 * fraction,
+                )
             carve[canonical] = float(fraction)
             continue
         if str(name) not in available:
-            raise DataError(f"data.source.splits.{canonical}={name!r} is not a split of the dataset; it has {available}"
-                            f"{' (values of ' + split_column + ')' if split_column else ''}")
+            raise DataError(
+                f"data.source.splits.{canonical}={name!r} is not a split of the dataset; it has {available}"
+                f"{' (values of ' + split_column + ')' if split_column else ''}"
+            )
         split = _cast_images(loaded[str(name)], image)
         if streaming:
             if not max_samples:
@@ -817,8 +901,10 @@ def _cast_images(split, image: str | None):
 def config_problems(*, path: str | None = None, **_settings) -> list[str]:
     """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read)."""
     if not path:
-        return ["data.source.path is not set: give a hub dataset id or a local directory / file "
-                "(e.g. data.source.path=/data/my_images)"]
+        return [
+            "data.source.path is not set: give a hub dataset id or a local directory / file "
+            "(e.g. data.source.path=/data/my_images)"
+        ]
     text = str(path)
     local = text.startswith(("/", "./", "../", "~")) or Path(text).suffix.lower() in LOCAL_BUILDERS
     if local and not Path(os.path.expanduser(text)).exists():
@@ -848,19 +934,38 @@ def provided_fields(*, columns=None, region_dir: str | None = None, **_settings)
     return frozenset(fields)
 
 
-def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: str | None = None,
-             data_dir: str | None = None, data_files=None, revision: str | None = None, columns=None,
-             splits=None, split_column: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.1,
-             image_root: str | None = None, region_dir: str | None = None, streaming: bool = False,
-             max_samples: int | None = None, bad_images: str = "raise", offline: bool = False,
-             hf_cache_dir: str | None = None, seed: int = 0) -> tuple[datasets.DatasetDict, Path]:
+def build_hf(
+    cache_dir: str | os.PathLike,
+    *,
+    path: str,
+    image_size: int,
+    name: str | None = None,
+    data_dir: str | None = None,
+    data_files=None,
+    revision: str | None = None,
+    columns=None,
+    splits=None,
+    split_column: str | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    image_root: str | None = None,
+    region_dir: str | None = None,
+    streaming: bool = False,
+    max_samples: int | None = None,
+    bad_images: str = "raise",
+    offline: bool = False,
+    hf_cache_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[datasets.DatasetDict, Path]:
     """A HF dataset (hub id or local data) in the canonical columns, and its cache directory.
 
     Returns (DatasetDict with train / val / test, `<cache_dir>/hf-<hash>`). See the module doc.
     """
     if not path:
-        raise DataError("data.source.path is not set: give a hub dataset id or a local directory / file "
-                        "(e.g. data.source.path=/data/my_images)")
+        raise DataError(
+            "data.source.path is not set: give a hub dataset id or a local directory / file "
+            "(e.g. data.source.path=/data/my_images)"
+        )
     if bad_images not in BAD_IMAGE_POLICIES:
         raise DataError(f"data.source.bad_images={bad_images!r}; valid policies: {list(BAD_IMAGE_POLICIES)}")
     cols = Columns.parse(columns if columns is not None else {})
@@ -870,25 +975,55 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
     if not (cols.text or cols.question):
         raise DataError("data.source.columns needs a text or a question column (both are null)")
     local = _is_local(path)
-    root = Path(os.path.expanduser(image_root)) if image_root else (
-        Path(os.path.expanduser(path)) if local and Path(os.path.expanduser(path)).is_dir()
-        else Path(os.path.expanduser(path)).parent if local else None)
-    settings = {"path": str(Path(os.path.expanduser(path)).resolve()) if local else path, "name": name,
-                "data_dir": data_dir, "data_files": _plain(data_files), "revision": revision,
-                "columns": cols.used(), "splits": splits, "split_column": split_column, "val_fraction": val_fraction,
-                "test_fraction": test_fraction, "image_root": str(root) if root else None,
-                "region_dir": str(Path(os.path.expanduser(region_dir)).resolve()) if region_dir else None,
-                "streaming": streaming, "max_samples": max_samples, "bad_images": bad_images,
-                "image_size": int(image_size), "seed": seed, "converter_version": CONVERTER_VERSION}
+    root = (
+        Path(os.path.expanduser(image_root))
+        if image_root
+        else (
+            Path(os.path.expanduser(path))
+            if local and Path(os.path.expanduser(path)).is_dir()
+            else Path(os.path.expanduser(path)).parent
+            if local
+            else None
+        )
+    )
+    settings = {
+        "path": str(Path(os.path.expanduser(path)).resolve()) if local else path,
+        "name": name,
+        "data_dir": data_dir,
+        "data_files": _plain(data_files),
+        "revision": revision,
+        "columns": cols.used(),
+        "splits": splits,
+        "split_column": split_column,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "image_root": str(root) if root else None,
+        "region_dir": str(Path(os.path.expanduser(region_dir)).resolve()) if region_dir else None,
+        "streaming": streaming,
+        "max_samples": max_samples,
+        "bad_images": bad_images,
+        "image_size": int(image_size),
+        "seed": seed,
+        "converter_version": CONVERTER_VERSION,
+    }
     base = Path(cache_dir)
     loaded = None
     if local:
         settings["identity"] = _local_identity(path, data_files, None)
     else:
-        loaded = load_source(path, name=name, data_dir=data_dir, data_files=data_files, revision=revision,
-                             streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
-        settings["identity"] = ({s: getattr(d, "_fingerprint", None) for s, d in loaded.items()}
-                                if not streaming else None)
+        loaded = load_source(
+            path,
+            name=name,
+            data_dir=data_dir,
+            data_files=data_files,
+            revision=revision,
+            streaming=streaming,
+            offline=offline,
+            hf_cache_dir=hf_cache_dir,
+        )
+        settings["identity"] = (
+            {s: getattr(d, "_fingerprint", None) for s, d in loaded.items()} if not streaming else None
+        )
     if region_dir:
         settings["region_identity"] = _local_identity(region_dir, None, None)
     target = base / f"hf-{hf_config_hash(settings)}"
@@ -902,28 +1037,66 @@ def build_hf(cache_dir: str | os.PathLike, *, path: str, image_size: int, name: 
     if damaged or not _is_complete(target, settings):
         try:
             if loaded is None:
-                loaded = load_source(path, name=name, data_dir=data_dir, data_files=data_files, revision=revision,
-                                     streaming=streaming, offline=offline, hf_cache_dir=hf_cache_dir)
-            _convert_into(target, loaded, settings, cols, path, splits, split_column, max_samples, streaming,
-                          val_fraction, test_fraction, root, region_dir, bad_images, seed, int(image_size))
+                loaded = load_source(
+                    path,
+                    name=name,
+                    data_dir=data_dir,
+                    data_files=data_files,
+                    revision=revision,
+                    streaming=streaming,
+                    offline=offline,
+                    hf_cache_dir=hf_cache_dir,
+                )
+            _convert_into(
+                target,
+                loaded,
+                settings,
+                cols,
+                path,
+                splits,
+                split_column,
+                max_samples,
+                streaming,
+                val_fraction,
+                test_fraction,
+                root,
+                region_dir,
+                bad_images,
+                seed,
+                int(image_size),
+            )
             dsd, stats = _load_entry(target)
         except (ConfigError, *data_cache.LOAD_ERRORS) as err:
             if not damaged:
                 raise
-            raise DataError(f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
-                            f"({data_cache.describe(err)}); delete {target} and rerun where {path!r} can be loaded"
-                            ) from err
+            raise DataError(
+                f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
+                f"({data_cache.describe(err)}); delete {target} and rerun where {path!r} can be loaded"
+            ) from err
     if stats.get("skipped_examples"):
-        log.warning("skipped %d unreadable image(s) (data.source.bad_images=skip): %s; first paths: %s (see %s)",
-                    stats["skipped_examples"], stats["skipped_images"],
-                    [p for ps in stats["skipped_paths"].values() for p in ps][:5], target / "stats.json")
+        log.warning(
+            "skipped %d unreadable image(s) (data.source.bad_images=skip): %s; first paths: %s (see %s)",
+            stats["skipped_examples"],
+            stats["skipped_images"],
+            [p for ps in stats["skipped_paths"].values() for p in ps][:5],
+            target / "stats.json",
+        )
     empty = stats.get("empty_captions") or {}
     if empty:  # one line for every split: how many pairs, and where
         pairs = sum(e["pairs"] for e in empty.values())
-        where = ", ".join(f"row{'' if len(e['rows']) == 1 else 's'} {', '.join(map(str, e['rows'][:5]))}"
-                          f"{', ...' if len(e['rows']) > 5 else ''} of split '{split}'" for split, e in empty.items())
-        log.warning("dropped %d pair%s with an empty caption (%s of %s, counted from 1; column %r)",
-                    pairs, "" if pairs == 1 else "s", where, path, cols.text)
+        where = ", ".join(
+            f"row{'' if len(e['rows']) == 1 else 's'} {', '.join(map(str, e['rows'][:5]))}"
+            f"{', ...' if len(e['rows']) > 5 else ''} of split '{split}'"
+            for split, e in empty.items()
+        )
+        log.warning(
+            "dropped %d pair%s with an empty caption (%s of %s, counted from 1; column %r)",
+            pairs,
+            "" if pairs == 1 else "s",
+            where,
+            path,
+            cols.text,
+        )
     log.info("data %s: %s images per split (cache %s)", path, stats["rows"], target)
     return dsd, target
 
@@ -936,17 +1109,40 @@ def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
     return dsd, stats
 
 
-def _convert_into(target: Path, loaded, settings: dict, cols: Columns, path: str, splits: dict, split_column,
-                  max_samples, streaming: bool, val_fraction: float, test_fraction: float, root: Path | None,
-                  region_dir, bad_images: str, seed: int, image_size: int) -> None:
+def _convert_into(
+    target: Path,
+    loaded,
+    settings: dict,
+    cols: Columns,
+    path: str,
+    splits: dict,
+    split_column,
+    max_samples,
+    streaming: bool,
+    val_fraction: float,
+    test_fraction: float,
+    root: Path | None,
+    region_dir,
+    bad_images: str,
+    seed: int,
+    image_size: int,
+) -> None:
     """Convert the loaded source into the cache entry `target` (built beside it, renamed into place)."""
-    chosen, carve = _select_splits(loaded, splits, split_column, max_samples, streaming, val_fraction,
-                                   test_fraction, cols.image)
+    chosen, carve = _select_splits(
+        loaded, splits, split_column, max_samples, streaming, val_fraction, test_fraction, cols.image
+    )
     for split_name, split in chosen.items():
         names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
         _check_columns(names, cols, f"split '{split_name}' of {path!r}")
-    converter = _Converter(cols, image_size, root, Path(os.path.expanduser(region_dir)) if region_dir else None,
-                           bad_images, seed, source=repr(path))
+    converter = _Converter(
+        cols,
+        image_size,
+        root,
+        Path(os.path.expanduser(region_dir)) if region_dir else None,
+        bad_images,
+        seed,
+        source=repr(path),
+    )
     with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
         stats = converter.convert(chosen, carve, tmp)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

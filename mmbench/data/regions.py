@@ -37,8 +37,10 @@ def check_regions(feats, boxes, labels=None, where: str = "") -> tuple[np.ndarra
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != feats.shape[0]:
         raise RegionError(f"boxes of {where} must be ({feats.shape[0]}, 4) to match its features, got {boxes.shape}")
     if boxes.size and (boxes.min() < -BOX_TOLERANCE or boxes.max() > 1 + BOX_TOLERANCE):
-        raise RegionError(f"boxes of {where} are not normalised to [0, 1] (range {boxes.min():.3g}..{boxes.max():.3g}); "
-                          f"divide (x0, y0, x1, y1) by the image width / height")
+        raise RegionError(
+            f"boxes of {where} are not normalised to [0, 1] (range {boxes.min():.3g}..{boxes.max():.3g}); "
+            f"divide (x0, y0, x1, y1) by the image width / height"
+        )
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if labels.shape[0] != feats.shape[0]:
@@ -55,6 +57,8 @@ def load_region_file(region_dir: str | Path, key: str) -> tuple[np.ndarray, np.n
         names = set(npz.files)
         feat_key = next((k for k in ("feats", "features") if k in names), None)
         if feat_key is None or "boxes" not in names:
-            raise RegionError(f"region file {path} must hold 'feats' (or 'features') and 'boxes'; it holds {sorted(names)}")
+            raise RegionError(
+                f"region file {path} must hold 'feats' (or 'features') and 'boxes'; it holds {sorted(names)}"
+            )
         labels = npz["labels"] if "labels" in names else None
         return check_regions(npz[feat_key], npz["boxes"], labels, where=str(path))

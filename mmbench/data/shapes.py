@@ -72,15 +72,39 @@ JITTER = 0.2  # max offset of an object centre from its cell centre, as a fracti
 
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-RELATION_CHOICES = {"left of": ("left", "right"), "right of": ("left", "right"), "above": ("above", "below"),
-                    "below": ("above", "below")}  # the two answers a relation question offers
+RELATION_CHOICES = {
+    "left of": ("left", "right"),
+    "right of": ("left", "right"),
+    "above": ("above", "below"),
+    "below": ("above", "below"),
+}  # the two answers a relation question offers
 RELATION_ANSWERS = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
 LONG_RELATION = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 QUESTION_TYPES = ("color", "shape", "count", "exist", "relation")
 NEGATIVE_TYPES = ("attribute_swap", "relation_swap", "count_change")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-                "eighteen", "nineteen", "twenty")
+NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 
 SPLITS = ("train", "val", "test", "test_holdout")
@@ -102,26 +126,28 @@ ATTRIBUTE_TEMPLATES = (
 )
 RELATION_TEMPLATES = ("a {a} {rel} a {b}", "there is a {a} {rel} a {b}", "a {a} is {long_rel} a {b}")
 
-FEATURES = datasets.Features({
-    "image_id": datasets.Value("int64"),
-    "pixels": datasets.Value("binary"),
-    "image_size": datasets.Value("int32"),
-    "boxes": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
-    "labels": datasets.Sequence(datasets.Value("int32")),
-    "obj_shape": datasets.Sequence(datasets.Value("string")),
-    "obj_color": datasets.Sequence(datasets.Value("string")),
-    "obj_size": datasets.Sequence(datasets.Value("string")),
-    "captions": datasets.Sequence(datasets.Value("string")),
-    "questions": datasets.Sequence(datasets.Value("string")),
-    "answers": datasets.Sequence(datasets.Value("string")),
-    "question_types": datasets.Sequence(datasets.Value("string")),
-    "match_text": datasets.Value("string"),
-    "match_negatives": datasets.Sequence(datasets.Value("string")),
-    "match_positives": datasets.Sequence(datasets.Value("string")),
-    "match_negative_types": datasets.Sequence(datasets.Value("string")),
-    "caption_claims": datasets.Sequence(datasets.Value("string")),
-    "image_facts": datasets.Sequence(datasets.Value("string")),
-})
+FEATURES = datasets.Features(
+    {
+        "image_id": datasets.Value("int64"),
+        "pixels": datasets.Value("binary"),
+        "image_size": datasets.Value("int32"),
+        "boxes": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "obj_shape": datasets.Sequence(datasets.Value("string")),
+        "obj_color": datasets.Sequence(datasets.Value("string")),
+        "obj_size": datasets.Sequence(datasets.Value("string")),
+        "captions": datasets.Sequence(datasets.Value("string")),
+        "questions": datasets.Sequence(datasets.Value("string")),
+        "answers": datasets.Sequence(datasets.Value("string")),
+        "question_types": datasets.Sequence(datasets.Value("string")),
+        "match_text": datasets.Value("string"),
+        "match_negatives": datasets.Sequence(datasets.Value("string")),
+        "match_positives": datasets.Sequence(datasets.Value("string")),
+        "match_negative_types": datasets.Sequence(datasets.Value("string")),
+        "caption_claims": datasets.Sequence(datasets.Value("string")),
+        "image_facts": datasets.Sequence(datasets.Value("string")),
+    }
+)
 
 Description = tuple[str, str]  # (colour, shape): how objects are named in relations and questions
 SceneKey = tuple[tuple[int, str, str, str], ...]
@@ -171,8 +197,10 @@ def strict_relations(a: ShapeObject, b: ShapeObject) -> list[str]:
 
 def has_object(scene: Scene, color: str | None = None, shape: str | None = None, size: str | None = None) -> bool:
     """Whether some object matches all the given attributes."""
-    return any((color is None or o.color == color) and (shape is None or o.shape == shape)
-               and (size is None or o.size == size) for o in scene)
+    return any(
+        (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+        for o in scene
+    )
 
 
 def count_objects(scene: Scene, shape: str | None = None) -> int:
@@ -181,8 +209,9 @@ def count_objects(scene: Scene, shape: str | None = None) -> int:
 
 def relation_claim_true(scene: Scene, a: Description, relation: str, b: Description) -> bool:
     """Truth of "a {a} {relation} a {b}": some object described by a stands in the relation to some b."""
-    return any(x.desc == a and y.desc == b and relation in strict_relations(x, y)
-               for x in scene for y in scene if x is not y)
+    return any(
+        x.desc == a and y.desc == b and relation in strict_relations(x, y) for x in scene for y in scene if x is not y
+    )
 
 
 def unique_objects(scene: Scene) -> list[ShapeObject]:
@@ -221,8 +250,9 @@ def inventory_text(scene: Scene) -> str:
 
 
 def relation_text(a: Description, relation: str, b: Description, template: int = 0) -> str:
-    return RELATION_TEMPLATES[template].format(a=" ".join(a), rel=relation, long_rel=LONG_RELATION[relation],
-                                               b=" ".join(b))
+    return RELATION_TEMPLATES[template].format(
+        a=" ".join(a), rel=relation, long_rel=LONG_RELATION[relation], b=" ".join(b)
+    )
 
 
 def attribute_text(o: ShapeObject, template: int = 0) -> str:
@@ -234,8 +264,10 @@ def attribute_text(o: ShapeObject, template: int = 0) -> str:
 
 _CLAIM_COUNT = re.compile(r"^(?:there (?:is|are)|the image contains) (\w+) objects?$")
 _CLAIM_SHAPES = re.compile(r"^there (?:is|are) (\w+) (\w+)$")
-_CLAIM_RELATION = re.compile(r"^(?:there is )?a (\w+) (\w+) (?:is )?(left of|right of|above|below|to the left of|"
-                             r"to the right of) a (\w+) (\w+)$")
+_CLAIM_RELATION = re.compile(
+    r"^(?:there is )?a (\w+) (\w+) (?:is )?(left of|right of|above|below|to the left of|"
+    r"to the right of) a (\w+) (\w+)$"
+)
 _CLAIM_OBJECT = re.compile(r"^(?:there is |the image shows )?a (?:(small|large) )?(\w+) (\w+)$")
 _SHAPE_OF_PLURAL = {plural: shape for shape, plural in PLURALS.items()}
 _SHORT_RELATION = {long: short for short, long in LONG_RELATION.items()}
@@ -245,12 +277,17 @@ def scene_facts(scene: Scene) -> list[str]:
     """Every claim (in the canonical form of `claim_of`) that is true of the scene, sorted."""
     facts = {f"count:{len(scene)}", f"inventory:{inventory_text(scene)}"}
     for o in scene:
-        facts |= {f"object:{o.color} {o.shape}", f"object:{o.size} {o.color} {o.shape}",
-                  f"shapes:{o.shape}={count_objects(scene, o.shape)}"}
+        facts |= {
+            f"object:{o.color} {o.shape}",
+            f"object:{o.size} {o.color} {o.shape}",
+            f"shapes:{o.shape}={count_objects(scene, o.shape)}",
+        }
         for other in scene:
             if other is not o:
-                facts |= {f"relation:{o.color} {o.shape}|{rel}|{other.color} {other.shape}"
-                          for rel in strict_relations(o, other)}
+                facts |= {
+                    f"relation:{o.color} {o.shape}|{rel}|{other.color} {other.shape}"
+                    for rel in strict_relations(o, other)
+                }
     return sorted(facts)
 
 
@@ -262,6 +299,7 @@ def claim_of(text: str) -> str:
     of a blue square" are both `relation:red circle|left of|blue square`), so a text is true of a
     scene exactly when its claim is in `scene_facts(scene)`. Counts and inventories are exact.
     """
+
     def number(word: str) -> int | None:
         return NUMBER_WORDS.index(word) if word in NUMBER_WORDS else int(word) if word.isdigit() else None
 
@@ -451,8 +489,13 @@ def available_question_types(scene: Scene) -> list[str]:
     return types
 
 
-def make_questions(scene: Scene, n: int, rs: RandomStream, banned: frozenset[Description] = frozenset(),
-                   mix: dict[str, int] | None = None) -> tuple[list[str], list[str], list[str]]:
+def make_questions(
+    scene: Scene,
+    n: int,
+    rs: RandomStream,
+    banned: frozenset[Description] = frozenset(),
+    mix: dict[str, int] | None = None,
+) -> tuple[list[str], list[str], list[str]]:
     """n (question, answer, type) triples, distinct when possible.
 
     The type is drawn among the types the scene can answer (`available_question_types`), each with its
@@ -489,8 +532,12 @@ def _match_pair(scene: Scene, rs: RandomStream) -> tuple[ShapeObject, ShapeObjec
     pairs = [(a, b) for a in scene for b in scene if a is not b]
     unique = unique_objects(scene)
     both = [(a, b) for a, b in pairs if a.color != b.color and a.shape != b.shape]
-    for pool in ([p for p in both if p[0] in unique and p[1] in unique], both,
-                 [p for p in pairs if p[0] in unique and p[1] in unique], [p for p in pairs if p[0].desc != p[1].desc]):
+    for pool in (
+        [p for p in both if p[0] in unique and p[1] in unique],
+        both,
+        [p for p in pairs if p[0] in unique and p[1] in unique],
+        [p for p in pairs if p[0].desc != p[1].desc],
+    ):
         if pool:
             return rs.pick(pool)
     return rs.pick(pairs)
@@ -579,8 +626,9 @@ def _stamp(shape: str, radius: float) -> Stamp:
     mask = shape_mask(shape, radius)
     half = mask.shape[0] // 2
     ys, xs = np.nonzero(mask)
-    return Stamp(mask, half, (int(xs.min()) - half, int(ys.min()) - half, int(xs.max()) - half + 1,
-                              int(ys.max()) - half + 1))
+    return Stamp(
+        mask, half, (int(xs.min()) - half, int(ys.min()) - half, int(xs.max()) - half + 1, int(ys.max()) - half + 1)
+    )
 
 
 @lru_cache(maxsize=16)
@@ -615,7 +663,7 @@ def paint(image: np.ndarray, scene: Scene, lay: Layout) -> list[list[float]]:
         stamp = lay.stamps[(o.shape, o.size)]
         x, y = _centre(o, lay)
         h = stamp.half
-        image[y - h:y + h + 1, x - h:x + h + 1][stamp.mask] = COLOR_RGB[o.color]
+        image[y - h : y + h + 1, x - h : x + h + 1][stamp.mask] = COLOR_RGB[o.color]
         x0, y0, x1, y1 = stamp.extent
         boxes.append([(x + x0) / size, (y + y0) / size, (x + x1) / size, (y + y1) / size])
     return boxes
@@ -635,8 +683,14 @@ def _triples(pairs: Iterable[Description]) -> list[tuple[str, str, str]]:
     return [(shape, color, size) for color, shape in pairs for size in SIZES]
 
 
-def _draw_key(rs: RandomStream, grid: int, min_objects: int, max_objects: int,
-              options: list[tuple[str, str, str]], forced: list[tuple[str, str, str]] | None) -> SceneKey:
+def _draw_key(
+    rs: RandomStream,
+    grid: int,
+    min_objects: int,
+    max_objects: int,
+    options: list[tuple[str, str, str]],
+    forced: list[tuple[str, str, str]] | None,
+) -> SceneKey:
     """A random scene key; with `forced`, the first object is drawn from those options."""
     k = min_objects + rs.below(max_objects - min_objects + 1)
     objects = []
@@ -686,19 +740,24 @@ def normalize_holdout(holdout) -> list[list[str]]:
     return [list(p) for p in sorted(pairs)]
 
 
-def _validate_scene_args(*, seed, image_size, grid, min_objects, max_objects, captions_per_image,
-                         questions_per_image) -> None:
+def _validate_scene_args(
+    *, seed, image_size, grid, min_objects, max_objects, captions_per_image, questions_per_image
+) -> None:
     _check_int("seed", seed, 0)
     _check_int("image_size", image_size, MIN_IMAGE_SIZE)
     _check_int("grid", grid, 1)
     if image_size < MIN_CELL_PIXELS * grid:
-        raise ValueError(f"image_size={image_size} is too small for grid={grid}: cells need >= {MIN_CELL_PIXELS} "
-                         f"pixels, i.e. image_size >= {MIN_CELL_PIXELS * grid} or a smaller grid")
+        raise ValueError(
+            f"image_size={image_size} is too small for grid={grid}: cells need >= {MIN_CELL_PIXELS} "
+            f"pixels, i.e. image_size >= {MIN_CELL_PIXELS * grid} or a smaller grid"
+        )
     _check_int("min_objects", min_objects, 1)
     _check_int("max_objects", max_objects, min_objects)
     if max_objects > grid * grid:
-        raise ValueError(f"max_objects={max_objects} exceeds the {grid * grid} cells of grid={grid} "
-                         f"(grid*grid must be >= max_objects)")
+        raise ValueError(
+            f"max_objects={max_objects} exceeds the {grid * grid} cells of grid={grid} "
+            f"(grid*grid must be >= max_objects)"
+        )
     _check_int("captions_per_image", captions_per_image, 1)
     _check_int("questions_per_image", questions_per_image, 0)
 
@@ -727,8 +786,10 @@ def scene_capacity(grid: int, min_objects: int, max_objects: int, holdout=(), he
     n_held = len(normalize_holdout(holdout))
     total, allowed = len(SHAPES) * len(COLORS) * len(SIZES), (len(SHAPES) * len(COLORS) - n_held) * len(SIZES)
     cells = grid * grid
-    return sum(math.comb(cells, k) * (total**k - allowed**k if held_out_split else allowed**k)
-               for k in range(min_objects, max_objects + 1))
+    return sum(
+        math.comb(cells, k) * (total**k - allowed**k if held_out_split else allowed**k)
+        for k in range(min_objects, max_objects + 1)
+    )
 
 
 # --------------------------------------------------------------------------- splits
@@ -753,9 +814,21 @@ def split_of(key: SceneKey) -> str:
     return "train"
 
 
-def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid: int = 3, min_objects: int = 1,
-                   max_objects: int = 3, captions_per_image: int = 4, questions_per_image: int = 4,
-                   question_mix: dict[str, int] | None = None, holdout=(), id_offset: int) -> dict[str, list]:
+def generate_split(
+    split: str,
+    n: int,
+    *,
+    seed: int,
+    image_size: int = 64,
+    grid: int = 3,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    captions_per_image: int = 4,
+    questions_per_image: int = 4,
+    question_mix: dict[str, int] | None = None,
+    holdout=(),
+    id_offset: int,
+) -> dict[str, list]:
     """Generate n scenes of one split as a column dict (see `FEATURES`).
 
     Only scene keys owned by the split (`split_of`) are kept, so splits are disjoint; test_holdout
@@ -763,9 +836,15 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
     """
     if split not in SPLIT_INDEX:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
-    _validate_scene_args(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
-                         max_objects=max_objects, captions_per_image=captions_per_image,
-                         questions_per_image=questions_per_image)
+    _validate_scene_args(
+        seed=seed,
+        image_size=image_size,
+        grid=grid,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        captions_per_image=captions_per_image,
+        questions_per_image=questions_per_image,
+    )
     n = _check_int("n", n, 0)
     mix = normalize_question_mix(question_mix)
     held = [tuple(p) for p in normalize_holdout(holdout)]
@@ -784,11 +863,13 @@ def generate_split(split: str, n: int, *, seed: int, image_size: int = 64, grid:
     for i in range(n):
         for _ in range(MAX_ATTEMPTS):
             key = _draw_key(rs, grid, min_objects, max_objects, options, forced)
-            if (split == "test_holdout" or split_of(key) == split):
+            if split == "test_holdout" or split_of(key) == split:
                 break
         else:
-            raise RuntimeError(f"split {split!r}: no scene of this split after {MAX_ATTEMPTS} draws; the scene space "
-                               f"(grid={grid}, objects {min_objects}..{max_objects}) is nearly exhausted")
+            raise RuntimeError(
+                f"split {split!r}: no scene of this split after {MAX_ATTEMPTS} draws; the scene space "
+                f"(grid={grid}, objects {min_objects}..{max_objects}) is nearly exhausted"
+            )
         scene = _place(key, rs, lay)
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
@@ -834,19 +915,53 @@ def shapes_config_hash(**kwargs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-SHAPES_CONFIG_KEYS = ("seed", "image_size", "grid", "min_objects", "max_objects", "num_train", "num_val", "num_test",
-                      "captions_per_image", "questions_per_image", "question_mix", "holdout", "num_holdout")
+SHAPES_CONFIG_KEYS = (
+    "seed",
+    "image_size",
+    "grid",
+    "min_objects",
+    "max_objects",
+    "num_train",
+    "num_val",
+    "num_test",
+    "captions_per_image",
+    "questions_per_image",
+    "question_mix",
+    "holdout",
+    "num_holdout",
+)
 
 
-def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_objects: int = 1, max_objects: int = 3,
-                  num_train: int = 8000, num_val: int = 1000, num_test: int = 1000, captions_per_image: int = 4,
-                  questions_per_image: int = 4, question_mix=None, holdout=(), num_holdout: int | None = None) -> dict:
+def shapes_config(
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    grid: int = 3,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    num_train: int = 8000,
+    num_val: int = 1000,
+    num_test: int = 1000,
+    captions_per_image: int = 4,
+    questions_per_image: int = 4,
+    question_mix=None,
+    holdout=(),
+    num_holdout: int | None = None,
+) -> dict:
     """Validated, canonical (JSON-able) config of `build_shapes`; raises ValueError on bad arguments."""
-    _validate_scene_args(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
-                         max_objects=max_objects, captions_per_image=captions_per_image,
-                         questions_per_image=questions_per_image)
-    sizes = {name: _check_int(name, value, 0) for name, value in
-             (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))}
+    _validate_scene_args(
+        seed=seed,
+        image_size=image_size,
+        grid=grid,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        captions_per_image=captions_per_image,
+        questions_per_image=questions_per_image,
+    )
+    sizes = {
+        name: _check_int(name, value, 0)
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))
+    }
     mix = normalize_question_mix(question_mix)
     held = normalize_holdout(holdout)
     if held:
@@ -857,21 +972,43 @@ def shapes_config(*, seed: int = 0, image_size: int = 64, grid: int = 3, min_obj
         num_holdout = 0
     capacity = scene_capacity(grid, min_objects, max_objects, held)
     if sum(sizes.values()) > capacity:
-        raise ValueError(f"num_train + num_val + num_test = {sum(sizes.values())} exceeds the {capacity} distinct "
-                         f"scenes of grid={grid}, objects {min_objects}..{max_objects}, holdout={held}")
+        raise ValueError(
+            f"num_train + num_val + num_test = {sum(sizes.values())} exceeds the {capacity} distinct "
+            f"scenes of grid={grid}, objects {min_objects}..{max_objects}, holdout={held}"
+        )
     held_capacity = scene_capacity(grid, min_objects, max_objects, held, held_out_split=True)
     if num_holdout > held_capacity:
         raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
-    return {"seed": int(seed), "image_size": int(image_size), "grid": int(grid), "min_objects": int(min_objects),
-            "max_objects": int(max_objects), **sizes, "captions_per_image": int(captions_per_image),
-            "questions_per_image": int(questions_per_image), "holdout": held, "num_holdout": num_holdout,
-            **({} if mix is None else {"question_mix": mix})}  # absent when uniform: earlier caches stay valid
+    return {
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "grid": int(grid),
+        "min_objects": int(min_objects),
+        "max_objects": int(max_objects),
+        **sizes,
+        "captions_per_image": int(captions_per_image),
+        "questions_per_image": int(questions_per_image),
+        "holdout": held,
+        "num_holdout": num_holdout,
+        **({} if mix is None else {"question_mix": mix}),
+    }  # absent when uniform: earlier caches stay valid
 
 
 def generate_shapes(config: dict) -> datasets.DatasetDict:
     """All splits of a canonical config (see `shapes_config`), in memory."""
-    scene_args = {k: config[k] for k in ("seed", "image_size", "grid", "min_objects", "max_objects",
-                                         "captions_per_image", "questions_per_image", "holdout")}
+    scene_args = {
+        k: config[k]
+        for k in (
+            "seed",
+            "image_size",
+            "grid",
+            "min_objects",
+            "max_objects",
+            "captions_per_image",
+            "questions_per_image",
+            "holdout",
+        )
+    }
     scene_args["question_mix"] = config.get("question_mix")
     sizes = {"train": config["num_train"], "val": config["num_val"], "test": config["num_test"]}
     if config["holdout"]:
@@ -907,17 +1044,39 @@ def config_problems(**settings) -> list[str]:
 def provided_fields(*, questions_per_image: int = 4, **_settings) -> frozenset[str]:
     """Batch fields (docs of `mmbench.data.datamodule`) a Shapes config yields, known from the config
     alone: config validation compares them with the fields the encoders and objectives read."""
-    fields = {"input_ids", "attention_mask", "pixel_values", "image_id", "text_claim", "image_facts",
-              "region_boxes", "region_mask", "region_labels"}  # no precomputed region_feats, no caption labels
+    fields = {
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "image_id",
+        "text_claim",
+        "image_facts",
+        "region_boxes",
+        "region_mask",
+        "region_labels",
+    }  # no precomputed region_feats, no caption labels
     if int(questions_per_image) > 0:
         fields |= {"question_ids", "question_mask", "answer", "answer_scores"}
     return frozenset(fields)
 
 
-def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int = 64, grid: int = 3,
-                 min_objects: int = 1, max_objects: int = 3, num_train: int = 8000, num_val: int = 1000,
-                 num_test: int = 1000, captions_per_image: int = 4, questions_per_image: int = 4,
-                 question_mix=None, holdout=(), num_holdout: int | None = None) -> tuple[datasets.DatasetDict, Path]:
+def build_shapes(
+    cache_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    grid: int = 3,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    num_train: int = 8000,
+    num_val: int = 1000,
+    num_test: int = 1000,
+    captions_per_image: int = 4,
+    questions_per_image: int = 4,
+    question_mix=None,
+    holdout=(),
+    num_holdout: int | None = None,
+) -> tuple[datasets.DatasetDict, Path]:
     """The Shapes benchmark as a DatasetDict, and its cache directory `<cache_dir>/shapes-<hash>`.
 
     Loads the cache when it is complete; otherwise generates the data, saves it into a temporary
@@ -925,10 +1084,21 @@ def build_shapes(cache_dir: str | os.PathLike, *, seed: int = 0, image_size: int
     entry that fails to load (a truncated Arrow file) is regenerated, with a warning naming it; orphaned
     temporary directories of interrupted builds are removed (`mmbench.data.cache`).
     """
-    config = shapes_config(seed=seed, image_size=image_size, grid=grid, min_objects=min_objects,
-                           max_objects=max_objects, num_train=num_train, num_val=num_val, num_test=num_test,
-                           captions_per_image=captions_per_image, questions_per_image=questions_per_image,
-                           question_mix=question_mix, holdout=holdout, num_holdout=num_holdout)
+    config = shapes_config(
+        seed=seed,
+        image_size=image_size,
+        grid=grid,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        captions_per_image=captions_per_image,
+        questions_per_image=questions_per_image,
+        question_mix=question_mix,
+        holdout=holdout,
+        num_holdout=num_holdout,
+    )
     root = Path(cache_dir)
     target = root / f"shapes-{shapes_config_hash(**config)}"
     if _is_complete(target, config):

@@ -152,37 +152,61 @@ def pretrained_special_ids(tok: Tokenizer, name: str = "tokenizer") -> SpecialId
     for role, token, default in (("padding", pad, PAD), ("mask", mask, MASK)):
         if token is None:
             tok.add_special_tokens([AddedToken(default, special=True)])
-            log.warning("%s has no %s token; added %s as id %d (the vocabulary grows by one)",
-                        name, role, default, tok.token_to_id(default))
+            log.warning(
+                "%s has no %s token; added %s as id %d (the vocabulary grows by one)",
+                name,
+                role,
+                default,
+                tok.token_to_id(default),
+            )
     pad, mask = pad or PAD, mask or MASK
     bos, eos = find(_BOS_NAMES), find(_EOS_NAMES)
     if bos is None or eos is None:
-        raise TokenizerError(f"{name} has no start/end tokens among {sorted(specials)}; expected one of "
-                             f"{list(_BOS_NAMES)} and one of {list(_EOS_NAMES)}")
+        raise TokenizerError(
+            f"{name} has no start/end tokens among {sorted(specials)}; expected one of "
+            f"{list(_BOS_NAMES)} and one of {list(_EOS_NAMES)}"
+        )
     all_ids = sorted({tok.token_to_id(t) for t in specials | {pad, mask}})
-    return SpecialIds(pad=tok.token_to_id(pad), mask=tok.token_to_id(mask), bos=tok.token_to_id(bos),
-                      eos=tok.token_to_id(eos), all=tuple(all_ids))
+    return SpecialIds(
+        pad=tok.token_to_id(pad),
+        mask=tok.token_to_id(mask),
+        bos=tok.token_to_id(bos),
+        eos=tok.token_to_id(eos),
+        all=tuple(all_ids),
+    )
 
 
 # --------------------------------------------------------------------------- one entry point
 
 
-def build(kind: str, *, cache_dir: str | os.PathLike, texts, vocab_size: int, max_len: int,
-          name_or_path: str | None = None, offline: bool = False) -> tuple[Tokenizer, SpecialIds]:
+def build(
+    kind: str,
+    *,
+    cache_dir: str | os.PathLike,
+    texts,
+    vocab_size: int,
+    max_len: int,
+    name_or_path: str | None = None,
+    offline: bool = False,
+) -> tuple[Tokenizer, SpecialIds]:
     """The run's tokenizer (configured to pad and truncate) and its special ids.
 
     texts: a callable returning an iterable of training texts (only called when a tokenizer is trained).
     """
     if kind == "trained":
         if name_or_path:
-            raise TokenizerError(f"data.tokenizer.name_or_path={name_or_path!r} is set but kind='trained'; "
-                                 f"use data/tokenizer=hf to load a pretrained tokenizer")
+            raise TokenizerError(
+                f"data.tokenizer.name_or_path={name_or_path!r} is set but kind='trained'; "
+                f"use data/tokenizer=hf to load a pretrained tokenizer"
+            )
         tok = load_or_train(Path(cache_dir) / f"tokenizer-{vocab_size}.json", texts(), vocab_size)
         special = trained_special_ids(tok)
     elif kind == "hf":
         if not name_or_path:
-            raise TokenizerError("data.tokenizer.kind='hf' needs data.tokenizer.name_or_path "
-                                 "(a hub id such as bert-base-uncased, or a local directory / tokenizer.json)")
+            raise TokenizerError(
+                "data.tokenizer.kind='hf' needs data.tokenizer.name_or_path "
+                "(a hub id such as bert-base-uncased, or a local directory / tokenizer.json)"
+            )
         tok = load_pretrained(str(name_or_path), offline=offline)
         special = pretrained_special_ids(tok, f"tokenizer {name_or_path!r}")
     else:

@@ -52,8 +52,18 @@ def caption_objective(module):
     return next((o for o in module.objectives.values() if hasattr(o, "generate")), None)
 
 
-def captioning(module, inputs: Inputs, *, bos_id: int, eos_id: int, max_images: int = 100, max_len: int = 30,
-               num_beams: int = 1, batch_size: int = 64, return_predictions: bool = False):
+def captioning(
+    module,
+    inputs: Inputs,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_images: int = 100,
+    max_len: int = 30,
+    num_beams: int = 1,
+    batch_size: int = 64,
+    return_predictions: bool = False,
+):
     """Generate captions for the first `max_images` images and score them.
 
     bos_id / eos_id: the ids that open and close a caption in the training text ([CLS] / [SEP]).

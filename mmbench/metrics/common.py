@@ -73,8 +73,14 @@ class Inputs:
     fixed order, so a corrupted evaluation is as deterministic as a clean one.
     """
 
-    def __init__(self, dataset: PairDataset, tokenizer, device: torch.device | str = "cpu",
-                 corruption: Corruption | None = None, seed: int = 0):
+    def __init__(
+        self,
+        dataset: PairDataset,
+        tokenizer,
+        device: torch.device | str = "cpu",
+        corruption: Corruption | None = None,
+        seed: int = 0,
+    ):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.collate = Collator(tokenizer, num_answers=0)

@@ -97,8 +97,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def complexity(module, batch: dict, train_seconds: float | None, train_samples: int,
-               measure_inference: bool = True) -> dict:
+def complexity(
+    module, batch: dict, train_seconds: float | None, train_samples: int, measure_inference: bool = True
+) -> dict:
     """The `complexity` block of metrics.json; `batch` is a batch of the test loader."""
     out = parameter_counts(module)
     batch = {k: v.to(module.device) for k, v in batch.items()}

@@ -52,7 +52,9 @@ def _scene(columns: dict, image_size: int, grid: int):
 
     lay = layout(image_size, grid)
     objects = []
-    for shape, color, size, box in zip(columns["obj_shape"], columns["obj_color"], columns["obj_size"], columns["boxes"]):
+    for shape, color, size, box in zip(
+        columns["obj_shape"], columns["obj_color"], columns["obj_size"], columns["boxes"]
+    ):
         x0, y0 = lay.stamps[(shape, size)].extent[:2]
         x, y = round(box[0] * image_size) - x0, round(box[1] * image_size) - y0
         objects.append(ShapeObject(y * grid // image_size, x * grid // image_size, shape, color, size, x, y))
@@ -96,17 +98,32 @@ def counterfactual(columns: dict, positive: str, negative: str, kind: str, image
         if not (p and n):
             return None
         (c1, s1, rel, c2, s2), (d1, t1, _, d2, t2) = p.groups(), n.groups()
-        pair = next(((a, b) for a in scene for b in scene if a is not b and a.desc == (c1, s1) and b.desc == (c2, s2)
-                     and rel in S.strict_relations(a, b)), None)
+        pair = next(
+            (
+                (a, b)
+                for a in scene
+                for b in scene
+                if a is not b and a.desc == (c1, s1) and b.desc == (c2, s2) and rel in S.strict_relations(a, b)
+            ),
+            None,
+        )
         if pair is None:
             return None
         a, b = pair
         if kind == "relation_swap":  # exchange the cells (centred, as object sizes may differ)
-            new_a, new_b = S.ShapeObject(b.row, b.col, a.shape, a.color, a.size), S.ShapeObject(a.row, a.col, b.shape, b.color, b.size)
+            new_a, new_b = (
+                S.ShapeObject(b.row, b.col, a.shape, a.color, a.size),
+                S.ShapeObject(a.row, a.col, b.shape, b.color, b.size),
+            )
         else:  # attribute swap: a takes (d1, t1), b takes (d2, t2)
-            new_a, new_b = S.ShapeObject(a.row, a.col, t1, d1, a.size, a.x, a.y), S.ShapeObject(b.row, b.col, t2, d2, b.size, b.x, b.y)
+            new_a, new_b = (
+                S.ShapeObject(a.row, a.col, t1, d1, a.size, a.x, a.y),
+                S.ShapeObject(b.row, b.col, t2, d2, b.size, b.x, b.y),
+            )
         edited = tuple(new_a if o is a else new_b if o is b else o for o in scene)
-        ok = S.relation_claim_true(edited, (d1, t1), rel, (d2, t2)) and not S.relation_claim_true(edited, (c1, s1), rel, (c2, s2))
+        ok = S.relation_claim_true(edited, (d1, t1), rel, (d2, t2)) and not S.relation_claim_true(
+            edited, (c1, s1), rel, (c2, s2)
+        )
     if edited is None or not ok:
         return None
     image, boxes = S.render(edited, image_size, grid)
@@ -117,7 +134,9 @@ def counterfactual(columns: dict, positive: str, negative: str, kind: str, image
 
 
 @torch.no_grad()
-def _score(scorer, model, inputs: Inputs, image_batches, rows_per_pair: list[int], texts: list[str], batch_size: int) -> torch.Tensor:
+def _score(
+    scorer, model, inputs: Inputs, image_batches, rows_per_pair: list[int], texts: list[str], batch_size: int
+) -> torch.Tensor:
     """Scores of (texts[p], image rows_per_pair[p]); image_batches(rows) -> image batch of those rows."""
     out = []
     for s in chunks(len(texts), batch_size):
@@ -131,8 +150,9 @@ def _score(scorer, model, inputs: Inputs, image_batches, rows_per_pair: list[int
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def matching_diagnostics(module, inputs: Inputs, *, batch_size: int = 256, grid: int | None = 3,
-                         max_images: int | None = None) -> dict[str, float]:
+def matching_diagnostics(
+    module, inputs: Inputs, *, batch_size: int = 256, grid: int | None = 3, max_images: int | None = None
+) -> dict[str, float]:
     """Hard-negative accuracy and (with `grid`, on Shapes) Winoground scores per perturbation type."""
     dataset = inputs.dataset
     columns = dataset.split.column_names
@@ -140,7 +160,9 @@ def matching_diagnostics(module, inputs: Inputs, *, batch_size: int = 256, grid:
     if "match_positives" not in columns or scorer is None:
         return {}
     n = len(dataset.images) if max_images is None else min(max_images, len(dataset.images))
-    positives, negatives, kinds = (column(dataset, c)[:n] for c in ("match_positives", "match_negatives", "match_negative_types"))
+    positives, negatives, kinds = (
+        column(dataset, c)[:n] for c in ("match_positives", "match_negatives", "match_negative_types")
+    )
 
     # flatten (image row, statement): per image its positives, then its negatives
     pair_rows = [r for r in range(n) for _ in range(len(positives[r]) + len(negatives[r]))]
@@ -185,7 +207,15 @@ def _winoground(module, scorer, inputs: Inputs, quads: list, grid: int, batch_si
     rows = [i for i in range(len(valid)) for _ in range(2)]
     texts = [t for q in valid for t in (quads[q][1], quads[q][2])]
     with eval_mode(module):
-        flat = _score(scorer, module.model, inputs, lambda idx: inputs.image_items([items[i] for i in idx]), rows, texts, batch_size)
+        flat = _score(
+            scorer,
+            module.model,
+            inputs,
+            lambda idx: inputs.image_items([items[i] for i in idx]),
+            rows,
+            texts,
+            batch_size,
+        )
     scores = defaultdict(lambda: np.zeros(3))
     counts = defaultdict(int)
     for i, q in enumerate(valid):
@@ -199,8 +229,13 @@ def _winoground(module, scorer, inputs: Inputs, quads: list, grid: int, batch_si
     out = {"diagnostics/winoground_pairs": float(counts["all"])}
     for key, (t, i, g) in scores.items():
         prefix = "diagnostics/" if key == "all" else f"diagnostics/{key}_"
-        out.update({f"{prefix}text_score": float(t / counts[key]), f"{prefix}image_score": float(i / counts[key]),
-                    f"{prefix}group_score": float(g / counts[key])})
+        out.update(
+            {
+                f"{prefix}text_score": float(t / counts[key]),
+                f"{prefix}image_score": float(i / counts[key]),
+                f"{prefix}group_score": float(g / counts[key]),
+            }
+        )
     return out
 
 

@@ -14,10 +14,27 @@ log = logging.getLogger(__name__)
 PLOT = "robustness.png"
 
 
-HEADLINE = ("retrieval/i2t_r1", "retrieval/i2t_r5", "retrieval/i2t_r10", "retrieval/t2i_r1", "retrieval/t2i_r5",
-            "retrieval/t2i_r10", "retrieval/rmean", "vqa/acc", "vqa/majority_baseline", "vqa/question_prior_baseline", "diagnostics/match_acc",
-            "diagnostics/text_score", "diagnostics/image_score", "diagnostics/group_score", "captioning/bleu4",
-            "captioning/cider", "captioning/exact_match", "zeroshot/top1", "zeroshot/top1_single")
+HEADLINE = (
+    "retrieval/i2t_r1",
+    "retrieval/i2t_r5",
+    "retrieval/i2t_r10",
+    "retrieval/t2i_r1",
+    "retrieval/t2i_r5",
+    "retrieval/t2i_r10",
+    "retrieval/rmean",
+    "vqa/acc",
+    "vqa/majority_baseline",
+    "vqa/question_prior_baseline",
+    "diagnostics/match_acc",
+    "diagnostics/text_score",
+    "diagnostics/image_score",
+    "diagnostics/group_score",
+    "captioning/bleu4",
+    "captioning/cider",
+    "captioning/exact_match",
+    "zeroshot/top1",
+    "zeroshot/top1_single",
+)
 
 
 def headline(metrics: dict[str, float]) -> dict[str, float]:
@@ -25,7 +42,13 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
     out = {}
     for split in sorted({k.split("/", 1)[0] for k in metrics if k.startswith("test")}):
         out.update({f"{split}/{n}": metrics[f"{split}/{n}"] for n in HEADLINE if f"{split}/{n}" in metrics})
-    out.update({k: v for k, v in metrics.items() if "/holdout_gap/" in k and k.rsplit("/", 1)[-1] in {n.rsplit("/", 1)[-1] for n in HEADLINE}})
+    out.update(
+        {
+            k: v
+            for k, v in metrics.items()
+            if "/holdout_gap/" in k and k.rsplit("/", 1)[-1] in {n.rsplit("/", 1)[-1] for n in HEADLINE}
+        }
+    )
     return out
 
 
@@ -50,9 +73,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_report(out_dir: str | Path, metrics: dict[str, float], complexity: dict | None = None,
-                 samples: Samples | None = None, title: str = "mmbench run", info: dict | None = None,
-                 plot: Path | None = None, max_samples: int = 8) -> Path:
+def write_report(
+    out_dir: str | Path,
+    metrics: dict[str, float],
+    complexity: dict | None = None,
+    samples: Samples | None = None,
+    title: str = "mmbench run",
+    info: dict | None = None,
+    plot: Path | None = None,
+    max_samples: int = 8,
+) -> Path:
     """A short report.md: run info, headline metrics, robustness table + plot, complexity, samples;
     every metric in a collapsed table at the end."""
     out_dir = Path(out_dir)
@@ -63,24 +93,48 @@ def write_report(out_dir: str | Path, metrics: dict[str, float], complexity: dic
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in headline(metrics).items()]
     columns, rows = robustness_table(metrics)
     if rows:
-        lines += ["", "## Robustness", "", "| | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [
+            "",
+            "## Robustness",
+            "",
+            "| | " + " | ".join(f"`{c}`" for c in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
         lines += [f"| {name} | " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for name, r in rows.items()]
     if plot is not None:
         lines += ["", f"![robustness]({Path(plot).name})"]
     if complexity:
         comp = {k: v for k, v in complexity.items() if not isinstance(v, dict)}
-        lines += ["", "## Complexity", "", "| " + " | ".join(comp) + " |", "|---" * len(comp) + "|",
-                  "| " + " | ".join(_fmt(v) for v in comp.values()) + " |"]
+        lines += [
+            "",
+            "## Complexity",
+            "",
+            "| " + " | ".join(comp) + " |",
+            "|---" * len(comp) + "|",
+            "| " + " | ".join(_fmt(v) for v in comp.values()) + " |",
+        ]
         for k, v in complexity.items():
             if isinstance(v, dict):
                 lines += ["", f"{k}: " + ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items())]
     if samples is not None and samples.vqa:
-        lines += ["", "## Sample VQA predictions", "", "| image | question | answer | prediction |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Sample VQA predictions",
+            "",
+            "| image | question | answer | prediction |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {r} | {q} | {a} | {p} |" for r, q, a, p in samples.vqa[:max_samples]]
     if samples is not None and samples.captioning:
         lines += ["", "## Sample captions", "", "| image | reference | generated |", "|---|---|---|"]
         lines += [f"| {r} | {refs[0]} | {g} |" for r, refs, g in samples.captioning[:max_samples]]
-    lines += ["", "<details><summary>All metrics (names: docs/metrics.md)</summary>", "", "| metric | value |", "|---|---|"]
+    lines += [
+        "",
+        "<details><summary>All metrics (names: docs/metrics.md)</summary>",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in metrics.items()]
     lines += ["", "</details>"]
     path = out_dir / "report.md"
@@ -93,8 +147,16 @@ def make_plot(out_dir: str | Path, metrics: dict[str, float], title: str = "") -
     return plot_robustness(metrics, Path(out_dir) / PLOT, title=title)
 
 
-def log_to_loggers(loggers, metrics: dict[str, float], step: int = 0, samples: Samples | None = None,
-                   datamodule=None, split: str = "test", plot: Path | None = None, max_samples: int = 16) -> None:
+def log_to_loggers(
+    loggers,
+    metrics: dict[str, float],
+    step: int = 0,
+    samples: Samples | None = None,
+    datamodule=None,
+    split: str = "test",
+    plot: Path | None = None,
+    max_samples: int = 16,
+) -> None:
     """Metrics to every Lightning logger (CSV row, W&B history + summary); on W&B also the plot and a
     table of sample predictions with their images."""
     for lg in loggers or ():
@@ -129,16 +191,36 @@ def _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples) -> No
 LOGGED_DURING_TRAINING = ("train/", "val/")
 
 
-def publish(out_dir: str | Path, metrics: dict[str, float], *, samples: Samples | None = None, loggers=(), step: int = 0,
-            datamodule=None, complexity: dict | None = None, title: str = "mmbench run", info: dict | None = None,
-            split: str = "test", max_samples: int = 16) -> Path:
+def publish(
+    out_dir: str | Path,
+    metrics: dict[str, float],
+    *,
+    samples: Samples | None = None,
+    loggers=(),
+    step: int = 0,
+    datamodule=None,
+    complexity: dict | None = None,
+    title: str = "mmbench run",
+    info: dict | None = None,
+    split: str = "test",
+    max_samples: int = 16,
+) -> Path:
     """Plot, report.md, and the loggers (CSV, W&B) in one call; returns the report's path."""
     plot = make_plot(out_dir, metrics, title=title)
-    report = write_report(out_dir, metrics, complexity, samples, title=title, info=info, plot=plot,
-                          max_samples=min(max_samples, 8))
+    report = write_report(
+        out_dir, metrics, complexity, samples, title=title, info=info, plot=plot, max_samples=min(max_samples, 8)
+    )
     # train/ and val/ values are already in the loggers' history (CSV rows; W&B's summary keeps the last
     # value): logging them again at the final step would add a CSV row that repeats them without an epoch
     final = {k: v for k, v in metrics.items() if not k.startswith(LOGGED_DURING_TRAINING)}
-    log_to_loggers(loggers, final, step=step, samples=samples, datamodule=datamodule, split=split, plot=plot,
-                   max_samples=max_samples)
+    log_to_loggers(
+        loggers,
+        final,
+        step=step,
+        samples=samples,
+        datamodule=datamodule,
+        split=split,
+        plot=plot,
+        max_samples=max_samples,
+    )
     return report

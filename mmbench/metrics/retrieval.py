@@ -48,7 +48,9 @@ def hits_at_k(scores: torch.Tensor, query_ids: torch.Tensor, doc_ids: torch.Tens
     return {k: first[:, min(k, kmax) - 1] for k in ks}
 
 
-def recall_metrics(i2t: torch.Tensor, txt2img: torch.Tensor, t2i: torch.Tensor | None = None, ks=KS) -> dict[str, float]:
+def recall_metrics(
+    i2t: torch.Tensor, txt2img: torch.Tensor, t2i: torch.Tensor | None = None, ks=KS
+) -> dict[str, float]:
     """Recall@K both ways from score matrices i2t (N_img, N_txt) and t2i (N_txt, N_img; default i2t.T).
 
     txt2img (N_txt,): the image (row index of i2t) of each caption.
@@ -64,10 +66,14 @@ def recall_metrics(i2t: torch.Tensor, txt2img: torch.Tensor, t2i: torch.Tensor |
 
 
 @torch.no_grad()
-def score_pairs(scorer, model, text, image, text_idx: torch.Tensor, image_idx: torch.Tensor, batch_size: int) -> torch.Tensor:
+def score_pairs(
+    scorer, model, text, image, text_idx: torch.Tensor, image_idx: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """Pair scores (P,) of (text_idx[p], image_idx[p]), fused in batches of `batch_size` pairs."""
-    out = [scorer.pair_score(model, text.index(text_idx[s]), image.index(image_idx[s])).float()
-           for s in chunks(len(text_idx), batch_size)]
+    out = [
+        scorer.pair_score(model, text.index(text_idx[s]), image.index(image_idx[s])).float()
+        for s in chunks(len(text_idx), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -87,8 +93,16 @@ def rerank(scores: torch.Tensor, k: int, score_fn) -> torch.Tensor:
     return out
 
 
-def retrieval(module, inputs: Inputs, *, rerank_k: int = 16, batch_size: int = 256, pair_batch_size: int = 512,
-              max_images: int | None = None, itm_only_max_images: int = 32) -> dict[str, float]:
+def retrieval(
+    module,
+    inputs: Inputs,
+    *,
+    rerank_k: int = 16,
+    batch_size: int = 256,
+    pair_batch_size: int = 512,
+    max_images: int | None = None,
+    itm_only_max_images: int = 32,
+) -> dict[str, float]:
     """Recall@1/5/10 both ways on the split of `inputs`; {} when the model cannot score pairs."""
     itc, scorer = embedder(module), pair_scorer(module)
     if itc is None and scorer is None:
@@ -114,8 +128,11 @@ def retrieval(module, inputs: Inputs, *, rerank_k: int = 16, batch_size: int = 2
                 return {**out, **{f"retrieval/{k}": v for k, v in recall_metrics(sim, txt2img).items()}}
             out.update({f"retrieval/itc/{k}": v for k, v in recall_metrics(sim, txt2img).items()})
             i2t = rerank(sim, rerank_k, lambda q, d: score_pairs(scorer, model, text, image, d, q, pair_batch_size))
-            t2i = rerank(sim.T.contiguous(), rerank_k,
-                         lambda q, d: score_pairs(scorer, model, text, image, q, d, pair_batch_size))
+            t2i = rerank(
+                sim.T.contiguous(),
+                rerank_k,
+                lambda q, d: score_pairs(scorer, model, text, image, q, d, pair_batch_size),
+            )
         else:  # ITM only: every pair
             N_img, N_txt = len(rows), len(texts)
             ii = torch.arange(N_img, device=inputs.device).repeat_interleave(N_txt)  # (N_img*N_txt,)

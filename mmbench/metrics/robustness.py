@@ -105,8 +105,11 @@ def empty_text(texts: list[str], rng: np.random.Generator, level: float = 1.0) -
 
 def corruption(name: str, level: float, patch_size: int = 16) -> Corruption:
     """The `Corruption` called `name` at `level`."""
-    images = {"image_noise": image_noise, "patch_dropout": partial(patch_dropout, patch_size=patch_size),
-              "blank_image": blank_image}
+    images = {
+        "image_noise": image_noise,
+        "patch_dropout": partial(patch_dropout, patch_size=patch_size),
+        "blank_image": blank_image,
+    }
     texts = {"text_dropout": text_dropout, "text_typos": text_typos, "empty_text": empty_text}
     if name in images:
         return Corruption(name, level, images=partial(images[name], level=level))
@@ -133,9 +136,15 @@ def level_key(level: float) -> str:
     return f"l{round(100 * level)}"
 
 
-def robustness(evaluate: Callable[[Corruption | None], dict[str, float]], *, metrics: Sequence[str],
-               levels: Sequence[float] = (0.0, 0.5), corruptions: Sequence[str] = CURVES,
-               missing: Sequence[str] = MISSING, patch_size: int = 16) -> dict[str, float]:
+def robustness(
+    evaluate: Callable[[Corruption | None], dict[str, float]],
+    *,
+    metrics: Sequence[str],
+    levels: Sequence[float] = (0.0, 0.5),
+    corruptions: Sequence[str] = CURVES,
+    missing: Sequence[str] = MISSING,
+    patch_size: int = 16,
+) -> dict[str, float]:
     """Curves of `metrics` (names returned by `evaluate`) over `levels` of each corruption, their
     areas, and the metrics with one modality missing. `evaluate(None)` is the clean evaluation."""
     levels = sorted({0.0, *map(float, levels)})

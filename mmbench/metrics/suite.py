@@ -50,7 +50,6 @@ def with_defaults(settings: dict) -> dict:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-
 @dataclass
 class Samples:
     """Sample predictions for reports and W&B tables (first few of each kind)."""
@@ -65,8 +64,17 @@ def _grid(datamodule) -> int | None:
     return int(keywords.get("grid", 3))
 
 
-def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, corruption: Corruption | None = None,
-                  max_images: int | None = None, samples: Samples | None = None) -> dict[str, float]:
+def run_protocols(
+    module,
+    datamodule,
+    split: str,
+    settings: dict,
+    protocols,
+    *,
+    corruption: Corruption | None = None,
+    max_images: int | None = None,
+    samples: Samples | None = None,
+) -> dict[str, float]:
     """Clean (or corrupted) protocols on one split; names without the split prefix."""
     dataset = datamodule.datasets[split]
     seed, bs = int(settings["seed"]), int(settings["batch_size"])
@@ -78,28 +86,59 @@ def run_protocols(module, datamodule, split: str, settings: dict, protocols, *, 
         s = dict(settings[name])  # with_defaults gave every protocol its node
         t0 = time.perf_counter()
         if name == "retrieval":
-            out.update(retrieval(module, inputs(), rerank_k=int(s["rerank_k"]), batch_size=bs,
-                                 pair_batch_size=int(s["pair_batch_size"]), max_images=cap(s["max_images"]),
-                                 itm_only_max_images=int(s["itm_only_max_images"])))
+            out.update(
+                retrieval(
+                    module,
+                    inputs(),
+                    rerank_k=int(s["rerank_k"]),
+                    batch_size=bs,
+                    pair_batch_size=int(s["pair_batch_size"]),
+                    max_images=cap(s["max_images"]),
+                    itm_only_max_images=int(s["itm_only_max_images"]),
+                )
+            )
         elif name == "vqa":
-            res, preds = vqa(module, inputs(), datamodule.info.answers, batch_size=bs, max_images=cap(s["max_images"]),
-                             return_predictions=True)
+            res, preds = vqa(
+                module,
+                inputs(),
+                datamodule.info.answers,
+                batch_size=bs,
+                max_images=cap(s["max_images"]),
+                return_predictions=True,
+            )
             out.update(res)
             if samples is not None:
                 samples.vqa = preds
         elif name == "diagnostics":
-            out.update(matching_diagnostics(module, inputs(), batch_size=bs, max_images=cap(s["max_images"]),
-                                            grid=_grid(datamodule) if s["winoground"] else None))
+            out.update(
+                matching_diagnostics(
+                    module,
+                    inputs(),
+                    batch_size=bs,
+                    max_images=cap(s["max_images"]),
+                    grid=_grid(datamodule) if s["winoground"] else None,
+                )
+            )
         elif name == "captioning":
             bos_id, eos_id = inputs().caption_delimiters()
-            res, preds = captioning(module, inputs(), bos_id=bos_id, eos_id=eos_id, max_images=cap(s["max_images"]), max_len=int(s["max_len"]),
-                                    num_beams=int(s["num_beams"]), batch_size=bs, return_predictions=True)
+            res, preds = captioning(
+                module,
+                inputs(),
+                bos_id=bos_id,
+                eos_id=eos_id,
+                max_images=cap(s["max_images"]),
+                max_len=int(s["max_len"]),
+                num_beams=int(s["num_beams"]),
+                batch_size=bs,
+                return_predictions=True,
+            )
             out.update(res)
             if samples is not None:
                 samples.captioning = preds
         elif name == "zeroshot":
-            out.update(zeroshot(module, inputs(), template=str(s["template"]), batch_size=bs,
-                                max_images=cap(s["max_images"])))
+            out.update(
+                zeroshot(module, inputs(), template=str(s["template"]), batch_size=bs, max_images=cap(s["max_images"]))
+            )
         else:
             raise ValueError(f"unknown protocol {name!r}; valid: {list(PROTOCOLS)}")
         timings[name] = time.perf_counter() - t0
@@ -118,7 +157,9 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         raise ValueError(f"unknown evaluation protocol(s) {unknown}; valid: {list(PROTOCOLS)}")
     clean = [p for p in enabled if p in CLEAN_PROTOCOLS]
     samples = Samples()
-    metrics = {f"{split}/{k}": v for k, v in run_protocols(module, datamodule, split, settings, clean, samples=samples).items()}
+    metrics = {
+        f"{split}/{k}": v for k, v in run_protocols(module, datamodule, split, settings, clean, samples=samples).items()
+    }
     if holdout and holdout in datamodule.datasets and holdout != split:
         res = run_protocols(module, datamodule, holdout, settings, clean)
         metrics.update({f"{holdout}/{k}": v for k, v in res.items()})
@@ -133,8 +174,15 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         def evaluate(c: Corruption | None) -> dict[str, float]:
             # captions are generated from the image alone: a text corruption leaves them as they were
             image_only = {"captioning"} if c is not None and c.images is None else set()
-            res = run_protocols(module, datamodule, split, corrupted, [p for p in protocols if p not in image_only],
-                                corruption=c, max_images=r["max_images"])
+            res = run_protocols(
+                module,
+                datamodule,
+                split,
+                corrupted,
+                [p for p in protocols if p not in image_only],
+                corruption=c,
+                max_images=r["max_images"],
+            )
             if c is None:
                 clean.update(res)
             return {**{k: v for k, v in clean.items() if k.split("/")[0] in image_only}, **res}

@@ -49,8 +49,15 @@ def vqa_objective(module):
     return next((o for o in module.objectives.values() if hasattr(o, "answer_logits")), None)
 
 
-def vqa(module, inputs: Inputs, answers: Sequence[str], *, batch_size: int = 256, max_images: int | None = None,
-        return_predictions: bool = False):
+def vqa(
+    module,
+    inputs: Inputs,
+    answers: Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_images: int | None = None,
+    return_predictions: bool = False,
+):
     """VQA accuracy on the split of `inputs`. answers: the model's answer vocabulary (index -> string).
 
     Returns the metrics, or (metrics, predictions) with `return_predictions`, where predictions is a

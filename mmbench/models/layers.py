@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(
-    key_mask: torch.Tensor | None, query_len: int, causal: bool = False
-) -> torch.Tensor | None:
+def attention_mask(key_mask: torch.Tensor | None, query_len: int, causal: bool = False) -> torch.Tensor | None:
     """Combine a key padding mask (B, S) and an optional causal mask into a SDPA bool mask (B, 1, T, S)."""
     mask = None
     if key_mask is not None:
         mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
     if causal:
         S = key_mask.shape[1] if key_mask is not None else query_len
-        tri = torch.ones(query_len, S, dtype=torch.bool, device=key_mask.device if key_mask is not None else None).tril()
+        tri = torch.ones(
+            query_len, S, dtype=torch.bool, device=key_mask.device if key_mask is not None else None
+        ).tril()
         mask = tri[None, None] if mask is None else mask & tri
     return mask
 

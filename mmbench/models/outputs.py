@@ -55,11 +55,15 @@ class InputMask:
         e.g. [CLS] / [IMG], have no input to hide) -> x with the selected ones replaced."""
         B, N, _ = x.shape
         if tuple(self.selected.shape) != (B, first + N):
-            raise ValueError(f"InputMask.selected has shape {tuple(self.selected.shape)} but the encoder makes "
-                             f"{first + N} tokens per image for a batch of {B}: expected ({B}, {first + N})")
+            raise ValueError(
+                f"InputMask.selected has shape {tuple(self.selected.shape)} but the encoder makes "
+                f"{first + N} tokens per image for a batch of {B}: expected ({B}, {first + N})"
+            )
         if self.selected[:, :first].any():
-            raise ValueError(f"InputMask selects one of the first {first} token(s) ([CLS] / [IMG]), which are "
-                             f"learned, not embedded from an input: there is nothing to hide")
+            raise ValueError(
+                f"InputMask selects one of the first {first} token(s) ([CLS] / [IMG]), which are "
+                f"learned, not embedded from an input: there is nothing to hide"
+            )
         hide = self.selected[:, first:, None]  # (B, N, 1)
         return torch.where(hide, self.embedding.to(x.dtype), x)  # (B, N, D)
 

@@ -54,7 +54,11 @@ class HFTextEncoder(nn.Module):
 
     @property
     def word_embeddings(self) -> nn.Module:
-        table = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else self.model.embeddings.token_embedding
+        table = (
+            self.model.get_input_embeddings()
+            if hasattr(self.model, "get_input_embeddings")
+            else self.model.embeddings.token_embedding
+        )
         return table if isinstance(self.proj, nn.Identity) else ProjectedEmbedding(table, self.proj)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:

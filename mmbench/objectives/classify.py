@@ -31,8 +31,10 @@ class Classify(Objective):
     def __init__(self, dim: int, num_labels: int, label_field: str = "labels", weight: float = 1.0):
         super().__init__(weight)
         if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}: the data has no labels (no `caption_labels` / "
-                             f"label column) and objective.classify.num_labels is not set")
+            raise ValueError(
+                f"num_labels must be >= 1, got {num_labels}: the data has no labels (no `caption_labels` / "
+                f"label column) and objective.classify.num_labels is not set"
+            )
         self.head = nn.Linear(dim, num_labels)
         self.num_labels = num_labels
         self.label_field = label_field

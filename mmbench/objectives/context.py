@@ -32,13 +32,17 @@ def run_order(declared: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> l
     for name, (provides, uses) in declared.items():
         unknown = sorted((set(provides) | set(uses)) - CONTEXT_FIELDS)
         if unknown:
-            raise ValueError(f"objective '{name}' declares unknown step-context field(s) {unknown}; "
-                             f"StepContext has {sorted(CONTEXT_FIELDS)}")
+            raise ValueError(
+                f"objective '{name}' declares unknown step-context field(s) {unknown}; "
+                f"StepContext has {sorted(CONTEXT_FIELDS)}"
+            )
     order: list[str] = []
     pending = dict(declared)
     while pending:
         provided_later = {f for n, (provides, _) in pending.items() for f in provides}
-        ready = sorted(n for n, (provides, uses) in pending.items() if not (set(uses) & (provided_later - set(provides))))
+        ready = sorted(
+            n for n, (provides, uses) in pending.items() if not (set(uses) & (provided_later - set(provides)))
+        )
         if not ready:
             raise ValueError(f"objectives {sorted(pending)} depend on each other's step-context fields (a cycle)")
         order.append(ready[0])

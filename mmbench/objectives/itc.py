@@ -111,8 +111,9 @@ class ITC(Objective):
             all_facts, _ = _gather(batch["image_facts"])  # (N, F)
             extra_i2t = claims_true(batch["image_facts"], all_claims)  # (B, N): text j true of local image i
             extra_t2i = claims_true(all_facts, batch["text_claim"]).T  # (B, N): local text i true of image j
-        loss, acc = multi_positive_contrastive_loss(image_emb, text_emb, ids, temp, all_image, all_text, all_ids,
-                                                    extra_i2t, extra_t2i)
+        loss, acc = multi_positive_contrastive_loss(
+            image_emb, text_emb, ids, temp, all_image, all_text, all_ids, extra_i2t, extra_t2i
+        )
         # Local similarities for objectives that mine hard negatives (ITM), without gradient.
         context.itc_sim_i2t = (image_emb @ text_emb.T / temp).detach()  # (B, B)
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})

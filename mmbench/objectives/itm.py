@@ -124,7 +124,9 @@ class ITM(Objective):
         a = self.hardness(context.progress)
         true = known_true(batch)  # (B, B): text j true of image i
         neg_text, valid_t = sample_negatives(ids, sim, hardness=a, true=true)  # for each image a text
-        neg_image, valid_i = sample_negatives(ids, None if sim is None else sim.T, hardness=a, true=true.T)  # for each text an image
+        neg_image, valid_i = sample_negatives(
+            ids, None if sim is None else sim.T, hardness=a, true=true.T
+        )  # for each text an image
         texts = Features.cat(text, text.index(neg_text), text)
         images = Features.cat(image, image, image.index(neg_image))
         joint = model.fuse(texts, images)

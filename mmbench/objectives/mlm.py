@@ -25,6 +25,7 @@ def mask_tokens(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (masked input ids (B, T), selected (B, T) bool)."""
+
     def rand(*shape):
         return torch.rand(shape, generator=generator, device=input_ids.device)
 

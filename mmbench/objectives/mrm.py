@@ -67,9 +67,7 @@ MASKABLE_OPTIONS = "encoder/vision=patch, vit, conv, region or region_feats"
 REGION_OPTIONS = "encoder/vision=region or region_feats"
 
 
-def mask_image_tokens(
-    mask: torch.Tensor, prob: float = 0.15, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def mask_image_tokens(mask: torch.Tensor, prob: float = 0.15, generator: torch.Generator | None = None) -> torch.Tensor:
     """Choose the image tokens to mask.
 
     mask (B, V) bool, True = real token. Token 0 ([CLS]/[IMG]) and padding are never chosen; each
@@ -105,7 +103,9 @@ class MRM(Objective):
         return ("region_labels",) if float(classification_weight) > 0 else ()
 
     @classmethod
-    def vision_problems(cls, name: str, vision_encoder: type, classification_weight: float = 1.0, **config) -> list[str]:
+    def vision_problems(
+        cls, name: str, vision_encoder: type, classification_weight: float = 1.0, **config
+    ) -> list[str]:
         encoder = vision_encoder.__name__
         problems = []
         if not getattr(vision_encoder, "maskable_inputs", False):
@@ -165,8 +165,10 @@ class MRM(Objective):
         fuse it with the intact text, and predict the hidden tokens' input features."""
         masked = model.encode_image(batch, hide=InputMask(selected, self.mask_embedding))  # second encoding
         if masked.inputs is None:
-            raise ValueError(f"vision encoder {type(model.vision_encoder).__name__} hid the tokens but returned no "
-                             f"Features.inputs, the input features MRM regresses")
+            raise ValueError(
+                f"vision encoder {type(model.vision_encoder).__name__} hid the tokens but returned no "
+                f"Features.inputs, the input features MRM regresses"
+            )
         joint = model.fuse(text, masked)  # the text stays intact
         hidden = joint.image_tokens[selected]  # (N, D) fused tokens at the hidden positions
         target = masked.inputs.detach()[selected]  # (N, F)

@@ -27,7 +27,9 @@ class VQA(Objective):
 
     def __init__(self, dim: int, num_answers: int, question_field: str | None = "question", weight: float = 1.0):
         super().__init__(weight)
-        self.head = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim), nn.Linear(2 * dim, num_answers))
+        self.head = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim), nn.Linear(2 * dim, num_answers)
+        )
         self.question_field = question_field
 
     def answer_logits(self, model, batch, text, image):

@@ -90,7 +90,10 @@ class PretrainedInit:
         if info.vocab_size != vocab:
             log.warning(
                 "tokenizer vocabulary (%d) differs from %s's (%d): token ids only mean the same words with "
-                "the checkpoint's tokenizer (tokenizer=hf)", info.vocab_size, self.name, vocab,
+                "the checkpoint's tokenizer (tokenizer=hf)",
+                info.vocab_size,
+                self.name,
+                vocab,
             )
         return cfg, dataclasses.replace(info, vocab_size=vocab)
 
@@ -118,7 +121,11 @@ class PretrainedInit:
         heads = sorted(loading.get("unexpected_keys", []) if isinstance(loading, dict) else [])
         log.info(
             "model.init_from=%s (%s): loaded %d tensors into %s; checkpoint tensors mmbench has no place for: %s%s",
-            self.name, self.config.model_type, sum(len(s) for s in sm.parts.values()), ", ".join(sm.parts),
-            unused or "none", f"; task heads not in the base model: {heads}" if heads else "",
+            self.name,
+            self.config.model_type,
+            sum(len(s) for s in sm.parts.values()),
+            ", ".join(sm.parts),
+            unused or "none",
+            f"; task heads not in the base model: {heads}" if heads else "",
         )
         return {"parts": sorted(sm.parts), "unused": unused, "heads": heads}

@@ -34,10 +34,17 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": PatchEncoder, "fusio
 def sizes(config) -> dict:
     t, v = config.text_config, config.vision_config
     return {
-        "dim": v.hidden_size, "vision_dim": v.hidden_size, "heads": v.num_attention_heads,
-        "vision_heads": v.num_attention_heads, "vision_depth": v.num_hidden_layers,
-        "text_dim": t.hidden_size, "text_heads": t.num_attention_heads, "text_depth": t.num_hidden_layers,
-        "fusion_depth": 0, "patch_size": v.patch_size, "prenorm": True,
+        "dim": v.hidden_size,
+        "vision_dim": v.hidden_size,
+        "heads": v.num_attention_heads,
+        "vision_heads": v.num_attention_heads,
+        "vision_depth": v.num_hidden_layers,
+        "text_dim": t.hidden_size,
+        "text_heads": t.num_attention_heads,
+        "text_depth": t.num_hidden_layers,
+        "fusion_depth": 0,
+        "patch_size": v.patch_size,
+        "prenorm": True,
     }
 
 
@@ -45,13 +52,22 @@ def part_kwargs(config, processor: dict) -> dict[str, dict]:
     t, v = config.text_config, config.vision_config
     return {
         "text_encoder": dict(
-            mlp_ratio=t.intermediate_size / t.hidden_size, norm_eps=t.layer_norm_eps, act_layer=activation(t.hidden_act),
-            embed_norm=False, causal=True, pooling=last_token_pool,
+            mlp_ratio=t.intermediate_size / t.hidden_size,
+            norm_eps=t.layer_norm_eps,
+            act_layer=activation(t.hidden_act),
+            embed_norm=False,
+            causal=True,
+            pooling=last_token_pool,
         ),
         "vision_encoder": dict(
-            mlp_ratio=v.intermediate_size / v.hidden_size, norm_eps=v.layer_norm_eps, act_layer=activation(v.hidden_act),
-            patch_bias=False, embed_norm=True, pooling=cls_pool,
-            pixel_mean=processor.get("image_mean", CLIP_MEAN), pixel_std=processor.get("image_std", CLIP_STD),
+            mlp_ratio=v.intermediate_size / v.hidden_size,
+            norm_eps=v.layer_norm_eps,
+            act_layer=activation(v.hidden_act),
+            patch_bias=False,
+            embed_norm=True,
+            pooling=cls_pool,
+            pixel_mean=processor.get("image_mean", CLIP_MEAN),
+            pixel_std=processor.get("image_std", CLIP_STD),
         ),
     }
 
@@ -59,8 +75,14 @@ def part_kwargs(config, processor: dict) -> dict[str, dict]:
 def _tower(sm: StateMap, part: str, src: str, depth: int) -> None:
     for i in range(depth):
         s, d = f"{src}.encoder.layers.{i}", f"stack.blocks.{i}"
-        sm.attention(part, f"{d}.sublayers.self_attn", f"{s}.self_attn.q_proj", f"{s}.self_attn.k_proj",
-                     f"{s}.self_attn.v_proj", f"{s}.self_attn.out_proj")
+        sm.attention(
+            part,
+            f"{d}.sublayers.self_attn",
+            f"{s}.self_attn.q_proj",
+            f"{s}.self_attn.k_proj",
+            f"{s}.self_attn.v_proj",
+            f"{s}.self_attn.out_proj",
+        )
         sm.affine(part, f"{d}.norms.self_attn", f"{s}.layer_norm1")
         sm.affine(part, f"{d}.sublayers.mlp.fc1", f"{s}.mlp.fc1")
         sm.affine(part, f"{d}.sublayers.mlp.fc2", f"{s}.mlp.fc2")

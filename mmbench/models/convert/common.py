@@ -66,8 +66,11 @@ class StateMap:
 def bert_layer(sm: StateMap, part: str, dst: str, src: str) -> None:
     """A post-norm BERT layer (`BertLayer`, also VisualBERT / LXMERT language and object layers) -> `Block`."""
     sm.attention(
-        part, f"{dst}.sublayers.self_attn",
-        f"{src}.attention.self.query", f"{src}.attention.self.key", f"{src}.attention.self.value",
+        part,
+        f"{dst}.sublayers.self_attn",
+        f"{src}.attention.self.query",
+        f"{src}.attention.self.key",
+        f"{src}.attention.self.value",
         f"{src}.attention.output.dense",
     )
     sm.affine(part, f"{dst}.norms.self_attn", f"{src}.attention.output.LayerNorm")

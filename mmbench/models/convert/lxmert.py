@@ -29,10 +29,18 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": RegionFeatureEncoder
 def sizes(config) -> dict:
     H = config.hidden_size
     return {
-        "dim": H, "text_dim": H, "vision_dim": H, "heads": config.num_attention_heads,
-        "text_heads": config.num_attention_heads, "vision_heads": config.num_attention_heads,
-        "text_depth": config.l_layers, "vision_depth": config.r_layers, "fusion_depth": config.x_layers,
-        "mlp_ratio": config.intermediate_size / H, "prenorm": False, "region_feat_dim": config.visual_feat_dim,
+        "dim": H,
+        "text_dim": H,
+        "vision_dim": H,
+        "heads": config.num_attention_heads,
+        "text_heads": config.num_attention_heads,
+        "vision_heads": config.num_attention_heads,
+        "text_depth": config.l_layers,
+        "vision_depth": config.r_layers,
+        "fusion_depth": config.x_layers,
+        "mlp_ratio": config.intermediate_size / H,
+        "prenorm": False,
+        "region_feat_dim": config.visual_feat_dim,
     }
 
 
@@ -49,8 +57,14 @@ def part_kwargs(config, processor: dict) -> dict[str, dict]:
 def _block(sm: StateMap, dst: str, src: str, stream: str) -> None:
     """x_layers.i.{lang,visn}_self_att / _inter / _output -> a post-norm self-attention + FFN Block."""
     att = f"{src}.{stream}_self_att"
-    sm.attention("fusion", f"{dst}.sublayers.self_attn", f"{att}.self.query", f"{att}.self.key", f"{att}.self.value",
-                 f"{att}.output.dense")
+    sm.attention(
+        "fusion",
+        f"{dst}.sublayers.self_attn",
+        f"{att}.self.query",
+        f"{att}.self.key",
+        f"{att}.self.value",
+        f"{att}.output.dense",
+    )
     sm.affine("fusion", f"{dst}.norms.self_attn", f"{att}.output.LayerNorm")
     sm.affine("fusion", f"{dst}.sublayers.mlp.fc1", f"{src}.{stream}_inter.dense")
     sm.affine("fusion", f"{dst}.sublayers.mlp.fc2", f"{src}.{stream}_output.dense")
@@ -78,8 +92,14 @@ def convert(sm: StateMap, config, model) -> None:
     for i in range(config.x_layers):
         src, dst = f"encoder.x_layers.{i}", f"layers.{i}"
         att = f"{src}.visual_attention"
-        sm.attention("fusion", f"{dst}.cross_attn.sublayers.cross_attn", f"{att}.att.query", f"{att}.att.key",
-                     f"{att}.att.value", f"{att}.output.dense")
+        sm.attention(
+            "fusion",
+            f"{dst}.cross_attn.sublayers.cross_attn",
+            f"{att}.att.query",
+            f"{att}.att.key",
+            f"{att}.att.value",
+            f"{att}.output.dense",
+        )
         sm.affine("fusion", f"{dst}.cross_attn.norms.cross_attn", f"{att}.output.LayerNorm")
         _block(sm, f"{dst}.text_block", src, "lang")
         _block(sm, f"{dst}.image_block", src, "visn")

@@ -25,10 +25,18 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": PatchEncoder, "fusio
 def sizes(config) -> dict:
     H = config.hidden_size
     return {
-        "dim": H, "text_dim": H, "vision_dim": H, "heads": config.num_attention_heads,
-        "text_heads": config.num_attention_heads, "vision_heads": config.num_attention_heads,
-        "text_depth": 0, "vision_depth": 0, "fusion_depth": config.num_hidden_layers,
-        "patch_size": config.patch_size, "mlp_ratio": config.intermediate_size / H, "prenorm": True,
+        "dim": H,
+        "text_dim": H,
+        "vision_dim": H,
+        "heads": config.num_attention_heads,
+        "text_heads": config.num_attention_heads,
+        "vision_heads": config.num_attention_heads,
+        "text_depth": 0,
+        "vision_depth": 0,
+        "fusion_depth": config.num_hidden_layers,
+        "patch_size": config.patch_size,
+        "mlp_ratio": config.intermediate_size / H,
+        "prenorm": True,
     }
 
 
@@ -55,8 +63,12 @@ def convert(sm: StateMap, config, model) -> None:
     for i in range(config.num_hidden_layers):
         src, dst = f"encoder.layer.{i}", f"blocks.{i}"
         sm.attention(
-            "fusion", f"{dst}.sublayers.self_attn", f"{src}.attention.attention.query",
-            f"{src}.attention.attention.key", f"{src}.attention.attention.value", f"{src}.attention.output.dense",
+            "fusion",
+            f"{dst}.sublayers.self_attn",
+            f"{src}.attention.attention.query",
+            f"{src}.attention.attention.key",
+            f"{src}.attention.attention.value",
+            f"{src}.attention.output.dense",
         )
         sm.affine("fusion", f"{dst}.norms.self_attn", f"{src}.layernorm_before")
         sm.affine("fusion", f"{dst}.sublayers.mlp.fc1", f"{src}.intermediate.dense")

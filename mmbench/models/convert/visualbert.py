@@ -29,10 +29,18 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": RegionFeatureEncoder
 def sizes(config) -> dict:
     H = config.hidden_size
     return {
-        "dim": H, "text_dim": H, "vision_dim": H, "heads": config.num_attention_heads,
-        "text_heads": config.num_attention_heads, "vision_heads": config.num_attention_heads,
-        "text_depth": 0, "vision_depth": 0, "fusion_depth": config.num_hidden_layers,
-        "mlp_ratio": config.intermediate_size / H, "prenorm": False, "region_feat_dim": config.visual_embedding_dim,
+        "dim": H,
+        "text_dim": H,
+        "vision_dim": H,
+        "heads": config.num_attention_heads,
+        "text_heads": config.num_attention_heads,
+        "vision_heads": config.num_attention_heads,
+        "text_depth": 0,
+        "vision_depth": 0,
+        "fusion_depth": config.num_hidden_layers,
+        "mlp_ratio": config.intermediate_size / H,
+        "prenorm": False,
+        "region_feat_dim": config.visual_embedding_dim,
     }
 
 

@@ -56,7 +56,9 @@ class CoAttentionFusion(TwoStreamFusion):
     def __init__(
         self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = False, dropout: float = 0.0
     ):
-        super().__init__((CoAttentionLayer(dim, heads, mlp_ratio, prenorm, dropout) for _ in range(depth)), dim, prenorm)
+        super().__init__(
+            (CoAttentionLayer(dim, heads, mlp_ratio, prenorm, dropout) for _ in range(depth)), dim, prenorm
+        )
         self.text_pooler = Pooler(dim)
         self.image_pooler = Pooler(dim)
 

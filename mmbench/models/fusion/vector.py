@@ -103,22 +103,40 @@ class ElementwiseFusion(PooledFusion):
 class SumFusion(ElementwiseFusion):
     """Additive fusion: z = act(W_o (W_t x_t + W_v x_v + b) + b_o)."""
 
-    def __init__(self, dim: int, text_dim: int | None = None, image_dim: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int | None = None,
+        image_dim: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        dropout: float = 0.0,
+    ):
         super().__init__(torch.add, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
 
 
 class MaxFusion(ElementwiseFusion):
     """Max fusion: z = act(W_o max(W_t x_t + b_t, W_v x_v + b_v) + b_o), max element-wise."""
 
-    def __init__(self, dim: int, text_dim: int | None = None, image_dim: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int | None = None,
+        image_dim: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        dropout: float = 0.0,
+    ):
         super().__init__(torch.maximum, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
 
 
 class MultiplicativeFusion(ElementwiseFusion):
     """Multiplicative fusion: z = act(W_o ((W_t x_t + b_t) ⊙ (W_v x_v + b_v)) + b_o), ⊙ Hadamard product."""
 
-    def __init__(self, dim: int, text_dim: int | None = None, image_dim: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int | None = None,
+        image_dim: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        dropout: float = 0.0,
+    ):
         super().__init__(torch.mul, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)

@@ -84,7 +84,9 @@ class ConvBackbone(nn.Module):
         if stages < 1:
             raise ValueError(f"stages={stages}: a ConvBackbone needs at least one stage")
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False),
+            norm_layer(width),
+            nn.ReLU(inplace=True),
         )
         layers, channels = [], width
         for i in range(stages):

@@ -58,7 +58,9 @@ class PatchEncoder(nn.Module):
         self.patch_size = patch_size
         self.input_dim = in_channels * patch_size**2  # width of Features.inputs: one patch's pixels
         self.preprocess = PixelAdapter(pixel_mean, pixel_std) if pixel_mean is not None else nn.Identity()
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias)  # linear per patch
+        self.patch_embed = nn.Conv2d(
+            in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias
+        )  # linear per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, dim))
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)

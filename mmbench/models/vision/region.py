@@ -93,7 +93,11 @@ class RegionFeatureEncoder(nn.Module):
     """Precomputed region features (B, R, F) + boxes -> [IMG; regions] tokens, `depth` blocks."""
 
     needs_regions = True
-    batch_fields = ("region_feats", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
+    batch_fields = (
+        "region_feats",
+        "region_boxes",
+        "region_mask",
+    )  # what forward reads; config validation checks the data has them
     maskable_inputs = True  # forward(batch, hide=InputMask) hides region features before the blocks
 
     def __init__(
@@ -144,7 +148,11 @@ class RegionEncoder(nn.Module):
     """
 
     needs_regions = True
-    batch_fields = ("pixel_values", "region_boxes", "region_mask")  # what forward reads; config validation checks the data has them
+    batch_fields = (
+        "pixel_values",
+        "region_boxes",
+        "region_mask",
+    )  # what forward reads; config validation checks the data has them
     maskable_inputs = True  # forward(batch, hide=InputMask) hides RoI features before the blocks
 
     def __init__(

@@ -46,10 +46,16 @@ class TimmEncoder(nn.Module):
         self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
         self.name = name
         cfg = self.model.pretrained_cfg
-        fixed = getattr(self.model, "patch_embed", None) is not None and not getattr(self.model, "dynamic_img_size", False)
+        fixed = getattr(self.model, "patch_embed", None) is not None and not getattr(
+            self.model, "dynamic_img_size", False
+        )
         resize = fixed if resize is None else resize
-        input_size = tuple(getattr(getattr(self.model, "patch_embed", None), "img_size", None) or cfg["input_size"][-2:])
-        self.preprocess = PixelAdapter(cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3), size=input_size if resize else None)
+        input_size = tuple(
+            getattr(getattr(self.model, "patch_embed", None), "img_size", None) or cfg["input_size"][-2:]
+        )
+        self.preprocess = PixelAdapter(
+            cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3), size=input_size if resize else None
+        )
         width = self.model.num_features
         self.proj = nn.Linear(width, dim) if width != dim else nn.Identity()
         self.pooling = pooling
