@@ -3,6 +3,8 @@
 For each family a tiny random HF model is saved with `save_pretrained` to a temp dir, the mmbench
 preset is built from it through the real path (compose `model=<preset> model.init_from=<dir>`,
 `build_model`), and both models see the same inputs in eval mode: max abs difference <= 1e-4.
+The input conventions (padding, CLIP's BOS / EOS and pixel statistics, region boxes) are shared with
+`scripts/bench_throughput.py --hf` through mmbench/models/convert/parity.py.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from mmbench.builder import build_model  # noqa: E402
-from mmbench.data.datamodule import DataInfo  # noqa: E402
 from mmbench.models.convert import ImportConfigError  # noqa: E402
+from mmbench.models.convert.parity import build_imported, clip_pixels, clip_text, region_inputs  # noqa: E402
+from mmbench.models.convert.parity import text_inputs as make_text_inputs  # noqa: E402
 from mmbench.pipeline import run  # noqa: E402
 from tests.conftest import ROOT, compose_cfg  # noqa: E402
 
@@ -43,26 +45,11 @@ def save(model, path):
 
 
 def import_preset(preset: str, path, *overrides: str):
-    cfg = compose_cfg([f"model={preset}", f"model.init_from={path}", *overrides])
-    info = DataInfo(
-        vocab_size=V,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(7)),
-        max_text_len=cfg.data.max_text_len,
-        image_size=cfg.data.image_size,
-    )
-    return build_model(cfg, info).eval()
+    return build_imported(compose_cfg([f"model={preset}", f"model.init_from={path}", *overrides]), V)
 
 
 def text_inputs(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(7, V - 2, (B, T), generator=g)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[1, 6:] = 0  # second sequence padded
-    return ids, mask
+    return make_text_inputs(B, T, V, seed)  # the second sequence padded from position 6
 
 
 def check(family: str, ours: torch.Tensor, ref: torch.Tensor):
@@ -98,7 +85,7 @@ def test_vilt(tmp_path):
     ref = save(transformers.ViltModel(config), tmp_path)
     model = import_preset("vilt", tmp_path, "data.image_size=32", "data.max_text_len=16")
     ids, mask = text_inputs()
-    pixels = torch.rand(B, 3, 32, 32) * 2 - 1
+    pixels = torch.rand(B, 3, 32, 32) * 2 - 1  # drawn after save()'s seed, as the figures in docs/pretrained.md were
     with torch.no_grad():
         torch.manual_seed(123)  # HF ViLT visits the 16 patches in a random order (torch.multinomial) ...
         want = ref(
@@ -139,23 +126,19 @@ def test_clip(tmp_path):
     ref = save(transformers.CLIPModel(config), tmp_path)
     model = import_preset("clip", tmp_path, "data.image_size=32", "data.max_text_len=16")
     ids, mask = text_inputs()
-    ids[:, 0] = V - 2
-    ids[0, -1], ids[1, 5] = V - 1, V - 1  # EOS ends every sequence, as CLIP's tokenizer does
-    pixels = torch.rand(B, 3, 32, 32) * 2 - 1
+    ids = clip_text(ids, mask, V)  # BOS first, EOS ends every sequence, as CLIP's tokenizer does
+    pixels = torch.rand(B, 3, 32, 32) * 2 - 1  # drawn after save()'s seed, as the figures in docs/pretrained.md were
     with torch.no_grad():
         text, image = model.encode_text(ids, mask), model.encode_image({"pixel_values": pixels})
         want_t = ref.text_model(input_ids=ids, attention_mask=mask)
-        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # CLIP's statistics: the
-        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)  # encoder re-normalises [-1, 1]
-        clip_pixels = ((pixels + 1) / 2 - mean) / std
-        want_v = ref.vision_model(pixel_values=clip_pixels)
+        want_v = ref.vision_model(pixel_values=clip_pixels(pixels))  # the encoder re-normalises [-1, 1] itself
         real = mask.bool()
         check("clip", text.tokens[real], want_t.last_hidden_state[real])
         check("clip", text.pooled, want_t.pooler_output)  # EOS token after final_layer_norm
         check("clip", image.pooled, want_v.pooler_output)  # post_layernorm([CLS])
         check("clip", image.tokens, ref.vision_model.post_layernorm(want_v.last_hidden_state))
         full = ref(
-            input_ids=ids, attention_mask=mask, pixel_values=clip_pixels
+            input_ids=ids, attention_mask=mask, pixel_values=clip_pixels(pixels)
         )  # the projections stay in HF (ITC has its own)
         normalize = torch.nn.functional.normalize
         check("clip", normalize(ref.text_projection(text.pooled), dim=-1), full.text_embeds)
@@ -163,12 +146,7 @@ def test_clip(tmp_path):
 
 
 def regions(F=12, R=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(B, R, 2, generator=g) * 0.5
-    boxes = torch.cat([xy, xy + 0.1 + torch.rand(B, R, 2, generator=g) * 0.4], dim=-1)  # (B, R, 4)
-    region_mask = torch.ones(B, R, dtype=torch.bool)
-    region_mask[1, -2:] = False
-    return {"region_feats": torch.randn(B, R, F, generator=g), "region_boxes": boxes, "region_mask": region_mask}
+    return region_inputs(B, R, F, seed)  # the second example's last two regions padded
 
 
 def test_visualbert(tmp_path):

@@ -1,0 +1,45 @@
+"""scripts/bench_throughput.py --hf at tiny sizes: the HF comparison runs and both sides compute one function.
+
+Speed is not asserted (the rates of one tiny step say nothing); the numbers are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = ROOT / "scripts" / "bench_throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_reference_comparison_runs_at_tiny_size(bench):
+    dims = bench.Dims(
+        batch=2, text_len=8, image_size=32, hidden=16, layers=1, heads=2, vocab=100, regions=4, region_dim=8
+    )
+    rows = bench.compare_reference(list(bench.REFERENCES), dims, steps=1, repeats=1, warmup=1)
+    assert [r.name for r in rows] == list(bench.REFERENCES)
+    for r in rows:
+        assert all(math.isfinite(v) and v > 0 for v in [*r.hf_rates, *r.mm_rates]), r
+        assert r.max_diff <= 1e-5, (r.name, r.max_diff)
+        assert r.hf_params > 0 and r.mm_params > 0, r  # the loss reached both models' parameters
+    bench.print_reference_table(rows, dims, steps=1, repeats=1, threads=1, atol=1e-4)
+
+
+def test_unknown_family_is_refused(bench):
+    with pytest.raises(ValueError, match="comparison covers"):
+        bench.compare_reference(["concat"], bench.Dims(), steps=1, repeats=1)
