@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from mmbench.config import register_resolvers
+
+# A suite started in the background by a non-interactive shell (`nohup ... &`) inherits SIGINT as ignored,
+# and so would every run it starts; the interruption tests send themselves SIGINT (Ctrl-C), which must arrive.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
