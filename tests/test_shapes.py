@@ -312,6 +312,12 @@ def test_question_mix():
     assert share(heavy, "relation") > 2 * share(default, "relation")
     no_count = generate_split("train", 600, seed=0, question_mix={"count": 0}, id_offset=0)
     assert share(no_count, "count") == 0 and share(default, "count") > 0.15
+    # one type only, and single-object scenes that cannot answer it: those scenes get the other types
+    only = {t: int(t == "relation") for t in QUESTION_TYPES}
+    rel = generate_split("train", 300, seed=0, question_mix=only, min_objects=1, max_objects=2, id_offset=0)
+    single = [q for q, shape_names in zip(rel["question_types"], rel["obj_shape"]) if len(shape_names) == 1]
+    assert single and all("relation" not in q for q in single)
+    assert share(rel, "relation") > 0.3
     for row in (dict(zip(heavy, values)) for values in zip(*heavy.values())):
         for q, a in zip(row["questions"], row["answers"]):
             assert a == expected_answer(q, objects_of(row)), q

@@ -510,8 +510,10 @@ def make_questions(
         "relation": _relation_question,
     }
     types = available_question_types(scene)
-    types = [t for t in types if mix is None or mix[t] > 0] or types
-    weighted = [t for t in types for _ in range(1 if mix is None else mix[t])]
+    positive = [t for t in types if mix is None or mix[t] > 0]
+    # a scene that answers no type of positive weight: its available types, uniformly
+    weighted = [t for t in positive for _ in range(1 if mix is None else mix[t])] or types
+    types = positive or types
     questions, answers, qtypes = [], [], []
     for _ in range(n):
         first = rs.pick(weighted)  # with all weights 1 the draws are those of a uniform pick
