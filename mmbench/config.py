@@ -298,13 +298,30 @@ def _field_hint(missing: list[str]) -> str:
 
 
 def _eval_problems(cfg: DictConfig) -> list[str]:
-    from mmbench.metrics import PROTOCOLS
+    """Unknown protocol names, and settings a default protocol does not take (a typo such as
+    eval.retrieval.rerank=8 would otherwise fail after training)."""
+    from mmbench.metrics import EVAL_DEFAULTS, clean_protocols, protocol_names
 
     ev = cfg.get("eval") or {}
-    unknown = [p for p in (ev.get("protocols") or []) if p not in PROTOCOLS]
+    valid = protocol_names(ev)
+    unknown = [p for p in (ev.get("protocols") or []) if p not in valid]
     if unknown:
-        return [f"eval.protocols: unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}"]
-    return []
+        return [
+            f"eval.protocols: unknown protocol(s) {unknown}; valid: {', '.join(valid)} "
+            "(a protocol of your own: a node eval.<name> with its function as _target_, docs/design.md)"
+        ]
+    defaults = OmegaConf.load(EVAL_DEFAULTS)
+    problems = []
+    for name in clean_protocols(defaults):
+        node, default = ev.get(name) or {}, defaults[name]
+        if node.get("_target_", default._target_) != default._target_:
+            continue  # a protocol of the user's own: its function checks its settings
+        extra = sorted(set(node) - set(default))
+        if extra:
+            problems.append(
+                f"eval.{name}: unknown setting(s) {extra}; valid: {', '.join(k for k in default if k[0] != '_')}"
+            )
+    return problems
 
 
 def _monitor_problems(cfg: DictConfig) -> list[str]:

@@ -39,7 +39,7 @@ def main() -> None:
     from mmbench.builder import build_datamodule, build_module
     from mmbench.config import register_resolvers
     from mmbench.metrics.common import Inputs
-    from mmbench.metrics.retrieval import retrieval
+    from mmbench.metrics.suite import protocol
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def main() -> None:
     if "itc" in module.objectives:
         for k in args.k:
             t0 = time.perf_counter()
-            out = retrieval(module, inputs, rerank_k=k)
+            out = protocol("retrieval", rerank_k=k)(module, inputs, batch_size=256)
             dt = time.perf_counter() - t0
             print(
                 f"ITC{f' + ITM re-rank k={k}' if k else ' only'}: {dt:.1f}s "
@@ -81,7 +81,7 @@ def main() -> None:
         itc = module.objectives.pop("itc") if "itc" in module.objectives else None
         n = args.itm_only_images
         t0 = time.perf_counter()
-        out = retrieval(module, inputs, itm_only_max_images=n)
+        out = protocol("retrieval", itm_only_max_images=n)(module, inputs, batch_size=256)
         dt = time.perf_counter() - t0
         pairs = out["retrieval/num_images"] * out["retrieval/num_texts"]
         print(f"ITM on every pair, {n} images: {dt:.1f}s for {int(pairs)} pairs ({pairs / dt:.0f} pairs/s)")

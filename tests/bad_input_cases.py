@@ -86,6 +86,7 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["monitor.mode=up"], REFUSED, ("monitor.mode=up", "min or max")),
     (["eval.protocols=[nope]"], REFUSED, ("unknown protocol", "retrieval")),
     (["eval.protocols=[vqa,retreival]"], REFUSED, ("retreival",)),
+    (["+eval.retrieval.rerank=8"], REFUSED, ("eval.retrieval: unknown setting(s) ['rerank']", "rerank_k")),
     # a search over objective weights that optimises the loss they scale
     (
         ["hparams_search=optuna", "monitor.metric=val/loss", "monitor.mode=min"],

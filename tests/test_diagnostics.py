@@ -11,6 +11,7 @@ from mmbench.builder import build_datamodule, build_module
 from mmbench.data import shapes
 from mmbench.metrics.common import Inputs, column
 from mmbench.metrics.diagnostics import _scene, counterfactual, matching_diagnostics
+from mmbench.metrics.suite import protocol
 
 TYPES = ("attribute_swap", "relation_swap", "count_change")
 
@@ -23,7 +24,7 @@ def setup(tiny_cfg):
 
 
 def _inputs(dm):
-    return Inputs(dm.datasets["test"], dm.tokenizer)
+    return Inputs(dm.datasets["test"], dm.tokenizer, scene_grid=dm.source.keywords["grid"])
 
 
 def _truth(dm):
@@ -49,7 +50,7 @@ def _oracle(values, sign: float):
 def test_known_answers(setup, monkeypatch, sign, expected):
     module, dm = setup
     monkeypatch.setattr(module.objectives["itm"], "pair_score", _oracle(_truth(dm), sign))
-    out = matching_diagnostics(module, _inputs(dm), batch_size=7, grid=None)  # batch size that splits images
+    out = matching_diagnostics(module, _inputs(dm), batch_size=7, max_images=None, winoground=False)  # splits images
     assert set(out) == {f"diagnostics/{k}_acc" for k in ("match", *TYPES)}
     assert all(v == expected for v in out.values()), out
 
@@ -59,7 +60,7 @@ def test_winoground_known_answers(setup, monkeypatch, sign, expected):
     """Second pass: (P, N) on each counterfactual image, where N is true and P false."""
     module, dm = setup
     monkeypatch.setattr(module.objectives["itm"], "pair_score", _oracle(_truth(dm) + [-1.0, 1.0] * 10_000, sign))
-    out = matching_diagnostics(module, _inputs(dm), batch_size=7, grid=3)
+    out = matching_diagnostics(module, _inputs(dm), batch_size=7, max_images=None, winoground=True)
     assert out["diagnostics/winoground_pairs"] > 0.8 * sum(len(n) for n in dm.datasets["test"].split["match_negatives"])
     scores = {k: v for k, v in out.items() if k.endswith("_score")}
     assert set(scores) == {
@@ -72,7 +73,7 @@ def test_a_text_only_scorer_gets_zero_winoground_scores(setup, monkeypatch):
     """A bag-of-words-like model that ignores the image can never win a Winoground pair."""
     module, dm = setup
     monkeypatch.setattr(module.objectives["itm"], "pair_score", lambda m, t, i: t.pooled.sum(-1))
-    out = matching_diagnostics(module, _inputs(dm), grid=3)
+    out = matching_diagnostics(module, _inputs(dm), batch_size=256, max_images=None, winoground=True)
     assert out["diagnostics/text_score"] == 0.0 and out["diagnostics/image_score"] == 0.0
 
 
@@ -130,10 +131,10 @@ def test_itm_outranks_itc_and_itc_alone_is_used(setup, monkeypatch):
     monkeypatch.setattr(
         module.objectives["itc"], "pair_score", lambda m, t, i: called.append("itc") or torch.zeros(t.tokens.shape[0])
     )
-    matching_diagnostics(module, _inputs(dm))
+    protocol("diagnostics")(module, _inputs(dm), batch_size=256)
     assert set(called) == {"itm"}
     del module.objectives["itm"]
     called.clear()
-    out = matching_diagnostics(module, _inputs(dm))
+    out = protocol("diagnostics")(module, _inputs(dm), batch_size=256)
     assert set(called) == {"itc"} and out["diagnostics/match_acc"] == 0.0  # ties are not wins
     assert out["diagnostics/group_score"] == 0.0

@@ -18,10 +18,8 @@ import torch
 from mmbench.builder import build_datamodule, build_module
 from mmbench.metrics.common import Inputs, column, encode_images, encode_texts, eval_mode
 from mmbench.metrics.presentation import log_to_loggers
-from mmbench.metrics.retrieval import recall_metrics, retrieval
-from mmbench.metrics.suite import Samples, evaluate_suite
-from mmbench.metrics.vqa import vqa
-from mmbench.metrics.zeroshot import zeroshot
+from mmbench.metrics.retrieval import recall_metrics
+from mmbench.metrics.suite import Samples, evaluate_suite, protocol
 from mmbench.models.outputs import Features
 from mmbench.pipeline import run
 from tests.conftest import ROOT
@@ -80,6 +78,22 @@ def test_protocols_follow_the_objectives(tiny_cfg, objectives, expected):
         assert {"test/captioning/bleu4", "test/captioning/cider", "test/captioning/exact_match"} <= set(metrics)
 
 
+def test_a_protocol_of_ones_own_is_a_config_node(tiny_cfg):
+    """eval.<name> with a `_target_` is a protocol: validation accepts its name and the suite runs it."""
+    from omegaconf import OmegaConf
+
+    from mmbench.config import _eval_problems
+
+    module, dm = _build(tiny_cfg, "objective=[itc,vqa]")
+    node = {"_target_": "mmbench.metrics.vqa.vqa", "_partial_": True, "max_images": 4}
+    settings = {**SETTINGS, "few_vqa": node, "protocols": ["few_vqa"]}
+    assert _eval_problems(OmegaConf.create({"eval": settings})) == []
+    few, _ = evaluate_suite(module, dm, settings)
+    inputs = Inputs(dm.datasets["test"], dm.tokenizer, answers=dm.info.answers)
+    direct = protocol("vqa", max_images=4)(module, inputs, batch_size=256)
+    assert few == {f"test/{k}": v for k, v in direct.items()} and "test/vqa/acc" in few
+
+
 def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
     module, dm = _build(
         tiny_cfg, "objective=[itc,itm,vqa]", "data.source.holdout=[[red,circle]]", "+data.source.num_holdout=16"
@@ -95,19 +109,19 @@ def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
 def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
     """ITC top-k re-ranked by ITM with k >= gallery, and ITM on every pair (no ITC), rank by the same
     scores as a loop that fuses one pair at a time; recall is computed from them."""
-    from mmbench.metrics import retrieval as protocol
+    from mmbench.metrics import retrieval as retrieval_module
 
     module, dm = _build(tiny_cfg, "objective=[itc,itm]")
     inputs = Inputs(dm.datasets["test"], dm.tokenizer)
     seen = []
     monkeypatch.setattr(
-        protocol,
+        retrieval_module,
         "recall_metrics",
         lambda i2t, txt2img, t2i=None: seen.append((i2t, t2i)) or recall_metrics(i2t, txt2img, t2i),
     )
-    reranked = retrieval(module, inputs, rerank_k=10_000, max_images=4, batch_size=3, pair_batch_size=7)
+    reranked = protocol("retrieval", rerank_k=10_000, max_images=4, pair_batch_size=7)(module, inputs, batch_size=3)
     del module.objectives["itc"]
-    itm_only = retrieval(module, inputs, itm_only_max_images=4, batch_size=3, pair_batch_size=7)
+    itm_only = protocol("retrieval", itm_only_max_images=4, pair_batch_size=7)(module, inputs, batch_size=3)
     rows = list(range(4))
     captions = column(dm.datasets["test"], "captions")
     texts = [c for r in rows for c in captions[r]]
@@ -142,7 +156,8 @@ def test_vqa_oracle_scores_one_per_question_type(tiny_cfg, monkeypatch):
         return torch.nn.functional.one_hot(torch.tensor([next(truth) for _ in range(B)]), len(index)).float()
 
     monkeypatch.setattr(module.objectives["vqa"], "answer_logits", oracle)
-    metrics, predictions = vqa(module, Inputs(ds, dm.tokenizer), dm.info.answers, batch_size=5, return_predictions=True)
+    inputs = Inputs(ds, dm.tokenizer, answers=dm.info.answers)
+    metrics, predictions = protocol("vqa")(module, inputs, batch_size=5, return_predictions=True)
     assert metrics["vqa/acc"] == 1.0 and {
         f"vqa/acc_{t}" for t in ("color", "shape", "count", "exist", "relation")
     } <= set(metrics)
@@ -176,7 +191,7 @@ def test_zeroshot_oracle(tiny_cfg, monkeypatch):
     monkeypatch.setattr(module.model, "encode_image", encode_image)
     monkeypatch.setattr(module.model, "encode_text", encode_text)
     monkeypatch.setattr(module.objectives["itc"], "embed", lambda t, i: (t, i))
-    out = zeroshot(module, Inputs(ds, dm.tokenizer))
+    out = protocol("zeroshot")(module, Inputs(ds, dm.tokenizer), batch_size=256)
     assert out == {"zeroshot/top1": 1.0, "zeroshot/top1_single": 1.0}
 
 
@@ -351,3 +366,17 @@ def test_evaluation_settings_have_one_default_each():
     assert merged["retrieval"] == {**yaml["retrieval"], "max_images": 5} and merged["protocols"] == ["vqa"]
     with pytest.raises(ValueError, match=r"unknown evaluation protocol\(s\) \['retrival'\]"):
         evaluate_suite(None, None, {"protocols": ["retrival"]})
+    # each protocol's node names its function, whose settings have no default of their own
+    import inspect
+
+    from hydra.utils import get_method
+
+    from mmbench.metrics import clean_protocols
+
+    assert clean_protocols(yaml) == ["retrieval", "vqa", "diagnostics", "captioning", "zeroshot"]
+    for name in clean_protocols(yaml):
+        node = yaml[name]
+        params = inspect.signature(get_method(node["_target_"])).parameters
+        settings = {k for k in node if not k.startswith("_")} | {"batch_size"}
+        assert settings <= set(params), name
+        assert all(params[k].default is inspect.Parameter.empty for k in settings), name

@@ -56,17 +56,14 @@ def captioning(
     module,
     inputs: Inputs,
     *,
-    bos_id: int,
-    eos_id: int,
-    max_images: int = 100,
-    max_len: int = 30,
-    num_beams: int = 1,
-    batch_size: int = 64,
+    batch_size: int,
+    max_images: int,
+    max_len: int,
+    num_beams: int,
     return_predictions: bool = False,
 ):
-    """Generate captions for the first `max_images` images and score them.
-
-    bos_id / eos_id: the ids that open and close a caption in the training text ([CLS] / [SEP]).
+    """Generate captions for the first `max_images` images and score them; generation starts and
+    stops at the ids that open and close every training text ([CLS] / [SEP], `caption_delimiters`).
     Returns the metrics, or (metrics, predictions) with `return_predictions`, where predictions is a
     list of (row, references, generated caption).
     """
@@ -75,6 +72,7 @@ def captioning(
     if lm is None or max_images <= 0:
         return ({}, []) if return_predictions else {}
     captions = column(dataset, "captions")
+    bos_id, eos_id = inputs.caption_delimiters()
     rows = list(range(min(max_images, len(captions))))
     generated: list[str] = []
     with eval_mode(module):

@@ -151,9 +151,10 @@ def _score(
 
 
 def matching_diagnostics(
-    module, inputs: Inputs, *, batch_size: int = 256, grid: int | None = 3, max_images: int | None = None
+    module, inputs: Inputs, *, batch_size: int, max_images: int | None, winoground: bool
 ) -> dict[str, float]:
-    """Hard-negative accuracy and (with `grid`, on Shapes) Winoground scores per perturbation type."""
+    """Hard-negative accuracy and (with `winoground`, on data that renders its scenes, i.e. Shapes:
+    `inputs.scene_grid`) Winoground scores per perturbation type."""
     dataset = inputs.dataset
     columns = dataset.split.column_names
     scorer = pair_scorer(module)
@@ -186,7 +187,8 @@ def matching_diagnostics(
             total[kind] += 1
             quads.append((kind, positives[r][j], negatives[r][j], pos_scores[j].item(), neg_scores[j].item(), r))
     out = {f"diagnostics/{k}_acc": wins[k] / total[k] for k in total}
-    if grid and {"obj_shape", "obj_color", "obj_size", "boxes"} <= set(columns):
+    grid = inputs.scene_grid
+    if winoground and grid and {"obj_shape", "obj_color", "obj_size", "boxes"} <= set(columns):
         out.update(_winoground(module, scorer, inputs, quads, grid, batch_size))
     return out
 

@@ -97,11 +97,11 @@ def retrieval(
     module,
     inputs: Inputs,
     *,
-    rerank_k: int = 16,
-    batch_size: int = 256,
-    pair_batch_size: int = 512,
-    max_images: int | None = None,
-    itm_only_max_images: int = 32,
+    batch_size: int,
+    max_images: int | None,
+    rerank_k: int,
+    pair_batch_size: int,
+    itm_only_max_images: int,
 ) -> dict[str, float]:
     """Recall@1/5/10 both ways on the split of `inputs`; {} when the model cannot score pairs."""
     itc, scorer = embedder(module), pair_scorer(module)

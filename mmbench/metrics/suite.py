@@ -16,38 +16,49 @@ Protocols (one file each in this package) run when the model can serve them:
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out
 split (`holdout_split`, when the data has one) gets the clean protocols and `holdout_gap/...`.
 `settings` is the `eval` config node as a plain dict, laid over conf/eval/default.yaml
-(`with_defaults`): every setting has its one default in that file, none in code. Protocols receive
-their parts as arguments and never read the global config.
+(`with_defaults`): every setting has its one default in that file, none in code. A clean protocol
+is a node of it with a `_target_`: the suite instantiates the node (the function with its settings,
+`_partial_`) and calls it as protocol(module, inputs, batch_size=..., max_images=...); `inputs`
+(`common.Inputs`) carries the split, the tokenizer, the answer vocabulary and, for data that renders
+its scenes, the scene grid. Protocols never read the global config.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmbench.metrics import CLEAN_PROTOCOLS, PROTOCOLS
-from mmbench.metrics.captioning import captioning
+from mmbench.metrics import EVAL_DEFAULTS, ROBUSTNESS, clean_protocols, protocol_names
 from mmbench.metrics.common import Corruption, Inputs
-from mmbench.metrics.diagnostics import holdout_gap, matching_diagnostics
-from mmbench.metrics.retrieval import retrieval
+from mmbench.metrics.diagnostics import holdout_gap
 from mmbench.metrics.robustness import robustness
-from mmbench.metrics.vqa import vqa
-from mmbench.metrics.zeroshot import zeroshot
 
 log = logging.getLogger(__name__)
 
-EVAL_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "eval" / "default.yaml"
+
+@functools.cache
+def _default_settings():
+    return OmegaConf.load(EVAL_DEFAULTS)
 
 
 def with_defaults(settings: dict) -> dict:
     """`settings` laid over conf/eval/default.yaml (nested keys merged, lists replaced), as a plain dict."""
-    merged = OmegaConf.merge(OmegaConf.load(EVAL_DEFAULTS), OmegaConf.create(settings or {}))
+    merged = OmegaConf.merge(_default_settings(), OmegaConf.create(settings or {}))
     return OmegaConf.to_container(merged, resolve=True)
+
+
+def protocol(name: str, **settings) -> Callable[..., dict]:
+    """Protocol `name` of conf/eval/default.yaml with `settings` laid over its defaults, as the function
+    protocol(module, inputs, *, batch_size, max_images=<its setting>[, return_predictions])."""
+    node = with_defaults({name: settings})[name]
+    return instantiate(node)
 
 
 @dataclass
@@ -58,10 +69,10 @@ class Samples:
     captioning: list = field(default_factory=list)  # (row, references, generated)
 
 
-def _grid(datamodule) -> int | None:
-    """The Shapes grid of the datamodule's source (needed to render counterfactual scenes), if known."""
-    keywords = getattr(datamodule.source, "keywords", None) or {}
-    return int(keywords.get("grid", 3))
+def _scene_grid(datamodule) -> int | None:
+    """The grid of a data source that renders its scenes (Shapes: counterfactual images), else None."""
+    grid = (getattr(datamodule.source, "keywords", None) or {}).get("grid")
+    return None if grid is None else int(grid)
 
 
 def run_protocols(
@@ -75,72 +86,37 @@ def run_protocols(
     max_images: int | None = None,
     samples: Samples | None = None,
 ) -> dict[str, float]:
-    """Clean (or corrupted) protocols on one split; names without the split prefix."""
+    """Clean (or corrupted) protocols on one split; names without the split prefix.
+
+    Each protocol is its config node instantiated (`_target_` + `_partial_`: the function with its
+    settings) and called as protocol(module, inputs, batch_size=..., max_images=...); protocols with
+    a field in `Samples` also return their predictions.
+    """
     dataset = datamodule.datasets[split]
     seed, bs = int(settings["seed"]), int(settings["batch_size"])
-    inputs = lambda: Inputs(dataset, datamodule.tokenizer, module.device, corruption, seed)  # noqa: E731 - fresh RNG per protocol
+    grid, answers = _scene_grid(datamodule), datamodule.info.answers
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
     out: dict[str, float] = {}
     timings = {}
     for name in protocols:
-        s = dict(settings[name])  # with_defaults gave every protocol its node
+        node = settings[name]  # with_defaults gave every protocol its node
+        run = instantiate(node)
+        inputs = Inputs(
+            dataset, datamodule.tokenizer, module.device, corruption, seed, answers=answers, scene_grid=grid
+        )
+        keep = samples is not None and name in Samples.__dataclass_fields__
         t0 = time.perf_counter()
-        if name == "retrieval":
-            out.update(
-                retrieval(
-                    module,
-                    inputs(),
-                    rerank_k=int(s["rerank_k"]),
-                    batch_size=bs,
-                    pair_batch_size=int(s["pair_batch_size"]),
-                    max_images=cap(s["max_images"]),
-                    itm_only_max_images=int(s["itm_only_max_images"]),
-                )
-            )
-        elif name == "vqa":
-            res, preds = vqa(
-                module,
-                inputs(),
-                datamodule.info.answers,
-                batch_size=bs,
-                max_images=cap(s["max_images"]),
-                return_predictions=True,
-            )
-            out.update(res)
-            if samples is not None:
-                samples.vqa = preds
-        elif name == "diagnostics":
-            out.update(
-                matching_diagnostics(
-                    module,
-                    inputs(),
-                    batch_size=bs,
-                    max_images=cap(s["max_images"]),
-                    grid=_grid(datamodule) if s["winoground"] else None,
-                )
-            )
-        elif name == "captioning":
-            bos_id, eos_id = inputs().caption_delimiters()
-            res, preds = captioning(
-                module,
-                inputs(),
-                bos_id=bos_id,
-                eos_id=eos_id,
-                max_images=cap(s["max_images"]),
-                max_len=int(s["max_len"]),
-                num_beams=int(s["num_beams"]),
-                batch_size=bs,
-                return_predictions=True,
-            )
-            out.update(res)
-            if samples is not None:
-                samples.captioning = preds
-        elif name == "zeroshot":
-            out.update(
-                zeroshot(module, inputs(), template=str(s["template"]), batch_size=bs, max_images=cap(s["max_images"]))
-            )
-        else:
-            raise ValueError(f"unknown protocol {name!r}; valid: {list(PROTOCOLS)}")
+        res = run(
+            module,
+            inputs,
+            batch_size=bs,
+            max_images=cap(node["max_images"]),
+            **({"return_predictions": True} if keep else {}),
+        )
+        if keep:
+            res, predictions = res
+            setattr(samples, name, predictions)
+        out.update(res)
         timings[name] = time.perf_counter() - t0
     if corruption is None:
         log.info("eval %s: %s", split, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -152,10 +128,10 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
     """Every enabled protocol on the test split (and the hold-out split); flat dict of stable names."""
     settings = with_defaults(settings)
     split, holdout, enabled = settings["split"], settings["holdout_split"], list(settings["protocols"])
-    unknown = [p for p in enabled if p not in PROTOCOLS]
+    unknown = [p for p in enabled if p not in protocol_names(settings)]
     if unknown:
-        raise ValueError(f"unknown evaluation protocol(s) {unknown}; valid: {list(PROTOCOLS)}")
-    clean = [p for p in enabled if p in CLEAN_PROTOCOLS]
+        raise ValueError(f"unknown evaluation protocol(s) {unknown}; valid: {protocol_names(settings)}")
+    clean = [p for p in enabled if p in clean_protocols(settings)]
     samples = Samples()
     metrics = {
         f"{split}/{k}": v for k, v in run_protocols(module, datamodule, split, settings, clean, samples=samples).items()
@@ -164,8 +140,8 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         res = run_protocols(module, datamodule, holdout, settings, clean)
         metrics.update({f"{holdout}/{k}": v for k, v in res.items()})
         metrics.update(holdout_gap(metrics, split, holdout))
-    if "robustness" in enabled:
-        r = settings["robustness"]
+    if ROBUSTNESS in enabled:
+        r = settings[ROBUSTNESS]
         protocols = [p for p in r["protocols"] if p in clean]
         t0 = time.perf_counter()
         corrupted = {**settings, **{k: {**settings[k], **v} for k, v in (r["settings"] or {}).items()}}

@@ -52,13 +52,12 @@ def vqa_objective(module):
 def vqa(
     module,
     inputs: Inputs,
-    answers: Sequence[str],
     *,
-    batch_size: int = 256,
-    max_images: int | None = None,
+    batch_size: int,
+    max_images: int | None,
     return_predictions: bool = False,
 ):
-    """VQA accuracy on the split of `inputs`. answers: the model's answer vocabulary (index -> string).
+    """VQA accuracy on the split of `inputs`, whose `answers` is the model's answer vocabulary.
 
     Returns the metrics, or (metrics, predictions) with `return_predictions`, where predictions is a
     list of (row, question, answer(s), prediction).
@@ -67,6 +66,7 @@ def vqa(
     dataset = inputs.dataset
     questions, answer_col, qtypes = (column(dataset, c) for c in ("questions", "answers", "question_types"))
     answer_col = column(dataset, "all_answers") or answer_col  # every annotator's answer when the data has them
+    answers = inputs.answers
     if head is None or questions is None:
         return ({}, []) if return_predictions else {}
     n = len(questions) if max_images is None else min(max_images, len(questions))

@@ -27,9 +27,7 @@ def template_fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
-def zeroshot(
-    module, inputs: Inputs, *, template: str = "a {color} {shape}", batch_size: int = 256, max_images: int | None = None
-) -> dict[str, float]:
+def zeroshot(module, inputs: Inputs, *, batch_size: int, max_images: int | None, template: str) -> dict[str, float]:
     itc = embedder(module)
     dataset = inputs.dataset
     fields = template_fields(template)
