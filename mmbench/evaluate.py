@@ -116,9 +116,8 @@ def run_eval(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from mmbench.builder import build_datamodule, build_module
-    from mmbench.metrics.complexity import complexity, reset_peak_memory
-    from mmbench.metrics.presentation import publish
-    from mmbench.metrics.suite import evaluate_suite
+    from mmbench.finish import close_wandb, evaluate_and_publish
+    from mmbench.metrics.complexity import reset_peak_memory
     from mmbench.record import git_sha, versions, write_metrics
 
     start = time.time()
@@ -151,56 +150,42 @@ def run_eval(cfg: DictConfig) -> dict:
 
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     settings = eval_settings(train_cfg, cfg, task)
-    t0 = time.time()
-    metrics, samples = evaluate_suite(module, dm, settings)
-    eval_seconds = time.time() - t0
-    if settings.get("split", "test") == "test":  # as at the end of training
-        metrics.update(dm.info.baseline_metrics())
-    comp = complexity(module, next(iter(dm.test_dataloader())), None, 0)
-
     previous = run_dir / "metrics.json"
     choices = json.loads(previous.read_text()).get("choices") if previous.is_file() else None
-    record = {
-        "status": "completed",
-        "mode": "eval",
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
-        "run_dir": str(run_dir),
-        "choices": choices,
-        "overrides": task,
-        "metrics": metrics,
-        "complexity": comp,
-        "versions": versions(),
-        "git": git_sha(),
-        "eval_s": round(eval_seconds, 3),
-        "wall_s": None,
-    }
+    ckpt = str(Path(cfg.ckpt_path).resolve())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    publish(
-        out_dir,
-        metrics,
-        samples=samples,
-        loggers=loggers,
-        step=0,
-        datamodule=dm,
-        split=settings.get("split", "test"),
-        complexity=comp,
-        title=f"mmbench eval of {run_dir.name}",
-        info={
-            "checkpoint": record["ckpt_path"],
+    completed = False
+    try:
+        metrics, comp, eval_seconds = evaluate_and_publish(
+            module,
+            dm,
+            settings,
+            out_dir,
+            metrics={},
+            loggers=loggers,
+            step=0,
+            title=f"mmbench eval of {run_dir.name}",
+            info={"checkpoint": ckpt, "choices": choices, "overrides": task},
+        )
+        record = {
+            "status": "completed",
+            "mode": "eval",
+            "ckpt_path": ckpt,
+            "run_dir": str(run_dir),
             "choices": choices,
-            "overrides": record["overrides"],
-            "eval_s": record["eval_s"],
-        },
-        max_samples=int(settings.get("samples", 16)),
-    )
-    record["wall_s"] = round(time.time() - start, 3)
-    write_metrics(out_dir / "metrics.json", record)
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    return record
+            "overrides": task,
+            "metrics": metrics,
+            "complexity": comp,
+            "versions": versions(),
+            "git": git_sha(),
+            "eval_s": round(eval_seconds, 3),
+            "wall_s": round(time.time() - start, 3),
+        }
+        write_metrics(out_dir / "metrics.json", record)
+        completed = True
+        return record
+    finally:
+        close_wandb(completed)
 
 
 def _with_paths(train_cfg: DictConfig, eval_cfg: DictConfig) -> DictConfig:

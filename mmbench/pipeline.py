@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, choices_of, validate
+from mmbench.finish import close_wandb, evaluate_and_publish
 from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
 from mmbench.rundir import checkpoint_stamp, config_identity
 from mmbench.sweep import (
@@ -37,13 +37,6 @@ def _overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def complexity(module, batch: dict, train_seconds: float | None, train_samples: int) -> dict:
-    """Parameters, FLOPs per sample, throughput and peak memory (see mmbench.metrics.complexity)."""
-    from mmbench.metrics.complexity import complexity as measure
-
-    return measure(module, batch, train_seconds, train_samples)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -87,11 +80,7 @@ def run(cfg: DictConfig) -> dict:
         if global_rank() == 0:  # under DDP every rank runs this; one metrics.json per run
             write_metrics(out_dir / "metrics.json", record)
         ddp_cleanup()  # the next job of a sweep starts its own process group
-        if "wandb" in sys.modules:  # close this job's W&B run so the next job of a sweep gets its own
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish(exit_code=0 if record["status"] == "completed" else 1)
+        close_wandb(completed=record["status"] == "completed")
 
 
 def check_wandb_reachable(cfg: DictConfig) -> None:
@@ -165,36 +154,22 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict
             results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
-        # the evaluation suite (docs/metrics.md) on the best weights that trainer.test loaded
-        from mmbench.metrics.suite import evaluate_suite
-
-        settings = OmegaConf.to_container(cfg.eval, resolve=True) if cfg.get("eval") else {}
-        t_eval = time.time()
-        evaluation, eval_samples = evaluate_suite(module, dm, settings)
-        eval_seconds = time.time() - t_eval
-        log.info("evaluation suite: %.1f s", eval_seconds)
-        metrics.update(evaluation)
-    metrics.update(dm.info.baseline_metrics())
-    batch = next(iter(dm.test_dataloader()))
-    seen = trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches
-    comp = complexity(module, batch, train_seconds, seen)  # once: report.md and metrics.json share it
-    if cfg.get("test", True) and trainer.is_global_zero:
-        from mmbench.metrics.presentation import publish
-
-        publish(
-            out_dir,
-            dict(sorted(metrics.items())),
-            samples=eval_samples,
-            loggers=trainer.loggers,
-            step=trainer.global_step,
-            datamodule=dm,
-            split=settings.get("split", "test"),
-            complexity=comp,
-            title=f"mmbench run {out_dir.name}",
-            info={"choices": choices_of(cfg), "eval_s": round(eval_seconds, 1)},
-            max_samples=int(settings.get("samples", 16)),
-        )
-    metrics = dict(sorted(metrics.items()))
+    # the evaluation suite (docs/metrics.md) on the best weights that trainer.test loaded
+    metrics, comp, _ = evaluate_and_publish(
+        module,
+        dm,
+        OmegaConf.to_container(cfg.eval, resolve=True) if cfg.get("eval") else {},
+        out_dir,
+        metrics=metrics,
+        loggers=trainer.loggers,
+        step=trainer.global_step,
+        title=f"mmbench run {out_dir.name}",
+        info={"choices": choices_of(cfg)},
+        train_seconds=train_seconds,
+        samples_seen=trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches,
+        evaluate=bool(cfg.get("test", True)),
+        publish=trainer.is_global_zero,
+    )
     log.info("metrics: %s", metrics)
     return metrics, comp
 
