@@ -427,3 +427,27 @@ def check_group_options(args: list[str], conf_dir: str) -> str | None:
                     f"available options in '{override.key_or_group}': {', '.join(valid)}"
                 )
     return None
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_train(overrides: list[str] = (), output_dir: str | Path | None = None) -> DictConfig:
+    """conf/train.yaml composed with `overrides` as `mmbench-train` composes it, for scripts and tests:
+    the Hydra config is set (so ${hydra:...} resolves) and then removed from the result, as the CLI
+    hands its task function a config without it; `output_dir` sets paths.output_dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -17,11 +17,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench import config
 from mmbench.config import register_resolvers
 
 register_resolvers()
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(config.CONFIG_DIR)
 
 
 class EvalError(ValueError):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
+from mmbench import config
 from mmbench.config import register_resolvers
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ register_resolvers()
 log = logging.getLogger("mmbench.train")
 
 # conf/ lives at the top of the repository (installed editable), beside the package.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(config.CONFIG_DIR)
 
 
 def main() -> None:

@@ -34,29 +34,25 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
 
     from mmbench.builder import build_datamodule, build_module
-    from mmbench.config import register_resolvers
+    from mmbench.config import compose_train
     from mmbench.metrics.common import Inputs
     from mmbench.metrics.suite import protocol
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    register_resolvers()
     os.environ.setdefault("MMBENCH_CACHE", str(ROOT / ".cache" / "mmbench"))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"data.source.num_test={args.images}",
-                f"data.source.captions_per_image={args.captions}",
-                "data.source.num_train=1000",
-                "data.source.num_val=100",
-                "paths.output_dir=/tmp/mmbench-bench",
-                *args.overrides,
-            ],
-        )
+    cfg = compose_train(
+        [
+            f"data.source.num_test={args.images}",
+            f"data.source.captions_per_image={args.captions}",
+            "data.source.num_train=1000",
+            "data.source.num_val=100",
+            *args.overrides,
+        ],
+        output_dir="/tmp/mmbench-bench",
+    )
     t0 = time.perf_counter()
     dm = build_datamodule(cfg)
     print(f"data ready in {time.perf_counter() - t0:.1f}s: {args.images} images x {args.captions} captions")

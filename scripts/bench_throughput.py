@@ -33,23 +33,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 PRESETS = "vilt,visualbert,vilbert,lxmert,albef,flamingo,concat,late,tfn,lmf,gated,bilinear"
-
-
-def compose_train(overrides: list[str]):
-    """conf/train.yaml composed with `overrides`, as the CLI composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mmbench.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 # --- mmbench presets on Shapes ---------------------------------------------------------------------
@@ -61,6 +46,7 @@ def build(preset: str, objectives: str, size: str, batch_size: int, overrides: l
     from omegaconf import open_dict
 
     from mmbench.builder import build_datamodule, build_module
+    from mmbench.config import compose_train
 
     cfg = compose_train(
         [
@@ -395,6 +381,7 @@ def compare_one(name: str, dims: Dims, x: dict, steps: int, repeats: int, warmup
     import torch
     import transformers
 
+    from mmbench.config import compose_train
     from mmbench.models.convert.parity import build_imported
 
     spec = REFERENCES[name]

@@ -11,15 +11,11 @@ the reference preset at that size. Built on the Shapes settings (48 px, 32 text 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 
 from mmbench.builder import build_model
-from mmbench.config import register_resolvers
+from mmbench.config import compose_train
 from mmbench.data.datamodule import DataInfo
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 PRESETS = "vilt,visualbert,vilbert,lxmert,albef,flamingo,concat,late,tfn,lmf,gated,bilinear"
 
 
@@ -27,7 +23,7 @@ def params(name: str, size: str, row: dict | None) -> tuple[int, dict]:
     overrides = [f"model={name}", f"model.size={size}"]
     if row:
         overrides += [f"model.sizes.{size}.{k}={v}" for k, v in row.items()]
-    cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     info = DataInfo(
         vocab_size=1000,
         pad_id=0,
@@ -48,26 +44,24 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--presets", default=PRESETS)
     args = parser.parse_args()
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        target, _ = params(args.reference, args.size, None)
-        print(f"# reference: {args.reference} {args.size} = {target / 1e6:.3f}M parameters")
-        for name in args.presets.split(","):
-            _, row = params(name, args.size, None)
-            heads = int(row["heads"])
-            best = None
-            for dim in range(4 * heads, 513, 4 * heads):
-                change = {"dim": dim}
-                if "text_dim" in row:
-                    change["text_dim"] = dim
-                n, _ = params(name, args.size, change)
-                if best is None or abs(n - target) < abs(best[0] - target):
-                    best = (n, dim)
-                if n > 1.5 * target:
-                    break
-            n, dim = best
-            row = {**row, "dim": dim, **({"text_dim": dim} if "text_dim" in row else {})}
-            print(f"    {name}: {{{', '.join(f'{k}: {v}' for k, v in row.items())}}}  # {n / 1e6:.3f}M")
+    target, _ = params(args.reference, args.size, None)
+    print(f"# reference: {args.reference} {args.size} = {target / 1e6:.3f}M parameters")
+    for name in args.presets.split(","):
+        _, row = params(name, args.size, None)
+        heads = int(row["heads"])
+        best = None
+        for dim in range(4 * heads, 513, 4 * heads):
+            change = {"dim": dim}
+            if "text_dim" in row:
+                change["text_dim"] = dim
+            n, _ = params(name, args.size, change)
+            if best is None or abs(n - target) < abs(best[0] - target):
+                best = (n, dim)
+            if n > 1.5 * target:
+                break
+        n, dim = best
+        row = {**row, "dim": dim, **({"text_dim": dim} if "text_dim" in row else {})}
+        print(f"    {name}: {{{', '.join(f'{k}: {v}' for k, v in row.items())}}}  # {n / 1e6:.3f}M")
 
 
 if __name__ == "__main__":

@@ -10,15 +10,11 @@ images and 512 text positions, so that every base preset has its published patch
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 
 from mmbench.builder import build_model
-from mmbench.config import register_resolvers
+from mmbench.config import CONFIG_DIR, choices_of, compose_train
 from mmbench.data.datamodule import DataInfo
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 SIZE_OVERRIDES = {"base": ["data.image_size=224", "data.max_text_len=512"]}
 
 
@@ -31,36 +27,30 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=30522, help="vocabulary size (default: BERT's)")
     parser.add_argument("--sizes", default="tiny,small,base")
     args = parser.parse_args()
-    register_resolvers()
-    presets = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    presets = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
     print("| model | size | encoder/text | encoder/vision | fusion | text | vision | fusion params | total |")
     print("|---|---|---|---|---|---|---|---|---|")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name in presets:
-            for size in args.sizes.split(","):
-                cfg = compose(
-                    "train",
-                    overrides=[f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])],
-                    return_hydra_config=True,
-                )
-                info = DataInfo(
-                    vocab_size=args.vocab,
-                    pad_id=0,
-                    mask_id=4,
-                    bos_id=5,
-                    eos_id=6,
-                    special_ids=list(range(7)),
-                    max_text_len=cfg.data.max_text_len,
-                    image_size=cfg.data.image_size,
-                )
-                model = build_model(cfg, info)
-                choices = cfg.hydra.runtime.choices
-                print(
-                    f"| {name} | {size} | {choices['encoder/text']} | {choices['encoder/vision']} | {choices['fusion']} | "
-                    f"{count(model.text_encoder)} | {count(model.vision_encoder)} | {count(model.fusion)} | {count(model)} |",
-                    flush=True,
-                )
-                del model
+    for name in presets:
+        for size in args.sizes.split(","):
+            cfg = compose_train([f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])])
+            info = DataInfo(
+                vocab_size=args.vocab,
+                pad_id=0,
+                mask_id=4,
+                bos_id=5,
+                eos_id=6,
+                special_ids=list(range(7)),
+                max_text_len=cfg.data.max_text_len,
+                image_size=cfg.data.image_size,
+            )
+            model = build_model(cfg, info)
+            choices = choices_of(cfg)
+            print(
+                f"| {name} | {size} | {choices['encoder/text']} | {choices['encoder/vision']} | {choices['fusion']} | "
+                f"{count(model.text_encoder)} | {count(model.vision_encoder)} | {count(model.fusion)} | {count(model)} |",
+                flush=True,
+            )
+            del model
 
 
 if __name__ == "__main__":

@@ -7,12 +7,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from mmbench.config import register_resolvers
+from mmbench.config import compose_train
 
 # A suite started in the background by a non-interactive shell (`nohup ... &`) inherits SIGINT as ignored,
 # and so would every run it starts; the interruption tests send themselves SIGINT (Ctrl-C), which must arrive.
@@ -60,17 +56,8 @@ def _wandb_offline(monkeypatch):
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | None = None):
-    """Compose conf/train.yaml like the CLI does (hydra config included, so ${hydra:...} resolves)."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # the CLI hands the task function a config without it, too
-        if output_dir is not None:
-            cfg.paths.output_dir = str(output_dir)
-    return cfg
+    """Compose conf/train.yaml like the CLI does (mmbench.config.compose_train)."""
+    return compose_train(overrides, output_dir)
 
 
 @pytest.fixture
