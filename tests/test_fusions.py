@@ -69,7 +69,7 @@ def test_no_fusion_returns_nothing():
     out = fusion(features(T), features(V))
     assert out.text_tokens is None and out.image_tokens is None and out.pooled is None
     caps = NoFusion.capabilities
-    assert not (caps.joint_pooled or caps.text_tokens or caps.causal_text or caps.needs_regions)
+    assert not (caps.joint_pooled or caps.text_tokens or caps.causal_text)
     assert param_count(fusion) == 0
 
 

@@ -90,4 +90,3 @@ class Capabilities:
     text_tokens: bool = False  # produces image-conditioned text tokens (MLM, LM)
     image_tokens: bool = False  # produces text-conditioned image tokens (MRM)
     causal_text: bool = False  # text stays leakage-free under causal masking (LM)
-    needs_regions: bool = False  # requires region features in the batch
