@@ -76,7 +76,7 @@ def test_no_fusion_returns_nothing():
 @pytest.mark.parametrize("cls", TOKEN_FUSIONS)
 def test_capabilities(cls):
     caps = cls.capabilities
-    assert caps.joint_pooled and caps.text_tokens and not caps.needs_regions
+    assert caps.joint_pooled and caps.text_tokens
     assert caps.causal_text == (cls in (TextCrossAttentionFusion, GatedCrossAttentionFusion))
 
 
