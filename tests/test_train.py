@@ -162,3 +162,25 @@ def test_shapes_without_questions_trains_caption_objectives(cache_dir, tmp_path)
         )
     )
     assert record["status"] == "completed" and "test/vqa/majority_baseline" not in record["metrics"]
+
+
+def test_precision_per_device():
+    """trainer=gpu trains in bf16 autocast with TF32 matmuls; a CPU run keeps exact fp32 matmuls."""
+    from types import SimpleNamespace
+
+    import torch
+    from hydra.utils import instantiate
+
+    from mmbench.callbacks import MatmulPrecision
+
+    gpu = compose_cfg(["trainer=gpu"])
+    assert gpu.trainer.precision == "bf16-mixed" and compose_cfg([]).trainer.precision == 32
+    callback = instantiate(gpu.callbacks.matmul_precision)
+    before = torch.get_float32_matmul_precision()
+    try:
+        for device, expected in (("cuda", "high"), ("cpu", "highest"), ("cuda", "high")):
+            callback.setup(SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device))), None, "fit")
+            assert torch.get_float32_matmul_precision() == expected
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert isinstance(callback, MatmulPrecision)
