@@ -41,7 +41,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -742,26 +742,45 @@ def normalize_holdout(holdout) -> list[list[str]]:
     return [list(p) for p in sorted(pairs)]
 
 
-def _validate_scene_args(
-    *, seed, image_size, grid, min_objects, max_objects, captions_per_image, questions_per_image
-) -> None:
-    _check_int("seed", seed, 0)
-    _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-    _check_int("grid", grid, 1)
-    if image_size < MIN_CELL_PIXELS * grid:
-        raise ValueError(
-            f"image_size={image_size} is too small for grid={grid}: cells need >= {MIN_CELL_PIXELS} "
-            f"pixels, i.e. image_size >= {MIN_CELL_PIXELS * grid} or a smaller grid"
-        )
-    _check_int("min_objects", min_objects, 1)
-    _check_int("max_objects", max_objects, min_objects)
-    if max_objects > grid * grid:
-        raise ValueError(
-            f"max_objects={max_objects} exceeds the {grid * grid} cells of grid={grid} "
-            f"(grid*grid must be >= max_objects)"
-        )
-    _check_int("captions_per_image", captions_per_image, 1)
-    _check_int("questions_per_image", questions_per_image, 0)
+@dataclass(frozen=True)
+class SceneSettings:
+    """What every scene of a split is generated from: the one place these settings have defaults and
+    are checked (ValueError). `question_mix` and `holdout` are stored normalised."""
+
+    seed: int = 0
+    image_size: int = 64
+    grid: int = 3
+    min_objects: int = 1
+    max_objects: int = 3
+    captions_per_image: int = 4
+    questions_per_image: int = 4
+    question_mix: dict[str, int] | None = None
+    holdout: Sequence = ()
+
+    def __post_init__(self) -> None:
+        self._set_int("seed", 0)
+        self._set_int("image_size", MIN_IMAGE_SIZE)
+        self._set_int("grid", 1)
+        if self.image_size < MIN_CELL_PIXELS * self.grid:
+            raise ValueError(
+                f"image_size={self.image_size} is too small for grid={self.grid}: cells need >= {MIN_CELL_PIXELS} "
+                f"pixels, i.e. image_size >= {MIN_CELL_PIXELS * self.grid} or a smaller grid"
+            )
+        self._set_int("min_objects", 1)
+        self._set_int("max_objects", self.min_objects)
+        if self.max_objects > self.grid * self.grid:
+            raise ValueError(
+                f"max_objects={self.max_objects} exceeds the {self.grid * self.grid} cells of grid={self.grid} "
+                f"(grid*grid must be >= max_objects)"
+            )
+        self._set_int("captions_per_image", 1)
+        self._set_int("questions_per_image", 0)
+        object.__setattr__(self, "question_mix", normalize_question_mix(self.question_mix))
+        object.__setattr__(self, "holdout", normalize_holdout(self.holdout))
+
+    def _set_int(self, name: str, minimum: int) -> None:
+        """Check an int field (ValueError) and store it as a plain int (numpy ints arrive from configs)."""
+        object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
 
 
 def normalize_question_mix(mix) -> dict[str, int] | None:
@@ -816,40 +835,19 @@ def split_of(key: SceneKey) -> str:
     return "train"
 
 
-def generate_split(
-    split: str,
-    n: int,
-    *,
-    seed: int,
-    image_size: int = 64,
-    grid: int = 3,
-    min_objects: int = 1,
-    max_objects: int = 3,
-    captions_per_image: int = 4,
-    questions_per_image: int = 4,
-    question_mix: dict[str, int] | None = None,
-    holdout=(),
-    id_offset: int,
-) -> dict[str, list]:
-    """Generate n scenes of one split as a column dict (see `FEATURES`).
+def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, list]:
+    """Generate n scenes of one split as a column dict (see `FEATURES`); `scene`: `SceneSettings`.
 
     Only scene keys owned by the split (`split_of`) are kept, so splits are disjoint; test_holdout
     scenes contain a held-out combination that no other split has. Image ids are id_offset, id_offset + 1, ...
     """
     if split not in SPLIT_INDEX:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
-    _validate_scene_args(
-        seed=seed,
-        image_size=image_size,
-        grid=grid,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        captions_per_image=captions_per_image,
-        questions_per_image=questions_per_image,
-    )
+    settings = SceneSettings(**scene)
+    seed, image_size, grid = settings.seed, settings.image_size, settings.grid
+    min_objects, max_objects, mix = settings.min_objects, settings.max_objects, settings.question_mix
     n = _check_int("n", n, 0)
-    mix = normalize_question_mix(question_mix)
-    held = [tuple(p) for p in normalize_holdout(holdout)]
+    held = [tuple(p) for p in settings.holdout]
     if split == "test_holdout" and not held:
         raise ValueError("split 'test_holdout' needs a non-empty holdout")
 
@@ -875,8 +873,8 @@ def generate_split(
         scene = _place(key, rs, lay)
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
-        captions = make_captions(scene, captions_per_image, rs)
-        questions, answers, qtypes = make_questions(scene, questions_per_image, rs, banned, mix)
+        captions = make_captions(scene, settings.captions_per_image, rs)
+        questions, answers, qtypes = make_questions(scene, settings.questions_per_image, rs, banned, mix)
         match_text, negatives, negative_types, positives = make_match(scene, rs)
         row = {
             "image_id": id_offset + i,
@@ -917,101 +915,64 @@ def shapes_config_hash(**kwargs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-SHAPES_CONFIG_KEYS = (
-    "seed",
-    "image_size",
-    "grid",
-    "min_objects",
-    "max_objects",
-    "num_train",
-    "num_val",
-    "num_test",
-    "captions_per_image",
-    "questions_per_image",
-    "question_mix",
-    "holdout",
-    "num_holdout",
-)
+@dataclass(frozen=True)
+class ShapesSettings(SceneSettings):
+    """Every setting of `build_shapes` (its `data.source` keys): the scenes and the split sizes."""
+
+    num_train: int = 8000
+    num_val: int = 1000
+    num_test: int = 1000
+    num_holdout: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_train", "num_val", "num_test"):
+            self._set_int(name, 0)
+        sizes = {name: getattr(self, name) for name in ("num_train", "num_val", "num_test")}
+        if self.holdout:
+            num_holdout = self.num_test if self.num_holdout is None else _check_int("num_holdout", self.num_holdout, 0)
+        elif self.num_holdout:
+            raise ValueError(
+                f"num_holdout={self.num_holdout} needs a non-empty holdout (list of [colour, shape] pairs)"
+            )
+        else:
+            num_holdout = 0
+        object.__setattr__(self, "num_holdout", num_holdout)
+        grid, lo, hi = self.grid, self.min_objects, self.max_objects
+        capacity = scene_capacity(grid, lo, hi, self.holdout)
+        if sum(sizes.values()) > capacity:
+            raise ValueError(
+                f"num_train + num_val + num_test = {sum(sizes.values())} exceeds the {capacity} distinct "
+                f"scenes of grid={grid}, objects {lo}..{hi}, holdout={self.holdout}"
+            )
+        held_capacity = scene_capacity(grid, lo, hi, self.holdout, held_out_split=True)
+        if num_holdout > held_capacity:
+            raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
+
+    def canonical(self) -> dict:
+        """JSON-able config, the cache key's payload (`question_mix` absent when uniform, so caches
+        written before it existed stay valid)."""
+        config = {f.name: getattr(self, f.name) for f in fields(self)}
+        if config["question_mix"] is None:
+            del config["question_mix"]
+        return config
+
+    def scene(self) -> dict:
+        """The `SceneSettings` part, as keyword arguments of `generate_split`."""
+        return {f.name: getattr(self, f.name) for f in fields(SceneSettings)}
 
 
-def shapes_config(
-    *,
-    seed: int = 0,
-    image_size: int = 64,
-    grid: int = 3,
-    min_objects: int = 1,
-    max_objects: int = 3,
-    num_train: int = 8000,
-    num_val: int = 1000,
-    num_test: int = 1000,
-    captions_per_image: int = 4,
-    questions_per_image: int = 4,
-    question_mix=None,
-    holdout=(),
-    num_holdout: int | None = None,
-) -> dict:
+SHAPES_CONFIG_KEYS = tuple(f.name for f in fields(ShapesSettings))
+
+
+def shapes_config(**settings) -> dict:
     """Validated, canonical (JSON-able) config of `build_shapes`; raises ValueError on bad arguments."""
-    _validate_scene_args(
-        seed=seed,
-        image_size=image_size,
-        grid=grid,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        captions_per_image=captions_per_image,
-        questions_per_image=questions_per_image,
-    )
-    sizes = {
-        name: _check_int(name, value, 0)
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))
-    }
-    mix = normalize_question_mix(question_mix)
-    held = normalize_holdout(holdout)
-    if held:
-        num_holdout = sizes["num_test"] if num_holdout is None else _check_int("num_holdout", num_holdout, 0)
-    elif num_holdout:
-        raise ValueError(f"num_holdout={num_holdout} needs a non-empty holdout (list of [colour, shape] pairs)")
-    else:
-        num_holdout = 0
-    capacity = scene_capacity(grid, min_objects, max_objects, held)
-    if sum(sizes.values()) > capacity:
-        raise ValueError(
-            f"num_train + num_val + num_test = {sum(sizes.values())} exceeds the {capacity} distinct "
-            f"scenes of grid={grid}, objects {min_objects}..{max_objects}, holdout={held}"
-        )
-    held_capacity = scene_capacity(grid, min_objects, max_objects, held, held_out_split=True)
-    if num_holdout > held_capacity:
-        raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
-    return {
-        "seed": int(seed),
-        "image_size": int(image_size),
-        "grid": int(grid),
-        "min_objects": int(min_objects),
-        "max_objects": int(max_objects),
-        **sizes,
-        "captions_per_image": int(captions_per_image),
-        "questions_per_image": int(questions_per_image),
-        "holdout": held,
-        "num_holdout": num_holdout,
-        **({} if mix is None else {"question_mix": mix}),
-    }  # absent when uniform: earlier caches stay valid
+    return ShapesSettings(**settings).canonical()
 
 
 def generate_shapes(config: dict) -> datasets.DatasetDict:
     """All splits of a canonical config (see `shapes_config`), in memory."""
-    scene_args = {
-        k: config[k]
-        for k in (
-            "seed",
-            "image_size",
-            "grid",
-            "min_objects",
-            "max_objects",
-            "captions_per_image",
-            "questions_per_image",
-            "holdout",
-        )
-    }
-    scene_args["question_mix"] = config.get("question_mix")
+    scene_args = ShapesSettings(**config).scene()
     sizes = {"train": config["num_train"], "val": config["num_val"], "test": config["num_test"]}
     if config["holdout"]:
         sizes["test_holdout"] = config["num_holdout"]
@@ -1062,45 +1023,16 @@ def provided_fields(*, questions_per_image: int = 4, **_settings) -> frozenset[s
     return frozenset(fields)
 
 
-def build_shapes(
-    cache_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    image_size: int = 64,
-    grid: int = 3,
-    min_objects: int = 1,
-    max_objects: int = 3,
-    num_train: int = 8000,
-    num_val: int = 1000,
-    num_test: int = 1000,
-    captions_per_image: int = 4,
-    questions_per_image: int = 4,
-    question_mix=None,
-    holdout=(),
-    num_holdout: int | None = None,
-) -> tuple[datasets.DatasetDict, Path]:
-    """The Shapes benchmark as a DatasetDict, and its cache directory `<cache_dir>/shapes-<hash>`.
+def build_shapes(cache_dir: str | os.PathLike, **settings) -> tuple[datasets.DatasetDict, Path]:
+    """The Shapes benchmark of `settings` (`ShapesSettings`) as a DatasetDict, and its cache directory
+    `<cache_dir>/shapes-<hash>`.
 
     Loads the cache when it is complete; otherwise generates the data, saves it into a temporary
     sibling directory and renames that into place, so a crash never leaves a cache that loads. A cache
     entry that fails to load (a truncated Arrow file) is regenerated, with a warning naming it; orphaned
     temporary directories of interrupted builds are removed (`mmbench.data.cache`).
     """
-    config = shapes_config(
-        seed=seed,
-        image_size=image_size,
-        grid=grid,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        num_train=num_train,
-        num_val=num_val,
-        num_test=num_test,
-        captions_per_image=captions_per_image,
-        questions_per_image=questions_per_image,
-        question_mix=question_mix,
-        holdout=holdout,
-        num_holdout=num_holdout,
-    )
+    config = shapes_config(**settings)
     root = Path(cache_dir)
     target = root / f"shapes-{shapes_config_hash(**config)}"
     if _is_complete(target, config):
