@@ -379,17 +379,16 @@ def test_vqa_baselines_known_answers():
         }
     )
     assert VLDataModule._majority_baseline(test, "yes") == pytest.approx(2 / 4)
-    assert VLDataModule._question_prior_baseline(train, test, "yes") == pytest.approx(3 / 4)
+    assert VLDataModule._question_prior(train, test, "yes") == (pytest.approx(3 / 4), {})
     soft = datasets.Dataset.from_dict(
         {"questions": [["q2"]], "answers": [["two"]], "all_answers": [[["two", "two", "three"]]]}
     )
-    assert VLDataModule._question_prior_baseline(train, soft, "yes") == pytest.approx(2 / 3)
+    assert VLDataModule._question_prior(train, soft, "yes")[0] == pytest.approx(2 / 3)
     typed = test.add_column("question_types", [["exist", "count"], ["exist", "count"]])
-    assert VLDataModule._question_prior_by_type(train, typed, "yes") == {
-        "count": 1.0,
-        "exist": 1 / 2,
-    }  # q2, q3 right; q1 once
-    assert VLDataModule._question_prior_by_type(train, test, "yes") == {}
+    assert VLDataModule._question_prior(train, typed, "yes") == (
+        pytest.approx(3 / 4),
+        {"count": 1.0, "exist": 1 / 2},
+    )  # q2, q3 right; q1 once
 
 
 def test_claims_decide_truth_exactly_like_an_independent_checker():

@@ -436,8 +436,7 @@ class VLDataModule(pl.LightningDataModule):
             top = counts.most_common(1)[0][0]
             majority = self._majority_baseline(dsd["test"], top)
             if "questions" in train.column_names:
-                prior = self._question_prior_baseline(train, dsd["test"], top)
-                prior_by_type = self._question_prior_by_type(train, dsd["test"], top)
+                prior, prior_by_type = self._question_prior(train, dsd["test"], top)
         size = int(train[0]["image_size"])
         if size != self.image_size:
             raise DataError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
@@ -502,21 +501,16 @@ class VLDataModule(pl.LightningDataModule):
         return [[guess.get(q, top) for q in qs] for qs in test["questions"]]
 
     @classmethod
-    def _question_prior_baseline(cls, train, test, top: str) -> float | None:
-        """Test accuracy of the question prior (`_question_prior_guesses`)."""
-        return cls._blind_accuracy(test, cls._question_prior_guesses(train, test, top))
-
-    @classmethod
-    def _question_prior_by_type(cls, train, test, top: str) -> dict[str, float]:
-        """Test accuracy of the question prior per question type (`question_types`), as `vqa/acc_<type>`
-        is reported: what a blind model scores on each type. Empty without question types."""
-        if "question_types" not in test.column_names:
-            return {}
+    def _question_prior(cls, train, test, top: str) -> tuple[float | None, dict[str, float]]:
+        """Test accuracy of the question prior (`_question_prior_guesses`): overall, and per question
+        type (`question_types`) as `vqa/acc_<type>` is reported (empty without question types)."""
         scores = cls._blind_scores(test, cls._question_prior_guesses(train, test, top))
         by_type: dict[str, list[float]] = {}
-        for t, score in zip((t for row in test["question_types"] for t in row), scores):
-            by_type.setdefault(t, []).append(score)
-        return {t: float(np.mean(v)) for t, v in sorted(by_type.items())}
+        if "question_types" in test.column_names:
+            for t, score in zip((t for row in test["question_types"] for t in row), scores):
+                by_type.setdefault(t, []).append(score)
+        overall = float(np.mean(scores)) if scores else None
+        return overall, {t: float(np.mean(v)) for t, v in sorted(by_type.items())}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # the shuffle order is a function of (seed, epoch) only, so a run resumed from an epoch-end
