@@ -12,6 +12,7 @@ True means "may attend".
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,10 @@ class Attention(nn.Module):
         return self.proj(y)
 
 
+#: activation constructors: a class (`nn.GELU`) or a partial (`functools.partial(nn.GELU, approximate="tanh")`)
+Activation = Callable[[], nn.Module]
+
+
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation of OpenAI CLIP (`hidden_act="quick_gelu"`)."""
 
@@ -74,7 +79,7 @@ class QuickGELU(nn.Module):
 class MLP(nn.Module):
     """Position-wise feed-forward network: Linear -> act -> Linear."""
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.GELU, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Activation = nn.GELU, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = act_layer()
@@ -106,7 +111,7 @@ class Block(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         norm_eps: float = 1e-5,
     ):
         super().__init__()
@@ -145,6 +150,16 @@ class Block(nn.Module):
         if "mlp" in self.sublayers:
             x = self._residual("mlp", x)
         return x
+
+
+class BlockOptions(TypedDict, total=False):
+    """Keyword options of `Block` that a stack gives every block it builds."""
+
+    mlp_ratio: float
+    prenorm: bool
+    dropout: float
+    norm_eps: float
+    act_layer: Activation
 
 
 class Pooler(nn.Module):
@@ -191,10 +206,12 @@ class TransformerStack(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
     ):
         super().__init__()
-        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer)
+        kw: BlockOptions = dict(
+            mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer
+        )
         self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
         # A pre-norm stack ends un-normalised; post-norm blocks already end with a norm.
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if (prenorm and depth > 0) else nn.Identity()

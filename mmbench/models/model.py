@@ -61,12 +61,17 @@ class MultimodalModel(nn.Module):
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.fusion.capabilities
+        caps = self.fusion.capabilities  # a class attribute of every fusion
+        assert isinstance(caps, Capabilities)
+        return caps
 
     @property
-    def word_embeddings(self) -> nn.Embedding:
-        """Input word embeddings, tied to the output layer of MLM / LM heads."""
-        return self.text_encoder.word_embeddings
+    def word_embeddings(self) -> nn.Module:
+        """Input word embeddings, tied to the output layer of MLM / LM heads: an `nn.Embedding`, or a
+        `ProjectedEmbedding` for a pretrained table of another width; heads read its `weight` (V, D)."""
+        table = self.text_encoder.word_embeddings
+        assert isinstance(table, nn.Module)
+        return table
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:
         return self.text_encoder(input_ids, attention_mask, causal=causal)

@@ -28,12 +28,12 @@ class Features:
     def cat(*parts: Features) -> Features:
         """Concatenate along the batch dimension (features must have equal token counts); `inputs`
         are kept when every part has them."""
-        inputs = [p.inputs for p in parts]
+        inputs = [p.inputs for p in parts if p.inputs is not None]
         return Features(
             torch.cat([p.tokens for p in parts]),
             torch.cat([p.mask for p in parts]),
             torch.cat([p.pooled for p in parts]),
-            None if any(i is None for i in inputs) else torch.cat(inputs),
+            torch.cat(inputs) if len(inputs) == len(parts) else None,
         )
 
 

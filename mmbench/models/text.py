@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.layers import Pooling, TransformerStack, cls_pool
+from mmbench.models.layers import Activation, Pooling, TransformerStack, cls_pool
 from mmbench.models.outputs import Features
 
 
@@ -34,7 +34,7 @@ class TextTransformer(nn.Module):
         dropout: float = 0.0,
         pooling: Pooling = cls_pool,
         norm_eps: float = 1e-5,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         embed_norm: bool = True,
         causal: bool = False,
     ):

@@ -77,6 +77,6 @@ class HFTextEncoder(nn.Module):
         if self.pooling is not None:
             pooled = self.pooling(hidden, mask)
         else:
-            pooled = getattr(out, "pooler_output", None)
-            pooled = hidden[:, 0] if pooled is None else pooled  # (B, H)
+            own = getattr(out, "pooler_output", None)  # the model's pooler, if it has one
+            pooled = hidden[:, 0] if own is None else own  # (B, H)
         return Features(self.proj(hidden), mask, self.proj(pooled))

@@ -47,7 +47,9 @@ class LM(Objective):
     def hidden(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
         """Causal, image-conditioned text states (B, T, D): position t has seen tokens <= t only."""
         text = model.encode_text(ids, mask, causal=True)
-        return model.fuse(text, image, causal_text=True).text_tokens  # (B, T, D)
+        tokens = model.fuse(text, image, causal_text=True).text_tokens  # (B, T, D)
+        assert tokens is not None  # `requires` text_tokens: config validation refuses fusions without them
+        return tokens
 
     def logits(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
         """Next-token logits (B, T, vocab): row t scores token t+1."""

@@ -54,6 +54,7 @@ class MLMHead(nn.Module):
 
 class MLM(Objective):
     requires = ("text_tokens",)
+    special_ids: torch.Tensor  # (S,) buffer: ids never selected for masking
 
     def __init__(
         self,

@@ -23,12 +23,16 @@ import copy
 import dataclasses
 import logging
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmbench.models.convert import bert, clip, lxmert, vilt, visualbert
 from mmbench.models.convert.common import StateMap
 from mmbench.models.pretrained.hub import load_hf_config, load_hf_json, load_hf_model
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class ImportConfigError(ValueError):
 @dataclasses.dataclass
 class PretrainedInit:
     name: str  # local directory or hub id
-    config: object  # the checkpoint's transformers config
+    config: PretrainedConfig  # the checkpoint's transformers config
     family: ModuleType
 
     @classmethod

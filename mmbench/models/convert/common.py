@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.layers import QuickGELU
+from mmbench.models.layers import Activation, QuickGELU
 
 #: HF `hidden_act` -> mmbench activation layer (exact equivalents only)
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Activation] = {
     "gelu": nn.GELU,
     "quick_gelu": QuickGELU,
     "gelu_new": functools.partial(nn.GELU, approximate="tanh"),
@@ -24,7 +24,7 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str) -> type[nn.Module]:
+def activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
         raise ValueError(f"hidden_act='{name}' has no mmbench equivalent; supported: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mmbench.models.fusion.vector import PooledFusion
+from mmbench.models.layers import Activation
 
 
 class BilinearFusion(PooledFusion):
@@ -34,7 +35,7 @@ class BilinearFusion(PooledFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -61,7 +62,7 @@ class LowRankBilinearFusion(PooledFusion):
         text_dim: int | None = None,
         image_dim: int | None = None,
         rank: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()

@@ -26,7 +26,7 @@ from __future__ import annotations
 from torch import nn
 
 from mmbench.models.fusion.two_stream import TwoStreamFusion
-from mmbench.models.layers import Block, Pooler
+from mmbench.models.layers import Block, BlockOptions, Pooler
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -35,7 +35,7 @@ class CoAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, prenorm: bool, dropout: float):
         super().__init__()
-        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout)
+        kw: BlockOptions = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout)
         self.text_coattn = Block(dim, heads, self_attention=False, cross_attention=True, **kw)  # text queries image
         self.image_coattn = Block(dim, heads, self_attention=False, cross_attention=True, **kw)  # image queries text
         self.text_block = Block(dim, heads, **kw)

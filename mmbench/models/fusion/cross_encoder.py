@@ -24,7 +24,7 @@ from __future__ import annotations
 from torch import nn
 
 from mmbench.models.fusion.two_stream import TwoStreamFusion
-from mmbench.models.layers import Block, Pooler
+from mmbench.models.layers import Block, BlockOptions, Pooler
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -33,7 +33,7 @@ class CrossEncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, prenorm: bool, dropout: float, norm_eps: float = 1e-5):
         super().__init__()
-        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps)
+        kw: BlockOptions = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps)
         # LXMERT's `visual_attention`: one module for language->vision and vision->language.
         self.cross_attn = Block(dim, heads, self_attention=False, cross_attention=True, feed_forward=False, **kw)
         self.text_block = Block(dim, heads, **kw)  # lang_self_att + lang_inter/lang_output

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.layers import Block, Pooler
+from mmbench.models.layers import Activation, Block, BlockOptions, Pooler
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -29,12 +29,14 @@ class MergedFusion(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
     ):
         super().__init__()
         self.type_embeddings = nn.Embedding(2, dim)  # 0 = text, 1 = image
         nn.init.normal_(self.type_embeddings.weight, std=0.02)  # BERT/ViLT init
-        kw = dict(mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer)
+        kw: BlockOptions = dict(
+            mlp_ratio=mlp_ratio, prenorm=prenorm, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer
+        )
         self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if prenorm else nn.Identity()
         self.pooler = Pooler(dim)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mmbench.models.fusion.vector import PooledFusion
+from mmbench.models.layers import Activation
 
 
 def outer_with_one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ class TensorFusion(PooledFusion):
         text_dim: int | None = None,
         image_dim: int | None = None,
         factor_dim: int = 16,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -68,7 +69,7 @@ class LowRankTensorFusion(PooledFusion):
         text_dim: int | None = None,
         image_dim: int | None = None,
         rank: int = 4,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()

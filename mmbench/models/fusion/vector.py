@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mmbench.models.layers import Activation
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 #: combines two projected vectors (B, dim), (B, dim) -> (B, dim)
@@ -58,7 +59,7 @@ class ConcatFusion(PooledFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -84,7 +85,7 @@ class ElementwiseFusion(PooledFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -108,7 +109,7 @@ class SumFusion(ElementwiseFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__(torch.add, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
@@ -122,7 +123,7 @@ class MaxFusion(ElementwiseFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__(torch.maximum, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
@@ -136,7 +137,7 @@ class MultiplicativeFusion(ElementwiseFusion):
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
     ):
         super().__init__(torch.mul, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)

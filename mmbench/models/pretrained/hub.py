@@ -65,6 +65,7 @@ def load_hf_json(name: str, filename: str) -> dict | None:
     def loader(path, **kw):
         return cached_file(path, filename, _raise_exceptions_for_missing_entries=False, **kw)
 
+    path: str | None
     if os.path.isdir(name):
         path = os.path.join(name, filename)
         path = path if os.path.exists(path) else None

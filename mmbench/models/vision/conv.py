@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,16 @@ class StridedPointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sh, sw = self.stride
         return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)  # (B, C, H, W) -> (B, C', H/s, W/s)
+
+
+class Backbone(Protocol):
+    """What `ConvEncoder` and `RegionEncoder` need of their CNN (an `nn.Module`, e.g. `ConvBackbone`):
+    pixels (B, 3, H, W) -> feature map (B, out_channels, H / stride, W / stride)."""
+
+    out_channels: int
+    stride: int
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 class ConvBackbone(nn.Module):
@@ -118,7 +129,7 @@ class ConvEncoder(nn.Module):
     def __init__(
         self,
         dim: int,
-        backbone: nn.Module,
+        backbone: Backbone,
         image_size: int,
         depth: int = 0,
         heads: int = 1,

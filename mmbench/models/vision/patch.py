@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.layers import Pooling, TransformerStack, cls_pool
+from mmbench.models.layers import Activation, Pooling, TransformerStack, cls_pool
 from mmbench.models.outputs import Features, InputMask, hide_inputs
 from mmbench.models.vision.preprocess import PixelAdapter
 
@@ -45,7 +45,7 @@ class PatchEncoder(nn.Module):
         in_channels: int = 3,
         pooling: Pooling = cls_pool,
         norm_eps: float = 1e-5,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: Activation = nn.GELU,
         patch_bias: bool = True,
         embed_norm: bool = False,
         pixel_mean: list[float] | None = None,
@@ -57,7 +57,11 @@ class PatchEncoder(nn.Module):
         self.num_patches = (image_size // patch_size) ** 2
         self.patch_size = patch_size
         self.input_dim = in_channels * patch_size**2  # width of Features.inputs: one patch's pixels
-        self.preprocess = PixelAdapter(pixel_mean, pixel_std) if pixel_mean is not None else nn.Identity()
+        if pixel_mean is None:
+            self.preprocess: nn.Module = nn.Identity()
+        else:
+            assert pixel_std is not None, "pixel_mean is given without pixel_std"
+            self.preprocess = PixelAdapter(pixel_mean, pixel_std)
         self.patch_embed = nn.Conv2d(
             in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=patch_bias
         )  # linear per patch

@@ -17,6 +17,9 @@ from torch import nn
 class PixelAdapter(nn.Module):
     """[-1, 1] pixels -> (x01 - mean) / std, bilinearly resized to `size` (None: keep the size)."""
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffer
+    std: torch.Tensor  # (1, C, 1, 1) buffer
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], size: tuple[int, int] | None = None):
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)

@@ -45,6 +45,7 @@ from torchvision.ops import roi_align
 
 from mmbench.models.layers import Pooling, TransformerStack, masked_mean
 from mmbench.models.outputs import Features, InputMask, hide_inputs
+from mmbench.models.vision.conv import Backbone
 
 
 class BoxEmbedding(nn.Module):
@@ -158,7 +159,7 @@ class RegionEncoder(nn.Module):
     def __init__(
         self,
         dim: int,
-        backbone: nn.Module,
+        backbone: Backbone,
         image_size: int,
         roi_size: int = 4,
         sampling_ratio: int = 2,

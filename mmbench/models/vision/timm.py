@@ -12,12 +12,26 @@ size when the model needs a fixed one.
 
 from __future__ import annotations
 
+from typing import Any, Protocol, cast
+
 import torch
 from torch import nn
 
 from mmbench.models.layers import Pooling
 from mmbench.models.outputs import Features
 from mmbench.models.vision.preprocess import PixelAdapter
+
+
+class TimmModel(Protocol):
+    """What this encoder uses of a timm model (`timm.create_model` is annotated as returning a plain
+    `nn.Module`; every timm model has these)."""
+
+    pretrained_cfg: dict[str, Any]
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
 
 
 class TimmEncoder(nn.Module):
@@ -43,7 +57,7 @@ class TimmEncoder(nn.Module):
         if checkpoint is not None:
             pretrained = True
             kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint))
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        self.model = cast(TimmModel, timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs))
         self.name = name
         cfg = self.model.pretrained_cfg
         fixed = getattr(self.model, "patch_embed", None) is not None and not getattr(
@@ -66,6 +80,6 @@ class TimmEncoder(nn.Module):
         if feats.dim() == 4:  # CNN feature map (B, C, h, w) -> one token per cell
             feats = feats.flatten(2).transpose(1, 2)  # (B, h*w, C)
         mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
-        if pooled is None:
+        if self.pooling is not None:
             pooled = self.pooling(feats, mask)
         return Features(self.proj(feats), mask, self.proj(pooled))
