@@ -9,8 +9,9 @@ import torch
 
 from mmbench.builder import build_datamodule, build_module
 from mmbench.data import shapes
+from mmbench.data.counterfactual import counterfactual, scene_of_row
 from mmbench.metrics.common import Inputs, column
-from mmbench.metrics.diagnostics import _scene, counterfactual, matching_diagnostics
+from mmbench.metrics.diagnostics import matching_diagnostics
 from mmbench.metrics.suite import protocol
 
 TYPES = ("attribute_swap", "relation_swap", "count_change")
@@ -24,7 +25,7 @@ def setup(tiny_cfg):
 
 
 def _inputs(dm):
-    return Inputs(dm.datasets["test"], dm.tokenizer, scene_grid=dm.source.keywords["grid"])
+    return Inputs(dm.datasets["test"], dm.tokenizer, counterfactuals=dm.counterfactuals)
 
 
 def _truth(dm):
@@ -77,13 +78,27 @@ def test_a_text_only_scorer_gets_zero_winoground_scores(setup, monkeypatch):
     assert out["diagnostics/text_score"] == 0.0 and out["diagnostics/image_score"] == 0.0
 
 
+def test_winoground_needs_the_datas_counterfactuals(setup, monkeypatch):
+    """Shapes offers its renderer through the data config (with its grid); without one (other data)
+    the protocol gives the hard-negative accuracies and no Winoground scores."""
+    module, dm = setup
+    assert dm.counterfactuals.keywords == {"grid": 3}
+    monkeypatch.setattr(module.objectives["itm"], "pair_score", lambda m, t, i: t.pooled.sum(-1))
+    with_renderer = matching_diagnostics(module, _inputs(dm), batch_size=256, max_images=None, winoground=True)
+    without = matching_diagnostics(
+        module, Inputs(dm.datasets["test"], dm.tokenizer), batch_size=256, max_images=None, winoground=True
+    )
+    assert "diagnostics/group_score" in with_renderer and "diagnostics/group_score" not in without
+    assert without == {k: v for k, v in with_renderer.items() if k.endswith("_acc")}
+
+
 def test_scene_recovered_from_columns_renders_the_stored_image(setup):
     _, dm = setup
     ds = dm.datasets["test"]
     size = ds.images.shape[1]
     cols = {c: column(ds, c) for c in ("obj_shape", "obj_color", "obj_size", "boxes")}
     for r in range(len(ds.images)):
-        scene = _scene({c: v[r] for c, v in cols.items()}, size, 3)
+        scene = scene_of_row({c: v[r] for c, v in cols.items()}, size, 3)
         image, _ = shapes.render(scene, size, 3)
         assert np.array_equal(image, ds.images[r]), r
 

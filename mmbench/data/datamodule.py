@@ -351,9 +351,13 @@ class VLDataModule(pl.LightningDataModule):
         tokenizer: dict | None = None,
         max_answers: int | None = None,
         offline: bool = False,
+        counterfactuals: Callable | None = None,
     ):
         super().__init__()
         self.source = source
+        # what the data offers the diagnostics protocol: render(columns, positive, negative, kind,
+        # image_size) -> counterfactual (image, boxes, labels) | None (Shapes: mmbench/data/counterfactual.py)
+        self.counterfactuals = counterfactuals
         self.image_size = image_size
         self.num_region_labels = num_region_labels
         self.batch_size = batch_size

@@ -82,12 +82,12 @@ class Inputs:
         seed: int = 0,
         *,
         answers: Sequence[str] = (),
-        scene_grid: int | None = None,
+        counterfactuals: Callable | None = None,
     ):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.answers = list(answers)  # the model's answer vocabulary (index -> string), for VQA
-        self.scene_grid = scene_grid  # grid of a data source that renders its scenes (Shapes), else None
+        self.counterfactuals = counterfactuals  # the data's counterfactual renderer (Shapes), else None
         self.collate = Collator(tokenizer, num_answers=0)
         self.pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
         self.device = torch.device(device)

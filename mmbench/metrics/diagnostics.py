@@ -10,11 +10,10 @@ Per perturbation type:
 
 * `<type>_acc`: the true statement P scores above its negative N on the image I;
   `match_acc` counts images where this holds for every pair.
-* Winoground scores (Thrush et al., 2022) need a second image I' for which N is true and P false.
-  On Shapes it is rendered from the scene's symbolic columns (`counterfactual`): the two named
-  objects with their colours / shapes swapped (attribute swap), with their cells exchanged
-  (relation swap), or one object removed or added (count change); every counterfactual is checked
-  to make N true and P false, and pairs without a valid one are left out. With s(text, image):
+* Winoground scores (Thrush et al., 2022) need a second image I' for which N is true and P false,
+  which the data renders when it can (`inputs.counterfactuals`; Shapes: mmbench/data/counterfactual.py,
+  from the scene's symbolic columns); pairs without a valid one are left out, and data without a
+  renderer gets no Winoground scores. With s(text, image):
     text score  = s(P, I) > s(N, I)  and  s(N, I') > s(P, I')
     image score = s(P, I) > s(P, I') and  s(N, I') > s(N, I)
     group score = text and image.
@@ -30,105 +29,12 @@ Names (prefixed with the split by the suite): `diagnostics/match_acc`, `diagnost
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 from mmbench.metrics.common import Inputs, chunks, column, eval_mode, pair_scorer
-
-_RELATION = re.compile(r"^a (\w+) (\w+) (left of|right of|above|below) a (\w+) (\w+)$")
-_ATTRIBUTE = re.compile(r"^a (\w+) (\w+) (\w+)$")  # "a {size} {color} {shape}"
-_COUNT = re.compile(r"^there (?:is|are) (\w+) objects?$")
-
-
-# --------------------------------------------------------------------------- counterfactual images (Shapes)
-
-
-def _scene(columns: dict, image_size: int, grid: int):
-    """The ShapeObjects of one Shapes row, centres recovered from the boxes."""
-    from mmbench.data.shapes import ShapeObject, layout
-
-    lay = layout(image_size, grid)
-    objects = []
-    for shape, color, size, box in zip(
-        columns["obj_shape"], columns["obj_color"], columns["obj_size"], columns["boxes"]
-    ):
-        x0, y0 = lay.stamps[(shape, size)].extent[:2]
-        x, y = round(box[0] * image_size) - x0, round(box[1] * image_size) - y0
-        objects.append(ShapeObject(y * grid // image_size, x * grid // image_size, shape, color, size, x, y))
-    return tuple(objects)
-
-
-def counterfactual(columns: dict, positive: str, negative: str, kind: str, image_size: int, grid: int):
-    """A scene of the row's objects edited so that `negative` is true and `positive` false, or None.
-
-    columns: the row's obj_shape, obj_color, obj_size, boxes. Returns (image (S, S, 3) uint8,
-    boxes, labels) or None when the statements cannot be parsed or no valid edit exists.
-    """
-    from mmbench.data import shapes as S
-
-    scene = _scene(columns, image_size, grid)
-    edited = None
-    if kind == "count_change":
-        p, n = _COUNT.match(positive), _COUNT.match(negative)
-        if not (p and n) or n.group(1) not in S.NUMBER_WORDS:
-            return None
-        target = S.NUMBER_WORDS.index(n.group(1))
-        if target == len(scene) - 1:
-            edited = scene[:-1]
-        elif target == len(scene) + 1:
-            used = {(o.row, o.col) for o in scene}
-            free = [(r, c) for r in range(grid) for c in range(grid) if (r, c) not in used]
-            if free:
-                o = scene[0]
-                edited = scene + (S.ShapeObject(*free[0], o.shape, o.color, "small"),)
-        ok = edited is not None and len(edited) == target and len(edited) != len(scene)
-    elif kind == "attribute_swap" and len(scene) == 1:
-        p, n = _ATTRIBUTE.match(positive), _ATTRIBUTE.match(negative)
-        if not (p and n):
-            return None
-        o = scene[0]
-        size, color, shape = n.groups()
-        edited = (S.ShapeObject(o.row, o.col, shape, color, size),)
-        ok = S.has_object(edited, color, shape, size) and not S.has_object(edited, *p.groups()[1:], p.group(1))
-    else:  # attribute_swap / relation_swap of a relation statement "a c1 s1 rel a c2 s2"
-        p, n = _RELATION.match(positive), _RELATION.match(negative)
-        if not (p and n):
-            return None
-        (c1, s1, rel, c2, s2), (d1, t1, _, d2, t2) = p.groups(), n.groups()
-        pair = next(
-            (
-                (a, b)
-                for a in scene
-                for b in scene
-                if a is not b and a.desc == (c1, s1) and b.desc == (c2, s2) and rel in S.strict_relations(a, b)
-            ),
-            None,
-        )
-        if pair is None:
-            return None
-        a, b = pair
-        if kind == "relation_swap":  # exchange the cells (centred, as object sizes may differ)
-            new_a, new_b = (
-                S.ShapeObject(b.row, b.col, a.shape, a.color, a.size),
-                S.ShapeObject(a.row, a.col, b.shape, b.color, b.size),
-            )
-        else:  # attribute swap: a takes (d1, t1), b takes (d2, t2)
-            new_a, new_b = (
-                S.ShapeObject(a.row, a.col, t1, d1, a.size, a.x, a.y),
-                S.ShapeObject(b.row, b.col, t2, d2, b.size, b.x, b.y),
-            )
-        edited = tuple(new_a if o is a else new_b if o is b else o for o in scene)
-        ok = S.relation_claim_true(edited, (d1, t1), rel, (d2, t2)) and not S.relation_claim_true(
-            edited, (c1, s1), rel, (c2, s2)
-        )
-    if edited is None or not ok:
-        return None
-    image, boxes = S.render(edited, image_size, grid)
-    return image, boxes, [o.label for o in edited]
-
 
 # --------------------------------------------------------------------------- scoring
 
@@ -153,8 +59,8 @@ def _score(
 def matching_diagnostics(
     module, inputs: Inputs, *, batch_size: int, max_images: int | None, winoground: bool
 ) -> dict[str, float]:
-    """Hard-negative accuracy and (with `winoground`, on data that renders its scenes, i.e. Shapes:
-    `inputs.scene_grid`) Winoground scores per perturbation type."""
+    """Hard-negative accuracy and (with `winoground`, on data that renders counterfactual scenes,
+    i.e. Shapes: `inputs.counterfactuals`) Winoground scores per perturbation type."""
     dataset = inputs.dataset
     columns = dataset.split.column_names
     scorer = pair_scorer(module)
@@ -187,18 +93,17 @@ def matching_diagnostics(
             total[kind] += 1
             quads.append((kind, positives[r][j], negatives[r][j], pos_scores[j].item(), neg_scores[j].item(), r))
     out = {f"diagnostics/{k}_acc": wins[k] / total[k] for k in total}
-    grid = inputs.scene_grid
-    if winoground and grid and {"obj_shape", "obj_color", "obj_size", "boxes"} <= set(columns):
-        out.update(_winoground(module, scorer, inputs, quads, grid, batch_size))
+    if winoground and inputs.counterfactuals is not None:
+        out.update(_winoground(module, scorer, inputs, quads, batch_size))
     return out
 
 
-def _winoground(module, scorer, inputs: Inputs, quads: list, grid: int, batch_size: int) -> dict[str, float]:
+def _winoground(module, scorer, inputs: Inputs, quads: list, batch_size: int) -> dict[str, float]:
     image_size = int(inputs.dataset.images[0].shape[0])
     cols = {c: column(inputs.dataset, c) for c in ("obj_shape", "obj_color", "obj_size", "boxes")}
     items, valid = [], []
     for q, (kind, pos, neg, _, _, r) in enumerate(quads):
-        cf = counterfactual({c: v[r] for c, v in cols.items()}, pos, neg, kind, image_size, grid)
+        cf = inputs.counterfactuals({c: v[r] for c, v in cols.items()}, pos, neg, kind, image_size)
         if cf is not None:
             image, boxes, labels = cf
             items.append({"image": image, "image_id": -1 - len(items), "boxes": boxes, "labels": labels})

@@ -19,8 +19,8 @@ split (`holdout_split`, when the data has one) gets the clean protocols and `hol
 (`with_defaults`): every setting has its one default in that file, none in code. A clean protocol
 is a node of it with a `_target_`: the suite instantiates the node (the function with its settings,
 `_partial_`) and calls it as protocol(module, inputs, batch_size=..., max_images=...); `inputs`
-(`common.Inputs`) carries the split, the tokenizer, the answer vocabulary and, for data that renders
-its scenes, the scene grid. Protocols never read the global config.
+(`common.Inputs`) carries the split, the tokenizer, the answer vocabulary and what the data offers
+protocols (Shapes: a counterfactual renderer for Winoground pairs). Protocols never read the global config.
 """
 
 from __future__ import annotations
@@ -69,12 +69,6 @@ class Samples:
     captioning: list = field(default_factory=list)  # (row, references, generated)
 
 
-def _scene_grid(datamodule) -> int | None:
-    """The grid of a data source that renders its scenes (Shapes: counterfactual images), else None."""
-    grid = (getattr(datamodule.source, "keywords", None) or {}).get("grid")
-    return None if grid is None else int(grid)
-
-
 def run_protocols(
     module,
     datamodule,
@@ -94,7 +88,7 @@ def run_protocols(
     """
     dataset = datamodule.datasets[split]
     seed, bs = int(settings["seed"]), int(settings["batch_size"])
-    grid, answers = _scene_grid(datamodule), datamodule.info.answers
+    answers, counterfactuals = datamodule.info.answers, getattr(datamodule, "counterfactuals", None)
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
     out: dict[str, float] = {}
     timings = {}
@@ -102,7 +96,13 @@ def run_protocols(
         node = settings[name]  # with_defaults gave every protocol its node
         run = instantiate(node)
         inputs = Inputs(
-            dataset, datamodule.tokenizer, module.device, corruption, seed, answers=answers, scene_grid=grid
+            dataset,
+            datamodule.tokenizer,
+            module.device,
+            corruption,
+            seed,
+            answers=answers,
+            counterfactuals=counterfactuals,
         )
         keep = samples is not None and name in Samples.__dataclass_fields__
         t0 = time.perf_counter()
