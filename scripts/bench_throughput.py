@@ -332,6 +332,7 @@ class ReferenceRow:
     hf_params: int  # parameters the loss reaches (those with a gradient after the warm-up steps)
     mm_params: int
     hf_attention: str  # the attention implementation transformers chose
+    warmup_s: dict[str, float] = dataclasses.field(default_factory=dict)  # per side: the warm-up steps (compilation)
 
     @property
     def hf_rate(self) -> float:
@@ -358,7 +359,13 @@ def timed_steps(forward: Callable[[], tuple], optimizer, steps: int, batch: int)
 
 
 def compare_reference(
-    names: list[str], dims: Dims, steps: int = 10, repeats: int = 3, warmup: int = 2, lr: float = 1e-4
+    names: list[str],
+    dims: Dims,
+    steps: int = 10,
+    repeats: int = 3,
+    warmup: int = 2,
+    lr: float = 1e-4,
+    compile: bool = False,
 ) -> list[ReferenceRow]:
     """Time each family of `names` against its HF reference at `dims` (see the module docstring)."""
     import transformers
@@ -370,14 +377,19 @@ def compare_reference(
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # the save / load bars of every checkpoint
     try:
-        return [compare_one(name, dims, x, steps, repeats, warmup, lr) for name in names]
+        return [compare_one(name, dims, x, steps, repeats, warmup, lr, compile) for name in names]
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
 
 
-def compare_one(name: str, dims: Dims, x: dict, steps: int, repeats: int, warmup: int, lr: float) -> ReferenceRow:
-    """One family: build both sides from one random checkpoint, check them on `x`, time them alternately."""
+def compare_one(
+    name: str, dims: Dims, x: dict, steps: int, repeats: int, warmup: int, lr: float, compile: bool = False
+) -> ReferenceRow:
+    """One family: build both sides from one random checkpoint, check them on `x`, time them alternately.
+    With `compile`, both sides are compiled in place the same way (`nn.Module.compile` of the HF model,
+    and of mmbench's encoders and fusion as `model.compile=true` does) after the check, and the warm-up
+    steps, which compile, are timed."""
     import torch
     import transformers
 
@@ -398,12 +410,19 @@ def compare_one(name: str, dims: Dims, x: dict, steps: int, repeats: int, warmup
         raise RuntimeError(
             f"{name}: pooled shapes differ, HF {[a.shape for a, _ in pairs]} vs mmbench {[b.shape for _, b in pairs]}"
         )
+    if compile:
+        hf.compile()
+        for part in (mm.text_encoder, mm.vision_encoder, mm.fusion):
+            part.compile()
     sides = {
         "hf": (functools.partial(spec.hf_pooled, hf.train(), x), torch.optim.AdamW(hf.parameters(), lr=lr)),
         "mm": (functools.partial(spec.mm_pooled, mm.train(), x), torch.optim.AdamW(mm.parameters(), lr=lr)),
     }
-    for forward, optimizer in sides.values():
+    warmup_s = {}
+    for side, (forward, optimizer) in sides.items():
+        t0 = time.perf_counter()
         timed_steps(forward, optimizer, warmup, dims.batch)
+        warmup_s[side] = time.perf_counter() - t0
     rates: dict[str, list[float]] = {"hf": [], "mm": []}
     for r in range(repeats):
         for side in ("hf", "mm") if r % 2 == 0 else ("mm", "hf"):  # who goes first alternates too
@@ -418,11 +437,12 @@ def compare_one(name: str, dims: Dims, x: dict, steps: int, repeats: int, warmup
         hf_params=sum(p.numel() for p in hf.parameters() if p.grad is not None),
         mm_params=sum(p.numel() for p in mm.parameters() if p.grad is not None),
         hf_attention=str(hf.config._attn_implementation),
+        warmup_s=warmup_s,
     )
 
 
 def print_reference_table(
-    rows: list[ReferenceRow], dims: Dims, steps: int, repeats: int, threads: int, atol: float
+    rows: list[ReferenceRow], dims: Dims, steps: int, repeats: int, threads: int, atol: float, compile: bool = False
 ) -> None:
     import torch
     import transformers
@@ -432,6 +452,7 @@ def print_reference_table(
         f"{dims.text_len} text tokens, {dims.image_size}px images / {dims.patch_size}px patches, "
         f"{dims.regions} regions x {dims.region_dim}, hidden {dims.hidden}, {dims.layers} layers, {dims.heads} heads, "
         f"vocab {dims.vocab}; median of {repeats} x {steps} steps, HF and mmbench alternating"
+        + ("; both sides torch.compile'd" if compile else "")
     )
     print("| preset | HF class | samples/s HF | samples/s mmbench | mmbench / HF | max \\|Δ\\| pooled |")
     print("|---|---|---|---|---|---|")
@@ -446,7 +467,8 @@ def print_reference_table(
         print(
             f"- {r.name}: {r.hf_class} (attention '{r.hf_attention}') vs {r.mm_side}; parameters trained HF "
             f"{r.hf_params:,}, mmbench {r.mm_params:,}; samples/s per repeat HF "
-            f"{', '.join(f'{v:.1f}' for v in r.hf_rates)}, mmbench {', '.join(f'{v:.1f}' for v in r.mm_rates)}"
+            f"{', '.join(f'{v:.1f}' for v in r.hf_rates)}, mmbench {', '.join(f'{v:.1f}' for v in r.mm_rates)}; "
+            f"warm-up HF {r.warmup_s['hf']:.1f} s, mmbench {r.warmup_s['mm']:.1f} s"
         )
     sys.stdout.flush()
 
@@ -486,16 +508,16 @@ def main() -> None:
         args.batch_size = args.batch_size or 64
         preset_table(args)
         return
-    if args.overrides or args.compile:
-        parser.error("--hf builds both sides from its size flags: no Hydra overrides and no --compile")
+    if args.overrides:
+        parser.error("--hf builds both sides from its size flags: no Hydra overrides")
     names = (args.models or ",".join(REFERENCES)).split(",")
     unknown = [n for n in names if n not in REFERENCES]
     if unknown:
         parser.error(f"--hf: no HF reference for {unknown}; choose from {','.join(REFERENCES)}")
     sizes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Dims) if f.name != "batch"}
     dims = Dims(batch=args.batch_size or defaults.batch, **sizes)
-    rows = compare_reference(names, dims, steps=args.steps, repeats=args.repeats)
-    print_reference_table(rows, dims, args.steps, args.repeats, args.threads, args.atol)
+    rows = compare_reference(names, dims, steps=args.steps, repeats=args.repeats, compile=args.compile)
+    print_reference_table(rows, dims, args.steps, args.repeats, args.threads, args.atol, args.compile)
 
 
 if __name__ == "__main__":
