@@ -10,8 +10,9 @@ Each of the `depth` layers is a GATED XATTN-DENSE block followed by a language-m
 `alpha_xattn`, `alpha_ffn` are scalars initialised to 0, so at initialisation the text stream is exactly
 the language model without images (Flamingo's stable insertion into a frozen LM). The gated block is
 always pre-norm, as in Flamingo (a post-norm would change x even with closed gates); `prenorm` only
-sets the layout of the LM blocks (pre-norm, GPT/Chinchilla-like, by default). The image tokens
-(Flamingo: Perceiver Resampler latents) are returned unchanged and never see the text, so with
+sets the layout of the LM blocks (pre-norm, GPT/Chinchilla-like, by default). With a `resampler`
+(Flamingo's Perceiver Resampler, fusion/resampler.py) the text attends to its `num_latents` output
+tokens instead of the image encoder's. The image tokens (or latents) are returned and never see the text, so with
 `causal_text=True` the LM self-attention is causal and the text is leakage-free. Each sample has one
 image, which every text token may attend to.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.models.fusion.resampler import PerceiverResampler
 from mmbench.models.layers import MLP, Attention, Block, masked_mean
 from mmbench.models.outputs import Capabilities, Features, Fused
 
@@ -52,9 +54,17 @@ class GatedCrossAttentionFusion(nn.Module):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, causal_text=True)
 
     def __init__(
-        self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, prenorm: bool = True, dropout: float = 0.0
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        resampler: PerceiverResampler | None = None,
     ):
         super().__init__()
+        self.resampler = resampler  # Flamingo's Perceiver Resampler over the image tokens, if given
         self.xattn_blocks = nn.ModuleList(
             GatedCrossAttentionBlock(dim, heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
         )
@@ -70,6 +80,8 @@ class GatedCrossAttentionFusion(nn.Module):
         if causal_text:
             causal = torch.ones(T, T, dtype=torch.bool, device=text.tokens.device).tril()
             text_mask = text_mask & causal  # (B, 1, T, T)
+        if self.resampler is not None:
+            image = self.resampler(image)  # (B, N, D): a fixed number of visual tokens
         image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
         x = text.tokens
         for xattn, lm in zip(self.xattn_blocks, self.lm_blocks):
