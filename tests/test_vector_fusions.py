@@ -70,7 +70,7 @@ def test_shapes_and_capabilities(cls, dims):
     assert out.pooled.shape == (B, D) and torch.isfinite(out.pooled).all()
     assert out.text_tokens is None and out.image_tokens is None
     assert cls.capabilities.joint_pooled and not cls.capabilities.causal_text
-    assert not cls.capabilities.text_tokens and not cls.capabilities.needs_regions
+    assert not cls.capabilities.text_tokens
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
