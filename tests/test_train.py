@@ -184,3 +184,18 @@ def test_precision_per_device():
     finally:
         torch.set_float32_matmul_precision(before)
     assert isinstance(callback, MatmulPrecision)
+
+
+def test_loaders_pin_memory_only_for_a_cuda_trainer(tiny_cfg):
+    """Batches are page-locked (pin_memory) when the attached Trainer runs on CUDA, never on CPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmbench.builder import build_datamodule
+
+    dm = build_datamodule(tiny_cfg())
+    assert not dm.train_dataloader().pin_memory  # no Trainer attached
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        assert dm.train_dataloader().pin_memory == pinned and dm.test_dataloader().pin_memory == pinned

@@ -530,7 +530,13 @@ class VLDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._on_cuda(),  # page-locked host batches copy to the GPU asynchronously
         )
+
+    def _on_cuda(self) -> bool:
+        """Whether the Trainer this datamodule is attached to (if any) runs on a CUDA device."""
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
