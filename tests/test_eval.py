@@ -94,6 +94,15 @@ def test_a_protocol_of_ones_own_is_a_config_node(tiny_cfg):
     assert few == {f"test/{k}": v for k, v in direct.items()} and "test/vqa/acc" in few
 
 
+def test_the_suite_names_the_protocols_that_gave_nothing(tiny_cfg, caplog):
+    """A protocol the model cannot serve (captioning without an LM objective) is named in the log."""
+    module, dm = _build(tiny_cfg, "objective=[itc,vqa]")
+    with caplog.at_level("INFO", logger="mmbench.metrics.suite"):
+        metrics, _ = evaluate_suite(module, dm, {**SETTINGS, "protocols": ["vqa", "captioning"]})
+    assert "test/vqa/acc" in metrics and not any("captioning" in k for k in metrics)
+    assert "no metrics from captioning" in caplog.text and "no metrics from vqa" not in caplog.text
+
+
 def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
     module, dm = _build(
         tiny_cfg, "objective=[itc,itm,vqa]", "data.source.holdout=[[red,circle]]", "+data.source.num_holdout=16"

@@ -92,6 +92,7 @@ def run_protocols(
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
     out: dict[str, float] = {}
     timings = {}
+    skipped: list[str] = []
     for name in protocols:
         node = settings[name]  # with_defaults gave every protocol its node
         run = instantiate(node)
@@ -118,8 +119,17 @@ def run_protocols(
             setattr(samples, name, predictions)
         out.update(res)
         timings[name] = time.perf_counter() - t0
+        if not res:
+            skipped.append(name)
     if corruption is None:
         log.info("eval %s: %s", split, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        if skipped:  # docs/metrics.md says what each protocol needs
+            log.info(
+                "eval %s: no metrics from %s: the model's objectives or the data's columns cannot serve them "
+                "(docs/metrics.md lists what each protocol needs)",
+                split,
+                ", ".join(skipped),
+            )
     return out
 
 
