@@ -1,12 +1,14 @@
-"""Does a trained model read word order in Shapes relation questions? Measured on a checkpoint.
+"""Does a trained model compare the two objects a Shapes relation question names? Measured on a checkpoint.
 
     .venv/bin/python scripts/relation_probe.py <run>/checkpoints/best.ckpt [--split test]
 
-Every relation question of the split ("is the <A> left or right of the <B>?") is asked twice against
-the same image: as generated, and with its two objects swapped ("is the <B> left or right of the
-<A>?"), which flips the true answer (left <-> right, above <-> below) and keeps the bag of words. A
-model blind to word order answers both alike: the `order_blind` rate (same prediction for a question
-and its swap) is 1.0 for such a model and 0.0 for a model that is right on both.
+Every relation question of the split ("which is further left, the <A> or the <B>?", Shapes v6) is
+asked three ways against the same image: as generated; with the two names swapped ("..., the <B> or
+the <A>?"), which keeps the true answer; and with the opposite direction ("which is further right,
+..."), which makes the other object the answer. Printed: the accuracy of each, `order_consistent`
+(the same answer to a question and its name swap: 1.0 for a model that compares the objects, low for
+one that picks by position in the question) and `direction_flips` (a different answer when the
+direction is reversed: 1.0 for a model that reads the direction word, 0.0 for one that ignores it).
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ from __future__ import annotations
 import argparse
 import re
 
-RELATION = re.compile(r"is the (\w+ \w+) (left or right|above or below) of the (\w+ \w+)\?")
-FLIP = {"left": "right", "right": "left", "above": "below", "below": "above"}
+RELATION = re.compile(r"which is (further left|further right|higher|lower), the (\w+ \w+) or the (\w+ \w+)\?")
+OPPOSITE = {"further left": "further right", "further right": "further left", "higher": "lower", "lower": "higher"}
+
+
+def other(answer: str, a: str, b: str) -> str:
+    """The word naming the object that `answer` does not name (shapes if they differ, else colours)."""
+    (ca, sa), (cb, sb) = a.split(), b.split()
+    pair = (sa, sb) if sa != sb else (ca, cb)
+    return pair[1] if answer == pair[0] else pair[0]
 
 
 def main() -> None:
@@ -43,40 +52,41 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt}: the run has no vqa objective; objectives: {sorted(module.objectives)}")
     dataset = dm.datasets[args.split]
     questions, answers, qtypes = (column(dataset, c) for c in ("questions", "answers", "question_types"))
-    asked = []  # (row, original, swapped, answer)
+    asked = []  # (row, as generated, names swapped, direction reversed, answer, answer when reversed)
     for r, (qs, ans, ts) in enumerate(zip(questions, answers, qtypes)):
         for q, a, t in zip(qs, ans, ts):
             m = RELATION.fullmatch(q) if t == "relation" else None
             if m:
-                x, choice, y = m.groups()
-                asked.append((r, q, f"is the {y} {choice} of the {x}?", a))
+                d, x, y = m.groups()
+                swapped, reversed_ = (
+                    f"which is {d}, the {y} or the {x}?",
+                    f"which is {OPPOSITE[d]}, the {x} or the {y}?",
+                )
+                asked.append((r, q, swapped, reversed_, a, other(a, x, y)))
     if not asked:
-        raise SystemExit(f"no relation questions in split {args.split!r}")
+        raise SystemExit(f"no relation questions of the v6 form in split {args.split!r}")
 
     inputs = Inputs(dataset, dm.tokenizer, module.device)
     vocab = dm.info.answers
-    predictions = {k: [] for k in ("original", "swapped")}
+    predictions: dict[str, list[str]] = {k: [] for k in ("original", "swapped", "reversed")}
     with eval_mode(module), torch.no_grad():
         for s in range(0, len(asked), 256):
             chunk = asked[s : s + 256]
             image = encode_images(module.model, inputs, [c[0] for c in chunk], 256)
-            for k, col in (("original", 1), ("swapped", 2)):
+            for k, col in (("original", 1), ("swapped", 2), ("reversed", 3)):
                 ids, mask = inputs.texts([c[col] for c in chunk])
                 batch = {f"{head.question_field}_ids": ids, f"{head.question_field}_mask": mask}
                 logits = head.answer_logits(module.model, batch, None, image)  # (b, A)
                 predictions[k] += [vocab[i] for i in logits.argmax(-1).tolist()]
-    truth = [c[3] for c in asked]
     n = len(asked)
-    acc = lambda preds, flip: sum(p == (FLIP[t] if flip else t) for p, t in zip(preds, truth)) / n  # noqa: E731
+    acc = lambda preds, col: sum(p == c[col] for p, c in zip(preds, asked)) / n  # noqa: E731
+    same = lambda x, y: sum(p == q for p, q in zip(predictions[x], predictions[y])) / n  # noqa: E731
     print(f"{args.ckpt}: {n} relation questions of split {args.split!r}")
-    print(f"  accuracy, as generated:         {acc(predictions['original'], False):.3f}")
-    print(f"  accuracy, objects swapped:      {acc(predictions['swapped'], True):.3f}")
-    blind = sum(a == b for a, b in zip(predictions["original"], predictions["swapped"])) / n
-    print(f"  order_blind (same answer to a question and its swap): {blind:.3f}")
-    first = sum(p in ("left", "above") for p in predictions["original"]) / n
-    print(
-        f"  share of 'left'/'above' answers: {first:.3f} (truth: {sum(t in ('left', 'above') for t in truth) / n:.3f})"
-    )
+    print(f"  accuracy, as generated:       {acc(predictions['original'], 4):.3f}")
+    print(f"  accuracy, names swapped:      {acc(predictions['swapped'], 4):.3f}")
+    print(f"  accuracy, direction reversed: {acc(predictions['reversed'], 5):.3f}")
+    print(f"  order_consistent (same answer with the names swapped): {same('original', 'swapped'):.3f}")
+    print(f"  direction_flips (another answer with the direction reversed): {1 - same('original', 'reversed'):.3f}")
 
 
 if __name__ == "__main__":

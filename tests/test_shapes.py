@@ -109,16 +109,19 @@ def expected_answer(question: str, objs: list[dict]) -> str:
         return shapes.NUMBER_WORDS[sum(o["shape"] == singular(m.group(1)) for o in objs)]
     if m := re.fullmatch(r"is there a (\w+) (\w+)\?", question):
         return "yes" if any(o["color"] == m.group(1) and o["shape"] == m.group(2) for o in objs) else "no"
-    m = re.fullmatch(r"is the (\w+) (\w+) (left or right|above or below) of the (\w+) (\w+)\?", question)
+    m = re.fullmatch(
+        r"which is (further left|further right|higher|lower), the (\w+) (\w+) or the (\w+) (\w+)\?", question
+    )
     assert m, question
-    c1, s1, choice, c2, s2 = m.groups()
+    direction, c1, s1, c2, s2 = m.groups()
     (a,) = [o for o in objs if o["color"] == c1 and o["shape"] == s1]
     (b,) = [o for o in objs if o["color"] == c2 and o["shape"] == s2]
-    axis = "col" if choice == "left or right" else "row"
-    assert a[axis] != b[axis], f"relation not strictly defined: {question}"
-    return {("col", True): "left", ("col", False): "right", ("row", True): "above", ("row", False): "below"}[
-        axis, a[axis] < b[axis]
+    axis, sign = {"further left": ("col", 1), "further right": ("col", -1), "higher": ("row", 1), "lower": ("row", -1)}[
+        direction
     ]
+    assert a[axis] != b[axis], f"relation not strictly defined: {question}"
+    winner = a if sign * (b[axis] - a[axis]) > 0 else b
+    return winner["shape"] if s1 != s2 else winner["color"]
 
 
 def split(n: int, name: str = "train", seed: int = 0, **kw) -> dict:
@@ -289,16 +292,22 @@ def test_answer_distribution():
     cols = split(2000)
     answers = Counter(a for row in cols["answers"] for a in row)
     assert max(answers.values()) / sum(answers.values()) < 0.35, answers.most_common(3)
-    for qtype, pairs in (("exist", [("yes", "no")]), ("relation", [("left", "right"), ("above", "below")])):
-        given = Counter(
-            a
-            for row_a, row_t in zip(cols["answers"], cols["question_types"])
-            for a, t in zip(row_a, row_t)
-            if t == qtype
-        )
-        assert set(given) == {a for pair in pairs for a in pair}, (qtype, given)
-        for first, second in pairs:  # the two answers a question offers are equally likely
-            assert 0.4 < given[first] / (given[first] + given[second]) < 0.6, (qtype, given)
+    exist = Counter(
+        a for row_a, row_t in zip(cols["answers"], cols["question_types"]) for a, t in zip(row_a, row_t) if t == "exist"
+    )
+    assert set(exist) == {"yes", "no"} and 0.4 < exist["yes"] / exist.total() < 0.6, exist
+    # relation: the answer names the first-named object half of the time, and each direction is asked
+    relation = [
+        (q, a)
+        for row_q, row_a, row_t in zip(cols["questions"], cols["answers"], cols["question_types"])
+        for q, a, t in zip(row_q, row_a, row_t)
+        if t == "relation"
+    ]
+    first = [re.fullmatch(r"which is [\w ]+, the (\w+) (\w+) or the (\w+) (\w+)\?", q).groups() for q, _ in relation]
+    named_first = [a in (c1, s1) and a not in (c2, s2) for (c1, s1, c2, s2), (_, a) in zip(first, relation)]
+    assert len(relation) > 300 and 0.45 < sum(named_first) / len(relation) < 0.55
+    directions = Counter(q.split(",")[0] for q, _ in relation)
+    assert len(directions) == 4 and min(directions.values()) > 0.15 * len(relation), directions
 
 
 def test_question_mix():
