@@ -3,7 +3,8 @@
 Data-derived sizes (vocabulary, answer set, special token ids) are known only once the data is
 prepared. Each component receives those it declares in its constructor signature (e.g. `MLM`
 takes `vocab_size`, `mask_id`, `special_ids`; `VQA` takes `num_answers`), so no component reads a
-global config and no code switches on component names.
+global config and no code switches on component names. The language model (`language_model`, when
+configured) is built first and passed the same way to every part and objective that declares `lm`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
 
 
 def model_kwargs(cfg: DictConfig, model: MultimodalModel) -> dict:
-    """Sizes of the built model that the target of `cfg` accepts and the config does not set: the width of the
-    vision encoder's input features, `vision_input_dim` (MRM regresses them)."""
-    return _accepted(cfg, {"vision_input_dim": model.vision_input_dim})
+    """Parts of the built model that the target of `cfg` accepts and the config does not set: the width of the
+    vision encoder's input features, `vision_input_dim` (MRM regresses them), and the language model, `lm`
+    (None without one; LM then builds no head of its own)."""
+    return _accepted(cfg, {"vision_input_dim": model.vision_input_dim, "lm": model.language_model})
 
 
 def build_datamodule(cfg: DictConfig) -> VLDataModule:
@@ -51,7 +53,7 @@ def build_datamodule(cfg: DictConfig) -> VLDataModule:
     return dm
 
 
-#: options every model part (encoder/text, encoder/vision, fusion) may carry besides its constructor's
+#: options every model part (encoder/text, encoder/vision, fusion, language_model) may carry besides its constructor's
 PART_OPTIONS = ("freeze", "lr_mult")
 
 
@@ -73,22 +75,26 @@ def pretrained_init(cfg: DictConfig):
 
 
 def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
-    """Instantiate text encoder, vision encoder and fusion; with `model.init_from`, at the
-    checkpoint's sizes and with its weights (see mmbench/models/convert/)."""
+    """Instantiate the language model (if any), text encoder, vision encoder and fusion; with
+    `model.init_from`, at the checkpoint's sizes and with its weights (see mmbench/models/convert/)."""
     init = pretrained_init(cfg)
     overrides: dict[str, dict] = {}
     if init is not None:
         cfg, info = init.adjust(cfg, info)
         overrides = init.part_kwargs()
     parts = {
+        "language_model": cfg.get("language_model"),  # first: the parts that declare `lm` receive it
         "text_encoder": cfg.encoder.text,
         "vision_encoder": cfg.encoder.vision,
         "fusion": cfg.fusion,
     }
     built, frozen, lr_mult = {}, [], {}
     for name, part_cfg in parts.items():
+        if part_cfg is None:  # no language model (the default)
+            continue
         ctor, freeze, mult = split_part_options(part_cfg)
-        kwargs = {**data_kwargs(ctor, info), **overrides.get(name, {})}
+        shared = _accepted(ctor, {"lm": built.get("language_model")})
+        kwargs = {**data_kwargs(ctor, info), **shared, **overrides.get(name, {})}
         ctor = OmegaConf.create({k: v for k, v in ctor.items() if k not in kwargs})
         built[name] = instantiate(ctor, **kwargs)
         if freeze:

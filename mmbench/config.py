@@ -193,6 +193,7 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     for name, ocfg in objectives.items():  # e.g. MRM hides input tokens: not every vision encoder can
         problems += get_class(ocfg._target_).vision_problems(name, vision_encoder, **_ctor_kwargs(ocfg))
 
+    problems += _language_model_problems(cfg)
     problems += _data_source_problems(cfg)
     problems += _data_field_problems(cfg)
     problems += _eval_problems(cfg)
@@ -205,6 +206,40 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
             f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)"
         )
     return problems
+
+
+#: model parts that may take the language model (a constructor parameter `lm`), by config key
+LM_USERS = {"encoder/text": "encoder.text", "encoder/vision": "encoder.vision", "fusion": "fusion"}
+
+
+def _language_model_problems(cfg: DictConfig) -> list[str]:
+    """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix) needs one
+    configured; a configured language model needs a part that runs it (else it is dead weight)."""
+    import inspect
+
+    users, needs = [], []
+    for group, key in LM_USERS.items():
+        target = OmegaConf.select(cfg, f"{key}._target_")
+        if target is None:
+            continue
+        param = inspect.signature(get_class(target)).parameters.get("lm")
+        if param is not None:
+            users.append(f"{group} '{target.rsplit('.', 1)[-1]}'")
+            if param.default is inspect.Parameter.empty:
+                needs.append(users[-1])
+    has_lm = cfg.get("language_model") is not None
+    if needs and not has_lm:
+        return [
+            f"{' and '.join(needs)} use a language model but none is configured; add one: "
+            f"language_model=gpt (from scratch) or language_model=hf language_model.name=<dir or hub id>"
+        ]
+    if has_lm and not users:
+        return [
+            f"language_model={cfg.language_model._target_.rsplit('.', 1)[-1]} is configured but no part runs it "
+            f"(encoder/text, encoder/vision and fusion take no `lm`); drop it (language_model=none) or use a "
+            f"connector that does (fusion=prefix with encoder/text=lm_embeddings, e.g. model=llava)"
+        ]
+    return []
 
 
 def _search_problems(cfg: DictConfig) -> list[str]:

@@ -62,7 +62,8 @@ class MMBenchModule(pl.LightningModule):
         """`torch.compile` the encoders, the fusion and the objectives, in place (`nn.Module.compile`), so
         the state_dict keys stay those of the eager module and checkpoints load either way. Shapes that
         vary between batches (text length, regions) recompile once, then run dynamic.
-        Measured per preset in docs/performance.md (compile time included)."""
+        Measured per preset in docs/performance.md (compile time included). A language model part is compiled
+        inside the parts that run it (its `run` is not a `forward`)."""
         for part in (self.model.text_encoder, self.model.vision_encoder, self.model.fusion, *self.objectives.values()):
             part.compile()
 

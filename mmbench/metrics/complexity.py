@@ -34,6 +34,7 @@ def parameter_counts(module) -> dict:
             "text_encoder": _count(model.text_encoder.parameters()),
             "vision_encoder": _count(model.vision_encoder.parameters()),
             "fusion": _count(model.fusion.parameters()),
+            **({} if model.language_model is None else {"language_model": _count(model.language_model.parameters())}),
             **{f"objective/{n}": _count(o.parameters()) for n, o in module.objectives.items()},
         },
     }

@@ -1,4 +1,4 @@
-"""`MultimodalModel`: every architecture is text encoder + vision encoder + fusion.
+"""`MultimodalModel`: every architecture is text encoder + vision encoder + fusion (+ a language model).
 
 Objectives talk to the model only through three calls (see docs/design.md):
 
@@ -10,6 +10,12 @@ Objectives talk to the model only through three calls (see docs/design.md):
 hidden before the vision encoder's first layer (masked region / patch modeling). Only encoders
 with `maskable_inputs = True` take it (their `forward(batch, hide=...)`); the others are refused
 here, by name, before anything runs.
+
+The optional fourth part, `language_model` (a `Decoder`, mmbench/models/decoder.py), is not a fourth
+call: the text part embeds with it and the connector runs it (LLaVA / Frozen: fusion/prefix.py), so
+the three calls stay the whole interface. It is registered here, once, so that `freeze` / `lr_mult`
+name it like any part and its parameters appear once in the optimizer; the parts that use it hold a
+plain reference. The LM objective reads its next-token head (`language_model.logits`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.models.decoder import Decoder
 from mmbench.models.outputs import Capabilities, Features, Fused, InputMask
 
-PARTS = ("text_encoder", "vision_encoder", "fusion")
+PARTS = ("text_encoder", "vision_encoder", "fusion", "language_model")
 
 
 class MultimodalModel(nn.Module):
-    """Text encoder + vision encoder + fusion.
+    """Text encoder + vision encoder + fusion, and optionally the decoder language model they share.
 
     `frozen` parts get `requires_grad=False` and stay in eval mode (no dropout, fixed norm
     statistics) when the model is put in training mode. `lr_mult` maps a part to a multiplier of
@@ -38,15 +45,23 @@ class MultimodalModel(nn.Module):
         dim: int,
         frozen: tuple[str, ...] = (),
         lr_mult: dict[str, float] | None = None,
+        language_model: Decoder | None = None,
     ):
         super().__init__()
         self.text_encoder = text_encoder
         self.vision_encoder = vision_encoder
         self.fusion = fusion
+        self.language_model = language_model
         self.dim = dim
-        unknown = [p for p in [*frozen, *(lr_mult or {})] if p not in PARTS]
+        if language_model is not None and language_model.hidden_size != dim:
+            raise ValueError(
+                f"the language model's hidden size is {language_model.hidden_size} but model.dim={dim}: the fused "
+                f"tokens are the language model's states, so set model.dim={language_model.hidden_size}"
+            )
+        present = [p for p in PARTS if getattr(self, p) is not None]
+        unknown = [p for p in [*frozen, *(lr_mult or {})] if p not in present]
         if unknown:
-            raise ValueError(f"unknown model part(s) {unknown}; parts are {list(PARTS)}")
+            raise ValueError(f"unknown model part(s) {unknown}; this model's parts are {present}")
         self.frozen = tuple(frozen)
         self.lr_mult = {part: float(m) for part, m in (lr_mult or {}).items()}
         for part in self.frozen:

@@ -11,7 +11,11 @@ The caption is re-encoded *causally*: `model.encode_text(ids, mask, causal=True)
 `model.fuse(text, image, causal_text=True)`. The step's shared `text` features are bidirectional
 (every token has seen the whole caption) and would leak the answer, so they are not used. A head on
 `joint.text_tokens` predicts token t+1 from position t; it is MLM's head (`MLMHead`: dense, GELU,
-LayerNorm, decoder tied to the input word embeddings, own bias). Loss: cross-entropy over the real
+LayerNorm, decoder tied to the input word embeddings, own bias). A model with a language model part
+(`model.language_model`, LLaVA / Frozen) predicts with that LM's own head instead,
+`language_model.logits(h)` (tied or not, pretrained or not: the head the LM was trained with); the
+builder then gives the objective the LM (`lm`) and no `MLMHead` is built (an unused head would be
+parameters without gradients, which DDP refuses). Loss: cross-entropy over the real
 next tokens (targets at padding positions are ignored; the [SEP] target, i.e. "stop", counts), with
 optional label smoothing. Metrics: `ppl` = exp(unsmoothed cross-entropy of the batch) (Lightning's
 epoch value is the mean of the batch perplexities) and `acc` = next-token accuracy.
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from mmbench.models.decoder import Decoder
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
@@ -37,11 +43,20 @@ from mmbench.objectives.mlm import MLMHead
 class LM(Objective):
     requires = ("text_tokens", "causal_text")
 
-    def __init__(self, dim: int, vocab_size: int, pad_id: int, label_smoothing: float = 0.0, weight: float = 1.0):
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        pad_id: int,
+        label_smoothing: float = 0.0,
+        weight: float = 1.0,
+        lm: Decoder | None = None,
+    ):
         super().__init__(weight)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.head = MLMHead(dim, vocab_size)
+        # with a language model its own head predicts (see `head_logits`); `lm` only decides that no head is built
+        self.head: nn.Module | None = MLMHead(dim, vocab_size) if lm is None else None
         self.vocab_size, self.pad_id, self.label_smoothing = vocab_size, pad_id, label_smoothing
 
     def hidden(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
@@ -51,16 +66,29 @@ class LM(Objective):
         assert tokens is not None  # `requires` text_tokens: config validation refuses fusions without them
         return tokens
 
+    def head_logits(self, model: MultimodalModel, h: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (..., vocab) of text states h (..., D): the model's language model head if it
+        has one, else this objective's `MLMHead` tied to the word embeddings."""
+        decoder = getattr(model, "language_model", None)
+        if decoder is not None:
+            return decoder.logits(h)
+        if self.head is None:
+            raise ValueError(
+                "this LM objective was built for a model with a language model part (lm=...), "
+                "but the model it runs on has none; build it without lm"
+            )
+        return self.head(h, model.word_embeddings)
+
     def logits(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> torch.Tensor:
         """Next-token logits (B, T, vocab): row t scores token t+1."""
-        return self.head(self.hidden(model, ids, mask, image), model.word_embeddings)
+        return self.head_logits(model, self.hidden(model, ids, mask, image))
 
     def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
         ids, attn = batch["input_ids"], batch["attention_mask"]  # (B, T) "[CLS] caption [SEP] [PAD]..."
         h = self.hidden(model, ids, attn, image)  # (B, T, D); `text` (bidirectional) is deliberately unused
         valid = attn[:, 1:].bool()  # (B, T-1) position t predicts a real token t+1
         targets = ids[:, 1:][valid]  # (N,)
-        logits = self.head(h[:, :-1][valid], model.word_embeddings)  # (N, vocab), only where needed
+        logits = self.head_logits(model, h[:, :-1][valid])  # (N, vocab), only where needed
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         with torch.no_grad():
             nll = F.cross_entropy(logits, targets) if self.label_smoothing > 0 else loss
@@ -70,7 +98,7 @@ class LM(Objective):
     def _next_log_probs(self, model: MultimodalModel, seq: torch.Tensor, image: Features) -> torch.Tensor:
         """Log-probabilities (N, vocab) of the token after the prefix seq (N, L); no cache, full re-run."""
         h = self.hidden(model, seq, torch.ones_like(seq), image)  # (N, L, D)
-        return self.head(h[:, -1], model.word_embeddings).float().log_softmax(-1)  # (N, vocab)
+        return self.head_logits(model, h[:, -1]).float().log_softmax(-1)  # (N, vocab)
 
     @torch.no_grad()
     def generate(
@@ -133,7 +161,7 @@ class LM(Objective):
         padding at no cost, so it competes with the live beams at every step and is returned if it
         scores best at the end. Search stops when every beam of every sample has finished.
         """
-        B, K, V = image.tokens.shape[0], num_beams, self.vocab_size
+        B, K = image.tokens.shape[0], num_beams
         dev = image.tokens.device
         rep = lambda x: x.repeat_interleave(K, 0)  # noqa: E731 - row b*K + k is beam k of sample b
         image = Features(rep(image.tokens), rep(image.mask), rep(image.pooled))  # (B*K, V_img, D)
@@ -142,10 +170,12 @@ class LM(Objective):
         score[:, 0] = 0.0  # all beams start identical: expand only the first one at step 0
         length = torch.zeros(B, K, device=dev)  # generated tokens per beam
         done = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        pad_only = torch.full((V,), float("-inf"), device=dev)
-        pad_only[self.pad_id] = 0.0  # the one continuation of a finished beam: padding, log-prob 0
         for _ in range(max_len):
-            logp = self._next_log_probs(model, seq, image).view(B, K, V)  # (B, K, V)
+            logp = self._next_log_probs(model, seq, image)  # (B*K, V); V is the head's (an LM's may exceed the data's)
+            V = logp.shape[-1]
+            logp = logp.view(B, K, V)  # (B, K, V)
+            pad_only = torch.full((V,), float("-inf"), device=dev)
+            pad_only[self.pad_id] = 0.0  # the one continuation of a finished beam: padding, log-prob 0
             logp = torch.where(done[..., None], pad_only, logp)
             cand = score[..., None] + logp  # (B, K, V) total log-prob of each extension
             cand_len = (length + (~done).float())[..., None].expand(B, K, V)  # (B, K, V)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmbench.models.convert import bert, clip, lxmert, vilt, visualbert
+from mmbench.models.convert import bert, clip, gpt2, lxmert, vilt, visualbert
 from mmbench.models.convert.common import StateMap
 from mmbench.models.pretrained.hub import load_hf_config, load_hf_json, load_hf_model
 
@@ -36,8 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bert, vilt, clip, visualbert, lxmert)}
-PART_CONFIGS = {"text_encoder": "encoder.text", "vision_encoder": "encoder.vision", "fusion": "fusion"}
+FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bert, vilt, clip, visualbert, lxmert, gpt2)}
+PART_CONFIGS = {
+    "text_encoder": "encoder.text",
+    "vision_encoder": "encoder.vision",
+    "fusion": "fusion",
+    "language_model": "language_model",
+}
 
 
 class ImportConfigError(ValueError):
@@ -74,7 +79,7 @@ class PretrainedInit:
                 f"model.init_from={self.name} ({self.config.model_type}) cannot be loaded into this model: "
                 + "; ".join(wrong)
                 + ". Use the matching preset (model=vilt, clip, visualbert or lxmert; VisualBERT and LXMERT "
-                "checkpoints need encoder/vision=region_feats)."
+                "checkpoints need encoder/vision=region_feats; GPT-2 needs language_model=gpt, e.g. model=llava)."
             )
 
     def adjust(self, cfg: DictConfig, info):

@@ -1,7 +1,7 @@
 """Where pretrained weights come from: a local directory or a Hugging Face hub id.
 
-Every pretrained path in mmbench (encoder/text=hf, encoder/vision=hf, model.init_from) goes through
-`load_hf_model`, so they share one rule:
+Every pretrained path in mmbench (encoder/text=hf, encoder/vision=hf, model.init_from, and
+language_model=hf through `load_hf_causal_lm`) goes through `load_hf`, so they share one rule:
 
 * a local directory is loaded as is;
 * a hub id is loaded from the local HF cache first (`local_files_only=True`);
@@ -78,3 +78,10 @@ def load_hf_json(name: str, filename: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def load_hf_causal_lm(name: str, **kwargs):
+    """`AutoModelForCausalLM` for `name` (the decoder with its LM head) under the rule above."""
+    from transformers import AutoModelForCausalLM
+
+    return load_hf(AutoModelForCausalLM.from_pretrained, name, **kwargs)

@@ -1,0 +1,180 @@
+"""Decoder language models: the optional fourth part of a `MultimodalModel` (`model.language_model`).
+
+Two causal LMs with one interface, so a connector (fusion/prefix.py) never knows which it drives:
+
+    lm.embed(input_ids)          (B, T) -> (B, T, H)   token embeddings only, no positions
+    lm.run(embeds, mask)         (B, L, H), (B, L) bool -> (B, L, H)
+                                 the decoder body over any embedding sequence: causal, positions
+                                 0..L-1 applied inside (an image prefix shifts the text positions,
+                                 as in LLaVA), final norm applied
+    lm.logits(hidden)            (..., H) -> (..., V)   the LM head
+    lm.word_embeddings           the input table (nn.Embedding), (V, H)
+    lm.hidden_size, lm.max_len   H, and the number of positions (None: no limit)
+
+`GPTDecoder` is the GPT-2 layout from scratch with mmbench's blocks (Radford et al., 2019: token +
+learned position embeddings, pre-norm blocks, final LayerNorm, LM head tied to the token table, no
+bias; std 0.02 init); a Hugging Face GPT-2 checkpoint imports into it with `model.init_from`
+(mmbench/models/convert/gpt2.py). `HFDecoder` wraps any `AutoModelForCausalLM` (GPT-2, OPT,
+Llama-style) loaded from a local `save_pretrained` directory or the HF cache through the one hub
+policy (mmbench/models/pretrained/hub.py).
+
+The part is built once, registered once (as `model.language_model`), and handed to the parts that
+declare a constructor parameter `lm` (the text part, the connector); see mmbench/builder.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmbench.models.layers import Activation, Block, BlockOptions
+
+
+class Decoder(nn.Module):
+    """The interface of a decoder LM part (see the module docstring)."""
+
+    word_embeddings: nn.Embedding
+    hidden_size: int
+    max_len: int | None
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return self.word_embeddings.num_embeddings
+
+    def check_length(self, length: int) -> None:
+        """Refuse a sequence (image prefix + text) longer than the LM has positions for."""
+        if self.max_len is not None and length > self.max_len:
+            raise ValueError(
+                f"sequence of {length} embeddings (image prefix + text) exceeds the language model's "
+                f"{self.max_len} positions; use fewer image tokens (fusion.num_prefix, a larger patch size), "
+                f"shorter text (data.max_text_len), or a language model with more positions (language_model.max_len)"
+            )
+
+
+def causal_mask(mask: torch.Tensor) -> torch.Tensor:
+    """SDPA mask (B, 1, L, L) from a key padding mask (B, L): position i attends to real positions <= i,
+    and always to itself, so a padding query (e.g. a padded image token at position 0) never has an
+    empty row. (PyTorch's CPU kernels return zeros for an empty row; other kernels and versions give
+    NaN, which poisons every later layer even at attention weight 0.) Real tokens attend to themselves
+    anyway, so their outputs are unchanged by the diagonal."""
+    L = mask.shape[1]
+    tri = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()  # (L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=mask.device)  # (L, L)
+    return (mask[:, None, None, :] & tri) | eye  # (B, 1, L, L)
+
+
+class GPTDecoder(Decoder):
+    """GPT-2 from scratch: wte + wpe, `depth` pre-norm causal blocks, ln_f, head tied to wte."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        max_len: int = 256,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        act_layer: Activation = nn.GELU,
+    ):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, dim)  # GPT-2's wte
+        self.position_embeddings = nn.Embedding(max_len, dim)  # GPT-2's wpe
+        self.drop = nn.Dropout(dropout)
+        kw: BlockOptions = dict(
+            mlp_ratio=mlp_ratio, prenorm=True, dropout=dropout, norm_eps=norm_eps, act_layer=act_layer
+        )
+        self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)  # GPT-2's ln_f
+        self.hidden_size, self.max_len = dim, max_len
+        self._init_weights(depth)
+
+    def _init_weights(self, depth: int) -> None:
+        """GPT-2: normal(0, 0.02) for matrices and embeddings, zero biases, and the residual output
+        projections scaled by 1/sqrt(2 * depth) (two residual additions per block)."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = (
+                    0.02 / math.sqrt(2 * depth) if name.endswith(("self_attn.proj.weight", "mlp.fc2.weight")) else 0.02
+                )
+                nn.init.normal_(p, std=std)
+            elif name.endswith(".bias"):  # LayerNorm biases are 0 already
+                nn.init.zeros_(p)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)  # (B, T, H)
+
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, H = embeds.shape
+        self.check_length(L)
+        pos = torch.arange(L, device=embeds.device)
+        x = self.drop(embeds + self.position_embeddings(pos))  # (B, L, H)
+        attn = causal_mask(mask.bool())  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask=attn)  # (B, L, H)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.word_embeddings.weight.T  # (..., V): tied, no bias
+
+
+class HFDecoder(Decoder):
+    """Any Hugging Face `AutoModelForCausalLM`, from a local directory or the HF cache.
+
+    `run` calls the model's base (`get_decoder()`: GPT2Model, OPTDecoder, LlamaModel) with
+    `inputs_embeds` and `attention_mask` and reads `last_hidden_state` (final norm applied; OPT's
+    `project_out` too, so H is the width of the input embeddings); `logits` is the model's output
+    embedding (`lm_head`, tied or not). Positions are the model's own: 0..L-1 for GPT-2 and Llama
+    (rotary), the count of real tokens before each one for OPT (the same for right padding and a
+    prefix without padding). Models that post-process logits in `forward` (Gemma's soft-capping,
+    Cohere's logit scale) are not reproduced exactly.
+
+    `vocab_size` (the data's tokenizer, filled by the builder) must fit in the model's table: use
+    the model's own tokenizer (`data/tokenizer=hf` with the same directory).
+    """
+
+    def __init__(self, name: str, vocab_size: int | None = None):
+        super().__init__()
+        from mmbench.models.pretrained.hub import load_hf_causal_lm  # imports transformers
+
+        self.name = name
+        self.model = load_hf_causal_lm(name)
+        table = self.model.get_input_embeddings()
+        assert isinstance(table, nn.Embedding)
+        if vocab_size is not None and vocab_size > table.num_embeddings:
+            raise ValueError(
+                f"the data's tokenizer has {vocab_size} tokens but the language model '{name}' embeds only "
+                f"{table.num_embeddings}; use the model's own tokenizer (data/tokenizer=hf data.tokenizer.name_or_path={name})"
+            )
+        self.hidden_size = table.embedding_dim
+        self.max_len = getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:  # type: ignore[override]
+        table = self.model.get_input_embeddings()
+        assert isinstance(table, nn.Embedding)
+        return table
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)  # (B, T, H)
+
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, H = embeds.shape
+        self.check_length(L)
+        out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
+        return out.last_hidden_state  # (B, L, H)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden)  # (..., V)
