@@ -15,6 +15,7 @@ import inspect
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench.config import language_model_node
 from mmbench.data.datamodule import DataInfo, VLDataModule
 from mmbench.models.model import MultimodalModel
 from mmbench.module import MMBenchModule
@@ -83,7 +84,7 @@ def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
         cfg, info = init.adjust(cfg, info)
         overrides = init.part_kwargs()
     parts = {
-        "language_model": cfg.get("language_model"),  # first: the parts that declare `lm` receive it
+        "language_model": language_model_node(cfg),  # first: the parts that declare `lm` receive it
         "text_encoder": cfg.encoder.text,
         "vision_encoder": cfg.encoder.vision,
         "fusion": cfg.fusion,

@@ -212,6 +212,13 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
 LM_USERS = {"encoder/text": "encoder.text", "encoder/vision": "encoder.vision", "fusion": "fusion"}
 
 
+def language_model_node(cfg: DictConfig) -> DictConfig | None:
+    """The `language_model` part config, None without one: null (language_model=none), or a node with no
+    `_target_` (only options, e.g. model=frozen's `freeze: true` merged over language_model=none)."""
+    node = cfg.get("language_model")
+    return node if node is not None and node.get("_target_") else None
+
+
 def _language_model_problems(cfg: DictConfig) -> list[str]:
     """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix) needs one
     configured; a configured language model needs a part that runs it (else it is dead weight)."""
@@ -227,7 +234,7 @@ def _language_model_problems(cfg: DictConfig) -> list[str]:
             users.append(f"{group} '{target.rsplit('.', 1)[-1]}'")
             if param.default is inspect.Parameter.empty:
                 needs.append(users[-1])
-    has_lm = cfg.get("language_model") is not None
+    has_lm = language_model_node(cfg) is not None
     if needs and not has_lm:
         return [
             f"{' and '.join(needs)} use a language model but none is configured; add one: "

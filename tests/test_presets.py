@@ -36,6 +36,8 @@ def test_every_family_is_present():
         "clip",
         "albef",
         "flamingo",
+        "llava",
+        "frozen",
         "concat",
         "late",
         "tfn",
