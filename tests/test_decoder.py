@@ -86,11 +86,19 @@ def test_hf_decoder_equals_the_causal_lm_at_real_positions(family, tmp_path):
     assert lm.max_len == 64 and lm.vocab_size == V
 
 
-def test_hf_decoder_refuses_a_larger_tokenizer_and_a_longer_sequence(tmp_path):
-    save(CONFIGS["gpt2"](), tmp_path)
-    with pytest.raises(ValueError, match="the data's tokenizer has 120 tokens .* embeds only 99"):
-        HFDecoder(str(tmp_path), vocab_size=120)
-    lm = HFDecoder(str(tmp_path))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # tied and untied heads
+def test_hf_decoder_grows_for_added_special_tokens_and_refuses_a_longer_sequence(family, tmp_path, caplog):
+    ref = save(CONFIGS[family](), tmp_path)
+    lm = HFDecoder(str(tmp_path), vocab_size=V + 2).eval()  # e.g. [PAD] and [MASK] added by mmbench
+    assert "grow by 2 rows" in caplog.text
+    assert lm.vocab_size == V + 2 and lm.word_embeddings.num_embeddings == V + 2
+    torch.testing.assert_close(lm.word_embeddings.weight[:V], ref.get_input_embeddings().weight, atol=0, rtol=0)
+    ids, mask = right_padded()
+    with torch.no_grad():
+        logits = lm.logits(lm.run(lm.embed(ids), mask.bool()))  # (B, T, V + 2)
+        want = ref(input_ids=ids, attention_mask=mask).logits
+    assert logits.shape[-1] == V + 2
+    assert (logits[..., :V] - want)[mask.bool()].abs().max().item() <= ATOL  # old ids: the same function
     with pytest.raises(ValueError, match="exceeds the language model's 64 positions"):
         lm.run(torch.zeros(1, 65, lm.hidden_size), torch.ones(1, 65, dtype=torch.bool))
 

@@ -18,6 +18,7 @@ from mmbench.data.datamodule import DataInfo
 from mmbench.models.decoder import GPTDecoder, HFDecoder
 from mmbench.models.fusion.prefix import MLPProjector, PooledPrefix, PrefixFusion, TokenPrefix
 from mmbench.models.text_lm import LMEmbeddings
+from mmbench.pipeline import run
 from tests.conftest import TINY, compose_cfg
 from tests.test_train import _cli
 
@@ -262,3 +263,32 @@ def test_preset_trains_end_to_end_through_mmbench_train(preset, cache_dir, tmp_p
     assert "test/captioning/cider" in metrics  # captions generated through the language model
     components = record["complexity"]["params_per_component"]
     assert components["language_model"] > 0 and components["text_encoder"] == 0
+
+
+def test_llava_with_a_frozen_hf_language_model_trains_end_to_end(cache_dir, tmp_path):
+    """language_model=hf through the whole pipeline (train, checkpoint, test, generated captions), the LM frozen."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=1000, n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    overrides = [o for o in TINY if not o.startswith("objective.")]
+    cfg = compose_cfg(
+        [
+            *overrides,
+            "model=llava",
+            "language_model=hf",
+            f"language_model.name={tmp_path / 'gpt2'}",
+            "language_model.freeze=true",
+            "objective=[lm,vqa]",
+            "eval.protocols=[captioning]",
+        ],
+        tmp_path / "run",
+    )
+    record = run(cfg)
+    assert record["status"] == "completed", record.get("error")
+    metrics = record["metrics"]
+    assert math.isfinite(metrics["test/lm/ppl"]) and "test/captioning/cider" in metrics
+    components = record["complexity"]["params_per_component"]
+    assert components["language_model"] > 0
+    complexity = record["complexity"]
+    assert complexity["trainable_params"] == complexity["params"] - components["language_model"]  # frozen

@@ -24,12 +24,15 @@ declare a constructor parameter `lm` (the text part, the connector); see mmbench
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
 from mmbench.models.layers import Activation, Block, BlockOptions
+
+log = logging.getLogger(__name__)
 
 
 class Decoder(nn.Module):
@@ -141,8 +144,11 @@ class HFDecoder(Decoder):
     prefix without padding). Models that post-process logits in `forward` (Gemma's soft-capping,
     Cohere's logit scale) are not reproduced exactly.
 
-    `vocab_size` (the data's tokenizer, filled by the builder) must fit in the model's table: use
-    the model's own tokenizer (`data/tokenizer=hf` with the same directory).
+    `vocab_size` is the data's tokenizer's (filled by the builder). Use the model's own tokenizer
+    (`data/tokenizer=hf` with the same directory): token ids mean the same words only then. mmbench adds
+    [PAD] / [MASK] to a tokenizer that has none (GPT-2, Llama), so the tokenizer can exceed the model's
+    table by a few ids: the table and the head are then grown to `vocab_size` (`resize_token_embeddings`,
+    new rows at the mean of the old ones), as LLaVA does for its added tokens. A warning says so.
     """
 
     def __init__(self, name: str, vocab_size: int | None = None):
@@ -153,11 +159,22 @@ class HFDecoder(Decoder):
         self.model = load_hf_causal_lm(name)
         table = self.model.get_input_embeddings()
         assert isinstance(table, nn.Embedding)
-        if vocab_size is not None and vocab_size > table.num_embeddings:
-            raise ValueError(
-                f"the data's tokenizer has {vocab_size} tokens but the language model '{name}' embeds only "
-                f"{table.num_embeddings}; use the model's own tokenizer (data/tokenizer=hf data.tokenizer.name_or_path={name})"
+        if vocab_size is not None and vocab_size != table.num_embeddings:
+            log.warning(
+                "the data's tokenizer has %d ids, the language model '%s' %d%s; ids mean the same words only "
+                "with the model's own tokenizer (data/tokenizer=hf data.tokenizer.name_or_path=%s)",
+                vocab_size,
+                name,
+                table.num_embeddings,
+                f": its table and head grow by {vocab_size - table.num_embeddings} rows (added special tokens)"
+                if vocab_size > table.num_embeddings
+                else "",
+                name,
             )
+        if vocab_size is not None and vocab_size > table.num_embeddings:
+            self.model.resize_token_embeddings(vocab_size)
+            table = self.model.get_input_embeddings()
+            assert isinstance(table, nn.Embedding)
         self.hidden_size = table.embedding_dim
         self.max_len = getattr(self.model.config, "max_position_embeddings", None)
 

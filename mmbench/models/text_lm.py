@@ -33,10 +33,6 @@ class LMEmbeddings(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         return self.lm.word_embeddings
 
-    @property
-    def max_len(self) -> int | None:
-        return self.lm.max_len
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> Features:
         mask = attention_mask.bool()  # (B, T)
         tokens = self.lm.embed(input_ids)  # (B, T, H)
