@@ -6,7 +6,6 @@ name (the spawned interpreter imports `tests.ddp_worker`, not the pytest test mo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -35,16 +34,19 @@ def features(pooled: torch.Tensor) -> Features:
     return Features(torch.zeros(B, 1, D), torch.ones(B, 1, dtype=torch.bool), pooled.clone().requires_grad_(True))
 
 
-def itc_worker(rank: int, world_size: int, port: int, out_dir: str, data: dict) -> None:
+def itc_worker(rank: int, world_size: int, out_dir: str, data: dict) -> None:
     """Run ITC on this rank's slice of the global batch, backward, DDP-average the parameter grads.
 
     Writes `rank{rank}.pt` with the local loss and acc, the rank-averaged parameter grads (what
     DDP's all_reduce SUM / world_size produces), the raw grads of this rank's input features and
     the loss computed WITHOUT gathering (local batch only: the negative control).
     """
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A FileStore, not a TCPStore: rank 0 would host the TCP store server, and when it exited while
+    # rank 1 was still tearing down, rank 1's gloo threads aborted ("terminate called without an
+    # active exception", SIGABRT; seen once in CI under load). The barrier below keeps both ranks
+    # alive until each has finished its collectives.
+    store = Path(out_dir) / "filestore"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         itc = make_itc(
             data["text"].shape[1], data["image"].shape[1], data["embed_dim"], claim_positives="text_claim" in data
@@ -77,5 +79,6 @@ def itc_worker(rank: int, world_size: int, port: int, out_dir: str, data: dict) 
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
+        dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -13,7 +13,6 @@ import ast
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +27,6 @@ from tests.ddp_worker import features, itc_worker, make_itc
 
 WORLD = 2
 TEXT_DIM, IMAGE_DIM, EMBED_DIM = 12, 10, 6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch() -> dict:
@@ -64,7 +57,7 @@ def _with_claims(data: dict) -> dict:
 @pytest.mark.parametrize("claims", [False, True], ids=["image_ids", "claim_positives"])
 def test_itc_ddp_matches_single_process(tmp_path, claims):
     data = _with_claims(_global_batch()) if claims else _global_batch()
-    mp.spawn(itc_worker, args=(WORLD, _free_port(), str(tmp_path), data), nprocs=WORLD, join=True)
+    mp.spawn(itc_worker, args=(WORLD, str(tmp_path), data), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     # single process, whole batch (no process group: ITC's gather is the identity)
