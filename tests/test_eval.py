@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from mmbench.builder import build_datamodule, build_module
-from mmbench.metrics.common import Inputs, column, encode_images, encode_texts, eval_mode
-from mmbench.metrics.presentation import log_to_loggers
+from mmbench.data.object_classes import object_classes
+from mmbench.metrics.common import Inputs, Unavailable, column, encode_images, encode_texts, eval_mode
+from mmbench.metrics.presentation import log_to_loggers, write_report
 from mmbench.metrics.retrieval import recall_metrics
 from mmbench.metrics.suite import Samples, evaluate_suite, protocol
 from mmbench.models.outputs import Features
@@ -94,13 +95,47 @@ def test_a_protocol_of_ones_own_is_a_config_node(tiny_cfg):
     assert few == {f"test/{k}": v for k, v in direct.items()} and "test/vqa/acc" in few
 
 
-def test_the_suite_names_the_protocols_that_gave_nothing(tiny_cfg, caplog):
-    """A protocol the model cannot serve (captioning without an LM objective) is named in the log."""
+def test_the_suite_says_which_protocols_did_not_run_and_why(tiny_cfg, caplog, tmp_path):
+    """A protocol the model cannot serve (captioning without an LM objective) or the data cannot (zero-shot
+    on data that supplies no classes) is named with its reason in the log, in `Samples` and in report.md."""
     module, dm = _build(tiny_cfg, "objective=[itc,vqa]")
+    dm.zeroshot_classes = None  # as a dataset without classes
     with caplog.at_level("INFO", logger="mmbench.metrics.suite"):
-        metrics, _ = evaluate_suite(module, dm, {**SETTINGS, "protocols": ["vqa", "captioning"]})
-    assert "test/vqa/acc" in metrics and not any("captioning" in k for k in metrics)
-    assert "no metrics from captioning" in caplog.text and "no metrics from vqa" not in caplog.text
+        metrics, samples = evaluate_suite(module, dm, {**SETTINGS, "protocols": ["vqa", "captioning", "zeroshot"]})
+    assert "test/vqa/acc" in metrics and not any(("captioning" in k or "zeroshot" in k) for k in metrics)
+    assert set(samples.unavailable) == {"captioning", "zeroshot"}
+    assert "lm objective" in samples.unavailable["captioning"]
+    assert "data.zeroshot_classes" in samples.unavailable["zeroshot"]
+    assert "captioning not run: needs a caption generator" in caplog.text and "vqa not run" not in caplog.text
+    report = write_report(tmp_path, metrics, samples=samples).read_text()
+    assert "## Protocols not run" in report and "| zeroshot | the data supplies no zero-shot classes" in report
+
+
+def test_object_classes_of_a_known_split():
+    """Classes = every combination of the named attributes' values in the first n rows; labels keep one
+    class per object (two red circles are two labels, so that image is not a one-object image)."""
+    import datasets
+
+    split = datasets.Dataset.from_dict(
+        {
+            "obj_color": [["red"], ["red", "red"], ["blue", "red"], ["green"]],
+            "obj_shape": [["circle"], ["circle", "circle"], ["square", "circle"], ["star"]],
+            "obj_size": [["small"], ["small", "large"], ["large", "small"], ["small"]],
+        }
+    )
+    classes, labels = object_classes(split, ["color", "shape"], 3)  # row 3 (green star) is beyond n
+    assert classes == [("blue", "circle"), ("blue", "square"), ("red", "circle"), ("red", "square")]
+    assert labels == [[("red", "circle")], [("red", "circle")] * 2, [("blue", "square"), ("red", "circle")]]
+
+
+def test_zeroshot_names_the_attributes_the_data_has(tiny_cfg):
+    """A template field the data's objects do not have is a reason, not an exception or a silent gap."""
+    module, dm = _build(tiny_cfg, "objective=[itc]")
+    inputs = Inputs(dm.datasets["test"], dm.tokenizer, zeroshot_classes=dm.zeroshot_classes)
+    with pytest.raises(
+        Unavailable, match=r"attributes are \['color', 'shape', 'size'\]; the template names \['texture'\]"
+    ):
+        protocol("zeroshot", template="a {texture} {shape}")(module, inputs, batch_size=256)
 
 
 def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
@@ -200,7 +235,7 @@ def test_zeroshot_oracle(tiny_cfg, monkeypatch):
     monkeypatch.setattr(module.model, "encode_image", encode_image)
     monkeypatch.setattr(module.model, "encode_text", encode_text)
     monkeypatch.setattr(module.objectives["itc"], "embed", lambda t, i: (t, i))
-    out = protocol("zeroshot")(module, Inputs(ds, dm.tokenizer), batch_size=256)
+    out = protocol("zeroshot")(module, Inputs(ds, dm.tokenizer, zeroshot_classes=dm.zeroshot_classes), batch_size=256)
     assert out == {"zeroshot/top1": 1.0, "zeroshot/top1_single": 1.0}
 
 

@@ -352,12 +352,16 @@ class VLDataModule(pl.LightningDataModule):
         max_answers: int | None = None,
         offline: bool = False,
         counterfactuals: Callable | None = None,
+        zeroshot_classes: Callable | None = None,
     ):
         super().__init__()
         self.source = source
         # what the data offers the diagnostics protocol: render(columns, positive, negative, kind,
         # image_size) -> counterfactual (image, boxes, labels) | None (Shapes: mmbench/data/counterfactual.py)
         self.counterfactuals = counterfactuals
+        # what it offers the zeroshot protocol: classes(split, fields, n) -> (classes, labels per image)
+        # (Shapes: its objects' attributes, mmbench/data/object_classes.py)
+        self.zeroshot_classes = zeroshot_classes
         self.image_size = image_size
         self.num_region_labels = num_region_labels
         self.batch_size = batch_size

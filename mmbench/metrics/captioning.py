@@ -22,7 +22,7 @@ import io
 import re
 from collections.abc import Sequence
 
-from mmbench.metrics.common import Inputs, chunks, column, eval_mode
+from mmbench.metrics.common import Inputs, Unavailable, chunks, column, eval_mode
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -69,8 +69,10 @@ def captioning(
     """
     lm = caption_objective(module)
     dataset = inputs.dataset
-    if lm is None or max_images <= 0:
-        return ({}, []) if return_predictions else {}
+    if lm is None:
+        raise Unavailable("needs a caption generator: the lm objective")
+    if max_images <= 0:
+        raise Unavailable("eval.captioning.max_images is 0")
     captions = column(dataset, "captions")
     bos_id, eos_id = inputs.caption_delimiters()
     rows = list(range(min(max_images, len(captions))))

@@ -37,6 +37,11 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+class Unavailable(Exception):
+    """Raised by a protocol that this model or this data cannot serve. The message says what is missing
+    and what would serve it; the suite logs it and report.md lists it, so no protocol is dropped silently."""
+
+
 _COLUMNS: weakref.WeakKeyDictionary[PairDataset, dict] = weakref.WeakKeyDictionary()
 
 
@@ -83,11 +88,13 @@ class Inputs:
         *,
         answers: Sequence[str] = (),
         counterfactuals: Callable | None = None,
+        zeroshot_classes: Callable | None = None,
     ):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.answers = list(answers)  # the model's answer vocabulary (index -> string), for VQA
         self.counterfactuals = counterfactuals  # the data's counterfactual renderer (Shapes), else None
+        self.zeroshot_classes = zeroshot_classes  # the data's zero-shot classes (Shapes' objects), else None
         self.collate = Collator(tokenizer, num_answers=0)
         self.pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
         self.device = torch.device(device)

@@ -34,7 +34,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from mmbench.metrics.common import Inputs, chunks, column, eval_mode, pair_scorer
+from mmbench.metrics.common import Inputs, Unavailable, chunks, column, eval_mode, pair_scorer
 
 # --------------------------------------------------------------------------- scoring
 
@@ -64,8 +64,10 @@ def matching_diagnostics(
     dataset = inputs.dataset
     columns = dataset.split.column_names
     scorer = pair_scorer(module)
-    if "match_positives" not in columns or scorer is None:
-        return {}
+    if "match_positives" not in columns:
+        raise Unavailable("the data has no hard-negative matching columns (match_text, match_positives, ...: Shapes)")
+    if scorer is None:
+        raise Unavailable("needs an objective that scores image-text pairs: itc or itm")
     n = len(dataset.images) if max_images is None else min(max_images, len(dataset.images))
     positives, negatives, kinds = (
         column(dataset, c)[:n] for c in ("match_positives", "match_negatives", "match_negative_types")

@@ -128,6 +128,9 @@ def write_report(
     if samples is not None and samples.captioning:
         lines += ["", "## Sample captions", "", "| image | reference | generated |", "|---|---|---|"]
         lines += [f"| {r} | {refs[0]} | {g} |" for r, refs, g in samples.captioning[:max_samples]]
+    if samples is not None and samples.unavailable:
+        lines += ["", "## Protocols not run", "", "| protocol | why |", "|---|---|"]
+        lines += [f"| {name} | {why} |" for name, why in samples.unavailable.items()]
     lines += [
         "",
         "<details><summary>All metrics (names: docs/metrics.md)</summary>",

@@ -26,7 +26,17 @@ from __future__ import annotations
 
 import torch
 
-from mmbench.metrics.common import Inputs, chunks, column, embedder, encode_images, encode_texts, eval_mode, pair_scorer
+from mmbench.metrics.common import (
+    Inputs,
+    Unavailable,
+    chunks,
+    column,
+    embedder,
+    encode_images,
+    encode_texts,
+    eval_mode,
+    pair_scorer,
+)
 
 KS = (1, 5, 10)
 
@@ -103,10 +113,10 @@ def retrieval(
     pair_batch_size: int,
     itm_only_max_images: int,
 ) -> dict[str, float]:
-    """Recall@1/5/10 both ways on the split of `inputs`; {} when the model cannot score pairs."""
+    """Recall@1/5/10 both ways on the split of `inputs`; `Unavailable` when the model cannot score pairs."""
     itc, scorer = embedder(module), pair_scorer(module)
     if itc is None and scorer is None:
-        return {}
+        raise Unavailable("needs an objective that scores image-text pairs: itc or itm")
     dataset = inputs.dataset
     captions = column(dataset, "captions")
     n = len(captions)

@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mmbench.metrics import EVAL_DEFAULTS, ROBUSTNESS, clean_protocols, protocol_names
-from mmbench.metrics.common import Corruption, Inputs
+from mmbench.metrics.common import Corruption, Inputs, Unavailable
 from mmbench.metrics.diagnostics import holdout_gap
 from mmbench.metrics.robustness import robustness
 
@@ -63,10 +63,15 @@ def protocol(name: str, **settings) -> Callable[..., dict]:
 
 @dataclass
 class Samples:
-    """Sample predictions for reports and W&B tables (first few of each kind)."""
+    """Sample predictions for reports and W&B tables (first few of each kind), and the protocols of the
+    in-distribution split that could not run, with why (report.md lists them)."""
 
     vqa: list = field(default_factory=list)  # (row, question, answer, prediction)
     captioning: list = field(default_factory=list)  # (row, references, generated)
+    unavailable: dict[str, str] = field(default_factory=dict)  # protocol -> what it lacks
+
+
+PREDICTIONS = ("vqa", "captioning")  # protocols whose sample predictions `Samples` keeps
 
 
 def run_protocols(
@@ -88,11 +93,14 @@ def run_protocols(
     """
     dataset = datamodule.datasets[split]
     seed, bs = int(settings["seed"]), int(settings["batch_size"])
-    answers, counterfactuals = datamodule.info.answers, getattr(datamodule, "counterfactuals", None)
+    answers = datamodule.info.answers
+    # what the data offers protocols beyond its columns (nodes of its data config; docs/design.md)
+    counterfactuals = getattr(datamodule, "counterfactuals", None)
+    zeroshot_classes = getattr(datamodule, "zeroshot_classes", None)
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
     out: dict[str, float] = {}
     timings = {}
-    skipped: list[str] = []
+    unavailable: dict[str, str] = {}
     for name in protocols:
         node = settings[name]  # with_defaults gave every protocol its node
         run = instantiate(node)
@@ -104,32 +112,32 @@ def run_protocols(
             seed,
             answers=answers,
             counterfactuals=counterfactuals,
+            zeroshot_classes=zeroshot_classes,
         )
-        keep = samples is not None and name in Samples.__dataclass_fields__
+        keep = samples is not None and name in PREDICTIONS
         t0 = time.perf_counter()
-        res = run(
-            module,
-            inputs,
-            batch_size=bs,
-            max_images=cap(node["max_images"]),
-            **({"return_predictions": True} if keep else {}),
-        )
+        try:
+            res = run(
+                module,
+                inputs,
+                batch_size=bs,
+                max_images=cap(node["max_images"]),
+                **({"return_predictions": True} if keep else {}),
+            )
+        except Unavailable as why:
+            unavailable[name] = str(why)
+            continue
         if keep:
             res, predictions = res
             setattr(samples, name, predictions)
         out.update(res)
         timings[name] = time.perf_counter() - t0
-        if not res:
-            skipped.append(name)
     if corruption is None:
         log.info("eval %s: %s", split, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-        if skipped:  # docs/metrics.md says what each protocol needs
-            log.info(
-                "eval %s: no metrics from %s: the model's objectives or the data's columns cannot serve them "
-                "(docs/metrics.md lists what each protocol needs)",
-                split,
-                ", ".join(skipped),
-            )
+        for name, why in unavailable.items():  # docs/metrics.md says what each protocol needs
+            log.info("eval %s: %s not run: %s", split, name, why)
+        if samples is not None:
+            samples.unavailable.update(unavailable)
     return out
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmbench.metrics.common import Inputs, chunks, column, encode_images, eval_mode
+from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
 
 
 def normalize_answer(answer: str) -> str:
@@ -67,8 +67,10 @@ def vqa(
     questions, answer_col, qtypes = (column(dataset, c) for c in ("questions", "answers", "question_types"))
     answer_col = column(dataset, "all_answers") or answer_col  # every annotator's answer when the data has them
     answers = inputs.answers
-    if head is None or questions is None:
-        return ({}, []) if return_predictions else {}
+    if head is None:
+        raise Unavailable("needs the vqa objective (its answer head)")
+    if questions is None:
+        raise Unavailable("the data has no `questions` column")
     n = len(questions) if max_images is None else min(max_images, len(questions))
     pairs = [(r, q) for r in range(n) for q in range(len(questions[r]))]  # (image row, question index)
     model = module.model
