@@ -122,6 +122,12 @@ def _value_problems(cfg: DictConfig) -> list[str]:
                 f"heads: use a head count that divides it (e.g. {heads}={_head_divisor(d, h)})"
             )
     for name, ocfg in (cfg.get("objective") or {}).items():
+        if not isinstance(ocfg, DictConfig) or "_target_" not in ocfg:
+            problems.append(
+                f"objective.{name} is not an objective node with a _target_: an objective YAML nests its "
+                f"settings under its name (conf/objective/itc.yaml starts with 'itc:')"
+            )
+            continue
         weight = ocfg.get("weight", 1.0)
         if weight is None or not _is_number(weight) or float(weight) < 0:
             problems.append(f"objective.{name}.weight={weight} must be a number >= 0")
@@ -440,7 +446,10 @@ def check_group_options(args: list[str], conf_dir: str) -> str | None:
     """Error message for an unknown option inside a *list* choice (`objective=[itc,nope]`), else None.
 
     Hydra lists the valid options for an unknown single choice (`model=nope`) but only says
-    "Could not load" for an entry of a multi-select list, so the CLI checks lists itself.
+    "Could not load" for an entry of a multi-select list, so the CLI checks lists itself. Options are
+    looked up in `conf_dir` and in the `file://` directories of a `hydra.searchpath=[...]` override
+    (a user's own parts, docs/design.md); with another kind of search path entry (`pkg://`) it leaves
+    the check to Hydra.
     """
     from pathlib import Path
 
@@ -451,17 +460,23 @@ def check_group_options(args: list[str], conf_dir: str) -> str | None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
         return None
-    root = Path(conf_dir)
+    roots = [Path(conf_dir)]
     for override in parsed:
-        group = root / override.key_or_group
-        if override.package or not group.is_dir():
+        if override.key_or_group == "hydra.searchpath":
+            entries = override.value() if isinstance(override.value(), list) else [override.value()]
+            if not all(str(e).startswith("file://") for e in entries):
+                return None
+            roots += [Path(str(e)[len("file://") :]) for e in entries]
+    for override in parsed:
+        groups = [root / override.key_or_group for root in roots]
+        if override.package or not any(g.is_dir() for g in groups):
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
             if isinstance(value, str) and value.startswith("["):
                 value = OverridesParser.create().parse_override(f"x={value}").value()
             names = value if isinstance(value, list) else []
-            valid = sorted(p.stem for p in group.glob("*.yaml"))
+            valid = sorted({p.stem for g in groups for p in g.glob("*.yaml")})
             unknown = [str(n) for n in names if str(n) not in valid]
             if unknown:
                 return (
