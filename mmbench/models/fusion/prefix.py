@@ -24,6 +24,11 @@ and the image only.
 
 The projector is passed as a class (`projector(in_dim, out_dim) -> nn.Module`): `torch.nn.Linear`
 (LLaVA v1, Frozen) or `MLPProjector` (LLaVA-1.5), or any module with that constructor.
+
+An optional `connector` first maps the image tokens to a fixed number of tokens (`Features -> Features`):
+BLIP-2's second stage passes the image through the Q-Former's queries (`qformer.QueryConnector`, then a
+linear projector: `model=blip2_lm`); a Perceiver resampler fits the same slot. `image_dim` is then the
+connector's output width.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class PrefixFusion(nn.Module):
         image_dim: int,
         projector: Callable[[int, int], nn.Module] = nn.Linear,
         num_prefix: int | None = None,
+        connector: nn.Module | None = None,
     ):
         super().__init__()
         if lm is None:
@@ -92,6 +98,7 @@ class PrefixFusion(nn.Module):
         # registration here would list its parameters under two names (the optimizer would get them twice or,
         # deduplicated, under the fusion's lr_mult instead of its own) and write its weights twice.
         object.__setattr__(self, "lm", lm)
+        self.connector = nn.Identity() if connector is None else connector  # Features -> Features
         H = lm.hidden_size
         # decided here, so forward has no branch: all image tokens (LLaVA) or the pooled image (Frozen)
         self.prefix: nn.Module = (
@@ -104,7 +111,7 @@ class PrefixFusion(nn.Module):
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
         B, T, H = text.tokens.shape
-        prefix, prefix_mask = self.prefix(image)  # (B, N, H), (B, N)
+        prefix, prefix_mask = self.prefix(self.connector(image))  # (B, N, H), (B, N)
         N = prefix.shape[1]
         x = torch.cat([prefix.to(text.tokens.dtype), text.tokens], dim=1)  # (B, N+T, H)
         mask = torch.cat([prefix_mask, text.mask], dim=1)  # (B, N+T)
