@@ -64,6 +64,10 @@ def compare(a: Path, b: Path) -> int:
     ra, rb = json.loads(a.read_text())["runs"], json.loads(b.read_text())["runs"]
     differences = 0
     for name in sorted(set(ra) | set(rb)):
+        if name not in ra:  # a preset added since the first record: nothing to compare it with
+            print(f"{name}: new in the second record (status {rb[name].get('status', 'failed')})")
+            differences += "metrics" not in rb[name]
+            continue
         ma, mb = ra.get(name, {}).get("metrics"), rb.get(name, {}).get("metrics")
         if ma is None or mb is None:
             print(f"{name}: missing or failed in {'the first' if ma is None else 'the second'} record")
