@@ -42,9 +42,10 @@ def data_kwargs(cfg: DictConfig, info: DataInfo) -> dict:
 
 def model_kwargs(cfg: DictConfig, model: MultimodalModel) -> dict:
     """Parts of the built model that the target of `cfg` accepts and the config does not set: the width of the
-    vision encoder's input features, `vision_input_dim` (MRM regresses them), and the language model, `lm`
-    (None without one; LM then builds no head of its own)."""
-    return _accepted(cfg, {"vision_input_dim": model.vision_input_dim, "lm": model.language_model})
+    vision encoder's input features, `vision_input_dim` (MRM regresses them), the language model, `lm`
+    (None without one; LM then builds no head of its own), and the whole `model` (ITC's momentum encoders
+    start as copies of its encoders)."""
+    return _accepted(cfg, {"vision_input_dim": model.vision_input_dim, "lm": model.language_model, "model": model})
 
 
 def build_datamodule(cfg: DictConfig) -> VLDataModule:

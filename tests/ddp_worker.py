@@ -82,3 +82,65 @@ def itc_worker(rank: int, world_size: int, out_dir: str, data: dict) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- ITC with a momentum queue (tests/test_itc_queue.py)
+
+QUEUE_STEPS, QUEUE_LR = 2, 0.5
+
+
+def queue_itc(queue_size: int):
+    """Real encoders (a text transformer, a patch encoder) and an ITC with a queue, the same on every rank."""
+    from types import SimpleNamespace
+
+    from mmbench.models.text import TextTransformer
+    from mmbench.models.vision.patch import PatchEncoder
+
+    torch.manual_seed(0)
+    model = SimpleNamespace(
+        text_encoder=TextTransformer(vocab_size=20, dim=8, depth=1, heads=2, max_len=8),
+        vision_encoder=PatchEncoder(dim=8, image_size=8, patch_size=4, depth=1, heads=2),
+    )
+    itc = ITC(text_dim=8, image_dim=8, embed_dim=6, queue_size=queue_size, momentum=0.8, alpha=0.4, model=model)
+    return model, itc
+
+
+def queue_steps(model, itc, batches: list[dict], world_size: int = 1) -> list[torch.Tensor]:
+    """`QUEUE_STEPS` training steps (SGD on the online parameters, gradients averaged over ranks as DDP does);
+    returns the losses. `batches`: this rank's batch of each step."""
+    params = [*model.text_encoder.parameters(), *model.vision_encoder.parameters(), *itc.parameters()]
+    params = [p for p in params if p.requires_grad]
+    losses = []
+    for batch in batches:
+        text = model.text_encoder(batch["input_ids"], batch["attention_mask"])
+        image = model.vision_encoder(batch)
+        out = itc(model, batch, text, image, StepContext(progress=1.0))
+        for p in params:
+            p.grad = None
+        out.loss.backward()
+        with torch.no_grad():
+            for p in params:
+                if world_size > 1:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= world_size
+                p -= QUEUE_LR * p.grad
+        losses.append(out.loss.detach())
+    return losses
+
+
+def itc_queue_worker(rank: int, world_size: int, out_dir: str, batches: list[dict], queue_size: int) -> None:
+    """This rank's rows of every step's batch; writes the losses, the queue and the momentum weights."""
+    store = Path(out_dir) / "filestore"  # see itc_worker
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        model, itc = queue_itc(queue_size)
+        mine = []
+        for batch in batches:
+            rows = torch.arange(batch["image_id"].shape[0]).chunk(world_size)[rank]
+            mine.append({k: v[rows] for k, v in batch.items()})
+        losses = queue_steps(model, itc, mine, world_size)
+        state = {k: v.detach().clone() for k, v in itc.state_dict().items()}
+        torch.save({"losses": torch.stack(losses), "state": state}, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

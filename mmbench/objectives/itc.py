@@ -14,9 +14,30 @@ Under DDP the embeddings of all ranks are gathered *with gradient*
 (`torch.distributed.nn.functional.all_gather`) and each rank computes its local rows against all
 columns (the scalable form of open_clip's `local_loss=True, gather_with_grad=True`). Since DDP
 averages gradients over ranks, loss and gradients equal those of one process over the whole batch.
+
+**ALBEF's momentum encoder, queue and distillation** (Li et al., 2021, sec. 3.2-3.3; off by default,
+`queue_size > 0` turns it on; ALBEF: 65,536, momentum 0.995, alpha 0.4 ramped over its first epoch).
+Momentum copies of the text and vision encoders and of the two projections follow the online ones as
+an exponential moving average (`torch.optim.swa_utils.get_ema_multi_avg_fn`), updated at the start of
+every training step. A queue keeps the momentum embeddings (and image ids) of the last `queue_size`
+examples. In training, with m = momentum embeddings of the step (gathered over ranks, no gradient):
+
+    columns   = [m of this step; queue]                                      (N + K, E)
+    logits    = online_local @ columns.T / t                                 (B, N + K)
+    targets   = alpha * softmax(m_local @ columns.T / t) + (1 - alpha) * positives / |positives|
+    loss      = 0.5 * (CE(logits_i2t, targets_i2t) + CE(logits_t2i, targets_t2i))
+
+then the step's m are enqueued (oldest out). Positives are the columns with the row's image id, as above;
+the queue starts as random unit vectors with id -1. alpha = `alpha` x min(1, progress / `alpha_ramp`)
+(progress = fraction of training done). The in-batch columns are momentum embeddings, as in ALBEF, so
+the gradient flows through the rows only. Validation and test use the plain in-batch loss above (a queue
+that depends on the training history would make validation losses incomparable). Every rank enqueues the
+same gathered rows, so the queues stay identical across ranks.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.distributed as dist
@@ -24,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.data.claims import claims_true
+from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
 
@@ -75,6 +97,11 @@ class ITC(Objective):
     requires = ()
     provides = ("itc_sim_i2t",)  # its local similarities, for ITM's hard negatives
     pair_score_rank = 1
+    # the queue's buffers (registered only with queue_size > 0)
+    image_queue: torch.Tensor  # (K, E) momentum image embeddings
+    text_queue: torch.Tensor  # (K, E) momentum text embeddings
+    id_queue: torch.Tensor  # (K,) their image ids; -1 = the random initial entries
+    queue_ptr: torch.Tensor  # () the next slot to write
 
     def __init__(
         self,
@@ -86,6 +113,11 @@ class ITC(Objective):
         max_temperature: float = 0.5,
         claim_positives: bool = False,
         weight: float = 1.0,
+        queue_size: int = 0,
+        momentum: float = 0.995,
+        alpha: float = 0.4,
+        alpha_ramp: float = 0.0,
+        model: MultimodalModel | None = None,
     ):
         super().__init__(weight)
         self.claim_positives = bool(claim_positives)
@@ -93,6 +125,36 @@ class ITC(Objective):
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.bounds = (min_temperature, max_temperature)
+        self.queue_size = int(queue_size)
+        if self.queue_size < 0 or not 0.0 <= momentum <= 1.0 or not 0.0 <= alpha <= 1.0 or alpha_ramp < 0:
+            raise ValueError(
+                f"ITC: queue_size={queue_size} must be >= 0, momentum={momentum} and alpha={alpha} in [0, 1], "
+                f"alpha_ramp={alpha_ramp} >= 0"
+            )
+        if self.queue_size:
+            if model is None:
+                raise ValueError("ITC with a queue needs the model's encoders to copy (the builder passes `model`)")
+            if self.claim_positives:
+                raise ValueError("ITC: claim_positives with a queue is not supported (the queue keeps no claims)")
+            if getattr(model.text_encoder, "lm", None) is not None:
+                raise ValueError(
+                    "ITC with a queue copies the text encoder, and this one embeds with the language model, "
+                    "which a copy would duplicate outside the checkpoint: use queue_size=0 with a language model"
+                )
+            self.momentum, self.alpha, self.alpha_ramp = float(momentum), float(alpha), float(alpha_ramp)
+            # the momentum model: copies of the online parts, updated only by the moving average
+            self.momentum_parts = nn.ModuleDict(
+                {
+                    "text_encoder": copy.deepcopy(model.text_encoder),
+                    "vision_encoder": copy.deepcopy(model.vision_encoder),
+                    "text_proj": copy.deepcopy(self.text_proj),
+                    "image_proj": copy.deepcopy(self.image_proj),
+                }
+            ).requires_grad_(False)
+            self.register_buffer("image_queue", F.normalize(torch.randn(self.queue_size, embed_dim), dim=1))  # (K, E)
+            self.register_buffer("text_queue", F.normalize(torch.randn(self.queue_size, embed_dim), dim=1))  # (K, E)
+            self.register_buffer("id_queue", torch.full((self.queue_size,), -1, dtype=torch.long))  # (K,)
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def embed(self, text_pooled: torch.Tensor, image_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) pooled features -> (B, E) normalised embeddings in the shared space."""
@@ -102,6 +164,10 @@ class ITC(Objective):
         text_emb, image_emb = self.embed(text.pooled, image.pooled)  # (B, E)
         temp = self.temperature.clamp(*self.bounds)
         ids = batch["image_id"]
+        # Local similarities for objectives that mine hard negatives (ITM), without gradient.
+        context.itc_sim_i2t = (image_emb @ text_emb.T / temp).detach()  # (B, B)
+        if self.queue_size and self.training:
+            return self._momentum_forward(model, batch, text_emb, image_emb, temp, context.progress)
         all_text, _ = _gather(text_emb)
         all_image, _ = _gather(image_emb)
         all_ids, _ = _gather(ids)
@@ -114,9 +180,54 @@ class ITC(Objective):
         loss, acc = multi_positive_contrastive_loss(
             image_emb, text_emb, ids, temp, all_image, all_text, all_ids, extra_i2t, extra_t2i
         )
-        # Local similarities for objectives that mine hard negatives (ITM), without gradient.
-        context.itc_sim_i2t = (image_emb @ text_emb.T / temp).detach()  # (B, B)
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})
+
+    def _momentum_parameters(self, model) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(momentum parameters, online parameters), in the same order."""
+        online = [model.text_encoder, model.vision_encoder, self.text_proj, self.image_proj]
+        moving = [self.momentum_parts[k] for k in ("text_encoder", "vision_encoder", "text_proj", "image_proj")]
+        return [p for m in moving for p in m.parameters()], [p for m in online for p in m.parameters()]
+
+    def _momentum_forward(self, model, batch, text_emb, image_emb, temp, progress: float) -> ObjectiveOutput:
+        """ALBEF's ITC with the momentum model's queue and soft targets (module docstring)."""
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        with torch.no_grad():
+            get_ema_multi_avg_fn(self.momentum)(*self._momentum_parameters(model), None)
+            m = self.momentum_parts
+            text_m = F.normalize(
+                m["text_proj"](m["text_encoder"](batch["input_ids"], batch["attention_mask"]).pooled), dim=-1
+            )
+            image_m = F.normalize(m["image_proj"](m["vision_encoder"](batch).pooled), dim=-1)  # (B, E)
+            step_text, _ = _gather(text_m)  # (N, E)
+            step_image, _ = _gather(image_m)
+            step_ids, _ = _gather(batch["image_id"])  # (N,)
+            columns_text = torch.cat([step_text, self.text_queue])  # (N + K, E)
+            columns_image = torch.cat([step_image, self.image_queue])
+            columns_ids = torch.cat([step_ids, self.id_queue])  # (N + K,)
+            positives = (batch["image_id"][:, None] == columns_ids[None, :]).float()  # (B, N + K)
+            positives = positives / positives.sum(1, keepdim=True)
+            ramp = min(1.0, progress / self.alpha_ramp) if self.alpha_ramp > 0 else 1.0
+            alpha = self.alpha * ramp
+            target_i2t = alpha * F.softmax(image_m @ columns_text.T / temp, dim=1) + (1 - alpha) * positives
+            target_t2i = alpha * F.softmax(text_m @ columns_image.T / temp, dim=1) + (1 - alpha) * positives
+        logits_i2t = image_emb @ columns_text.T / temp  # (B, N + K)
+        logits_t2i = text_emb @ columns_image.T / temp
+        loss = 0.5 * (F.cross_entropy(logits_i2t, target_i2t) + F.cross_entropy(logits_t2i, target_t2i))
+        acc = (positives.gather(1, logits_i2t.argmax(1, keepdim=True)) > 0).float().mean()
+        self._enqueue(step_image, step_text, step_ids)
+        return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach(), "alpha": torch.tensor(alpha)})
+
+    @torch.no_grad()
+    def _enqueue(self, image_m: torch.Tensor, text_m: torch.Tensor, ids: torch.Tensor) -> None:
+        """Write the step's momentum embeddings over the oldest queue entries (a ring buffer)."""
+        K = self.queue_size
+        image_m, text_m, ids = image_m[-K:], text_m[-K:], ids[-K:]  # a step larger than the queue keeps its last K
+        slots = (self.queue_ptr + torch.arange(ids.shape[0], device=ids.device)) % K  # (n,)
+        self.image_queue[slots] = image_m
+        self.text_queue[slots] = text_m
+        self.id_queue[slots] = ids
+        self.queue_ptr.copy_((self.queue_ptr + ids.shape[0]) % K)
 
     def pair_score(self, model, text, image) -> torch.Tensor:
         text_emb, image_emb = self.embed(text.pooled, image.pooled)
