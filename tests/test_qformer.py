@@ -94,7 +94,9 @@ def test_region_modeling_is_refused_for_the_qformer():
         validate(compose_cfg(["model=blip2", "objective=[itc,mrm]"]))
 
 
-@pytest.mark.parametrize("model, objectives", [("blip2", "itc,itm,lm"), ("blip2_lm", "itc,lm")], ids=["stage1", "stage2"])
+@pytest.mark.parametrize(
+    "model, objectives", [("blip2", "itc,itm,lm"), ("blip2_lm", "itc,lm")], ids=["stage1", "stage2"]
+)
 def test_presets_train_end_to_end(model, objectives, tiny_cfg):
     cfg = tiny_cfg(f"model={model}", f"objective=[{objectives}]", "eval.protocols=[retrieval,captioning]")
     record = run(cfg)
