@@ -80,10 +80,14 @@ def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
     """Instantiate the language model (if any), text encoder, vision encoder and fusion; with
     `model.init_from`, at the checkpoint's sizes and with its weights (see mmbench/models/convert/)."""
     init = pretrained_init(cfg)
-    overrides: dict[str, dict] = {}
     if init is not None:
         cfg, info = init.adjust(cfg, info)
-        overrides = init.part_kwargs()
+    return _build_model(cfg, info, init)
+
+
+def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
+    """`build_model` with the checkpoint already resolved and the config and data info adjusted to it."""
+    overrides: dict[str, dict] = init.part_kwargs() if init is not None else {}
     parts = {
         "language_model": language_model_node(cfg),  # first: the parts that declare `lm` receive it
         "text_encoder": cfg.encoder.text,
@@ -110,10 +114,10 @@ def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
 
 
 def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
-    init = pretrained_init(cfg)
+    init = pretrained_init(cfg)  # resolved once, for the model and the objectives
     if init is not None:  # objective heads are built at the checkpoint's widths and vocabulary too
         cfg, info = init.adjust(cfg, info)
-    model = build_model(cfg, info)
+    model = _build_model(cfg, info, init)
     # built (their heads drawn from the RNG) in run order, so the config list's order changes nothing
     classes = {name: get_class(c._target_) for name, c in cfg.objective.items()}
     order = run_order({name: (cls.provides, cls.uses) for name, cls in classes.items()})
