@@ -78,6 +78,28 @@ def test_the_language_model_is_one_part_shared_by_reference(preset):
     assert joint.text_tokens.shape == (2, 8, 32) and joint.image_tokens.shape == (2, N, 32)
 
 
+@pytest.mark.parametrize(
+    "fusion, prefix_tokens",
+    [("prefix", 10), ("prefix_pooled", 2), ("prefix_qformer", 8), ("prefix_resampler", 8)],
+)
+def test_every_connector_of_the_connector_sweep_gives_its_prefix_and_leaks_no_future_token(fusion, prefix_tokens):
+    """The connectors of experiment=connector_sweep on LLaVA's parts: 3x3 patches + [CLS] through the MLP,
+    the pooled image to 2 tokens, 8 Q-Former queries, 8 resampler latents; the text stays causal."""
+    _, model, lm = built("llava", f"fusion={fusion}")
+    model.eval()
+    ids, mask, batch = sample()
+    with torch.no_grad():
+        image = model.encode_image(batch)
+        joint = model.fuse(model.encode_text(ids, mask), image)
+        assert joint.image_tokens.shape == (2, prefix_tokens, 32) and joint.text_tokens.shape == (2, 8, 32)
+        base = lm.logits(model, ids, mask, image)
+        changed = ids.clone()
+        changed[:, 4:] = (changed[:, 4:] + 1 - 7) % 43 + 7  # other tokens from position 4 on
+        torch.testing.assert_close(lm.logits(model, changed, mask, image)[:, :4], base[:, :4], atol=1e-5, rtol=1e-5)
+        other = model.encode_image({"pixel_values": -batch["pixel_values"]})
+        assert (lm.logits(model, ids, mask, other) - base).abs().amax(-1).gt(1e-4).all()  # the image gets through
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_no_future_token_leakage_with_an_image_prefix(preset):
     _, model, lm = built(preset)
