@@ -228,6 +228,54 @@ def test_greedy_and_beam_generation_of_a_tiny_llava():
     assert beam.shape[0] == 3 and beam.shape[1] <= 6
 
 
+def _hf_gpt2(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2))
+    ref.save_pretrained(tmp_path)
+    return ["language_model=hf", f"language_model.name={tmp_path}"]
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("llava", []), ("frozen", []), ("blip2_lm", []), ("llava", ["hf"])],
+    ids=["llava", "frozen", "blip2_lm", "llava-hf-gpt2"],
+)
+def test_cached_decoding_equals_the_full_run_every_step(preset, overrides, tmp_path):
+    """Teacher-forced along a fixed sequence, the cached run's next-token log-probabilities equal a full
+    re-run's at every step, also after beams are reordered; greedy and beam search give the same tokens."""
+    if overrides == ["hf"]:
+        overrides = _hf_gpt2(tmp_path)
+    _, model, lm = built(preset, *overrides)
+    model.eval()
+    ids, _, batch = sample(B=3, T=7)
+    with torch.no_grad():
+        image = model.encode_image(batch)
+        cached, full = lm._decoding(model, image), lm._decoding(model, image, use_cache=False)
+        assert cached.cached and not full.cached
+        for t in range(1, 7):
+            if t == 4:  # reorder rows as a beam search does: the cache must follow
+                rows = torch.tensor([2, 0, 0])
+                ids, image = ids[rows], image.index(rows)
+                cached.select(rows)
+                full.image = image
+            torch.testing.assert_close(
+                cached.next_log_probs(ids[:, :t]), full.next_log_probs(ids[:, :t]), atol=1e-4, rtol=1e-4
+            )
+        for beams in (1, 3):
+            fast = lm.generate(model, batch, max_len=6, num_beams=beams, bos_id=2, eos_id=3)
+            slow = lm.generate(model, batch, max_len=6, num_beams=beams, bos_id=2, eos_id=3, use_cache=False)
+            assert fast.tolist() == slow.tolist(), beams
+
+
+def test_a_fusion_without_a_cache_decodes_by_full_re_runs():
+    from tests.test_layers_and_model import tiny_model
+
+    model = tiny_model()
+    _, _, lm = built("llava")
+    assert not lm._decoding(model, None).cached  # no start_decoding / per-token text: the full re-run path
+
+
 def test_lm_objective_built_for_a_language_model_refuses_a_model_without_one():
     _, _, lm = built("llava")
     from tests.test_layers_and_model import inputs, tiny_model

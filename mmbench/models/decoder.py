@@ -7,6 +7,9 @@ Two causal LMs with one interface, so a connector (fusion/prefix.py) never knows
                                  the decoder body over any embedding sequence: causal, positions
                                  0..L-1 applied inside (an image prefix shifts the text positions,
                                  as in LLaVA), final norm applied
+    lm.run(embeds, mask, cache)  the same, continuing the sequence a `DecoderCache` holds: positions
+                                 from its length on, attending to its keys and values, which it keeps
+                                 (incremental decoding: one new token per step costs O(L), not O(L^2))
     lm.logits(hidden)            (..., H) -> (..., V)   the LM head
     lm.word_embeddings           the input table (nn.Embedding), (V, H)
     lm.hidden_size, lm.max_len   H, and the number of positions (None: no limit)
@@ -24,15 +27,44 @@ declare a constructor parameter `lm` (the text part, the connector); see mmbench
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
 import torch
 from torch import nn
 
-from mmbench.models.layers import Activation, Block, BlockOptions
+from mmbench.models.layers import Activation, Block, BlockOptions, KVCache
 
 log = logging.getLogger(__name__)
+
+
+class DecoderCache:
+    """What a decoder keeps of the positions it has run, for incremental decoding: the key padding mask
+    (B, S) and, per layer, the keys and values (`KVCache`; an `HFDecoder` keeps the model's own cache)."""
+
+    def __init__(self, layers: int = 0) -> None:
+        self.layers = [KVCache() for _ in range(layers)]
+        self.mask: torch.Tensor | None = None  # (B, S) bool
+        self.hf = None  # transformers' Cache of an HFDecoder
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def extend_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The key padding mask of the cached positions and the new ones (B, S + T)."""
+        self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
+        return self.mask
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` of the batch, in that order (beam search)."""
+        for layer in self.layers:
+            layer.select(rows)
+        if self.mask is not None:
+            self.mask = self.mask[rows]
+        if self.hf is not None:
+            self.hf.reorder_cache(rows)
 
 
 class Decoder(nn.Module):
@@ -45,7 +77,11 @@ class Decoder(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_cache(self) -> DecoderCache:
+        """An empty cache for `run(..., cache=)`."""
         raise NotImplementedError
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -65,16 +101,17 @@ class Decoder(nn.Module):
             )
 
 
-def causal_mask(mask: torch.Tensor) -> torch.Tensor:
-    """SDPA mask (B, 1, L, L) from a key padding mask (B, L): position i attends to real positions <= i,
-    and always to itself, so a padding query (e.g. a padded image token at position 0) never has an
-    empty row. (PyTorch's CPU kernels return zeros for an empty row; other kernels and versions give
-    NaN, which poisons every later layer even at attention weight 0.) Real tokens attend to themselves
-    anyway, so their outputs are unchanged by the diagonal."""
-    L = mask.shape[1]
-    tri = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()  # (L, L)
-    eye = torch.eye(L, dtype=torch.bool, device=mask.device)  # (L, L)
-    return (mask[:, None, None, :] & tri) | eye  # (B, 1, L, L)
+def causal_mask(mask: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+    """SDPA mask (B, 1, T, S) from a key padding mask (B, S) for the last T = `queries` positions (all S by
+    default): position i attends to real positions <= i, and always to itself, so a padding query (e.g. a
+    padded image token at position 0) never has an empty row. (PyTorch's CPU kernels return zeros for an
+    empty row; other kernels and versions give NaN, which poisons every later layer even at attention
+    weight 0.) Real tokens attend to themselves anyway, so their outputs are unchanged by the diagonal."""
+    S = mask.shape[1]
+    T = S if queries is None else queries
+    rows = torch.arange(S - T, S, device=mask.device)[:, None]  # (T, 1) positions of the queries
+    cols = torch.arange(S, device=mask.device)[None, :]  # (1, S)
+    return (mask[:, None, None, :] & (cols <= rows)) | (cols == rows)  # (B, 1, T, S)
 
 
 class GPTDecoder(Decoder):
@@ -119,15 +156,21 @@ class GPTDecoder(Decoder):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids)  # (B, T, H)
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
         B, L, H = embeds.shape
-        self.check_length(L)
-        pos = torch.arange(L, device=embeds.device)
+        past = 0 if cache is None else cache.length
+        self.check_length(past + L)
+        pos = torch.arange(past, past + L, device=embeds.device)
         x = self.drop(embeds + self.position_embeddings(pos))  # (B, L, H)
-        attn = causal_mask(mask.bool())  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, mask=attn)  # (B, L, H)
+        keys = mask.bool() if cache is None else cache.extend_mask(mask.bool())  # (B, past + L)
+        attn = causal_mask(keys, L)  # (B, 1, L, past + L)
+        layers = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer_cache in zip(self.blocks, layers):
+            x = block(x, mask=attn, cache=layer_cache)  # (B, L, H)
         return self.norm(x)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(len(self.blocks))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.word_embeddings.weight.T  # (..., V): tied, no bias
@@ -177,6 +220,9 @@ class HFDecoder(Decoder):
             assert isinstance(table, nn.Embedding)
         self.hidden_size = table.embedding_dim
         self.max_len = getattr(self.model.config, "max_position_embeddings", None)
+        # the decoder's cache argument: `cache` since transformers 5, `past_key_values` before
+        forward = inspect.signature(self.model.get_decoder().forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     @property
     def word_embeddings(self) -> nn.Embedding:  # type: ignore[override]
@@ -187,11 +233,22 @@ class HFDecoder(Decoder):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)  # (B, T, H)
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
         B, L, H = embeds.shape
-        self.check_length(L)
-        out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
+        if cache is None:
+            self.check_length(L)
+            out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False)
+            return out.last_hidden_state  # (B, L, H)
+        self.check_length(cache.length + L)
+        keys = cache.extend_mask(mask.bool())  # (B, past + L)
+        out = self.model.get_decoder()(
+            inputs_embeds=embeds, attention_mask=keys.long(), use_cache=True, **{self._cache_arg: cache.hf}
+        )
+        cache.hf = out[self._cache_arg]  # the model's own cache (created on the first call)
         return out.last_hidden_state  # (B, L, H)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden)  # (..., V)

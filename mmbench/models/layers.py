@@ -33,8 +33,29 @@ def attention_mask(key_mask: torch.Tensor | None, query_len: int, causal: bool =
     return mask
 
 
+class KVCache:
+    """Keys and values (B, nh, S, hs) of the positions one self-attention layer has already seen, for
+    incremental decoding: each call appends the new positions' keys and values and attends over all."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None and self.v is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # (B, nh, S + T, hs)
+        self.k, self.v = k, v
+        return k, v
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` (N,) of the batch, in that order (beam search reorders its beams)."""
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
+
 class Attention(nn.Module):
-    """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise."""
+    """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise; with a
+    `cache`, self-attention over the cached positions and the new ones (incremental decoding)."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None, dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -49,7 +70,11 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T, D = x.shape
         context = x if context is None else context
@@ -58,6 +83,8 @@ class Attention(nn.Module):
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
         v = self.v(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, nh, S_past + S, hs); mask: (B, 1|nh, T, S_past + S)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
@@ -141,10 +168,12 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D); mask: SDPA mask for self-attention; context (B, S, Dc); context_mask (B, 1, 1|T, S)."""
+        """x (B, T, D); mask: SDPA mask for self-attention; context (B, S, Dc); context_mask (B, 1, 1|T, S);
+        cache: the self-attention's keys and values of earlier positions (incremental decoding)."""
         if "self_attn" in self.sublayers:
-            x = self._residual("self_attn", x, mask=mask)
+            x = self._residual("self_attn", x, mask=mask, cache=cache)
         if "cross_attn" in self.sublayers:
             x = self._residual("cross_attn", x, context=context, mask=context_mask)
         if "mlp" in self.sublayers:

@@ -4,7 +4,9 @@ Returns `Features(tokens = lm.embed(ids) (B, T, H), mask (B, T), pooled = masked
 ViLT's depth-0 text encoder, it has no layers: the LM's layers run in the connector (fusion/prefix.py),
 over the image prefix and the text together. `word_embeddings` is the LM's input table, so tied heads
 (MLM) share it. No positions are added here: the LM applies them to the whole sequence, so an image
-prefix shifts the text positions. `causal` changes nothing (embeddings do not mix tokens).
+prefix shifts the text positions. `causal` changes nothing (embeddings do not mix tokens), and a token
+embeds the same alone as in its sequence (`per_token = True`), which is what lets generation embed only
+the newest token and continue a cached run of the LM (objectives/lm.py).
 
 The pooled vector is a bag of embeddings, as ViLT's: what ITC reads from a model without a text tower.
 """
@@ -20,6 +22,8 @@ from mmbench.models.outputs import Features
 
 
 class LMEmbeddings(nn.Module):
+    per_token = True  # no positions, no mixing: embedding the last token alone = its row of the whole sequence
+
     def __init__(self, lm: Decoder):
         super().__init__()
         # A plain reference, not a submodule: the LM is registered once, as `model.language_model`. A second

@@ -21,19 +21,24 @@ optional label smoothing. Metrics: `ppl` = exp(unsmoothed cross-entropy of the b
 epoch value is the mean of the batch perplexities) and `acc` = next-token accuracy.
 
 Generation (`LM.generate`) is greedy (`num_beams=1`) or beam search. The image is encoded once and
-repeated for the B*K rows of the beams; every step re-runs `encode_text(causal=True)` + `fuse` over
-the whole prefix and reads the logits of its last position. There is no KV cache: a step costs
-O(prefix length) more than a cached one, i.e. O(L^2) per caption instead of O(L), which is negligible
-for captions of ~10-30 tokens and keeps every fusion usable unchanged (no fusion needs a cache API).
+repeated for the B*K rows of the beams. With a decoder language model behind a connector that can
+continue a cached run (`fusion.start_decoding` / `continue_decoding`, fusion/prefix.py) and a text part
+that embeds each token alone (`text_encoder.per_token`, text_lm.py), the prefix and [CLS] run once and
+every later step runs only the newest token against the LM's key/value cache: O(L) per step. Any other
+fusion re-runs `encode_text(causal=True)` + `fuse` over the whole sequence and reads its last position:
+O(L^2) per caption, which keeps every fusion usable unchanged (no fusion needs a cache API). Both paths
+give the same tokens (tested).
 """
 
 from __future__ import annotations
+
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.decoder import Decoder
+from mmbench.models.decoder import Decoder, DecoderCache
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
@@ -100,6 +105,14 @@ class LM(Objective):
         h = self.hidden(model, seq, torch.ones_like(seq), image)  # (N, L, D)
         return self.head_logits(model, h[:, -1]).float().log_softmax(-1)  # (N, vocab)
 
+    def _decoding(self, model: MultimodalModel, image: Features, use_cache: bool = True) -> _Decoding:
+        cached = (
+            use_cache
+            and hasattr(getattr(model, "fusion", None), "start_decoding")
+            and getattr(getattr(model, "text_encoder", None), "per_token", False)
+        )
+        return _Decoding(self, model, image, cached)
+
     @torch.no_grad()
     def generate(
         self,
@@ -111,28 +124,34 @@ class LM(Objective):
         bos_id: int,
         eos_id: int,
         length_penalty: float = 1.0,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Caption ids (B, <= max_len) for the images of `batch`, without the leading `bos_id`.
 
         Each row ends at its first `eos_id` (included) or at `max_len`, then `pad_id` follows.
         `num_beams=1` is greedy decoding; `num_beams=K>1` is beam search with length normalisation
-        (see `beam_search`). Call with the model in eval mode.
+        (see `beam_search`). `use_cache=False` re-runs the whole sequence every step even where a key/value
+        cache could continue it (the reference the cached path is tested against). Call with the model in
+        eval mode.
         """
         if max_len < 1 or num_beams < 1:
             raise ValueError(f"max_len and num_beams must be >= 1, got {max_len} and {num_beams}")
         image = model.encode_image(batch)  # once
         if num_beams == 1:
-            return self.greedy(model, image, max_len, bos_id, eos_id)
-        return self.beam_search(model, image, max_len, num_beams, bos_id, eos_id, length_penalty)
+            return self.greedy(model, image, max_len, bos_id, eos_id, use_cache)
+        return self.beam_search(model, image, max_len, num_beams, bos_id, eos_id, length_penalty, use_cache)
 
     @torch.no_grad()
-    def greedy(self, model: MultimodalModel, image: Features, max_len: int, bos_id: int, eos_id: int) -> torch.Tensor:
+    def greedy(
+        self, model: MultimodalModel, image: Features, max_len: int, bos_id: int, eos_id: int, use_cache: bool = True
+    ) -> torch.Tensor:
         """Argmax decoding from already encoded images; returns (B, <= max_len)."""
         B = image.tokens.shape[0]
         seq = torch.full((B, 1), bos_id, dtype=torch.long, device=image.tokens.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=seq.device)
+        decoding = self._decoding(model, image, use_cache)
         for _ in range(max_len):
-            nxt = self._next_log_probs(model, seq, image).argmax(-1)  # (B,)
+            nxt = decoding.next_log_probs(seq).argmax(-1)  # (B,)
             nxt = nxt.masked_fill(done, self.pad_id)
             seq = torch.cat([seq, nxt[:, None]], 1)  # (B, L+1)
             done |= nxt == eos_id
@@ -150,6 +169,7 @@ class LM(Objective):
         bos_id: int,
         eos_id: int,
         length_penalty: float = 1.0,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Beam search over B*K rows at once (one loop over time steps, none over the batch).
 
@@ -170,8 +190,9 @@ class LM(Objective):
         score[:, 0] = 0.0  # all beams start identical: expand only the first one at step 0
         length = torch.zeros(B, K, device=dev)  # generated tokens per beam
         done = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        decoding = self._decoding(model, image, use_cache)
         for _ in range(max_len):
-            logp = self._next_log_probs(model, seq, image)  # (B*K, V); V is the head's (an LM's may exceed the data's)
+            logp = decoding.next_log_probs(seq)  # (B*K, V); V is the head's (an LM's may exceed the data's)
             V = logp.shape[-1]
             logp = logp.view(B, K, V)  # (B, K, V)
             pad_only = torch.full((V,), float("-inf"), device=dev)
@@ -187,12 +208,49 @@ class LM(Objective):
             done = done.gather(1, beam) | (token == eos_id)
             rows = (beam + torch.arange(B, device=dev)[:, None] * K).view(-1)  # (B*K,) rows of the sources
             seq = torch.cat([seq[rows], token.view(-1, 1)], 1)  # (B*K, L+1)
+            decoding.select(rows)  # the cache follows its beams
             if done.all():
                 break
         best = (score / length.clamp_min(1.0) ** length_penalty).argmax(1)  # (B,)
         out = seq.view(B, K, -1)[torch.arange(B, device=dev), best, 1:]  # (B, L)
         keep = int(length.gather(1, best[:, None]).max().item())
         return out[:, :keep]
+
+
+class IncrementalFusion(Protocol):
+    """A fusion that can continue a cached run (fusion/prefix.py's `PrefixFusion`)."""
+
+    def start_decoding(self, text: Features, image: Features) -> tuple[torch.Tensor, DecoderCache]: ...
+
+    def continue_decoding(self, text: Features, cache: DecoderCache) -> torch.Tensor: ...
+
+
+class _Decoding:
+    """Next-token log-probabilities along a growing sequence: a cached run of the language model that each
+    step continues with the newest token, or (`cached=False`) a full re-run of the sequence every step."""
+
+    def __init__(self, objective: LM, model: MultimodalModel, image: Features, cached: bool):
+        self.objective, self.model, self.image, self.cached = objective, model, image, cached
+        self.fusion = cast(IncrementalFusion, getattr(model, "fusion", None))  # used only when `cached`
+        self.cache: DecoderCache | None = None
+
+    def next_log_probs(self, seq: torch.Tensor) -> torch.Tensor:
+        """(N, vocab) for the token after seq (N, L); the cached path has seen seq[:, :-1] already."""
+        if not self.cached:
+            return self.objective._next_log_probs(self.model, seq, self.image)
+        model = self.model
+        if self.cache is None:  # the prefix and the whole sequence so far, once
+            h, self.cache = self.fusion.start_decoding(
+                model.encode_text(seq, torch.ones_like(seq), causal=True), self.image
+            )
+        else:  # only the newest token
+            last = seq[:, -1:]  # (N, 1)
+            h = self.fusion.continue_decoding(model.encode_text(last, torch.ones_like(last), causal=True), self.cache)
+        return self.objective.head_logits(model, h[:, -1]).float().log_softmax(-1)  # (N, vocab)
+
+    def select(self, rows: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.select(rows)
 
 
 def decode(tokenizer, ids: torch.Tensor) -> list[str]:

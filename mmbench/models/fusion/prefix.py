@@ -25,6 +25,10 @@ and the image only.
 The projector is passed as a class (`projector(in_dim, out_dim) -> nn.Module`): `torch.nn.Linear`
 (LLaVA v1, Frozen) or `MLPProjector` (LLaVA-1.5), or any module with that constructor.
 
+Generation continues a cached run (`start_decoding` / `continue_decoding`, a `DecoderCache` of the LM's
+keys and values): the prefix and the first text tokens run once, then each new token alone, O(L) per
+step instead of re-running the whole sequence (tested equal to the full run).
+
 An optional `connector` first maps the image tokens to a fixed number of tokens (`Features -> Features`):
 BLIP-2's second stage passes the image through the Q-Former's queries (`qformer.QueryConnector`, then a
 linear projector: `model=blip2_lm`); a Perceiver resampler fits the same slot. `image_dim` is then the
@@ -38,7 +42,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mmbench.models.decoder import Decoder
+from mmbench.models.decoder import Decoder, DecoderCache
 from mmbench.models.layers import last_token_pool
 from mmbench.models.outputs import Capabilities, Features, Fused
 
@@ -118,3 +122,16 @@ class PrefixFusion(nn.Module):
         h = self.lm.run(x, mask)  # (B, N+T, H), causal whatever causal_text says (see the module docstring)
         text_h = h[:, N:]  # (B, T, H)
         return Fused(text_tokens=text_h, image_tokens=h[:, :N], pooled=last_token_pool(text_h, text.mask))
+
+    def start_decoding(self, text: Features, image: Features) -> tuple[torch.Tensor, DecoderCache]:
+        """Text states (B, T, H) of [prefix; text], as `forward`'s text_tokens, and the LM's cache of the run."""
+        prefix, prefix_mask = self.prefix(self.connector(image))  # (B, N, H), (B, N)
+        N = prefix.shape[1]
+        cache = self.lm.new_cache()
+        x = torch.cat([prefix.to(text.tokens.dtype), text.tokens], dim=1)  # (B, N+T, H)
+        h = self.lm.run(x, torch.cat([prefix_mask, text.mask], dim=1), cache)  # (B, N+T, H)
+        return h[:, N:], cache
+
+    def continue_decoding(self, text: Features, cache: DecoderCache) -> torch.Tensor:
+        """States (B, T', H) of text tokens that follow the cached sequence (the newest token when generating)."""
+        return self.lm.run(text.tokens, text.mask, cache)
