@@ -89,7 +89,12 @@ def test_a_fusion_and_an_objective_of_ones_own_are_one_file_and_one_yaml_each(ca
 
     run_dir = tmp_path / "run"
     res = _train(
-        tmp_path, "model=concat", "fusion=gated_sum", "objective=[itc,vqa,caption_length]", f"hydra.run.dir={run_dir}"
+        tmp_path,
+        "model=concat",
+        "fusion=gated_sum",
+        "objective=[itc,vqa,caption_length]",
+        "eval.protocols=[vqa]",  # the built-in VQA protocol reads the new fusion's joint vector
+        f"hydra.run.dir={run_dir}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((run_dir / "metrics.json").read_text())
