@@ -19,6 +19,7 @@ from mmbench import hub
 from mmbench.data import cache as data_cache
 from mmbench.data import hf, shapes, tokenizer
 from mmbench.data.datamodule import DataError
+from mmbench.data.hf import build as hf_build
 from tests.test_hf_data import TINY_HF, _cli, picture
 
 ALL_SPLITS = {"train": "train", "val": "train", "test": "train"}
@@ -182,7 +183,7 @@ def test_damaged_hf_cache_that_cannot_be_rebuilt_names_the_directory(tmp_path, m
     def unavailable(*args, **kwargs):
         raise hf.HubUnavailableError("dataset 'x' is not in the local HF cache")
 
-    monkeypatch.setattr(hf, "load_source", unavailable)
+    monkeypatch.setattr(hf_build, "load_source", unavailable)  # where build_hf looks it up
     with pytest.raises(DataError) as err:
         hf.build_hf(tmp_path / "cache", **kwargs)
     assert str(err.value).startswith(f"the cached dataset {target} is damaged (")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,9 @@ from mmbench.data.shapes import (
     ShapeObject,
     build_shapes,
     generate_split,
+    rendering,
 )
+from mmbench.data.shapes import build as shapes_build
 
 NUMBERS = {w: i for i, w in enumerate(shapes.NUMBER_WORDS)}
 SMALL = dict(num_train=300, num_val=60, num_test=60)
@@ -197,7 +200,7 @@ def test_pixels_of_hand_built_scene():
         obj = ShapeObject(1, 2, shape, "purple", "large")  # middle row, right column, no jitter
         image, (box,) = shapes.render((obj,), image_size=64, grid=3)
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-        x, y = shapes._centre(obj, shapes.layout(64, 3))
+        x, y = rendering._centre(obj, shapes.layout(64, 3))
         assert tuple(image[y, x]) == COLOR_RGB["purple"], shape
         assert tuple(image[0, 0]) == tuple(image[63, 63]) == (BACKGROUND,) * 3
         x0, y0, x1, y1 = box
@@ -251,7 +254,7 @@ def test_cache_reuse_and_atomicity(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated although the cache is complete")
 
-    monkeypatch.setattr(shapes, "generate_shapes", fail)
+    monkeypatch.setattr(shapes_build, "generate_shapes", fail)  # where build_shapes looks it up
     second, path2 = build_shapes(tmp_path, **SMALL)
     assert path2 == path
     for name in first:
@@ -265,7 +268,7 @@ def test_cache_reuse_and_atomicity(tmp_path, monkeypatch):
     def crash(self, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(shapes.datasets.DatasetDict, "save_to_disk", crash)
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", crash)
     with pytest.raises(OSError):
         build_shapes(tmp_path, seed=2, **SMALL)
     monkeypatch.undo()

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -112,6 +112,23 @@ def temporary_sibling(target: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+def publish(tmp: Path, target: Path, is_complete: Callable[[Path], bool], *, damaged: bool = False) -> None:
+    """Rename the built entry `tmp` onto `target` (the one place a cache entry is published).
+
+    A directory already at `target` is replaced when it is not a complete entry (stale or foreign) or
+    when the caller found it `damaged`; a complete entry another process published meanwhile is kept
+    (the rename fails on a non-empty directory and its copy stands), so parallel runs never delete a
+    cache another run is reading.
+    """
+    if target.exists() and (damaged or not is_complete(target)):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not is_complete(target):  # another process finished first: keep its copy
+            raise
 
 
 def describe(err: BaseException) -> str:

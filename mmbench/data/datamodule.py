@@ -1,36 +1,22 @@
 """LightningDataModule turning an image-text dataset into the batch contract of docs/design.md.
 
 The source is any callable returning `(datasets.DatasetDict, cache_dir)` whose splits have the
-canonical columns: `image_id`, `pixels` (raw HWC uint8 bytes) + `image_size`, `captions` (list),
-and optionally `questions` / `answers` (lists; `answers` holds one answer per question),
-`all_answers` (list of lists: every annotator answer per question, VQAv2), `question_types`,
-`caption_labels` (one class index per caption, -1 = unknown), `boxes` / `labels` (per object) and
-`region_feats` ((R, F) precomputed region features), `caption_claims` (one canonical claim per caption,
-"" = unknown) with `image_facts` (the claims true of the image). The built-in Shapes benchmark
-(`mmbench.data.shapes.build_shapes`) and real data (`mmbench.data.hf.build_hf`) are such sources.
+canonical columns of `mmbench.data.columns` (`COLUMNS`: `image_id`, `pixels` + `image_size`,
+`captions`, and optionally questions / answers, caption labels, regions, claims). The built-in Shapes
+benchmark (`mmbench.data.shapes.build_shapes`) and real data (`mmbench.data.hf.build_hf`) are such
+sources.
 
-Every (image, caption k) pair is one example; its question is question k mod #questions of the
-image. A batch holds:
-  input_ids, attention_mask (B, T)         caption tokens
-  question_ids, question_mask (B, Tq)      question tokens (when the data has questions)
-  pixel_values (B, 3, H, W)                normalised to [-1, 1] (pretrained encoders re-normalise)
-  image_id (B,)                            equal ids = same image (positives for ITC)
-  answer_scores (B, A), answer (B,)        VQA targets and the answer index (-1 = not in vocab):
-                                           one-hot, or min(1, #annotators / 3) with `all_answers`
-  labels (B,)                              class of the caption (when the data has `caption_labels`)
-  region_boxes (B, R, 4), region_mask (B, R)   objects (when the data has boxes), with
-  region_labels (B, R) and / or region_feats (B, R, F) when the data has them
-  text_claim (B,), image_facts (B, F)      int64 codes (`claim_code`) of the caption's claim (0 = unknown)
-                                           and of the image's facts, padded with 0 to the data's widest
-                                           row (when it has `caption_claims` / `image_facts`);
-                                           `claims_true(image_facts, text_claim)` (B, B): text j true of image i
+Every (image, caption k) pair is one example (`mmbench.data.dataset.PairDataset`); its question is
+question k mod #questions of the image. The collator (`mmbench.data.collate.Collator`) stacks examples
+into the batch fields of `mmbench.data.columns.FIELDS` (name, dtype, shape, padding, the columns each
+is made from); the train loader (`mmbench.data.loaders`) shuffles by (seed, epoch) and resumes within
+an epoch.
 
 The answer vocabulary is the train answers (all of them, sorted; or the `max_answers` most frequent).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,16 +24,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mmbench.data import tokenizer as tokenization
-from mmbench.data.claims import claim_code
-from mmbench.data.errors import DataError  # noqa: F401 - raised here, and imported from here by callers
-from mmbench.sweep import CheckpointError
+from mmbench.data.collate import Collator
+from mmbench.data.dataset import EAGER_PIXEL_BYTES, VQA_ANNOTATORS, PairDataset
+from mmbench.data.errors import DataError
+from mmbench.data.loaders import EpochShuffleSampler, ResumableLoader
+
+# imported from here by callers
+__all__ = [
+    "EAGER_PIXEL_BYTES",
+    "SPLITS",
+    "Collator",
+    "DataError",
+    "DataInfo",
+    "EpochShuffleSampler",
+    "PairDataset",
+    "ResumableLoader",
+    "VLDataModule",
+]
 
 SPLITS = ("train", "val", "test")
-EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
-VQA_ANNOTATORS = 3  # VQAv2 soft score of an answer: min(1, #annotators who gave it / 3)
 
 
 @dataclass
@@ -85,247 +83,6 @@ class DataInfo:
             **{f"test/vqa/question_prior_baseline_{t}": v for t, v in self.question_prior_by_type.items()},
         }
         return {k: float(v) for k, v in values.items() if v is not None}
-
-
-class PairDataset(Dataset):
-    """(image, caption k, question k mod Q) examples of one split.
-
-    Text columns are held in memory; pixels too when the split is small (Shapes), otherwise rows are
-    read from the memory-mapped Arrow table on access. Region features are always read on access.
-    """
-
-    def __init__(self, split, answer_index: dict[str, int]):
-        size = int(split[0]["image_size"]) if len(split) else 0
-        self.image_size = size
-        if len(split) * size * size * 3 <= EAGER_PIXEL_BYTES:
-            self.images = np.frombuffer(b"".join(split["pixels"]), dtype=np.uint8).reshape(len(split), size, size, 3)
-        else:
-            self.images = _LazyPixels(split.select_columns(["pixels"]), size)
-        self.image_ids = np.asarray(split["image_id"], dtype=np.int64)
-        self.captions = split["captions"]
-        cols = split.column_names
-        self.questions = split["questions"] if "questions" in cols else None
-        self.answers = split["answers"] if "answers" in cols else None
-        self.all_answers = split["all_answers"] if "all_answers" in cols else None
-        self.caption_labels = split["caption_labels"] if "caption_labels" in cols else None
-        self.boxes = split["boxes"] if "boxes" in cols else None
-        self.labels = split["labels"] if "labels" in cols else None
-        self.region_feats = (
-            split.select_columns(["region_feats"]).with_format("numpy") if "region_feats" in cols else None
-        )
-        has_claims = "caption_claims" in cols and "image_facts" in cols
-        self.claims = [[claim_code(c) for c in row] for row in split["caption_claims"]] if has_claims else None
-        self.facts = [[claim_code(f) for f in row] for row in split["image_facts"]] if has_claims else None
-        self.answer_index = answer_index
-        self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
-        # flat index -> (image row, caption index)
-        counts = np.array([len(c) for c in self.captions])
-        self.rows = np.repeat(np.arange(len(counts)), counts)
-        self.caps = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=int)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def image_item(self, r: int, text: str) -> dict:
-        """Image row r paired with an arbitrary text (for evaluation protocols)."""
-        item = {"image": self.images[r], "image_id": self.image_ids[r], "caption": text}
-        if self.boxes is not None:
-            item["boxes"] = self.boxes[r]
-            if self.labels is not None:
-                item["labels"] = self.labels[r]
-            if self.region_feats is not None:
-                item["region_feats"] = self.region_feats[int(r)]["region_feats"]
-        return item
-
-    def __getitem__(self, i: int) -> dict:
-        r, k = int(self.rows[i]), int(self.caps[i])
-        item = self.image_item(r, self.captions[r][k])
-        if self.caption_labels is not None:
-            item["label"] = self.caption_labels[r][k]
-        if self.claims is not None:
-            item["claim"], item["facts"] = self.claims[r][k], self.facts[r]
-        if self.questions is not None and self.questions[r]:
-            q = k % len(self.questions[r])
-            item["question"] = self.questions[r][q]
-            item["answer"] = self.answer_index.get(self.answers[r][q], -1)
-            if self.all_answers is not None:
-                counts = Counter(self.all_answers[r][q])
-                item["answer_soft"] = [
-                    (self.answer_index[a], min(1.0, c / VQA_ANNOTATORS))
-                    for a, c in counts.items()
-                    if a in self.answer_index
-                ]
-        return item
-
-
-class _LazyPixels:
-    """`images[r]` of a large split: one row's pixels read from the memory-mapped Arrow table."""
-
-    def __init__(self, pixels, size: int):
-        self.pixels, self.size = pixels, size
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    def __getitem__(self, r) -> np.ndarray:
-        return np.frombuffer(self.pixels[int(r)]["pixels"], dtype=np.uint8).reshape(self.size, self.size, 3)
-
-
-class Collator:
-    """Tokenises, pads to the longest item and stacks a list of examples into the batch contract."""
-
-    def __init__(self, tokenizer, num_answers: int, facts_width: int = 0):
-        self.tokenizer = tokenizer
-        self.num_answers = num_answers
-        self.facts_width = facts_width  # widest `image_facts` row of the data
-
-    def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer.encode_batch(texts)
-        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
-        return ids, mask
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        images = torch.from_numpy(np.stack([it["image"] for it in items]))  # (B, H, W, 3) uint8
-        batch = {
-            "pixel_values": images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0),  # (B, 3, H, W) in [-1, 1]
-            "image_id": torch.tensor([int(it["image_id"]) for it in items], dtype=torch.long),
-        }
-        batch["input_ids"], batch["attention_mask"] = self._text([it["caption"] for it in items])
-        if "claim" in items[0]:
-            batch["text_claim"] = torch.tensor([it["claim"] for it in items], dtype=torch.long)
-            facts = torch.zeros(len(items), self.facts_width, dtype=torch.long)  # fixed width: gatherable under DDP
-            for i, it in enumerate(items):  # ragged lists -> padded tensor (collation, not a hot path)
-                facts[i, : len(it["facts"])] = torch.tensor(it["facts"], dtype=torch.long)
-            batch["image_facts"] = facts
-        if "label" in items[0]:
-            batch["labels"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
-        if "question" in items[0]:
-            batch["question_ids"], batch["question_mask"] = self._text([it["question"] for it in items])
-            answer = torch.tensor([it["answer"] for it in items], dtype=torch.long)
-            scores = torch.zeros(len(items), self.num_answers)
-            if "answer_soft" in items[0]:  # several annotator answers: VQAv2 soft scores
-                for i, it in enumerate(items):
-                    for a, score in it["answer_soft"]:
-                        scores[i, a] = score
-            else:
-                known = answer >= 0
-                scores[known.nonzero().squeeze(1), answer[known]] = 1.0
-            batch["answer"], batch["answer_scores"] = answer, scores
-        if "boxes" in items[0]:
-            B, R = len(items), max(1, max(len(it["boxes"]) for it in items))
-            boxes = torch.zeros(B, R, 4)
-            mask = torch.zeros(B, R, dtype=torch.bool)
-            labels = torch.full((B, R), -1, dtype=torch.long) if "labels" in items[0] else None
-            feats = None
-            if "region_feats" in items[0]:
-                feats = torch.zeros(B, R, int(np.asarray(items[0]["region_feats"]).shape[-1]))
-            for i, it in enumerate(items):  # ragged per-object lists -> padded tensors (collation, not a hot path)
-                n = len(it["boxes"])
-                if n:
-                    boxes[i, :n] = torch.tensor(np.asarray(it["boxes"], dtype=np.float32))
-                    mask[i, :n] = True
-                    if labels is not None:
-                        labels[i, :n] = torch.tensor(it["labels"], dtype=torch.long)
-                    if feats is not None:
-                        feats[i, :n] = torch.from_numpy(np.asarray(it["region_feats"], dtype=np.float32))
-            batch["region_boxes"], batch["region_mask"] = boxes, mask
-            if labels is not None:
-                batch["region_labels"] = labels
-            if feats is not None:
-                batch["region_feats"] = feats
-        return batch
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A random permutation per epoch that depends on (seed, epoch) only; `set_epoch` picks the epoch."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        (state,) = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)
-        generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-
-class ResumableLoader(DataLoader):
-    """The train DataLoader, resumable within an epoch through Lightning's stateful-loader protocol:
-    Lightning saves `state_dict()` in every checkpoint; resuming within an epoch, `load_state_dict` is
-    called before the first batch is drawn (by `mmbench.callbacks.MidEpochResume`). Lightning itself
-    does not fast-forward a map-style loader.
-
-    The state is the number of batches yielded in the current epoch (Lightning's own loader does not
-    prefetch a sized loader, so that is the number trained on when a checkpoint is written). After
-    `load_state_dict` the next iteration drops that many batches of indices from the batch sampler,
-    so no data is read for them and the epoch goes on with the batches an uninterrupted run would see:
-    the order is a function of (seed, epoch) (EpochShuffleSampler), and loading an example is
-    deterministic, so this holds with worker processes too. A checkpoint from other data settings
-    (batch size, batches per epoch, epoch) is refused.
-    """
-
-    _position = 0  # batches yielded in the current epoch
-    _skip = 0  # batches the next iteration leaves out (set by load_state_dict)
-    _skip_epoch = 0  # the epoch they belong to
-
-    def __iter__(self):
-        # a generator: nothing below runs before the first batch is drawn, when Lightning has set the
-        # sampler's epoch and the resume has set _skip (a DataLoader's worker processes would otherwise
-        # start drawing indices as soon as `iter()` is called)
-        epoch = int(getattr(self.sampler, "epoch", 0))
-        if self._skip and epoch != self._skip_epoch:
-            raise CheckpointError(
-                f"the checkpoint stopped within epoch {self._skip_epoch}, but training resumed "
-                f"at epoch {epoch}; delete the run's checkpoints/ to start it afresh"
-            )
-        self._position = self._skip
-        batches = super().__iter__()  # draws its indices from _index_sampler, which leaves out _skip batches
-        self._skip = 0
-        for batch in batches:
-            self._position += 1
-            yield batch
-
-    @property
-    def _index_sampler(self):
-        return _SkipBatches(super()._index_sampler, self)
-
-    def state_dict(self) -> dict:
-        return {
-            "batches": self._position,
-            "epoch": int(getattr(self.sampler, "epoch", 0)),
-            "batch_size": self.batch_size,
-            "num_batches": len(self),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        saved, here = (state["batch_size"], state["num_batches"]), (self.batch_size, len(self))
-        if saved != here:
-            raise CheckpointError(
-                f"the checkpoint stopped within an epoch of other data settings (batch size, batches per epoch: "
-                f"{saved}; this run: {here}), so this run cannot continue that epoch. Rerun with the settings it "
-                "was written with, or delete the run's checkpoints/ to start it afresh"
-            )
-        self._skip, self._skip_epoch = int(state["batches"]), int(state["epoch"])
-
-
-class _SkipBatches:
-    """The loader's batch sampler, leaving out the loader's first `_skip` batches when iterated (torch's
-    worker iterator calls `iter()` on it twice while it is built, so the loader resets `_skip` after)."""
-
-    def __init__(self, batches, loader: ResumableLoader):
-        self.batches, self.loader = batches, loader
-
-    def __len__(self) -> int:
-        return len(self.batches)  # a whole epoch: Lightning counts the resumed epoch's batches itself
-
-    def __iter__(self):
-        return itertools.islice(iter(self.batches), self.loader._skip, None)
 
 
 class VLDataModule(pl.LightningDataModule):

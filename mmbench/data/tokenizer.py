@@ -109,7 +109,7 @@ def load_pretrained(name_or_path: str, offline: bool = False) -> Tokenizer:
         if not path.exists():
             raise TokenizerError(f"tokenizer path {str(path)!r} does not exist")
         return _auto_tokenizer(str(path), local_files_only=True)
-    from mmbench.data.hf import hub_access
+    from mmbench.data.hf.hub_access import hub_access
 
     with hub_access(str(name_or_path), offline=offline, what="tokenizer") as local_only:
         return _auto_tokenizer(str(name_or_path), local_files_only=local_only)

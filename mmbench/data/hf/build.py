@@ -1,0 +1,311 @@
+"""`build_hf`, the HF data source: the canonical splits of a source config, converted once into
+`<cache_dir>/hf-<hash>` (the hash covers the source config, the converter version and the data's
+identity) and memory-mapped on later runs; plus what config validation asks a data source
+(`config_problems`, `provided_fields`), answered from the config alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import datasets
+
+from mmbench.config import ConfigError
+from mmbench.data import cache as data_cache
+from mmbench.data import columns as schema
+from mmbench.data.errors import DataError  # a ConfigError: the CLI prints one message, exit code 2
+from mmbench.data.hf.convert import CONVERTER_VERSION, _Converter
+from mmbench.data.hf.loading import LOCAL_BUILDERS, _is_local, _local_identity, load_source
+from mmbench.data.hf.roles import Columns, _check_columns, _plain
+from mmbench.data.hf.splits import SPLITS, _select_splits
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("raise", "skip")
+
+
+def hf_config_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_problems(*, path: str | None = None, **_settings) -> list[str]:
+    """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read)."""
+    if not path:
+        return [
+            "data.source.path is not set: give a hub dataset id or a local directory / file "
+            "(e.g. data.source.path=/data/my_images)"
+        ]
+    text = str(path)
+    local = text.startswith(("/", "./", "../", "~")) or Path(text).suffix.lower() in LOCAL_BUILDERS
+    if local and not Path(os.path.expanduser(text)).exists():
+        return [f"data.source.path={text}: no such file or directory (a local path; a hub id looks like owner/name)"]
+    return []
+
+
+def mapped_columns(*, columns=None, region_dir: str | None = None) -> frozenset[str]:
+    """The canonical columns (`mmbench.data.columns`) a column mapping asks `build_hf` for, known from the
+    mapping alone (`pixels` only when images are mapped: without, they are blank)."""
+    cols = _plain(columns) or {}
+    written = {"image_id", "image_size", "captions"}
+    if cols.get("image", "image"):
+        written.add("pixels")
+    if cols.get("question") and (cols.get("answers") or cols.get("answer")):  # a question needs its answers
+        written |= {"questions", "answers", "all_answers"}
+        if cols.get("question_type"):
+            written.add("question_types")
+    if cols.get("label"):
+        written.add("caption_labels")
+    # mapped boxes are declared even without region features, which the converter needs to write them
+    # (`_Converter._regions`): validation accepts boxes-only mappings as it always has
+    if cols.get("boxes") or region_dir:
+        written.add("boxes")
+    if cols.get("region_feats") or region_dir:
+        written.add("region_feats")
+    if cols.get("region_labels"):
+        written.add("labels")
+    return frozenset(written)
+
+
+def provided_fields(*, columns=None, region_dir: str | None = None, **_settings) -> frozenset[str]:
+    """Batch fields (`mmbench.data.columns.FIELDS`) this source config yields, known from its column
+    mapping alone: config validation compares them with the fields the encoders and objectives read."""
+    return schema.fields_from(mapped_columns(columns=columns, region_dir=region_dir))
+
+
+def build_hf(
+    cache_dir: str | os.PathLike,
+    *,
+    path: str,
+    image_size: int,
+    name: str | None = None,
+    data_dir: str | None = None,
+    data_files=None,
+    revision: str | None = None,
+    columns=None,
+    splits=None,
+    split_column: str | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    image_root: str | None = None,
+    region_dir: str | None = None,
+    streaming: bool = False,
+    max_samples: int | None = None,
+    bad_images: str = "raise",
+    offline: bool = False,
+    hf_cache_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[datasets.DatasetDict, Path]:
+    """A HF dataset (hub id or local data) in the canonical columns, and its cache directory.
+
+    Returns (DatasetDict with train / val / test, `<cache_dir>/hf-<hash>`). See the module doc.
+    """
+    if not path:
+        raise DataError(
+            "data.source.path is not set: give a hub dataset id or a local directory / file "
+            "(e.g. data.source.path=/data/my_images)"
+        )
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise DataError(f"data.source.bad_images={bad_images!r}; valid policies: {list(BAD_IMAGE_POLICIES)}")
+    cols = Columns.parse(columns if columns is not None else {})
+    splits = _plain(splits) or {"train": "train", "val": "validation", "test": "test"}
+    if not cols.image and not (cols.region_feats or region_dir):
+        raise DataError("data.source.columns.image is null and there are no region features: nothing to see")
+    if not (cols.text or cols.question):
+        raise DataError("data.source.columns needs a text or a question column (both are null)")
+    local = _is_local(path)
+    root = (
+        Path(os.path.expanduser(image_root))
+        if image_root
+        else (
+            Path(os.path.expanduser(path))
+            if local and Path(os.path.expanduser(path)).is_dir()
+            else Path(os.path.expanduser(path)).parent
+            if local
+            else None
+        )
+    )
+    settings = {
+        "path": str(Path(os.path.expanduser(path)).resolve()) if local else path,
+        "name": name,
+        "data_dir": data_dir,
+        "data_files": _plain(data_files),
+        "revision": revision,
+        "columns": cols.used(),
+        "splits": splits,
+        "split_column": split_column,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "image_root": str(root) if root else None,
+        "region_dir": str(Path(os.path.expanduser(region_dir)).resolve()) if region_dir else None,
+        "streaming": streaming,
+        "max_samples": max_samples,
+        "bad_images": bad_images,
+        "image_size": int(image_size),
+        "seed": seed,
+        "converter_version": CONVERTER_VERSION,
+    }
+    base = Path(cache_dir)
+    loaded = None
+    if local:
+        settings["identity"] = _local_identity(path, data_files, None)
+    else:
+        loaded = load_source(
+            path,
+            name=name,
+            data_dir=data_dir,
+            data_files=data_files,
+            revision=revision,
+            streaming=streaming,
+            offline=offline,
+            hf_cache_dir=hf_cache_dir,
+        )
+        settings["identity"] = (
+            {s: getattr(d, "_fingerprint", None) for s, d in loaded.items()} if not streaming else None
+        )
+    if region_dir:
+        settings["region_identity"] = _local_identity(region_dir, None, None)
+    target = base / f"hf-{hf_config_hash(settings)}"
+    damaged = None  # why a complete-looking cache entry does not load
+    if _is_complete(target, settings):
+        try:
+            dsd, stats = _load_entry(target)
+        except data_cache.LOAD_ERRORS as err:
+            damaged = data_cache.describe(err)
+            log.warning("the cached dataset %s is damaged (%s); converting %s again", target, damaged, path)
+    if damaged or not _is_complete(target, settings):
+        try:
+            if loaded is None:
+                loaded = load_source(
+                    path,
+                    name=name,
+                    data_dir=data_dir,
+                    data_files=data_files,
+                    revision=revision,
+                    streaming=streaming,
+                    offline=offline,
+                    hf_cache_dir=hf_cache_dir,
+                )
+            _convert_into(
+                target,
+                loaded,
+                settings,
+                cols,
+                path,
+                splits,
+                split_column,
+                max_samples,
+                streaming,
+                val_fraction,
+                test_fraction,
+                root,
+                region_dir,
+                bad_images,
+                seed,
+                int(image_size),
+                damaged=bool(damaged),
+            )
+            dsd, stats = _load_entry(target)
+        except (ConfigError, *data_cache.LOAD_ERRORS) as err:
+            if not damaged:
+                raise
+            raise DataError(
+                f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
+                f"({data_cache.describe(err)}); delete {target} and rerun where {path!r} can be loaded"
+            ) from err
+    if stats.get("skipped_examples"):
+        log.warning(
+            "skipped %d unreadable image(s) (data.source.bad_images=skip): %s; first paths: %s (see %s)",
+            stats["skipped_examples"],
+            stats["skipped_images"],
+            [p for ps in stats["skipped_paths"].values() for p in ps][:5],
+            target / "stats.json",
+        )
+    empty = stats.get("empty_captions") or {}
+    if empty:  # one line for every split: how many pairs, and where
+        pairs = sum(e["pairs"] for e in empty.values())
+        where = ", ".join(
+            f"row{'' if len(e['rows']) == 1 else 's'} {', '.join(map(str, e['rows'][:5]))}"
+            f"{', ...' if len(e['rows']) > 5 else ''} of split '{split}'"
+            for split, e in empty.items()
+        )
+        log.warning(
+            "dropped %d pair%s with an empty caption (%s of %s, counted from 1; column %r)",
+            pairs,
+            "" if pairs == 1 else "s",
+            where,
+            path,
+            cols.text,
+        )
+    log.info("data %s: %s images per split (cache %s)", path, stats["rows"], target)
+    return dsd, target
+
+
+def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
+    """The splits and stats.json of a cache entry; raises one of `data_cache.LOAD_ERRORS` when a file is damaged."""
+    stats = json.loads((target / "stats.json").read_text())
+    stats["rows"]  # noqa: B018 - a stats.json without it is damaged (KeyError)
+    dsd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(target / f"{s}.arrow")) for s in SPLITS})
+    return dsd, stats
+
+
+def _convert_into(
+    target: Path,
+    loaded,
+    settings: dict,
+    cols: Columns,
+    path: str,
+    splits: dict,
+    split_column,
+    max_samples,
+    streaming: bool,
+    val_fraction: float,
+    test_fraction: float,
+    root: Path | None,
+    region_dir,
+    bad_images: str,
+    seed: int,
+    image_size: int,
+    *,
+    damaged: bool = False,
+) -> None:
+    """Convert the loaded source into the cache entry `target` (built beside it, renamed into place)."""
+    chosen, carve = _select_splits(
+        loaded, splits, split_column, max_samples, streaming, val_fraction, test_fraction, cols.image
+    )
+    for split_name, split in chosen.items():
+        names = list(split[0].keys()) if isinstance(split, list) and split else list(getattr(split, "column_names", []))
+        _check_columns(names, cols, f"split '{split_name}' of {path!r}")
+    converter = _Converter(
+        cols,
+        image_size,
+        root,
+        Path(os.path.expanduser(region_dir)) if region_dir else None,
+        bad_images,
+        seed,
+        source=repr(path),
+    )
+    with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
+        stats = converter.convert(chosen, carve, tmp)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        data_cache.publish(tmp, target, lambda t: _is_complete(t, settings), damaged=damaged)
+
+
+def _is_complete(directory: Path, settings: dict) -> bool:
+    try:
+        saved = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    expected = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    return saved == expected and all((directory / f"{s}.arrow").is_file() for s in SPLITS)
+
+
+def read_stats(cache_dir: str | os.PathLike) -> dict:
+    """stats.json of a converted dataset ({} for other sources)."""
+    try:
+        return json.loads((Path(cache_dir) / "stats.json").read_text())
+    except (OSError, ValueError):
+        return {}

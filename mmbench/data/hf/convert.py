@@ -1,0 +1,330 @@
+"""Converting the rows of a HF source into the canonical columns, one Arrow file per split: rows that share
+an image become one canonical row (its captions, questions with majority / all answers, caption labels,
+regions), val / test are carved from train when asked, and unreadable images are raised or skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from mmbench.data import columns as schema
+from mmbench.data import regions as region_io
+from mmbench.data.errors import DataError  # a ConfigError: the CLI prints one message, exit code 2
+from mmbench.data.hf.images import _describe, read_image
+from mmbench.data.hf.roles import (
+    ROLES,
+    Columns,
+    _as_list,
+    _get,
+    _image_key,
+    _image_value,
+    _majority,
+    _role_columns,
+    _texts,
+)
+from mmbench.data.hf.splits import SPLITS
+
+CONVERTER_VERSION = 1  # bump when the converted data changes; part of the cache key
+MAX_LISTED = 20  # skipped image paths kept in stats.json
+
+
+@dataclass
+class _Group:
+    """One image of a split and everything said about it (source rows sharing that image)."""
+
+    first_row: int
+    source_id: Any = None
+    captions: list[str] = field(default_factory=list)
+    caption_labels: list = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    all_answers: list[list[str]] = field(default_factory=list)
+    question_types: list[str] = field(default_factory=list)
+
+
+def _rows(split, columns: list[str], batch_size: int = 256) -> Iterator[dict]:
+    """Row dicts of a Dataset (reading only `columns`) or of a list of rows (a streamed prefix)."""
+    if isinstance(split, list):
+        yield from split
+        return
+    for batch in split.select_columns(columns).iter(batch_size=batch_size):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            yield dict(zip(keys, values))
+
+
+def _check_columns(names: list[str], cols: Columns, where: str) -> None:
+    missing = []
+    for role in cols.used():
+        missing += [f"{c!r} (data.source.columns.{role})" for c in _role_columns(cols, [role], names) if c not in names]
+    if missing:
+        raise DataError(f"{where} has no column {', '.join(missing)}; its columns are {names}")
+
+
+def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None = None) -> dict[str, _Group]:
+    """Source rows -> image groups in order of first appearance, with text, QA and labels collected.
+
+    Empty captions are dropped; the row index of each is appended to `empty_rows`.
+    """
+    names = getattr(split, "column_names", None)
+    wanted = _role_columns(cols, [r for r in ROLES if r not in ("region_feats", "boxes", "region_labels")], names)
+    groups: dict[str, _Group] = {}
+    for i, row in enumerate(_rows(split, wanted)):
+        if cols.image_id:
+            source_id = _get(row, cols.image_id)
+            key = f"id:{source_id}"
+        elif cols.image:
+            source_id = None
+            key = _image_key(_image_value(row, cols.image))
+            key = key if key is not None else f"row:{i}"
+        else:
+            source_id, key = None, f"row:{i}"
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(first_row=i, source_id=source_id)
+        texts = _texts(_get(row, cols.text)) if cols.text else []
+        questions = _texts(_get(row, cols.question)) if cols.question else []
+        if questions and cols.answers is None and cols.answer is None:
+            raise DataError(
+                f"{where}: data.source.columns.question is set but neither columns.answers nor columns.answer"
+            )
+        if len(questions) > 1:
+            per_q = _as_list(_get(row, cols.answers)) if cols.answers else [None] * len(questions)
+            majority = _as_list(_get(row, cols.answer)) if cols.answer else [None] * len(questions)
+        else:
+            per_q = [_get(row, cols.answers)] if cols.answers else [None]
+            majority = [_get(row, cols.answer)] if cols.answer else [None]
+        qtypes = _texts(_get(row, cols.question_type)) if cols.question_type else []
+        for q, (question, given, major) in enumerate(zip(questions, per_q, majority)):
+            answers = [str(a).strip() for a in _as_list(given) if a is not None and str(a).strip()]
+            major = (
+                str(major).strip()
+                if major is not None and str(major).strip()
+                else (_majority(answers) if answers else "")
+            )
+            group.questions.append(question)
+            group.answers.append(major)
+            group.all_answers.append(answers or [major])
+            if cols.question_type:
+                group.question_types.append(qtypes[q] if q < len(qtypes) else "")
+        if cols.text and empty_rows is not None and (texts or not questions):
+            raw = _as_list(_get(row, cols.text))
+            empty = sum(v is None or not str(v).strip() for v in raw) if raw else 1
+            empty_rows += [i] * empty  # once per dropped pair
+        if not texts:  # a question without a caption is its own text (VQA datasets)
+            texts = questions
+        group.captions += texts
+        if cols.label:
+            group.caption_labels += [_get(row, cols.label)] * len(texts)
+    return groups
+
+
+def _label_index(train_groups: dict[str, _Group], label_feature) -> tuple[list[str], Callable[[Any], int]]:
+    """Class names and value -> index; ints (or a ClassLabel) are used as they are, strings are indexed."""
+    if isinstance(label_feature, datasets.ClassLabel):
+        return list(label_feature.names), lambda v: int(v) if v is not None else -1
+    values = {v for g in train_groups.values() for v in g.caption_labels if v is not None}
+    if all(isinstance(v, (int, np.integer, bool)) for v in values):
+        top = max((int(v) for v in values), default=-1)
+        return [str(i) for i in range(top + 1)], lambda v: int(v) if v is not None else -1
+    names = sorted(str(v) for v in values)
+    index = {n: i for i, n in enumerate(names)}
+    return names, lambda v: index.get(str(v), -1)
+
+
+class _SplitWriter:
+    """Writes canonical rows of one split into `<dir>/<split>.arrow` (features fixed by the first row)."""
+
+    def __init__(self, directory: Path, split: str):
+        self.path = directory / f"{split}.arrow"
+        self.writer = None
+        self.rows = 0
+
+    def write(self, row: dict) -> None:
+        if self.writer is None:
+            from datasets.arrow_writer import ArrowWriter
+
+            self.writer = ArrowWriter(features=canonical_features(row), path=str(self.path), writer_batch_size=256)
+        self.writer.write(row)
+        self.rows += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer.close()
+
+
+def canonical_features(row: dict) -> datasets.Features:
+    """The Arrow types of a canonical row's columns (`mmbench.data.columns`)."""
+    feats = row.get("region_feats")
+    return schema.features(row, region_feat_dim=None if feats is None else int(np.asarray(feats).shape[1]))
+
+
+@dataclass
+class _Converter:
+    cols: Columns
+    image_size: int
+    image_root: Path | None
+    region_dir: Path | None
+    bad_images: str
+    seed: int
+    source: str = "the dataset"  # the path or hub id, for messages
+    skipped: dict = field(default_factory=dict)  # split -> [paths]
+
+    def convert(self, source_splits: dict[str, Any], carve: dict[str, float], out: Path) -> dict:
+        """Write the canonical splits into `out`; returns stats (rows, skipped images, label names, ...)."""
+        where = lambda s: f"split {s!r} of {self.source}"  # noqa: E731
+        empty_rows: dict[str, list[int]] = {name: [] for name in source_splits}
+        grouped = {
+            name: _group_rows(split, self.cols, where(name), empty_rows[name]) for name, split in source_splits.items()
+        }
+        for name, groups in grouped.items():
+            if not any(g.captions for g in groups.values()):
+                column = self.cols.text or self.cols.question
+                role = "text" if self.cols.text else "question"
+                raise DataError(
+                    f"every caption of {where(name)} is empty (column {column!r}, data.source.columns.{role}): "
+                    f"there is no image-text pair to train or evaluate on. Map data.source.columns.{role} to the "
+                    f"column that holds the text"
+                )
+        label_names, to_index = ([], None)
+        if self.cols.label:
+            feature = getattr(source_splits["train"], "features", None)
+            label_feature = feature.get(self.cols.label) if feature is not None else None
+            label_names, to_index = _label_index(grouped["train"], label_feature)
+        ids: dict[str, int] = {}
+        plan = self._plan(grouped, carve)
+        writers = {s: _SplitWriter(out, s) for s in SPLITS}
+        try:
+            for source_name, split in source_splits.items():
+                targets = plan[source_name]  # group key -> canonical split
+                by_row = {g.first_row: (key, g) for key, g in grouped[source_name].items() if key in targets}
+                cols = _role_columns(
+                    self.cols, ("image", "region_feats", "boxes", "region_labels"), getattr(split, "column_names", None)
+                )
+                rows = _rows(split, cols) if cols else ({} for _ in range(max(by_row, default=-1) + 1))
+                for i, row in enumerate(rows):
+                    if i not in by_row:
+                        continue
+                    key, group = by_row[i]
+                    canonical = self._canonical(row, key, group, ids, to_index, targets[key])
+                    if canonical is not None:
+                        writers[targets[key]].write(canonical)
+        finally:
+            for w in writers.values():
+                w.close()
+        counts = {s: writers[s].rows for s in SPLITS}
+        for s in SPLITS:
+            if counts[s] == 0:
+                skipped = len(self.skipped.get(s, []))
+                why = f" after skipping {skipped} unreadable image(s)" if skipped else ""
+                raise DataError(
+                    f"split '{s}' is empty{why}; check data.source.splits / max_samples "
+                    f"(source splits: {list(source_splits)})"
+                )
+        return {
+            "rows": counts,
+            "skipped_images": {s: len(p) for s, p in self.skipped.items()},
+            "skipped_examples": sum(len(p) for p in self.skipped.values()),
+            "skipped_paths": {s: p[:MAX_LISTED] for s, p in self.skipped.items()},
+            "empty_captions": {
+                s: {"pairs": len(r), "rows": [i + 1 for i in sorted(set(r))[:MAX_LISTED]]}
+                for s, r in empty_rows.items()
+                if r
+            },  # rows counted from 1
+            "label_names": label_names,
+            "carved": carve,
+        }
+
+    def _plan(self, grouped: dict[str, dict[str, _Group]], carve: dict[str, float]) -> dict[str, dict[str, str]]:
+        """Canonical split of every group; val / test carved from train by a seeded fraction of images."""
+        plan = {}
+        for source_name, groups in grouped.items():
+            plan[source_name] = (
+                {key: target for key in groups for target in [source_name]} if source_name in SPLITS else {}
+            )
+        train_keys = list(grouped["train"])
+        rng = np.random.default_rng([self.seed, 7])
+        order = rng.permutation(len(train_keys))
+        start = 0
+        for split, fraction in carve.items():
+            n = max(1, int(round(fraction * len(train_keys))))
+            if n >= len(train_keys) - start:
+                raise DataError(f"cannot carve '{split}' ({fraction:.0%}) from the {len(train_keys)} training images")
+            for j in order[start : start + n]:
+                plan["train"][train_keys[j]] = split
+            start += n
+        return plan
+
+    def _canonical(self, row, key, group: _Group, ids: dict, to_index, split: str) -> dict | None:
+        if self.cols.image:
+            value = _image_value(row, self.cols.image)
+            try:
+                pixels = read_image(value, self.image_size, self.image_root)
+            except (OSError, ValueError) as err:
+                path = _describe(value, self.image_root)
+                if self.bad_images == "raise":
+                    raise DataError(
+                        f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
+                        f"to skip such images (they are counted and logged)"
+                    ) from err
+                self.skipped.setdefault(split, []).append(path)
+                return None
+        else:
+            pixels = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        source_id = group.source_id
+        if isinstance(source_id, (int, np.integer)) and not isinstance(source_id, bool):
+            image_id = int(source_id)
+        else:
+            image_id = ids.setdefault(key, len(ids))
+        out = {
+            "image_id": image_id,
+            "pixels": pixels.tobytes(),
+            "image_size": self.image_size,
+            "captions": group.captions,
+        }
+        if self.cols.label:
+            out["caption_labels"] = [to_index(v) for v in group.caption_labels]
+        if self.cols.question:
+            out.update(questions=group.questions, answers=group.answers, all_answers=group.all_answers)
+            if self.cols.question_type:
+                out["question_types"] = group.question_types
+        regions = self._regions(row, group, key)
+        if regions is not None:
+            feats, boxes, labels = regions
+            out.update(region_feats=feats, boxes=boxes.tolist())
+            if labels is not None:
+                out["labels"] = labels.tolist()
+        return out
+
+    def _regions(self, row, group: _Group, key: str):
+        if self.region_dir is not None:
+            if group.source_id is not None:
+                name = str(group.source_id)
+            elif self.cols.image and not key.startswith(("sha1:", "row:")):
+                name = Path(key).stem
+            else:
+                raise DataError(
+                    "data.source.region_dir needs data.source.columns.image_id or image paths to name "
+                    "each image's region file"
+                )
+            return region_io.load_region_file(self.region_dir, name)
+        if self.cols.region_feats:
+            if not self.cols.boxes:
+                raise DataError("data.source.columns.region_feats is set but columns.boxes is not")
+            labels = _get(row, self.cols.region_labels) if self.cols.region_labels else None
+            try:
+                return region_io.check_regions(
+                    _get(row, self.cols.region_feats),
+                    _get(row, self.cols.boxes),
+                    labels,
+                    where=f"image {group.source_id if group.source_id is not None else key}",
+                )
+            except region_io.RegionError as err:
+                raise DataError(str(err)) from err
+        return None
