@@ -67,10 +67,16 @@ def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float]:
 
 
 def pretrained_init(cfg: DictConfig):
-    """The `model.init_from` checkpoint (a `PretrainedInit`), or None."""
+    """The `model.init_from` checkpoint, or None: an earlier mmbench run (`RunInit`, training in stages) or a
+    Hugging Face checkpoint (`PretrainedInit`, weight import)."""
     name = cfg.model.get("init_from")
     if not name:
         return None
+    from mmbench.models.convert.run import RunInit, run_checkpoint
+
+    checkpoint = run_checkpoint(str(name))
+    if checkpoint is not None:
+        return RunInit(checkpoint, dict(cfg.model.get("init_map") or {}))
     from mmbench.models.convert import PretrainedInit
 
     return PretrainedInit.resolve(name)

@@ -206,6 +206,12 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _monitor_problems(cfg)
     problems += _search_problems(cfg)
     init_from = cfg.model.get("init_from")
+    if cfg.model.get("init_map") and not init_from:
+        problems.append(
+            "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
+            "is not set: give the run this stage starts from (its directory or a .ckpt), "
+            "e.g. model.init_from=outputs/runs/<the stage-1 run>"
+        )
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
         problems.append(
             f"model.init_from={init_from}: no such directory; give a directory written by "

@@ -102,3 +102,48 @@ def test_presets_train_end_to_end(model, objectives, tiny_cfg):
     record = run(cfg)
     assert record["status"] == "completed"
     assert "test/captioning/cider" in record["metrics"]
+
+
+def test_blip2_stage_two_starts_from_a_stage_one_run(tiny_cfg, tmp_path):
+    """experiment=blip2_stage2 model.init_from=<stage-1 run>: the ViT and the Q-Former (renamed into the
+    connector slot) are stage 1's, the projector and the language model are fresh, and the stage-2 prefix
+    is exactly what stage 1's queries computed in generation mode."""
+    from mmbench.builder import build_datamodule, build_module
+
+    stage1 = tiny_cfg("experiment=blip2_stage1", "hydra.mode=RUN", "eval.protocols=[retrieval]")
+    assert run(stage1)["status"] == "completed"
+    run_dir = stage1.paths.output_dir
+    # the stages share their sizes: TINY's one fusion layer is stage 2's one Q-Former layer
+    stage2 = tiny_cfg(
+        "experiment=blip2_stage2",
+        "hydra.mode=RUN",
+        "objective=[itc,lm]",
+        f"model.init_from={run_dir}",
+        "model.sizes.tiny.qformer_depth=1",
+    )
+    dm = build_datamodule(stage2)
+    model = build_module(stage2, dm.info).model.eval()
+
+    ckpt = torch.load(f"{run_dir}/checkpoints/best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    ours = model.state_dict()
+    for key, value in ckpt.items():
+        if key.startswith("model.vision_encoder."):
+            assert torch.equal(ours[key[len("model.") :]], value), key
+        if key.startswith("model.fusion.qformer."):
+            assert torch.equal(ours["fusion.connector.qformer." + key[len("model.fusion.qformer.") :]], value), key
+    assert not any("prefix.proj" in k for k in ckpt)  # the projector into the LM starts fresh
+
+    one = build_module(stage1, dm.info).model.eval()
+    one.load_state_dict({k[len("model.") :]: v for k, v in ckpt.items() if k.startswith("model.")})
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        image = model.encode_image(batch)
+        text = one.encode_text(batch["input_ids"], batch["attention_mask"], causal=True)
+        queries = one.fuse(text, one.encode_image(batch), causal_text=True).image_tokens  # (B, N, D)
+        torch.testing.assert_close(model.fusion.connector(image).tokens, queries, rtol=1e-5, atol=1e-5)
+
+
+def test_blip2_stage_two_without_a_stage_one_run_is_refused():
+    with pytest.raises(ConfigError, match="model.init_from is not set: give the run this stage starts from"):
+        validate(compose_cfg(["experiment=blip2_stage2"]))
+    validate(compose_cfg(["experiment=blip2_stage1"]))  # stage 1 needs nothing

@@ -1,0 +1,97 @@
+"""Initialisation from an earlier mmbench run (`model.init_from=<run directory or .ckpt>`): training in stages.
+
+BLIP-2 trains its Q-Former with ITC / ITM / image-grounded generation first (`model=blip2`), then feeds
+the same Q-Former's queries to a language model (`model=blip2_lm`); LLaVA pre-trains the projector before
+tuning everything. Each stage is a run; the next one starts from the previous run's checkpoint
+(`checkpoints/best.ckpt`, else `last.ckpt`, of a run directory, or a given `.ckpt` file):
+
+* every tensor of the checkpoint's model (the `model.` entries of its Lightning state dict) whose name,
+  after the renames of `model.init_map` (`{old prefix: new prefix}`, first match; e.g. BLIP-2's
+  `fusion.qformer.` -> `fusion.connector.qformer.`), is a tensor of this model is loaded, and must have
+  its shape (the stages share their sizes: a different width is an error naming the tensor);
+* the model's other tensors keep their fresh initialisation (e.g. the projector into the LM), and the
+  checkpoint's tensors this model has no place for are dropped (e.g. stage 1's text tower); one log line
+  lists both, by part. Objective heads are not carried over (each stage trains its own objectives).
+
+The sizes, vocabulary and parts come from this run's config, unchanged (`adjust` is the identity); the
+tokenizer is the same as long as both stages use the same data (the Shapes tokenizer is cached per data
+config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("best.ckpt", "last.ckpt")  # in a run directory's checkpoints/, the first that exists
+
+
+def run_checkpoint(name: str) -> Path | None:
+    """The checkpoint file `name` designates if it is an mmbench run directory or a `.ckpt` file, else None."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        return path
+    if (path / "checkpoints").is_dir():
+        return next((path / "checkpoints" / c for c in CHECKPOINTS if (path / "checkpoints" / c).is_file()), None)
+    return None
+
+
+def _parts(keys) -> str:
+    counts = Counter(k.split(".")[0] for k in keys)
+    return ", ".join(f"{part} ({n})" for part, n in sorted(counts.items())) or "none"
+
+
+@dataclasses.dataclass
+class RunInit:
+    path: Path  # the checkpoint file
+    rename: dict[str, str]  # old prefix -> new prefix
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def adjust(self, cfg: DictConfig, info):
+        return cfg, info
+
+    def part_kwargs(self) -> dict[str, dict]:
+        return {}
+
+    def _renamed(self, key: str) -> str:
+        for old, new in self.rename.items():
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    def load(self, model) -> dict:
+        """Load the matching tensors into `model`; returns the loaded and the skipped names."""
+        state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
+        theirs = {self._renamed(k[len("model.") :]): v for k, v in state.items() if k.startswith("model.")}
+        ours = model.state_dict()
+        loaded = {k: v for k, v in theirs.items() if k in ours}
+        wrong = [
+            f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in loaded.items() if v.shape != ours[k].shape
+        ]
+        if wrong:
+            raise ValueError(
+                f"model.init_from={self.path}: {len(wrong)} tensors differ in shape from this model's, e.g. "
+                f"{wrong[0]}; the stages must share their sizes (model.size and the sizes table)"
+            )
+        model.load_state_dict(loaded, strict=False)
+        fresh = sorted(k for k in ours if k not in loaded)
+        dropped = sorted(k for k in theirs if k not in ours)
+        log.info(
+            "model.init_from=%s: loaded %d tensors: %s; initialised fresh: %s; not in this model: %s",
+            self.path,
+            len(loaded),
+            _parts(loaded),
+            _parts(fresh),
+            _parts(dropped),
+        )
+        return {"loaded": sorted(loaded), "fresh": fresh, "dropped": dropped}
