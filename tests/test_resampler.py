@@ -35,7 +35,7 @@ def test_the_order_of_the_image_tokens_does_not_matter(resampler):
     image = _image(2, 12)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
     shuffled = Features(image.tokens[:, perm], image.mask[:, perm], image.pooled)
-    assert torch.allclose(resampler(image).tokens, resampler(shuffled).tokens, atol=1e-6)
+    torch.testing.assert_close(resampler(image).tokens, resampler(shuffled).tokens, atol=1e-5, rtol=1e-5)
 
 
 def test_padding_never_changes_the_latents(resampler):
@@ -48,7 +48,10 @@ def test_padding_never_changes_the_latents(resampler):
         image.pooled,
     )
     out = resampler(padded).tokens
-    assert torch.isfinite(out).all() and torch.allclose(out, resampler(image).tokens, atol=1e-6)
+    # 1e-5: a longer key sequence takes other SDPA blockings (AVX-512 kernels differ in the last bits);
+    # NaN leaking from a padded key would make the row NaN, not off by 1e-6
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, resampler(image).tokens, atol=1e-5, rtol=1e-5)
 
 
 def test_the_latents_read_the_image(resampler):

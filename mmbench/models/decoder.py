@@ -10,9 +10,13 @@ Two causal LMs with one interface, so a connector (fusion/prefix.py) never knows
     lm.run(embeds, mask, cache)  the same, continuing the sequence a `DecoderCache` holds: positions
                                  from its length on, attending to its keys and values, which it keeps
                                  (incremental decoding: one new token per step costs O(L), not O(L^2))
+    lm.run(embeds, mask, cache, before_layer)
+                                 with `before_layer(i, x) -> x` applied to the hidden states entering
+                                 layer i (Flamingo's gated cross-attention into the LM, fusion/gated_xattn_lm.py)
     lm.logits(hidden)            (..., H) -> (..., V)   the LM head
     lm.word_embeddings           the input table (nn.Embedding), (V, H)
     lm.hidden_size, lm.max_len   H, and the number of positions (None: no limit)
+    lm.num_layers                the number of decoder layers
 
 `GPTDecoder` is the GPT-2 layout from scratch with mmbench's blocks (Radford et al., 2019: token +
 learned position embeddings, pre-norm blocks, final LayerNorm, LM head tied to the token table, no
@@ -27,9 +31,11 @@ declare a constructor parameter `lm` (the text part, the connector); see mmbench
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -37,6 +43,9 @@ from torch import nn
 from mmbench.models.layers import Activation, Block, BlockOptions, KVCache
 
 log = logging.getLogger(__name__)
+
+#: a function of (layer index, hidden states (B, L, H)) -> hidden states, run before each decoder layer
+LayerHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class DecoderCache:
@@ -73,11 +82,18 @@ class Decoder(nn.Module):
     word_embeddings: nn.Embedding
     hidden_size: int
     max_len: int | None
+    num_layers: int
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+    def run(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        before_layer: LayerHook | None = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def new_cache(self) -> DecoderCache:
@@ -138,7 +154,7 @@ class GPTDecoder(Decoder):
         )
         self.blocks = nn.ModuleList(Block(dim, heads, **kw) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=norm_eps)  # GPT-2's ln_f
-        self.hidden_size, self.max_len = dim, max_len
+        self.hidden_size, self.max_len, self.num_layers = dim, max_len, depth
         self._init_weights(depth)
 
     def _init_weights(self, depth: int) -> None:
@@ -156,7 +172,13 @@ class GPTDecoder(Decoder):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids)  # (B, T, H)
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+    def run(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        before_layer: LayerHook | None = None,
+    ) -> torch.Tensor:
         B, L, H = embeds.shape
         past = 0 if cache is None else cache.length
         self.check_length(past + L)
@@ -165,7 +187,9 @@ class GPTDecoder(Decoder):
         keys = mask.bool() if cache is None else cache.extend_mask(mask.bool())  # (B, past + L)
         attn = causal_mask(keys, L)  # (B, 1, L, past + L)
         layers = [None] * len(self.blocks) if cache is None else cache.layers
-        for block, layer_cache in zip(self.blocks, layers):
+        for i, (block, layer_cache) in enumerate(zip(self.blocks, layers)):
+            if before_layer is not None:
+                x = before_layer(i, x)  # (B, L, H)
             x = block(x, mask=attn, cache=layer_cache)  # (B, L, H)
         return self.norm(x)
 
@@ -220,6 +244,7 @@ class HFDecoder(Decoder):
             assert isinstance(table, nn.Embedding)
         self.hidden_size = table.embedding_dim
         self.max_len = getattr(self.model.config, "max_position_embeddings", None)
+        self.num_layers = len(self._layers())
         # the decoder's cache argument: `cache` since transformers 5, `past_key_values` before
         forward = inspect.signature(self.model.get_decoder().forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
@@ -233,7 +258,36 @@ class HFDecoder(Decoder):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)  # (B, T, H)
 
-    def run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+    def _layers(self) -> nn.ModuleList:
+        """The decoder's layer list: `layers` (Llama, OPT, Mistral, ...) or `h` (GPT-2, GPT-J, GPT-Neo)."""
+        decoder = self.model.get_decoder()
+        layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(f"cannot find the decoder layers of {type(decoder).__name__} (no `layers` or `h` list)")
+        return layers
+
+    def run(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        before_layer: LayerHook | None = None,
+    ) -> torch.Tensor:
+        if before_layer is None:
+            return self._run(embeds, mask, cache)
+        # transformers has no per-layer input hook: a forward pre-hook on each layer rewrites its hidden states
+        # (the first positional argument, or `hidden_states=`) for the duration of this call
+        handles = [
+            layer.register_forward_pre_hook(functools.partial(_rewrite_hidden, before_layer, i), with_kwargs=True)
+            for i, layer in enumerate(self._layers())
+        ]
+        try:
+            return self._run(embeds, mask, cache)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DecoderCache | None) -> torch.Tensor:
         B, L, H = embeds.shape
         if cache is None:
             self.check_length(L)
@@ -252,3 +306,10 @@ class HFDecoder(Decoder):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden)  # (..., V)
+
+
+def _rewrite_hidden(hook: LayerHook, index: int, module: nn.Module, args: tuple, kwargs: dict):
+    """A forward pre-hook (with kwargs) of HF decoder layer `index`: its hidden states through `hook`."""
+    if args:
+        return (hook(index, args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hook(index, kwargs["hidden_states"])}

@@ -32,13 +32,13 @@ give the same tokens (tested).
 
 from __future__ import annotations
 
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.decoder import Decoder, DecoderCache
+from mmbench.models.decoder import Decoder
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
@@ -217,12 +217,19 @@ class LM(Objective):
         return out[:, :keep]
 
 
+class DecodingCache(Protocol):
+    """What a fusion keeps of a cached run (a `DecoderCache`, or more, e.g. the visual tokens); beams
+    reorder it."""
+
+    def select(self, rows: torch.Tensor) -> None: ...
+
+
 class IncrementalFusion(Protocol):
-    """A fusion that can continue a cached run (fusion/prefix.py's `PrefixFusion`)."""
+    """A fusion that can continue a cached run (fusion/prefix.py's `PrefixFusion`, fusion/gated_xattn_lm.py)."""
 
-    def start_decoding(self, text: Features, image: Features) -> tuple[torch.Tensor, DecoderCache]: ...
+    def start_decoding(self, text: Features, image: Features) -> tuple[torch.Tensor, DecodingCache]: ...
 
-    def continue_decoding(self, text: Features, cache: DecoderCache) -> torch.Tensor: ...
+    def continue_decoding(self, text: Features, cache: Any) -> torch.Tensor: ...
 
 
 class _Decoding:
@@ -232,7 +239,7 @@ class _Decoding:
     def __init__(self, objective: LM, model: MultimodalModel, image: Features, cached: bool):
         self.objective, self.model, self.image, self.cached = objective, model, image, cached
         self.fusion = cast(IncrementalFusion, getattr(model, "fusion", None))  # used only when `cached`
-        self.cache: DecoderCache | None = None
+        self.cache: DecodingCache | None = None
 
     def next_log_probs(self, seq: torch.Tensor) -> torch.Tensor:
         """(N, vocab) for the token after seq (N, L); the cached path has seen seq[:, :-1] already."""

@@ -34,10 +34,12 @@ from mmbench.models.outputs import Capabilities, Features, Fused
 class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's GATED XATTN-DENSE: tanh-gated, pre-norm cross-attention and FFN, gates start closed."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, context_dim: int | None = None
+    ):
         super().__init__()
         self.norm_xattn = nn.LayerNorm(dim)
-        self.xattn = Attention(dim, heads, dropout=dropout)
+        self.xattn = Attention(dim, heads, context_dim=context_dim, dropout=dropout)  # keys from the image width
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = MLP(dim, int(dim * mlp_ratio), dropout=dropout)
         self.alpha_xattn = nn.Parameter(torch.zeros(()))
@@ -45,7 +47,7 @@ class GatedCrossAttentionBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D); context (B, V, D); context_mask (B, 1, 1, V)."""
+        """x (B, T, D); context (B, V, Dc); context_mask (B, 1, 1, V)."""
         x = x + self.alpha_xattn.tanh() * self.drop(self.xattn(self.norm_xattn(x), context=context, mask=context_mask))
         return x + self.alpha_ffn.tanh() * self.ffn(self.norm_ffn(x))  # (B, T, D)
 
