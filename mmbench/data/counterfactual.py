@@ -74,7 +74,7 @@ def _pair_edit(scene: S.Scene, p: list[str], n: list[str], kind: str) -> S.Scene
 def counterfactual(columns: dict, positive: str, negative: str, kind: str, image_size: int, grid: int):
     """A rendering of the row's scene edited so that `negative` is true and `positive` false, or None.
 
-    columns: the row's obj_shape, obj_color, obj_size, boxes. Returns (image (S, S, 3) uint8, boxes,
+    columns: the dataset row's columns (it reads obj_shape, obj_color, obj_size, boxes). Returns (image (S, S, 3) uint8, boxes,
     labels). Statements are read by their claims (`S.claim_of`), the grammar Shapes writes them in.
     """
     scene = scene_of_row(columns, image_size, grid)

@@ -102,7 +102,10 @@ def matching_diagnostics(
 
 def _winoground(module, scorer, inputs: Inputs, quads: list, batch_size: int) -> dict[str, float]:
     image_size = int(inputs.dataset.images[0].shape[0])
-    cols = {c: column(inputs.dataset, c) for c in ("obj_shape", "obj_color", "obj_size", "boxes")}
+    # the renderer reads the scene from the row's columns: which ones is the data's business, not this
+    # protocol's (every column but the pixel bytes, read once per dataset)
+    names = [c for c in inputs.dataset.split.column_names if c != "pixels"]
+    cols = {c: column(inputs.dataset, c) for c in names}
     items, valid = [], []
     for q, (kind, pos, neg, _, _, r) in enumerate(quads):
         cf = inputs.counterfactuals({c: v[r] for c, v in cols.items()}, pos, neg, kind, image_size)

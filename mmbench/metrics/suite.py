@@ -8,9 +8,9 @@ Protocols (one file each in this package) run when the model can serve them:
 |-------------|----------------------------------------|-----------------------------------------|
 | retrieval   | ITC (`embed`) and/or a pair scorer      | `<split>/retrieval/...`                 |
 | vqa         | a VQA head (`answer_logits`), questions | `<split>/vqa/...`                       |
-| diagnostics | a pair scorer, `match_*` columns        | `<split>/diagnostics/...`               |
+| diagnostics | a pair scorer, `match_*` columns (Winoground: the data's counterfactual renderer) | `<split>/diagnostics/...`               |
 | captioning  | a caption generator (`generate`)        | `<split>/captioning/...`                |
-| zeroshot    | ITC, `obj_*` columns                    | `<split>/zeroshot/...`                  |
+| zeroshot    | ITC, the data's classes (`data.zeroshot_classes`) | `<split>/zeroshot/...`                  |
 | robustness  | any of the above                        | `<split>/robustness/...`                |
 
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out
