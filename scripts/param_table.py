@@ -28,8 +28,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small,base")
     args = parser.parse_args()
     presets = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
-    print("| model | size | encoder/text | encoder/vision | fusion | text | vision | fusion params | total |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | size | encoder/text | encoder/vision | fusion | language_model | text | vision | fusion params "
+        "| LM params | total |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in presets:
         for size in args.sizes.split(","):
             cfg = compose_train([f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])])
@@ -45,9 +48,11 @@ def main() -> None:
             )
             model = build_model(cfg, info)
             choices = choices_of(cfg)
+            lm = model.language_model  # registered once; the text part and connectors hold it by reference
             print(
                 f"| {name} | {size} | {choices['encoder/text']} | {choices['encoder/vision']} | {choices['fusion']} | "
-                f"{count(model.text_encoder)} | {count(model.vision_encoder)} | {count(model.fusion)} | {count(model)} |",
+                f"{choices.get('language_model', 'none')} | {count(model.text_encoder)} | {count(model.vision_encoder)} | "
+                f"{count(model.fusion)} | {count(lm) if lm is not None else '-'} | {count(model)} |",
                 flush=True,
             )
             del model
