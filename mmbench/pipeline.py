@@ -16,19 +16,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmbench.config import ConfigError, choices_of, validate
+from mmbench.config import ConfigError, choices_of
+from mmbench.distributed import SavedLaunch, ddp_cleanup, ddp_single_run, global_rank
 from mmbench.finish import close_wandb, evaluate_and_publish
 from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
 from mmbench.rundir import checkpoint_stamp, config_identity
-from mmbench.sweep import (
-    CheckpointError,
-    csv_history,
-    ddp_cleanup,
-    ddp_single_run,
-    global_rank,
-    load_checkpoint,
-    restore_csv_history,
-)
+from mmbench.sweep import CheckpointError, csv_history, load_checkpoint, restore_csv_history
+from mmbench.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +51,11 @@ def run(cfg: DictConfig) -> dict:
         "wall_s": None,
         "config": config,  # resolved, without the keys that say how to run (rundir.IGNORED)
     }
+    launch = SavedLaunch()  # what a DDP job of a multirun changes for Lightning's launcher, undone below
     try:
         validate(cfg)
         check_wandb_reachable(cfg)
-        record["metrics"], record["complexity"] = _train(cfg, out_dir, config_hash)
+        record["metrics"], record["complexity"] = _train(cfg, out_dir, config_hash, launch)
         record["status"] = "completed"
         return record
     except (ConfigError, CheckpointError) as err:
@@ -79,7 +74,7 @@ def run(cfg: DictConfig) -> dict:
         record["wall_s"] = round(time.time() - start, 3)
         if global_rank() == 0:  # under DDP every rank runs this; one metrics.json per run
             write_metrics(out_dir / "metrics.json", record)
-        ddp_cleanup()  # the next job of a sweep starts its own process group
+        ddp_cleanup(launch)  # the next job of a sweep starts its own process group
         close_wandb(completed=record["status"] == "completed")
 
 
@@ -100,7 +95,7 @@ def check_wandb_reachable(cfg: DictConfig) -> None:
         )
 
 
-def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict]:
+def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch) -> tuple[dict, dict]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -141,7 +136,7 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str) -> tuple[dict, dict
         lg.log_hyperparams(hparams)
     restore_csv_history(history)
     if trainer.world_size > 1:
-        ddp_single_run()  # in a multirun, Lightning's extra ranks re-run this job, not the whole sweep
+        ddp_single_run(launch)  # in a multirun, Lightning's extra ranks re-run this job, not the whole sweep
     t0 = time.time()
     with _interrupts(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

@@ -25,6 +25,10 @@
    (`hydra.output_subdir: null` in conf/train.yaml): Hydra writes it before the task function runs,
    so it would overwrite the config of the run that is there before anything could compare it.
 
+One concept, the run directory's lifecycle (steps 1-4 above), in one file of a little over 400 lines: the
+identity code is here because it exists to make the decision of step 3 (and to stamp what that decision reads
+back), so splitting it off would put one decision in two files.
+
 Light imports only (no torch): a refused or skipped job must stay fast.
 """
 
@@ -43,8 +47,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench.distributed import global_rank
 from mmbench.record import write_metrics
-from mmbench.sweep import RUN_KEYS, global_rank, override_key, read_record
+from mmbench.sweep import RUN_KEYS, override_key, read_record
 
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = ".lock"

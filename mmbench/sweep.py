@@ -14,6 +14,7 @@
   the command exit non-zero when one of them failed, diverged or is unfinished, or when its run directory
   refused it (busy with another process, or holding a run of another config: mmbench/rundir.py).
 
+The DDP launch inside a multirun job (argv / environment for Lightning's launcher) is mmbench/distributed.py.
 Kept free of torch/Lightning imports at module level: Hydra instantiates the callback before any job.
 """
 
@@ -31,15 +32,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench.distributed import global_rank
+
 # overrides that say how to run a sweep, not what a job is
 RUN_KEYS = ("sweep_name", "resume", "torch_threads")
+# the sweep's name and swept keys, set by SweepSummary.on_multirun_start for the resolvers (no module state)
 _SWEEP_ENV, _SWEPT_ENV = "MMBENCH_SWEEP_NAME", "MMBENCH_SWEPT_KEYS"
 _REFUSALS_ENV = "MMBENCH_SWEEP_REFUSALS"  # file where jobs note that their run directory refused them
-_sweep_name: str | None = None
-_swept: list[str] = []
-_saved_argv: list[str] | None = None  # the sweep's command line while a DDP job runs (ddp_single_run)
-_saved_env: dict[str, str | None] = {}
-_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def override_key(override: str) -> str:
@@ -100,11 +99,11 @@ def _safe(name: str) -> str:
 def _resolve_sweep_name() -> str:
     """`${mmbench.sweep_name:}`: set by SweepSummary.on_multirun_start (cached by OmegaConf and
     copied into every job's config by Hydra, so all jobs of a sweep agree on it)."""
-    return _sweep_name or os.environ.get(_SWEEP_ENV) or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    return os.environ.get(_SWEEP_ENV) or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
 
 
 def _resolve_job_dir(overrides) -> str:
-    swept = _swept or [k for k in os.environ.get(_SWEPT_ENV, "").split("\n") if k]
+    swept = [k for k in os.environ.get(_SWEPT_ENV, "").split("\n") if k]
     return job_dirname(list(overrides or []), swept)
 
 
@@ -175,13 +174,13 @@ class SweepSummary(Callback):
     unfinished job with its error and exits with code 1 if there is any."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _sweep_name, _swept
         task = list(config.hydra.overrides.task)
-        _sweep_name = sweep_name(task, config.get("sweep_name"), bool(config.get("resume", True)))
+        name = sweep_name(task, config.get("sweep_name"), bool(config.get("resume", True)))
         params = config.hydra.sweeper.get("params")
-        _swept = swept_keys(task, OmegaConf.to_container(params) if params is not None else {})
-        # for launchers whose workers start from a fresh interpreter (joblib, submitit)
-        os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = _sweep_name, "\n".join(_swept)
+        swept = swept_keys(task, OmegaConf.to_container(params) if params is not None else {})
+        # read by the resolvers, in this process and in launchers' workers that start from a fresh
+        # interpreter (joblib, submitit), which inherit the environment
+        os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = name, "\n".join(swept)
         os.environ[_REFUSALS_ENV] = str(_refusals_file(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -279,47 +278,6 @@ def torch_threads(value: Any) -> int | None:
     return max(1, cores // max(1, n_jobs))
 
 
-def ddp_single_run() -> bool:
-    """Inside a multirun job about to start Lightning's local DDP launcher: make the command that
-    Lightning re-executes for the other ranks this job's own single run (its overrides, its
-    directory as hydra.run.dir) instead of the whole `-m` sweep. Returns True if it did.
-    Undo with `ddp_cleanup()` after the job. Not needed (and not done) under SLURM."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import read_write
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "SLURM_NTASKS" in os.environ:
-        return False
-    global _saved_argv, _saved_env
-    hc = HydraConfig.get()
-    _saved_argv = list(sys.argv)
-    _saved_env = {k: os.environ.get(k) for k in _DDP_ENV}
-    sys.argv = [sys.argv[0], *[str(o) for o in hc.overrides.task]]
-    with read_write(hc):
-        hc.run.dir = hc.runtime.output_dir
-    return True
-
-
-def ddp_cleanup() -> None:
-    """After a DDP job of a multirun: free the process group so the next job can start its own."""
-    if "torch" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    global _saved_argv, _saved_env
-    if _saved_argv is not None:
-        sys.argv, _saved_argv = _saved_argv, None
-        # Lightning's launcher set these for its ranks; left in place, the next job would believe
-        # its processes are created externally (LOCAL_RANK) and wait for ranks nobody starts
-        for key, value in _saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class CheckpointError(ValueError):
     """A checkpoint that `torch.load(weights_only=True)` refuses or cannot read."""
 
@@ -374,17 +332,3 @@ def csv_history(loggers, step: int | None) -> list[tuple[Any, list[dict]]]:
 def restore_csv_history(saved: list[tuple[Any, list[dict]]]) -> None:
     for lg, rows in saved:
         lg.experiment.metrics[:0] = rows  # written with the resumed run's rows at the next save
-
-
-def global_rank() -> int:
-    """This process's global rank (Lightning's once a Trainer exists, else the launcher's env)."""
-    if "pytorch_lightning" in sys.modules:
-        from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-        rank = getattr(rank_zero_only, "rank", None)
-        if rank is not None:
-            return int(rank)
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0

@@ -58,9 +58,10 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mmbench.config import ConfigError, validate
+    from mmbench.config import ConfigError
     from mmbench.rundir import RunDirError, claim
     from mmbench.sweep import note_refusal
+    from mmbench.validation import validate
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     out_dir = Path(cfg.paths.output_dir)

@@ -12,7 +12,8 @@ import pytest
 from bad_input_cases import ACCEPTED, CASES
 from conftest import ROOT, compose_cfg
 
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
+from mmbench.validation import validate
 
 
 @pytest.mark.parametrize("overrides,expected,words", CASES, ids=[" ".join(c[0]) or "default" for c in CASES])

@@ -83,7 +83,7 @@ def test_a_protocol_of_ones_own_is_a_config_node(tiny_cfg):
     """eval.<name> with a `_target_` is a protocol: validation accepts its name and the suite runs it."""
     from omegaconf import OmegaConf
 
-    from mmbench.config import _eval_problems
+    from mmbench.validation import _eval_problems
 
     module, dm = _build(tiny_cfg, "objective=[itc,vqa]")
     node = {"_target_": "mmbench.metrics.vqa.vqa", "_partial_": True, "max_images": 4}
@@ -417,7 +417,7 @@ def test_evaluation_settings_have_one_default_each():
 
     from mmbench.metrics import clean_protocols
 
-    assert clean_protocols(yaml) == ["retrieval", "vqa", "diagnostics", "captioning", "zeroshot"]
+    assert clean_protocols(yaml) == ["retrieval", "vqa", "vqa_generative", "diagnostics", "captioning", "zeroshot"]
     for name in clean_protocols(yaml):
         node = yaml[name]
         params = inspect.signature(get_method(node["_target_"])).parameters

@@ -11,9 +11,10 @@ import math
 import pytest
 import torch
 
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.models.decoder import GPTDecoder, HFDecoder
 from mmbench.models.fusion.gated_xattn_lm import GatedXAttnLMFusion
+from mmbench.validation import validate
 from tests.conftest import TINY, compose_cfg
 from tests.test_prefix import _hf_gpt2, built, sample
 from tests.test_train import _cli

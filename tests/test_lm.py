@@ -13,13 +13,14 @@ from hydra.utils import instantiate
 from torch import nn
 
 from mmbench.builder import build_datamodule, build_model, data_kwargs
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.data.datamodule import DataInfo
 from mmbench.models.outputs import Features, Fused
 from mmbench.objectives.context import StepContext
 from mmbench.objectives.lm import LM, decode
 from mmbench.objectives.mlm import MLMHead
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import TINY, compose_cfg
 from tests.test_layers_and_model import D, inputs, tiny_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.layers import masked_mean
 from mmbench.models.model import MultimodalModel
@@ -22,6 +22,7 @@ from mmbench.objectives.classify import Classify
 from mmbench.objectives.context import StepContext
 from mmbench.objectives.mrm import MASKABLE_OPTIONS, MRM, REGION_OPTIONS, mask_image_tokens
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import compose_cfg
 from tests.test_layers_and_model import D, H, inputs, tiny_model
 

@@ -13,12 +13,13 @@ import torch
 from hydra.utils import instantiate
 
 from mmbench.builder import build_model, build_module, data_kwargs, model_kwargs
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.data.datamodule import DataInfo
 from mmbench.models.decoder import GPTDecoder, HFDecoder
 from mmbench.models.fusion.prefix import MLPProjector, PooledPrefix, PrefixFusion, TokenPrefix
 from mmbench.models.text_lm import LMEmbeddings
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import TINY, compose_cfg
 from tests.test_train import _cli
 

@@ -10,9 +10,10 @@ import pytest
 from hydra.utils import get_class
 
 from mmbench.builder import build_model
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.data.datamodule import DataInfo
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import ROOT, compose_cfg
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))

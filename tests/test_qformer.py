@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmbench.config import ConfigError, validate
+from mmbench.config import ConfigError
 from mmbench.models.fusion.qformer import QFormer, QFormerFusion, QueryConnector
 from mmbench.models.outputs import Features
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import compose_cfg
 
 D, DI, N = 16, 12, 4

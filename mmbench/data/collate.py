@@ -57,6 +57,10 @@ class Collator:
                 known = answer >= 0
                 scores[known.nonzero().squeeze(1), answer[known]] = 1.0
             batch["answer"], batch["answer_scores"] = answer, scores
+            # generative VQA: "[CLS] question answer [SEP]"; the answer starts where the question's [SEP] was
+            # (the tokenizers split on whitespace first, so "question answer" = question tokens + answer tokens)
+            batch["qa_ids"], batch["qa_mask"] = self._text([f"{it['question']} {it['answer_text']}" for it in items])
+            batch["answer_start"] = batch["question_mask"].sum(1) - 1  # (B,)
         if "region_boxes" in fields:
             R = max(1, max(len(it["boxes"]) for it in items))
             boxes, mask = schema.padded("region_boxes", B, R, 4), schema.padded("region_mask", B, R)

@@ -83,6 +83,7 @@ class PairDataset(Dataset):
             q = k % len(self.questions[r])
             item["question"] = self.questions[r][q]
             item["answer"] = self.answer_index.get(self.answers[r][q], -1)
+            item["answer_text"] = self.answers[r][q]  # generative VQA's target, also outside the vocabulary
             if self.all_answers is not None:
                 counts = Counter(self.all_answers[r][q])
                 item["answer_soft"] = [

@@ -49,7 +49,7 @@ def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str
 
 def caption_objective(module):
     """The objective that generates captions (has `generate`), or None."""
-    return next((o for o in module.objectives.values() if hasattr(o, "generate")), None)
+    return next((o for o in module.objectives.values() if getattr(o, "captions", False)), None)
 
 
 def captioning(

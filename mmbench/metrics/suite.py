@@ -8,6 +8,7 @@ Protocols (one file each in this package) run when the model can serve them:
 |-------------|----------------------------------------|-----------------------------------------|
 | retrieval   | ITC (`embed`) and/or a pair scorer      | `<split>/retrieval/...`                 |
 | vqa         | a VQA head (`answer_logits`), questions | `<split>/vqa/...`                       |
+| vqa_generative | an answer generator (`vqa_gen`), questions | `<split>/vqa_generative/...`       |
 | diagnostics | a pair scorer, `match_*` columns (Winoground: the data's counterfactual renderer) | `<split>/diagnostics/...`               |
 | captioning  | a caption generator (`generate`)        | `<split>/captioning/...`                |
 | zeroshot    | ITC, the data's classes (`data.zeroshot_classes`) | `<split>/zeroshot/...`                  |

@@ -47,6 +47,8 @@ from mmbench.objectives.mlm import MLMHead
 
 class LM(Objective):
     requires = ("text_tokens", "causal_text")
+    #: generates captions for the captioning protocol (a subclass trained on other texts sets False)
+    captions = True
 
     def __init__(
         self,
@@ -143,11 +145,23 @@ class LM(Objective):
 
     @torch.no_grad()
     def greedy(
-        self, model: MultimodalModel, image: Features, max_len: int, bos_id: int, eos_id: int, use_cache: bool = True
+        self,
+        model: MultimodalModel,
+        image: Features,
+        max_len: int,
+        bos_id: int,
+        eos_id: int,
+        use_cache: bool = True,
+        prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Argmax decoding from already encoded images; returns (B, <= max_len)."""
+        """Argmax decoding from already encoded images; returns (B, <= max_len), the prompt excluded.
+
+        prompt: (B, P) ids every row starts from (all real tokens, e.g. "[CLS] question" for generative VQA);
+        default: `bos_id` alone."""
         B = image.tokens.shape[0]
-        seq = torch.full((B, 1), bos_id, dtype=torch.long, device=image.tokens.device)  # (B, 1)
+        if prompt is None:
+            prompt = torch.full((B, 1), bos_id, dtype=torch.long, device=image.tokens.device)  # (B, 1)
+        seq, start = prompt, prompt.shape[1]  # (B, P)
         done = torch.zeros(B, dtype=torch.bool, device=seq.device)
         decoding = self._decoding(model, image, use_cache)
         for _ in range(max_len):
@@ -157,7 +171,7 @@ class LM(Objective):
             done |= nxt == eos_id
             if done.all():
                 break
-        return seq[:, 1:]
+        return seq[:, start:]
 
     @torch.no_grad()
     def beam_search(

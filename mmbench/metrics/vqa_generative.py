@@ -1,0 +1,80 @@
+"""VQA answered by generation: the model writes its answer after the question (objective `vqa_gen`,
+objectives/vqa_gen.py), scored as the classifier head's answers are (metrics/vqa.py).
+
+Every (image, question) of the split is answered once: each image is encoded once, its features repeated
+for its questions, and the answer generated greedily after "[CLS] question" until [SEP] or `max_len`
+tokens. The decoded text (special tokens skipped) is normalised (`normalize_answer`) and scored with
+`vqa_score`: exact match against one answer, the VQAv2 soft accuracy against several. An answer outside
+the training answers can be right here, which a classifier head can never be.
+
+Names: `vqa_generative/acc`, `vqa_generative/acc_<question type>`, and `vqa_generative/in_vocab`, the
+share of generated answers that are one of the training answers (a model that has learnt the answer
+format says 1.0).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
+from mmbench.metrics.vqa import normalize_answer, vqa_score
+
+
+def answer_generator(module):
+    """The objective that answers by generation (has `generate_answers`), or None."""
+    return next((o for o in module.objectives.values() if hasattr(o, "generate_answers")), None)
+
+
+def vqa_generative(
+    module,
+    inputs: Inputs,
+    *,
+    batch_size: int,
+    max_images: int | None,
+    max_len: int,
+    return_predictions: bool = False,
+):
+    """Generative VQA accuracy on the split of `inputs`; with `return_predictions` also a list of
+    (row, question, answer(s), generated answer)."""
+    gen = answer_generator(module)
+    dataset = inputs.dataset
+    questions, answer_col, qtypes = (column(dataset, c) for c in ("questions", "answers", "question_types"))
+    answer_col = column(dataset, "all_answers") or answer_col
+    if gen is None:
+        raise Unavailable("needs the vqa_gen objective (answers generated after the question)")
+    if questions is None:
+        raise Unavailable("the data has no `questions` column")
+    _, eos_id = inputs.caption_delimiters()
+    n = len(questions) if max_images is None else min(max_images, len(questions))
+    model = module.model
+    generated: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    with eval_mode(module):
+        for s in chunks(n, batch_size):  # images in chunks; all questions of those images at once
+            rows = list(range(s.start, s.stop))
+            image = encode_images(model, inputs, rows, batch_size)  # each image once
+            local = [(r - s.start, q) for r in rows for q in range(len(questions[r]))]
+            if not local:
+                continue
+            idx = torch.tensor([i for i, _ in local], device=inputs.device)
+            for c in chunks(len(local), batch_size):
+                ids, mask = inputs.texts([questions[rows[i]][q] for i, q in local[c]])
+                answers = gen.generate_answers(model, image.index(idx[c]), ids, mask, max_len, eos_id)
+                generated += inputs.tokenizer.decode_batch([a.tolist() for a in answers], skip_special_tokens=True)
+                pairs += [(rows[i], q) for i, q in local[c]]
+    vocabulary = {normalize_answer(a) for a in inputs.answers}
+    totals, counts = defaultdict(float), defaultdict(int)
+    predictions = []
+    for (r, q), text in zip(pairs, generated):
+        truth = answer_col[r][q]
+        keys = ["acc"] + ([f"acc_{qtypes[r][q]}"] if qtypes is not None else [])
+        for key in keys:
+            totals[key] += vqa_score(text, truth)
+            counts[key] += 1
+        totals["in_vocab"] += float(normalize_answer(text) in vocabulary)
+        counts["in_vocab"] += 1
+        predictions.append((r, questions[r][q], truth, text))
+    metrics = {f"vqa_generative/{k}": totals[k] / counts[k] for k in sorted(counts)}
+    return (metrics, predictions) if return_predictions else metrics

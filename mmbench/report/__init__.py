@@ -1,0 +1,233 @@
+"""`mmbench-report DIR [DIR ...]`: sweeps -> paper table (Markdown, CSV, LaTeX) and plots (PNG).
+
+Reads only each job's `metrics.json` (and `csv/metrics.csv` for training curves), so it works
+offline, on a sweep that is still running, and on one whose jobs partly failed:
+
+- jobs are grouped by the *swept keys*: the overrides whose value differs between jobs, seed
+  excluded (seeds are the repetitions);
+- the metrics shown are by default the headline ones (HEADLINE_METRICS: VQA accuracy overall and per
+  question type, the matching diagnostics, Winoground group score, retrieval mean recall, zero-shot
+  top-1, CIDEr) that the runs recorded, or every `test/*` metric when they recorded none of them;
+  `--metrics` picks others by glob, `--all-metrics` (= `--metrics '*'`) shows every one;
+- every row shows the mean `complexity.params` and `complexity.flops_per_sample` of its runs: a
+  parameter-matched comparison is not FLOP-matched;
+- every metric gets n (the seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and
+  the 95% Student-t confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as
+  it should be, with 2 or 3 seeds. One seed has no interval: the cell says "n=1, no CI" and its bar
+  has no error bar;
+- the best group per column is bold: higher is better, except for names ending in `loss`, `ppl`
+  or `perplexity` (lower is better); ties are all bold;
+- every other cell is compared with the best of its column (the first bold one if several tie) by a
+  two-sided Welch's t-test over the per-seed values, and the p-values of all comparisons of the table
+  (every metric x every non-best group) are Holm-corrected together. Adjusted p >= `--alpha`
+  (default 0.05): "not distinguishable from the best", underlined; below: significantly worse,
+  unmarked. A cell is *untestable* (marked †, never underlined, no difference claimed) when it or
+  the best has fewer than 2 seeds, or when every seed gave the same value in both (Welch's t is 0/0
+  or x/0 then); untestable cells are not counted in the Holm correction;
+- when any cell has n < 3 seeds the captions say so (intervals are wide and the test has little
+  power) and the CLI prints a one-line warning to stderr;
+- failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped.
+
+Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
+caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
+`p_adj` and `vs_best` = best | tied | worse | untestable; `ci_lo`, `ci_hi` are empty for one seed),
+`runs.csv` (one row per job, with its params, FLOPs per sample and peak memory), `plots/bar_<metric>.png`
+(mean per group, error bars = the 95% t-CI of the table, a dot per seed, best orange, tied with it
+hatched, and the baselines of BASELINES as dashed lines) and `plots/curve_<column>.png` (training
+curves: the mean over the seeds of each group with their range shaded, one colour and line style per
+group).
+
+Modules: `jobs` (Job, reading a job directory, find_jobs, missing jobs of a sweep), `stats` (mean_std,
+t_ci, welch_p, holm, lower_is_better), `tables` (metric selection, groups, Row, table,
+compare_to_best, captions), `formats` (table.md, table.csv, table.tex, runs.csv and their cells),
+`plots` (bar charts, baselines, training curves); this file: `report` and the CLI `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmbench.report.formats import (
+    MD_MARKS,
+    SI_PREFIXES,
+    TEX_MARKS,
+    write_csv,
+    write_latex,
+    write_markdown,
+    write_runs_csv,
+)
+from mmbench.report.formats import _si as _si  # private: tests/test_report.py uses it
+from mmbench.report.jobs import Job, find_jobs, read_job
+from mmbench.report.plots import (
+    BAR_STYLES,
+    BASELINE_COLOURS,
+    BASELINES,
+    CURVE_STYLES,
+    READABLE_WORDS,
+    bar_chart,
+    bar_data,
+    baseline_lines,
+    curve_chart,
+    mean_band,
+    plot_bars,
+    plot_curves,
+    readable,
+    seed_curves,
+)
+from mmbench.report.plots import _slug as _slug  # private: tests/test_report.py uses it
+from mmbench.report.stats import LOWER_IS_BETTER, holm, lower_is_better, mean_std, t_ci, welch_p
+from mmbench.report.tables import (
+    COMPLEXITY,
+    FEW_SEEDS,
+    HEADLINE_METRICS,
+    NOT_GROUPED,
+    Row,
+    compare_to_best,
+    few_seeds,
+    few_seeds_note,
+    group_keys,
+    select_metrics,
+    significance_caption,
+    table,
+)
+
+# the public names of the submodules, as `from mmbench import report; report.<name>` has always offered them
+__all__ = [
+    "BAR_STYLES",
+    "BASELINES",
+    "BASELINE_COLOURS",
+    "COMPLEXITY",
+    "CURVE_STYLES",
+    "FEW_SEEDS",
+    "HEADLINE_METRICS",
+    "LOWER_IS_BETTER",
+    "MD_MARKS",
+    "NOT_GROUPED",
+    "READABLE_WORDS",
+    "SI_PREFIXES",
+    "TEX_MARKS",
+    "Job",
+    "Row",
+    "bar_chart",
+    "bar_data",
+    "baseline_lines",
+    "compare_to_best",
+    "curve_chart",
+    "few_seeds",
+    "few_seeds_note",
+    "find_jobs",
+    "group_keys",
+    "holm",
+    "lower_is_better",
+    "main",
+    "mean_band",
+    "mean_std",
+    "plot_bars",
+    "plot_curves",
+    "read_job",
+    "readable",
+    "report",
+    "seed_curves",
+    "select_metrics",
+    "significance_caption",
+    "t_ci",
+    "table",
+    "welch_p",
+    "write_csv",
+    "write_latex",
+    "write_markdown",
+    "write_runs_csv",
+]
+
+
+def report(
+    dirs: list[Path],
+    out: Path | None = None,
+    metrics: list[str] | None = None,
+    curves: list[str] | None = None,
+    plots: bool = True,
+    alpha: float = 0.05,
+) -> dict:
+    """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
+    dirs = [Path(d) for d in dirs]
+    jobs = find_jobs(dirs)
+    out = Path(out) if out else dirs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    keys = group_keys(jobs)
+    names = select_metrics(jobs, metrics)
+    rows = table(jobs, names, keys, alpha=alpha)
+    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha)
+    write_csv(out / "table.csv", rows, names, keys)
+    write_latex(out / "table.tex", rows, names, keys, alpha)
+    write_runs_csv(out / "runs.csv", jobs, names, keys)
+    files = []
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        files += plot_bars(out / "plots", rows, names, alpha)
+        files += plot_curves(out / "plots", rows, curves or ["train/loss_step", "train/loss", "val/loss"])
+    return {"out": out, "jobs": jobs, "rows": rows, "metrics": names, "keys": keys, "plots": files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmbench-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "dirs", nargs="+", type=Path, help="sweep directories (outputs/multiruns/<name>), run dirs or parents"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first DIR>/report)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--metrics",
+        nargs="*",
+        default=None,
+        help="glob patterns of metric names, e.g. 'test/vqa/*' 'test/itc/acc' ('*': every metric). "
+        f"Default: the headline metrics the runs recorded ({' '.join(HEADLINE_METRICS)}); every "
+        "test/* metric when they recorded none of them",
+    )
+    which.add_argument("--all-metrics", action="store_true", help="every metric the runs recorded (= --metrics '*')")
+    parser.add_argument(
+        "--curves",
+        nargs="*",
+        default=None,
+        help="CSV log columns to plot (default: train/loss_step train/loss val/loss)",
+    )
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)",
+    )
+    args = parser.parse_args(argv)
+    if not 0.0 < args.alpha < 1.0:
+        parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
+    missing = [d for d in args.dirs if not d.exists()]
+    if missing:
+        print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    if not find_jobs([Path(d) for d in args.dirs]):  # nothing to report: write nothing, say where it looked
+        print(
+            f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
+            f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written",
+            file=sys.stderr,
+        )
+        return 2
+    patterns = ["*"] if args.all_metrics else args.metrics
+    res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
+    jobs = res["jobs"]
+    done = sum(j.status == "completed" for j in jobs)
+    shown = f"{len(res['metrics'])} metrics"
+    if not patterns:
+        shown += f" (default set, of {len(select_metrics(jobs, ['*']))}; --all-metrics or --metrics for others)"
+    print(f"mmbench-report: {done}/{len(jobs)} jobs completed; grouped by {', '.join(res['keys']) or '-'}; {shown}")
+    for j in jobs:
+        if j.status != "completed":
+            print(f"  {j.status}: {j.name}: {j.error}")
+    print(
+        f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}"
+    )
+    note = few_seeds_note(res["rows"], res["metrics"])
+    if note:
+        print(f"mmbench-report: warning: {note}", file=sys.stderr)
+    return 0 if done else 1

@@ -1,0 +1,190 @@
+"""The files of `mmbench-report`'s table: `table.md`, `table.csv`, `table.tex` and `runs.csv`, and how
+a cell is written (mean ± std with its mark, the CI; params and FLOPs with an SI prefix)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from mmbench.report.jobs import Job
+from mmbench.report.tables import COMPLEXITY, Row, _tex, significance_caption
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+SI_PREFIXES = ("", "k", "M", "G", "T", "P")
+
+
+def _si(x: float) -> str:
+    """3 significant digits with an SI prefix (params, FLOPs): 1000 -> 1k, 1.05e6 -> 1.05M, 3.8e7 -> 38M."""
+    exponent = int(f"{abs(x):.2e}".split("e")[1]) if x else 0  # of x rounded to 3 digits: 999960 -> 6
+    k = min(max(exponent // 3, 0), len(SI_PREFIXES) - 1)
+    return f"{x / 10 ** (3 * k):.3g}{SI_PREFIXES[k]}"
+
+
+def _complexity_cells(row: Row, missing: str) -> list[str]:
+    return [_si(row.stats[k]["mean"]) if k in row.stats else missing for k in COMPLEXITY]
+
+
+# vs_best -> (before, after) the "mean ± std" of a cell; worse cells are left plain
+MD_MARKS = {"best": ("**", "**"), "tied": ("<u>", "</u>"), "untestable": ("", "†")}
+TEX_MARKS = {"best": ("\\textbf{", "}"), "tied": ("\\underline{", "}"), "untestable": ("", "$^\\dagger$")}
+
+
+def _cell(
+    s: dict,
+    row_n: int,
+    marks: dict[str, tuple[str, str]],
+    pm: str = "±",
+    ci: str = "[{}, {}]",
+    no_ci: str = "(n=1, no CI)",
+) -> str:
+    """`mean ± std` with its mark, `(n=k)` if this metric has fewer seeds than the row, then the CI;
+    for a single seed only the mean with its mark, then `no_ci` (no std, no interval)."""
+    before, after = marks.get(s["vs_best"], ("", ""))
+    if s["ci_lo"] is None:
+        return f"{before}{_fmt(s['mean'])}{after} {no_ci}"
+    n = f" (n={s['n']})" if s["n"] != row_n else ""
+    return f"{before}{_fmt(s['mean'])} {pm} {_fmt(s['std'])}{after}{n} " + ci.format(_fmt(s["ci_lo"]), _fmt(s["ci_hi"]))
+
+
+def write_markdown(
+    path: Path,
+    rows: list[Row],
+    jobs: list[Job],
+    metrics: list[str],
+    keys: list[str],
+    dirs: list[Path],
+    alpha: float = 0.05,
+) -> None:
+    lines = [f"# mmbench report: {', '.join(str(d) for d in dirs)}", ""]
+    counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "unfinished", "missing")}
+    lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
+    lines.append(
+        f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
+        "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
+        "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
+        "`complexity.flops_per_sample` (one forward pass) over the row's runs."
+    )
+    lines.append(significance_caption(rows, metrics, alpha))
+    lines.append("")
+    header = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for r in rows:
+        group = [g.split("=", 1)[1] for g in r.group] or ["all"]
+        cells = [_cell(r.stats[m], len(r.jobs), MD_MARKS) if m in r.stats else "-" for m in metrics]
+        lines.append("| " + " | ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "-"), *cells]) + " |")
+    bad = [j for j in jobs if j.status != "completed"]
+    lines += ["", "## Failed, unfinished and missing jobs", ""]
+    if not bad:
+        lines.append("None: every job completed.")
+    for j in bad:
+        lines.append(f"- **{j.status}** `{j.name}` ({j.path}): {j.error or '-'}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _blank(x):
+    return "" if x is None else x
+
+
+def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        head = [*(keys or ["group"]), "n", *(column for _, column in COMPLEXITY.values())]
+        for m in metrics:
+            head += [
+                f"{m}/mean",
+                f"{m}/std",
+                f"{m}/ci_lo",
+                f"{m}/ci_hi",
+                f"{m}/n",
+                f"{m}/best",
+                f"{m}/p",
+                f"{m}/p_adj",
+                f"{m}/vs_best",
+            ]
+        w.writerow(head)
+        for r in rows:
+            out = [g.split("=", 1)[1] for g in r.group] or ["all"]
+            out += [len(r.jobs), *(r.stats.get(k, {}).get("mean", "") for k in COMPLEXITY)]
+            for m in metrics:
+                s = r.stats.get(m)
+                if not s:
+                    out += [""] * 9
+                    continue
+                out += [s["mean"], s["std"], _blank(s["ci_lo"]), _blank(s["ci_hi"]), s["n"], int(s["best"])]
+                out += [_blank(s["p"]), _blank(s["p_adj"]), s["vs_best"]]
+            w.writerow(out)
+
+
+def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "job",
+                "status",
+                *keys,
+                "seed",
+                "params",
+                "flops_per_sample",
+                "peak_memory_mb",
+                "peak_memory_scope",
+                *metrics,
+                "error",
+            ]
+        )
+        for j in jobs:
+            w.writerow(
+                [
+                    j.name,
+                    j.status,
+                    *(j.overrides.get(k, "") for k in keys),
+                    j.overrides.get("seed", ""),
+                    _blank(j.params),
+                    _blank(j.flops),
+                    _blank(j.peak_memory_mb),
+                    j.peak_memory_scope,
+                    *(j.metrics.get(m, "") for m in metrics),
+                    j.error,
+                ]
+            )
+
+
+def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05) -> None:
+    cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
+    lines = [
+        "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
+        "$t_{0.975,n-1}\\,s/\\sqrt{n}$; none for n=1), best per column in bold; params and FLOPs/sample "
+        "(one forward pass): means over the row's runs.",
+        "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
+        "% " + significance_caption(rows, metrics, alpha, tex=True),
+        "\\begin{tabular}{" + "l" * (len(keys) or 1) + "r" * (len(cols) - (len(keys) or 1)) + "}",
+        "\\toprule",
+        " & ".join(_tex(c) for c in cols) + " \\\\",
+        "\\midrule",
+    ]
+    for r in rows:
+        group = [_tex(g.split("=", 1)[1]) for g in r.group] or ["all"]
+        cells = []
+        for m in metrics:
+            s = r.stats.get(m)
+            if not s:
+                cells.append("--")
+                continue
+            cells.append(
+                _cell(
+                    s,
+                    len(r.jobs),
+                    TEX_MARKS,
+                    pm="$\\pm$",
+                    ci="{{\\scriptsize [{}, {}]}}",
+                    no_ci="{\\scriptsize (n=1, no CI)}",
+                )
+            )
+        lines.append(" & ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "--"), *cells]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    path.write_text("\n".join(lines) + "\n")

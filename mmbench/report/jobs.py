@@ -1,0 +1,135 @@
+"""The jobs of sweeps as `mmbench-report` reads them: a `Job` per job directory (its final
+`metrics.json` and Hydra overrides), `find_jobs` under directories, and the jobs a basic-sweeper
+`multirun.yaml` promised that have no directory yet (status 'missing')."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmbench.sweep import SUMMARY_STATE, job_dirname, override_key, swept_keys
+
+
+@dataclass
+class Job:
+    name: str
+    path: Path
+    status: str  # completed | failed | unfinished | missing
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: int | None = None  # complexity.params
+    flops: float | None = None  # complexity.flops_per_sample: a forward pass, FLOPs per sample
+    peak_memory_mb: float | None = None  # complexity.peak_memory_mb
+    peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
+    error: str = ""
+
+
+def _parse_overrides(items) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        item = str(item)
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _hydra_overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number_or_none(v) -> float | int | None:
+    return v if _is_number(v) else None  # None too for keys older runs did not record
+
+
+def read_job(job_dir: Path) -> Job:
+    try:
+        rec = json.loads((job_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        rec = None
+    if rec is None:
+        return Job(
+            job_dir.name,
+            job_dir,
+            "unfinished",
+            _parse_overrides(_hydra_overrides(job_dir)),
+            error="no final metrics.json (killed, or still running)",
+        )
+    status = SUMMARY_STATE.get(rec.get("status"), "unfinished")  # as the sweep summary: diverged = failed
+    error = (rec.get("error") or "").strip().splitlines()
+    complexity = rec.get("complexity") or {}
+    return Job(
+        name=job_dir.name,
+        path=job_dir,
+        status=status,
+        overrides=_parse_overrides(rec.get("overrides") or _hydra_overrides(job_dir)),
+        metrics={k: float(v) for k, v in (rec.get("metrics") or {}).items() if _is_number(v)},
+        params=_number_or_none(complexity.get("params")),
+        flops=_number_or_none(complexity.get("flops_per_sample")),
+        peak_memory_mb=_number_or_none(complexity.get("peak_memory_mb")),
+        peak_memory_scope=str(complexity.get("peak_memory_scope") or ""),
+        error=error[-1].strip() if error else ("" if status != "unfinished" else "metrics.json says running"),
+    )
+
+
+def find_jobs(dirs: list[Path]) -> list[Job]:
+    """Every job under the given directories (a job dir has a .hydra/ or a metrics.json), plus the
+    jobs a multirun.yaml promised that have no directory yet (status 'missing')."""
+    found: dict[Path, Job] = {}
+    for root in dirs:
+        root = Path(root)
+        candidates = {p.parent for p in root.rglob("metrics.json")} | {
+            p.parent for p in root.rglob(".hydra") if p.is_dir()
+        }
+        for job_dir in sorted(candidates):
+            if "wandb" in job_dir.parts or job_dir.name == "report":
+                continue
+            found.setdefault(job_dir.resolve(), read_job(job_dir))
+        for sweep in [root, *root.iterdir()] if root.is_dir() else []:
+            for missing in _missing_jobs(sweep, {j.path.resolve() for j in found.values()}):
+                found.setdefault(missing.path.resolve(), missing)
+    return sorted(found.values(), key=lambda j: (str(j.path.parent), j.name))
+
+
+def _missing_jobs(sweep_dir: Path, present: set[Path]) -> list[Job]:
+    """Jobs of a basic-sweeper multirun (from its multirun.yaml) that have no directory yet."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return []
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path)
+        if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")):
+            return []
+        task = [str(o) for o in cfg.hydra.overrides.task]
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
+        names = {override_key(o) for o in task}
+        arguments = task + [f"{k}={v}" for k, v in (params or {}).items() if override_key(k) not in names]
+        parser = OverridesParser.create()
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+        swept = swept_keys(task, params)
+        jobs = []
+        for batch in batches:
+            for overrides in batch:
+                job_dir = sweep_dir / job_dirname(list(overrides), swept)
+                if job_dir.resolve() not in present:
+                    jobs.append(Job(job_dir.name, job_dir, "missing", _parse_overrides(overrides), error="not started"))
+        return jobs
+    except Exception as err:  # noqa: BLE001 - a report on what exists is still useful
+        print(f"mmbench-report: could not expand {path}: {err}", file=sys.stderr)
+        return []

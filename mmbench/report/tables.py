@@ -1,0 +1,175 @@
+"""The table of `mmbench-report`: which metrics (HEADLINE_METRICS, `select_metrics`), the groups
+(`group_keys`: the swept overrides), a `Row` per group with its statistics, each cell compared with
+the best of its column (`compare_to_best`), and the captions saying what the marks mean and when
+there are few seeds."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmbench.report.jobs import Job
+from mmbench.report.stats import holm, lower_is_better, mean_std, t_ci, welch_p
+from mmbench.sweep import RUN_KEYS
+
+# Job fields averaged per row (row.stats key) and shown beside every table's metrics, as (header of
+# table.md / table.tex, column of table.csv): a parameter-matched comparison is not FLOP-matched (the
+# architectures' FLOPs per sample differ several-fold at equal params)
+COMPLEXITY = {"params": ("params", "params"), "flops": ("FLOPs/sample", "flops_per_sample")}
+NOT_GROUPED = ("seed", *RUN_KEYS)
+
+
+def group_keys(jobs: list[Job]) -> list[str]:
+    """Overrides that vary across the jobs, seed (the repetitions) and run options excluded."""
+    keys = sorted({k for j in jobs for k in j.overrides})
+    return [k for k in keys if k not in NOT_GROUPED and len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+# The default columns and bar charts, in this order (globs; docs/metrics.md names them): the numbers a
+# paper reports. Only those the runs recorded are shown; `--metrics '*'` shows every metric.
+HEADLINE_METRICS = (
+    "test/vqa/acc",
+    "test/vqa/acc_*",  # per question type
+    "test/diagnostics/match_acc",
+    "test/diagnostics/*_swap_acc",
+    "test/diagnostics/count_change_acc",
+    "test/diagnostics/group_score",
+    "test/retrieval/rmean",
+    "test/zeroshot/top1",
+    "test/captioning/cider",
+)
+
+
+def _matching(names: list[str], patterns) -> list[str]:
+    """The names that match any glob, ordered by the first pattern they match, then by name."""
+    first = {n: next((i for i, p in enumerate(patterns) if fnmatch.fnmatchcase(n, p)), None) for n in names}
+    return sorted((n for n in names if first[n] is not None), key=lambda n: (first[n], n))
+
+
+def select_metrics(jobs: list[Job], patterns: list[str] | None) -> list[str]:
+    """The metrics of the completed jobs that match `patterns` (globs); without patterns the headline
+    metrics (HEADLINE_METRICS) the jobs recorded, or every test/* metric when they recorded none of
+    them (a run without the evaluation suite), or every metric when there is no test/* either."""
+    names = sorted({m for j in jobs if j.status == "completed" for m in j.metrics})
+    if patterns:
+        return _matching(names, patterns)
+    return _matching(names, HEADLINE_METRICS) or _matching(names, ["test/*"]) or names
+
+
+@dataclass
+class Row:
+    group: tuple[str, ...]
+    jobs: list[Job]
+    # metric -> mean, std, ci_lo, ci_hi (None for n=1), n, best, p, p_adj, vs_best (see compare_to_best);
+    # "params", "flops" (COMPLEXITY) -> mean, std, n over the jobs that recorded it
+    stats: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.group) or "all"
+
+
+def _values(row: Row, metric: str) -> list[float]:
+    return [j.metrics[metric] for j in row.jobs if metric in j.metrics]
+
+
+def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0.05) -> list[Row]:
+    done = [j for j in jobs if j.status == "completed"]
+    groups: dict[tuple, list[Job]] = {}
+    for job in done:
+        groups.setdefault(tuple(f"{k}={job.overrides.get(k, '-')}" for k in keys), []).append(job)
+    rows = [Row(g, js) for g, js in sorted(groups.items())]
+    for row in rows:
+        for metric in metrics:
+            values = _values(row, metric)
+            if not values:
+                continue
+            mean, std = mean_std(values)
+            lo, hi = t_ci(values) or (None, None)
+            row.stats[metric] = {"mean": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "n": len(values), "best": False}
+        for name in COMPLEXITY:
+            values = [getattr(j, name) for j in row.jobs if getattr(j, name)]
+            if values:
+                row.stats[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    for metric in metrics:
+        means = [r.stats[metric]["mean"] for r in rows if metric in r.stats]
+        if not means:
+            continue
+        best = min(means) if lower_is_better(metric) else max(means)
+        for r in rows:
+            if metric in r.stats and math.isclose(r.stats[metric]["mean"], best, rel_tol=1e-9, abs_tol=1e-12):
+                r.stats[metric]["best"] = True
+    compare_to_best(rows, metrics, alpha)
+    return rows
+
+
+def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05) -> None:
+    """Set `p`, `p_adj` and `vs_best` (best | tied | worse | untestable) on every metric cell.
+
+    Each non-best cell is tested against the best of its column (the first bold row if several tie)
+    with `welch_p`; the p-values of the whole table are Holm-corrected together; adjusted p >= alpha
+    is `tied`, below is `worse`. Untestable cells keep p = p_adj = None."""
+    tested: list[dict] = []
+    for metric in metrics:
+        cells = [(r, r.stats[metric]) for r in rows if metric in r.stats]
+        best = next((r for r, s in cells if s["best"]), None)
+        for r, s in cells:
+            s.update(p=None, p_adj=None, vs_best="best" if s["best"] else "untestable")
+            if s["best"]:
+                continue
+            s["p"] = welch_p(_values(r, metric), _values(best, metric))
+            if s["p"] is not None:
+                tested.append(s)
+    for s, p_adj in zip(tested, holm([s["p"] for s in tested])):
+        s["p_adj"] = float(p_adj)
+        s["vs_best"] = "tied" if p_adj >= alpha else "worse"
+
+
+FEW_SEEDS = 3  # below this many seeds a t-interval is wide and Welch's test has little power
+
+
+def few_seeds(rows: list[Row], metrics: list[str]) -> list[Row]:
+    """The rows that have a metric cell with fewer than FEW_SEEDS seeds."""
+    return [r for r in rows if any(m in r.stats and r.stats[m]["n"] < FEW_SEEDS for m in metrics)]
+
+
+def few_seeds_note(rows: list[Row], metrics: list[str], tex: bool = False) -> str:
+    """'n < 3 seeds in k of N rows (...): intervals are wide and the test has little power.', or ''
+    when every cell has at least 3 seeds (for the captions and the CLI warning)."""
+    few = few_seeds(rows, metrics)
+    if not few:
+        return ""
+    labels = ", ".join(_tex(r.label) if tex else r.label for r in few)
+    n = f"$n < {FEW_SEEDS}$" if tex else f"n < {FEW_SEEDS}"
+    return f"{n} seeds in {len(few)} of {len(rows)} rows ({labels}): intervals are wide and the test has little power."
+
+
+def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex: bool = False) -> str:
+    """What the marks mean: the test, how many comparisons, alpha and n (for table.md / table.tex)."""
+    cells = [(len(r.jobs), r.stats[m]) for r in rows for m in metrics if m in r.stats]
+    tested = sum(s["vs_best"] in ("tied", "worse") for _, s in cells)
+    untestable = sum(s["vs_best"] == "untestable" for _, s in cells)
+    t, a, dagger = ("$t$", "$\\alpha$", "$^\\dagger$") if tex else ("t", "alpha", "†")
+    n = "n = seeds per row as given in the n column"
+    if any(s["n"] != row_n for row_n, s in cells):
+        n += ", or (n=k) in a cell when only k of them recorded that metric"
+    text = (
+        f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
+        f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
+        f"{tested} comparison{'' if tested == 1 else 's'} of this table, {a} = {alpha:g}; {n})."
+    )
+    if untestable:
+        text += (
+            f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
+            f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed."
+        )
+    note = few_seeds_note(rows, metrics, tex)
+    return f"{text} {note}" if note else text
+
+
+def _tex(s: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", s)
