@@ -4,9 +4,10 @@ Both come out as a `tokenizers.Tokenizer` (the Rust fast tokenizer: `encode_batc
 encodings with `.ids` / `.attention_mask`) plus its `SpecialIds`, so the collator and every
 objective treat them the same way.
 
-* `kind="trained"` (the Shapes default): WordPiece trained offline on the training text and saved as
-  `tokenizer-<vocab_size>.json` beside the cached dataset, so every run on the same data uses the
-  same ids.
+* `kind="trained"` (the Shapes default): WordPiece over the training text's words and characters, built
+  deterministically (`train_wordpiece`) and saved as `tokenizer-<vocab_size>.json` beside the cached
+  dataset, so every run on the same data uses the same ids, also with a fresh cache. For real data with
+  a large vocabulary, a pretrained tokenizer (`kind="hf"`) splits rare words into better pieces.
 * `kind="hf"`: a pretrained tokenizer by hub id or local path (a directory written by
   `save_pretrained`, a directory holding `tokenizer.json`, or a `tokenizer.json` file). Hub ids load
   from the local HF cache only when offline; nothing is downloaded in tests.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,41 @@ class SpecialIds:
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> Tokenizer:
-    tok = Tokenizer(models.WordPiece(unk_token=UNK))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A WordPiece tokenizer of the data's words, built deterministically (the same texts give the same ids in
+    every process):
+
+        ids 0..6     the special tokens (`SPECIAL_TOKENS`)
+        then         every character of the text, as a word start ("c") and as a continuation ("##c"), sorted
+        then         whole words (BERT-normalised, lower-cased) by frequency, ties alphabetical, while the
+                     vocabulary has fewer than `vocab_size` entries
+
+    Text of the data tokenizes to whole words; a word outside the vocabulary (a typo, a count word the
+    captions never use) to its characters. The alphabet is always kept, so a tiny `vocab_size` is
+    exceeded by it (as `tokenizers`' trainer does).
+
+    Built here instead of with `tokenizers.trainers.WordPieceTrainer` because that trainer is not
+    deterministic: it numbers the continuation pieces in hash-map order and breaks ties between equally
+    frequent merges by those numbers, so two processes trained on the same texts give different ids and
+    different merges (huggingface/tokenizers#1794, open). Here that made the tokenisation of unseen words,
+    and with it robustness and hard-negative metrics, differ between two runs of the same code with fresh
+    caches. The WordPiece model, normaliser, pre-tokeniser and decoder are still `tokenizers`'.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    known = set(vocab)
+    by_frequency = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
+    words = [w for w, _ in by_frequency if w not in known]
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=UNK))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)  # never split, skipped when decoding
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))]
     )
