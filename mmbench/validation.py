@@ -204,7 +204,12 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _monitor_problems(cfg)
     problems += _search_problems(cfg)
     init_from = cfg.model.get("init_from")
-    if cfg.model.get("init_map") and not init_from:
+    if cfg.model.get("init_from_required") and not init_from:
+        problems.append(
+            "this is a later training stage (model.init_from_required): give the run it starts from, its "
+            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the stage-1 run>"
+        )
+    elif cfg.model.get("init_map") and not init_from:
         problems.append(
             "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
             "is not set: give the run this stage starts from (its directory or a .ckpt), "

@@ -145,6 +145,8 @@ def test_blip2_stage_two_starts_from_a_stage_one_run(tiny_cfg, tmp_path):
 
 
 def test_blip2_stage_two_without_a_stage_one_run_is_refused():
-    with pytest.raises(ConfigError, match="model.init_from is not set: give the run this stage starts from"):
+    with pytest.raises(
+        ConfigError, match="later training stage .model.init_from_required.: give the run it starts from"
+    ):
         validate(compose_cfg(["experiment=blip2_stage2"]))
     validate(compose_cfg(["experiment=blip2_stage1"]))  # stage 1 needs nothing
