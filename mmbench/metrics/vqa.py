@@ -20,11 +20,12 @@ Names: `vqa/acc` and `vqa/acc_<question type>` (e.g. `vqa/acc_count`) when the d
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
+from mmbench.models.outputs import Features
 
 
 def normalize_answer(answer: str) -> str:
@@ -42,6 +43,24 @@ def vqa_score(prediction: str, answers: str | Sequence[str]) -> float:
     matches = sum(g == pred for g in gts)
     # leaving out annotator i removes one match when annotator i said `pred`
     return sum(min(1.0, (matches - (g == pred)) / 3.0) for g in gts) / len(gts)
+
+
+def question_batches(
+    model, inputs: Inputs, questions: list, n: int, batch_size: int
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor, Features]]:
+    """Every (image row, question index) of the first n images, in order, in batches: (the pairs, question
+    ids (b, T), mask (b, T), the image features of each pair (b, ...)). Images are encoded once, in chunks,
+    and their features repeated for their questions (shared by `vqa` and `vqa_generative`)."""
+    for s in chunks(n, batch_size):  # images in chunks; all questions of those images at once
+        rows = list(range(s.start, s.stop))
+        image = encode_images(model, inputs, rows, batch_size)  # each image once
+        local = [(r - s.start, q) for r in rows for q in range(len(questions[r]))]
+        if not local:
+            continue
+        idx = torch.tensor([i for i, _ in local], device=inputs.device)
+        for c in chunks(len(local), batch_size):
+            ids, mask = inputs.texts([questions[rows[i]][q] for i, q in local[c]])
+            yield [(rows[i], q) for i, q in local[c]], ids, mask, image.index(idx[c])
 
 
 def vqa_objective(module):
@@ -72,24 +91,17 @@ def vqa(
     if questions is None:
         raise Unavailable("the data has no `questions` column")
     n = len(questions) if max_images is None else min(max_images, len(questions))
-    pairs = [(r, q) for r in range(n) for q in range(len(questions[r]))]  # (image row, question index)
     model = module.model
+    pairs: list[tuple[int, int]] = []
     predicted: list[int] = []
     with eval_mode(module):
-        for s in chunks(n, batch_size):  # images in chunks; all questions of those images at once
-            rows = list(range(s.start, s.stop))
-            image = encode_images(model, inputs, rows, batch_size)  # each image once
-            local = [(r - s.start, q) for r in rows for q in range(len(questions[r]))]
-            if not local:
-                continue
-            idx = torch.tensor([i for i, _ in local], device=inputs.device)
-            for c in chunks(len(local), batch_size):
-                ids, mask = inputs.texts([questions[rows[i]][q] for i, q in local[c]])
-                field = head.question_field
-                batch = {f"{field}_ids": ids, f"{field}_mask": mask} if field else {}
-                text = None if field else model.encode_text(ids, mask)
-                logits = head.answer_logits(model, batch, text, image.index(idx[c]))  # (b, A)
-                predicted += logits.argmax(-1).tolist()
+        for chunk, ids, mask, image in question_batches(model, inputs, questions, n, batch_size):
+            field = head.question_field
+            batch = {f"{field}_ids": ids, f"{field}_mask": mask} if field else {}
+            text = None if field else model.encode_text(ids, mask)
+            logits = head.answer_logits(model, batch, text, image)  # (b, A)
+            predicted += logits.argmax(-1).tolist()
+            pairs += chunk
     totals, counts = defaultdict(float), defaultdict(int)
     predictions = []
     for (r, q), p in zip(pairs, predicted):

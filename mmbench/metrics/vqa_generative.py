@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
-from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
-from mmbench.metrics.vqa import normalize_answer, vqa_score
+from mmbench.metrics.common import Inputs, Unavailable, column, eval_mode
+from mmbench.metrics.vqa import normalize_answer, question_batches, vqa_score
 
 
 def answer_generator(module):
@@ -52,18 +50,10 @@ def vqa_generative(
     generated: list[str] = []
     pairs: list[tuple[int, int]] = []
     with eval_mode(module):
-        for s in chunks(n, batch_size):  # images in chunks; all questions of those images at once
-            rows = list(range(s.start, s.stop))
-            image = encode_images(model, inputs, rows, batch_size)  # each image once
-            local = [(r - s.start, q) for r in rows for q in range(len(questions[r]))]
-            if not local:
-                continue
-            idx = torch.tensor([i for i, _ in local], device=inputs.device)
-            for c in chunks(len(local), batch_size):
-                ids, mask = inputs.texts([questions[rows[i]][q] for i, q in local[c]])
-                answers = gen.generate_answers(model, image.index(idx[c]), ids, mask, max_len, eos_id)
-                generated += inputs.tokenizer.decode_batch([a.tolist() for a in answers], skip_special_tokens=True)
-                pairs += [(rows[i], q) for i, q in local[c]]
+        for chunk, ids, mask, image in question_batches(model, inputs, questions, n, batch_size):
+            answers = gen.generate_answers(model, image, ids, mask, max_len, eos_id)
+            generated += inputs.tokenizer.decode_batch([a.tolist() for a in answers], skip_special_tokens=True)
+            pairs += chunk
     vocabulary = {normalize_answer(a) for a in inputs.answers}
     totals, counts = defaultdict(float), defaultdict(int)
     predictions = []
