@@ -5,6 +5,7 @@ identity) and memory-mapped on later runs; plus what config validation asks a da
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -149,19 +150,23 @@ def build_hf(
     }
     base = Path(cache_dir)
     loaded = None
+    # the source, loaded at most once: here for a hub id (its fingerprints are part of the cache key), below
+    # for local data only when the cache entry has to be (re)built
+    load = functools.partial(
+        load_source,
+        path,
+        name=name,
+        data_dir=data_dir,
+        data_files=data_files,
+        revision=revision,
+        streaming=streaming,
+        offline=offline,
+        hf_cache_dir=hf_cache_dir,
+    )
     if local:
         settings["identity"] = _local_identity(path, data_files, None)
     else:
-        loaded = load_source(
-            path,
-            name=name,
-            data_dir=data_dir,
-            data_files=data_files,
-            revision=revision,
-            streaming=streaming,
-            offline=offline,
-            hf_cache_dir=hf_cache_dir,
-        )
+        loaded = load()
         settings["identity"] = (
             {s: getattr(d, "_fingerprint", None) for s, d in loaded.items()} if not streaming else None
         )
@@ -178,16 +183,7 @@ def build_hf(
     if damaged or not _is_complete(target, settings):
         try:
             if loaded is None:
-                loaded = load_source(
-                    path,
-                    name=name,
-                    data_dir=data_dir,
-                    data_files=data_files,
-                    revision=revision,
-                    streaming=streaming,
-                    offline=offline,
-                    hf_cache_dir=hf_cache_dir,
-                )
+                loaded = load()
             _convert_into(
                 target,
                 loaded,
