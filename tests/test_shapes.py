@@ -299,7 +299,7 @@ def test_answer_distribution():
         a for row_a, row_t in zip(cols["answers"], cols["question_types"]) for a, t in zip(row_a, row_t) if t == "exist"
     )
     assert set(exist) == {"yes", "no"} and 0.4 < exist["yes"] / exist.total() < 0.6, exist
-    # relation: the answer names the first-named object half of the time, and each direction is asked
+    # relation: the answer names the first-named object half of the time; one direction per axis is asked
     relation = [
         (q, a)
         for row_q, row_a, row_t in zip(cols["questions"], cols["answers"], cols["question_types"])
@@ -310,7 +310,8 @@ def test_answer_distribution():
     named_first = [a in (c1, s1) and a not in (c2, s2) for (c1, s1, c2, s2), (_, a) in zip(first, relation)]
     assert len(relation) > 300 and 0.45 < sum(named_first) / len(relation) < 0.55
     directions = Counter(q.split(",")[0] for q, _ in relation)
-    assert len(directions) == 4 and min(directions.values()) > 0.15 * len(relation), directions
+    assert set(directions) == {"which is further left", "which is higher"}, directions
+    assert min(directions.values()) > 0.35 * len(relation), directions
 
 
 def test_question_mix():

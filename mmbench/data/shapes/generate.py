@@ -23,7 +23,7 @@ from mmbench.data.shapes.scene import COLORS, SHAPES, SceneKey
 from mmbench.data.shapes.settings import SceneSettings, ShapesSettings, _check_int
 from mmbench.data.shapes.text import make_captions, make_match, make_questions
 
-GENERATOR_VERSION = 6  # bump when the generated data changes; part of the cache key
+GENERATOR_VERSION = 7  # bump when the generated data changes; part of the cache key
 
 SPLITS = ("train", "val", "test", "test_holdout")
 SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}  # second word of each split's RNG seed

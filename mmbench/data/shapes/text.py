@@ -137,23 +137,28 @@ def _relation_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
     circle or the blue square?" -> "circle" (the word that tells the two apart: their shapes if these
     differ, else their colours).
 
-    The objects are named in a random order and the direction (further left / right, higher / lower) is
-    drawn on an axis where they differ, so the answer is the first-named object half of the time and
-    each named word is equally likely: a model must locate both named objects and compare them. The
-    answer does not depend on the order of the names, so this form does not test word order; the
-    `relation_swap` matching diagnostic does ("the red circle left of the blue square" against its
-    swap). History (docs/results.md, calibration): the yes/no form of version 4 made the answer the XOR
-    of the relation word and the objects' order; the order-sensitive choice of version 5 ("is the red
-    circle left or right of the blue square?" -> "left") stayed at chance for every preset, every
-    share of relation questions and budgets up to 5,000 steps.
+    The objects are named in a random order and the axis is drawn among those on which they differ; the
+    direction is always "further left" on the horizontal axis and "higher" on the vertical one. So the
+    answer is the first-named object half of the time and a model must locate both named objects and
+    compare them; the answer does not depend on the order of the names (this form does not test word
+    order; the `relation_swap` matching diagnostic does).
+
+    One direction per axis is what makes the question learnable by gradient descent (Shapes v7,
+    docs/results.md, calibration part 6): when both directions of an axis are asked equally often, which
+    object lies further left carries no information about the answer until the model also reads the
+    direction word, so no single feature correlates with the answer, and every model tried (and a plain
+    CNN + bag-of-words MLP) stayed at chance for thousands of steps; with one direction per axis the
+    first-order signal exists and the plain CNN leaves chance within a few hundred steps. History: v4's
+    yes/no form made the answer the XOR of the relation word and the objects' order; v5's order-sensitive
+    choice ("is the red circle left or right of the blue square?") and v6 (this form, four directions)
+    stayed at chance for every preset and budgets up to 5,000 steps.
     """
     unique = unique_objects(scene)
     i, j = rs.sample(len(unique), 2)  # a random order of the names
     a, b = unique[i], unique[j]
-    relation = rs.pick(strict_relations(a, b))  # a is `relation` b
-    winner = a
-    if rs.coin():  # ask the opposite direction of the same axis: then b is the answer
-        relation, winner = INVERSE_RELATION[relation], b
+    axes = [rel for rel in ("left of", "above") if rel in strict_relations(a, b) + strict_relations(b, a)]
+    relation = rs.pick(axes)  # "left of" (asked "further left") or "above" (asked "higher")
+    winner = a if relation in strict_relations(a, b) else b
     answer = winner.shape if a.shape != b.shape else winner.color
     return f"which is {RELATION_QUESTION[relation]}, the {a.color} {a.shape} or the {b.color} {b.shape}?", answer
 
