@@ -9,6 +9,10 @@ the <A>?"), which keeps the true answer; and with the opposite direction ("which
 (the same answer to a question and its name swap: 1.0 for a model that compares the objects, low for
 one that picks by position in the question) and `direction_flips` (a different answer when the
 direction is reversed: 1.0 for a model that reads the direction word, 0.0 for one that ignores it).
+Since Shapes v7 the data asks one direction per axis ("further left", "higher") unless
+`data.source.relation_directions=4`; on the default data the reversed words ("further right", "lower")
+were never asked in training, so the reversed-direction figures mean something only for runs on
+`relation_directions=4` data.
 """
 
 from __future__ import annotations

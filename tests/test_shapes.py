@@ -314,6 +314,24 @@ def test_answer_distribution():
     assert min(directions.values()) > 0.35 * len(relation), directions
 
 
+def test_relation_directions():
+    """relation_directions=4 (Shapes v6's form) asks both directions of each axis, every answer true;
+    the default 2 leaves the cache key as it was."""
+    both = split(1000, relation_directions=4)
+    relation = [
+        (q, a, row)
+        for row in (dict(zip(both, values)) for values in zip(*both.values()))
+        for q, a, t in zip(row["questions"], row["answers"], row["question_types"])
+        if t == "relation"
+    ]
+    directions = Counter(q.split(",")[0] for q, _, _ in relation)
+    assert len(directions) == 4 and min(directions.values()) > 0.15 * len(relation), directions
+    assert all(a == expected_answer(q, objects_of(row)) for q, a, row in relation)
+    assert shapes.shapes_config(relation_directions=2) == shapes.shapes_config()
+    four, two = (shapes.shapes_config_hash(**shapes.shapes_config(relation_directions=d)) for d in (4, 2))
+    assert four != two == shapes.shapes_config_hash(**shapes.shapes_config())
+
+
 def test_question_mix():
     """Weights shift the share of question types; the uniform mix reproduces the default data exactly
     (and its cache key), a zero weight removes a type, and every answer stays true."""
@@ -355,6 +373,7 @@ def test_question_mix():
         (dict(num_holdout=10), "num_holdout"),
         (dict(grid=1, max_objects=1, num_train=100), "distinct"),
         (dict(seed=-1), "seed"),
+        (dict(relation_directions=3), "relation_directions must be 2 (one direction per axis) or 4"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

@@ -134,7 +134,9 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, 
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
         captions = make_captions(scene, settings.captions_per_image, rs)
-        questions, answers, qtypes = make_questions(scene, settings.questions_per_image, rs, banned, mix)
+        questions, answers, qtypes = make_questions(
+            scene, settings.questions_per_image, rs, banned, mix, settings.relation_directions
+        )
         match_text, negatives, negative_types, positives = make_match(scene, rs)
         row = {
             "image_id": id_offset + i,

@@ -58,6 +58,7 @@ class SceneSettings:
     questions_per_image: int = 4
     question_mix: dict[str, int] | None = None
     holdout: Sequence = ()
+    relation_directions: int = 2  # 2: "further left" / "higher"; 4: also "further right" / "lower" (v6)
 
     def __post_init__(self) -> None:
         self._set_int("seed", 0)
@@ -79,6 +80,11 @@ class SceneSettings:
         self._set_int("questions_per_image", 0)
         object.__setattr__(self, "question_mix", normalize_question_mix(self.question_mix))
         object.__setattr__(self, "holdout", normalize_holdout(self.holdout))
+        if _check_int("relation_directions", self.relation_directions, 2) not in (2, 4):
+            raise ValueError(
+                f"relation_directions must be 2 (one direction per axis) or 4 (both), got {self.relation_directions}"
+            )
+        self._set_int("relation_directions", 2)
 
     def _set_int(self, name: str, minimum: int) -> None:
         """Check an int field (ValueError) and store it as a plain int (numpy ints arrive from configs)."""
@@ -150,11 +156,13 @@ class ShapesSettings(SceneSettings):
             raise ValueError(f"num_holdout={num_holdout} exceeds the {held_capacity} distinct held-out scenes")
 
     def canonical(self) -> dict:
-        """JSON-able config, the cache key's payload (`question_mix` absent when uniform, so caches
-        written before it existed stay valid)."""
+        """JSON-able config, the cache key's payload (`question_mix` absent when uniform and
+        `relation_directions` when 2, so caches written before they existed stay valid)."""
         config = {f.name: getattr(self, f.name) for f in fields(self)}
         if config["question_mix"] is None:
             del config["question_mix"]
+        if config["relation_directions"] == 2:
+            del config["relation_directions"]
         return config
 
     def scene(self) -> dict:

@@ -132,32 +132,34 @@ def _exist_question(scene: Scene, rs: RandomStream, banned: frozenset[Descriptio
     return f"is there a {color} {shape}?", "no"
 
 
-def _relation_question(scene: Scene, rs: RandomStream) -> tuple[str, str]:
+def _relation_question(scene: Scene, rs: RandomStream, directions: int = 2) -> tuple[str, str]:
     """A choice between two named objects, as GQA's "choose" questions: "which is further left, the red
     circle or the blue square?" -> "circle" (the word that tells the two apart: their shapes if these
     differ, else their colours).
 
-    The objects are named in a random order and the axis is drawn among those on which they differ; the
-    direction is always "further left" on the horizontal axis and "higher" on the vertical one. So the
-    answer is the first-named object half of the time and a model must locate both named objects and
-    compare them; the answer does not depend on the order of the names (this form does not test word
-    order; the `relation_swap` matching diagnostic does).
+    The objects are named in a random order and the axis is drawn among those on which they differ. With
+    `directions=2` (the default) the direction is "further left" on the horizontal axis and "higher" on
+    the vertical one; with 4 it is either way of the axis ("further right", "lower" too). The answer is
+    the first-named object half of the time, so a model must locate both named objects and compare them;
+    it does not depend on the order of the names (word order is what the `relation_swap` matching
+    diagnostic tests).
 
-    One direction per axis is what makes the question learnable by gradient descent (Shapes v7,
-    docs/results.md, calibration part 6): when both directions of an axis are asked equally often, which
-    object lies further left carries no information about the answer until the model also reads the
-    direction word, so no single feature correlates with the answer, and every model tried (and a plain
-    CNN + bag-of-words MLP) stayed at chance for thousands of steps; with one direction per axis the
-    first-order signal exists and the plain CNN leaves chance within a few hundred steps. History: v4's
-    yes/no form made the answer the XOR of the relation word and the objects' order; v5's order-sensitive
-    choice ("is the red circle left or right of the blue square?") and v6 (this form, four directions)
-    stayed at chance for every preset and budgets up to 5,000 steps.
+    Why two directions by default (Shapes v7; docs/results.md, calibration part 6): when both directions
+    of an axis are asked equally often, where an object lies says nothing about the answer until the
+    model also reads the direction word -- no single feature correlates with the answer, the XOR case --
+    and every model tried, down to a plain CNN + bag-of-words MLP, stayed at chance for thousands of
+    steps (v6). With one direction per axis the object further left is the answer of every horizontal
+    question, a first-order signal, and models leave chance within a few hundred steps. `directions=4`
+    keeps the harder form. History: v4's yes/no form made the answer the XOR of the relation word and
+    the objects' order; v5's order-sensitive choice ("is the red circle left or right of the blue
+    square?") also stayed at chance.
     """
     unique = unique_objects(scene)
     i, j = rs.sample(len(unique), 2)  # a random order of the names
     a, b = unique[i], unique[j]
-    axes = [rel for rel in ("left of", "above") if rel in strict_relations(a, b) + strict_relations(b, a)]
-    relation = rs.pick(axes)  # "left of" (asked "further left") or "above" (asked "higher")
+    relation = rs.pick([r for r in ("left of", "above") if r in strict_relations(a, b) + strict_relations(b, a)])
+    if directions == 4 and rs.coin():  # the opposite direction of the same axis
+        relation = INVERSE_RELATION[relation]
     winner = a if relation in strict_relations(a, b) else b
     answer = winner.shape if a.shape != b.shape else winner.color
     return f"which is {RELATION_QUESTION[relation]}, the {a.color} {a.shape} or the {b.color} {b.shape}?", answer
@@ -183,19 +185,20 @@ def make_questions(
     rs: RandomStream,
     banned: frozenset[Description] = frozenset(),
     mix: dict[str, int] | None = None,
+    relation_directions: int = 2,
 ) -> tuple[list[str], list[str], list[str]]:
     """n (question, answer, type) triples, distinct when possible.
 
     The type is drawn among the types the scene can answer (`available_question_types`), each with its
     integer weight in `mix` (None: all 1, i.e. uniform). A type of weight 0 is asked only when the scene
-    answers no type of positive weight.
+    answers no type of positive weight. `relation_directions`: see `_relation_question`.
     """
     makers = {
         "color": _color_question,
         "shape": _shape_question,
         "count": _count_question,
         "exist": lambda s, r: _exist_question(s, r, banned),
-        "relation": _relation_question,
+        "relation": lambda s, r: _relation_question(s, r, relation_directions),
     }
     types = available_question_types(scene)
     positive = [t for t in types if mix is None or mix[t] > 0]
