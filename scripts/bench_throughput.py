@@ -1,7 +1,7 @@
 """Train-step throughput of mmbench presets on Shapes batches, and side by side with HF transformers.
 
     .venv/bin/python scripts/bench_throughput.py [--models vilt,visualbert,...] [--objectives itc,itm,vqa]
-        [--threads 1] [--steps 10] [--repeats 3] [--batch-size 64] [--size tiny] [overrides ...]
+        [--threads 1] [--steps 10] [--repeats 3] [--batch-size 64] [--size tiny] [--profile ROWS] [overrides ...]
     .venv/bin/python scripts/bench_throughput.py --hf [--models vilt,clip,visualbert,lxmert,bert]
         [--batch-size 32] [--text-len 32] [--image-size 64] [--hidden 256] [--layers 4] [--heads 8] ...
 
@@ -10,7 +10,8 @@ overrides), its module built on the default Shapes data, and timed on real train
 optimizer steps after two warm-up steps, `--repeats` times, presets alternating so that machine noise
 hits all of them; the median is printed with the spread, next to FLOPs per sample (a forward pass of the
 three calls, torch's FlopCounterMode) and parameters. It sizes sweeps: a job's training time is about
-steps x 64 / (samples/s) at its thread count.
+steps x 64 / (samples/s) at its thread count. `--profile ROWS` then prints where the time of 4 steps
+goes, operator by operator (torch.profiler, self CPU time).
 
 `--hf` (or `--reference-only`) instead compares each family that has a Hugging Face counterpart
 (`REFERENCES`) with it at identical dims and identical weights: a random HF model is built from a
@@ -128,6 +129,30 @@ def preset_table(args) -> None:
             f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {med:.1f} | "
             f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} | {warmup[preset]:.1f} |"
         )
+    sys.stdout.flush()
+    if args.profile:
+        for preset, (module, optimizer, batches) in parts.items():
+            print_profile(preset, functools.partial(steps, module, optimizer, batches), args.profile)
+
+
+def steps(module, optimizer, batches) -> None:
+    for batch in batches:
+        step(module, optimizer, batch)
+
+
+def print_profile(name: str, run: Callable[[], object], rows: int) -> None:
+    """Where a step's time goes: torch.profiler's operators by self CPU time, with their share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"\n{name}: self CPU time by operator, {total / 1e6:.2f} s over the profiled steps")
+    print("| operator | share | calls |")
+    print("|---|---|---|")
+    for e in ops[:rows]:
+        print(f"| {e.key} | {e.self_cpu_time_total / total:.1%} | {e.count} |")
     sys.stdout.flush()
 
 
@@ -484,6 +509,9 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="ROWS", help="then profile 4 steps per preset: top ROWS operators"
     )
     hf = parser.add_argument_group("side by side with HF transformers (--hf)")
     hf.add_argument(
