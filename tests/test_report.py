@@ -1,6 +1,7 @@
 """mmbench-report on known inputs: statistics (t-interval of the mean), grouping, bold best, tests against
-the best (Welch, Holm), the n < 3 warning, failed/unfinished/missing jobs, params and FLOPs beside every
-table, the default (headline) metrics, and what the bar charts and learning curves draw."""
+the best (Welch, Holm), the n < 3 warning, the note on retrieval galleries of different sizes,
+failed/unfinished/missing jobs, params and FLOPs beside every table, the default (headline) metrics, and
+what the bar charts and learning curves draw."""
 
 from __future__ import annotations
 
@@ -342,6 +343,74 @@ def test_no_few_seeds_note_with_3_seeds_everywhere(tmp_path, capsys):
     for name in ("table.md", "table.tex"):
         text = (tmp_path / "rep" / name).read_text()
         assert FEW_SEEDS_NOTE not in text and "no CI" not in text
+
+
+# ------------------------------------------------------------------ retrieval galleries of different sizes
+
+GALLERIES_NOTE = "retrieval metrics are not comparable across those rows"
+
+
+def _gallery_sweep(root: Path, test_images: dict[str, int]) -> Path:
+    """3 seeds per model (no few-seeds note), test retrieval over `test_images[model]` images with 5
+    captions each, val retrieval over 100 images everywhere."""
+    sweep = root / "galleries"
+    sweep.mkdir(parents=True)
+    swept = swept_keys([f"model={','.join(test_images)}", "seed=0,1,2"])
+    for i, (model, images) in enumerate(test_images.items()):
+        for seed in range(3):
+            metrics = {
+                "test/vqa/acc": 0.5 + 0.1 * i + 0.01 * seed,
+                "test/retrieval/rmean": 0.3 + 0.1 * i + 0.01 * seed,
+                "test/retrieval/i2t_r1": 0.1 + 0.1 * i + 0.01 * seed,
+                "test/retrieval/num_images": float(images),
+                "test/retrieval/num_texts": float(5 * images),
+                "val/retrieval/rmean": 0.2 + 0.1 * i + 0.01 * seed,
+                "val/retrieval/num_images": 100.0,
+                "val/retrieval/num_texts": 500.0,
+            }
+            _job(sweep, swept, model, seed, {"status": "completed", "metrics": metrics})
+    return sweep
+
+
+def test_note_when_retrieval_galleries_differ(tmp_path, capsys):
+    # the [itm]-only run searched 32 images, the others 1000; only the test split's galleries differ
+    sweep = _gallery_sweep(tmp_path, {"itc": 1000, "itm": 32, "both": 1000})
+    out = report.report([sweep], out=tmp_path / "rep", plots=False)
+    assert out["metrics"] == ["test/vqa/acc", "test/retrieval/rmean"]  # the sizes themselves are not shown
+    assert report.differing_galleries(out["rows"], out["metrics"]) == {
+        "test": {"images": (32.0, 1000.0), "texts": (160.0, 5000.0)}
+    }
+    note = f"Retrieval galleries differ (test: 32-1000 images, 160-5000 texts): {GALLERIES_NOTE}."
+    md = (tmp_path / "rep" / "table.md").read_text()
+    assert note in md and FEW_SEEDS_NOTE not in md
+    tex = (tmp_path / "rep" / "table.tex").read_text()
+    assert f"Retrieval galleries differ (test: 32--1000 images, 160--5000 texts): {GALLERIES_NOTE}." in tex
+    # every metric: val's galleries agree (100 images everywhere), so the note still names only test
+    assert report.main([str(sweep), "--no-plots", "--all-metrics", "--out", str(tmp_path / "all")]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"mmbench-report: warning: {note}"]
+    assert note in (tmp_path / "all" / "table.md").read_text()
+
+
+def test_no_galleries_note_when_sizes_agree(tmp_path, capsys):
+    sweep = _gallery_sweep(tmp_path, {"itc": 1000, "itm": 1000})
+    assert report.main([str(sweep), "--no-plots", "--all-metrics", "--out", str(tmp_path / "rep")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    for name in ("table.md", "table.tex"):
+        text = (tmp_path / "rep" / name).read_text()
+        assert "rmean" in text and "Retrieval galleries" not in text and GALLERIES_NOTE not in text
+
+
+def test_no_galleries_note_without_a_retrieval_metric_shown(tmp_path, capsys):
+    sweep = _gallery_sweep(tmp_path, {"itc": 1000, "itm": 32})
+    # no retrieval metric at all, or only the gallery sizes themselves: nothing is compared on them
+    for metrics in (["test/vqa/acc"], ["test/vqa/acc", "test/retrieval/num_*"]):
+        out = report.report([sweep], out=tmp_path / "rep", metrics=metrics, plots=False)
+        assert not any("rmean" in m or "r1" in m for m in out["metrics"])
+        assert report.galleries_note(out["rows"], out["metrics"]) == ""
+        for name in ("table.md", "table.tex"):
+            assert "Retrieval galleries" not in (tmp_path / "rep" / name).read_text()
+    assert report.main([str(sweep), "--no-plots", "--metrics", "test/vqa/*", "--out", str(tmp_path / "cli")]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_si_format_of_params_and_flops():

@@ -26,6 +26,9 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
   or x/0 then); untestable cells are not counted in the Holm correction;
 - when any cell has n < 3 seeds the captions say so (intervals are wide and the test has little
   power) and the CLI prints a one-line warning to stderr;
+- likewise when the table shows a retrieval metric of a split (`<split>/retrieval/*`, recalls and
+  rmean) and the rows' runs searched galleries of different sizes (`<split>/retrieval/num_images`,
+  `num_texts`, read from every run even when not shown): those retrieval metrics are not comparable;
 - failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped.
 
 Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
@@ -81,12 +84,15 @@ from mmbench.report.stats import LOWER_IS_BETTER, holm, lower_is_better, mean_st
 from mmbench.report.tables import (
     COMPLEXITY,
     FEW_SEEDS,
+    GALLERY_SIZES,
     HEADLINE_METRICS,
     NOT_GROUPED,
     Row,
     compare_to_best,
+    differing_galleries,
     few_seeds,
     few_seeds_note,
+    galleries_note,
     group_keys,
     select_metrics,
     significance_caption,
@@ -101,6 +107,7 @@ __all__ = [
     "COMPLEXITY",
     "CURVE_STYLES",
     "FEW_SEEDS",
+    "GALLERY_SIZES",
     "HEADLINE_METRICS",
     "LOWER_IS_BETTER",
     "MD_MARKS",
@@ -115,9 +122,11 @@ __all__ = [
     "baseline_lines",
     "compare_to_best",
     "curve_chart",
+    "differing_galleries",
     "few_seeds",
     "few_seeds_note",
     "find_jobs",
+    "galleries_note",
     "group_keys",
     "holm",
     "lower_is_better",
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}"
     )
-    note = few_seeds_note(res["rows"], res["metrics"])
-    if note:
-        print(f"mmbench-report: warning: {note}", file=sys.stderr)
+    for note in (few_seeds_note(res["rows"], res["metrics"]), galleries_note(res["rows"], res["metrics"])):
+        if note:
+            print(f"mmbench-report: warning: {note}", file=sys.stderr)
     return 0 if done else 1

@@ -1,7 +1,7 @@
 """The table of `mmbench-report`: which metrics (HEADLINE_METRICS, `select_metrics`), the groups
 (`group_keys`: the swept overrides), a `Row` per group with its statistics, each cell compared with
-the best of its column (`compare_to_best`), and the captions saying what the marks mean and when
-there are few seeds."""
+the best of its column (`compare_to_best`), and the captions saying what the marks mean, when
+there are few seeds and when the rows' retrieval galleries differ."""
 
 from __future__ import annotations
 
@@ -148,8 +148,53 @@ def few_seeds_note(rows: list[Row], metrics: list[str], tex: bool = False) -> st
     return f"{n} seeds in {len(few)} of {len(rows)} rows ({labels}): intervals are wide and the test has little power."
 
 
+# <split>/retrieval/<key>: the gallery a run searched, and what the notes call it; every other
+# <split>/retrieval/* metric is a retrieval metric (recalls, rmean), comparable only on equal galleries
+GALLERY_SIZES = {"num_images": "images", "num_texts": "texts"}
+
+
+def _retrieval_split(metric: str) -> str | None:
+    """'test' for 'test/retrieval/rmean' (any retrieval metric but the gallery sizes), else None."""
+    split, sep, name = metric.partition("/retrieval/")
+    return split if sep and name not in GALLERY_SIZES else None
+
+
+def differing_galleries(rows: list[Row], metrics: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """split -> "images" | "texts" -> (min, max) of `<split>/retrieval/num_images` (num_texts) over the
+    runs of the rows showing a retrieval metric of that split, for the splits and sizes that differ
+    (read from the runs' metrics, whether or not the size is itself a displayed metric)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for split in sorted({s for m in metrics if (s := _retrieval_split(m))}):
+        shown = [r for r in rows if any(_retrieval_split(m) == split for m in r.stats)]
+        sizes = {
+            noun: {v for r in shown for v in _values(r, f"{split}/retrieval/{key}")}
+            for key, noun in GALLERY_SIZES.items()
+        }
+        ranges = {noun: (min(v), max(v)) for noun, v in sizes.items() if len(v) > 1}
+        if ranges:
+            out[split] = ranges
+    return out
+
+
+def galleries_note(rows: list[Row], metrics: list[str], tex: bool = False) -> str:
+    """'Retrieval galleries differ (test: 32-1000 images): retrieval metrics are not comparable across
+    those rows.', or '' when no retrieval metric is shown or the galleries agree (for the captions and
+    the CLI warning)."""
+    differ = differing_galleries(rows, metrics)
+    if not differ:
+        return ""
+    dash = "--" if tex else "-"
+    where = "; ".join(
+        f"{_tex(split) if tex else split}: "
+        + ", ".join(f"{lo:.0f}{dash}{hi:.0f} {noun}" for noun, (lo, hi) in ranges.items())
+        for split, ranges in differ.items()
+    )
+    return f"Retrieval galleries differ ({where}): retrieval metrics are not comparable across those rows."
+
+
 def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex: bool = False) -> str:
-    """What the marks mean: the test, how many comparisons, alpha and n (for table.md / table.tex)."""
+    """What the marks mean: the test, how many comparisons, alpha and n, then the few-seeds and
+    galleries notes when they apply (for table.md / table.tex)."""
     cells = [(len(r.jobs), r.stats[m]) for r in rows for m in metrics if m in r.stats]
     tested = sum(s["vs_best"] in ("tied", "worse") for _, s in cells)
     untestable = sum(s["vs_best"] == "untestable" for _, s in cells)
@@ -167,8 +212,8 @@ def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex:
             f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
             f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed."
         )
-    note = few_seeds_note(rows, metrics, tex)
-    return f"{text} {note}" if note else text
+    notes = [note for note in (few_seeds_note(rows, metrics, tex), galleries_note(rows, metrics, tex)) if note]
+    return " ".join([text, *notes])
 
 
 def _tex(s: str) -> str:
