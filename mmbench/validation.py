@@ -342,6 +342,11 @@ def _field_hint(missing: list[str]) -> str:
             " (MRM's classification term predicts the objects' labels: map them with data.source.columns."
             "region_labels, or set objective.mrm.classification_weight=0 for feature regression only)"
         )
+    if "negative_ids" in missing:
+        return (
+            " (ITM's text_negatives pairs each image with its caption's hard negative, the column "
+            "caption_negatives, which Shapes writes: use data=shapes or objective.itm.text_negatives=false)"
+        )
     if any(f.startswith("question") or f == "answer_scores" for f in missing):
         return " (VQA needs questions and answers: data.source.columns.question / answers)"
     return ""

@@ -72,6 +72,11 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["model.size=Tiny"], REFUSED, ("tiny, small, base",)),
     # encoders / objectives x data: a field the data does not have
     (["encoder/vision=region_feats"], REFUSED, ("region_feats", "encoder/vision=region")),
+    (
+        ["data=hf", "data.source.path=owner/some-dataset", "objective=[itc,itm]", "objective.itm.text_negatives=true"],
+        REFUSED,
+        ("negative_ids", "text_negatives=false"),
+    ),
     (["model=lxmert", "encoder/vision=region_feats"], REFUSED, ("region_feats",)),
     (["data.source.questions_per_image=0"], REFUSED, ("objective 'vqa'", "question_ids")),
     (["objective=[classify]"], REFUSED, ("objective 'classify'", "labels")),
@@ -114,5 +119,6 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["trainer.max_epochs=-1", "trainer.max_steps=10"], ACCEPTED, ()),
     (["eval.protocols=[vqa]"], ACCEPTED, ()),
     (["data=hf", "data.source.path=owner/some-dataset", "objective=[itc]"], ACCEPTED, ()),  # a hub id: looked up later
+    (["objective=[itc,itm]", "objective.itm.text_negatives=true"], ACCEPTED, ()),  # Shapes writes caption_negatives
     (["model.init_from=dandelin/vilt-b32-mlm"], ACCEPTED, ()),  # a hub id: resolved (offline) later
 ]

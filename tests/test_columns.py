@@ -57,6 +57,13 @@ def test_shapes_batch_follows_the_schema_and_its_padding(tmp_path, questions_per
         ].all()
     assert batch["pixel_values"].shape == (B, 3, 48, 48)
     assert ((batch["attention_mask"] == 0) == (batch["input_ids"] == dm.info.pad_id)).all()
+    # each caption's word-order negative: tokenised with the captions (same T), its tokens theirs reordered
+    assert batch["negative_ids"].shape == batch["input_ids"].shape
+    assert batch["has_negative"].tolist() == [bool(it["negative"]) for it in items] and batch["has_negative"].any()
+    for i in batch["has_negative"].nonzero().squeeze(1).tolist():
+        assert torch.equal(batch["negative_mask"][i], batch["attention_mask"][i])
+        assert not torch.equal(batch["negative_ids"][i], batch["input_ids"][i])
+        assert torch.equal(batch["negative_ids"][i].sort().values, batch["input_ids"][i].sort().values)
     if questions_per_image:
         assert batch["answer_scores"].shape == (B, dm.info.num_answers)
         assert torch.equal(batch["answer_scores"].sum(1), (batch["answer"] >= 0).float())  # one-hot, 0 = unknown

@@ -202,6 +202,55 @@ def test_itm_all_same_image_uses_positives_only():
     assert torch.isfinite(out.loss)
 
 
+def _itm_with_text_negatives(has: list[bool]):
+    """ITM(text_negatives=True) on a tiny model whose batch's negatives are the captions reversed."""
+    model = tiny_model()
+    B = len(has)
+    ids, mask, batch = inputs(B=B)
+    neg_ids = ids.flip(1)
+    batch.update(input_ids=ids, attention_mask=mask, image_id=torch.arange(B))
+    batch.update(negative_ids=neg_ids, negative_mask=mask, has_negative=torch.tensor(has))
+    return model, batch, ITM(dim=D, text_negatives=True)
+
+
+def test_itm_text_negatives_known_answer():
+    # the loss is the cross-entropy over the batch's 3B rows plus one "no match" row per caption that
+    # has a hard negative: (image k, negative k)
+    model, batch, itm = _itm_with_text_negatives([True, False, True])
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    image = model.encode_image(batch)
+    torch.manual_seed(3)
+    out = itm(model, batch, text, image, StepContext())
+    plain = ITM(dim=D)
+    plain.head = itm.head
+    torch.manual_seed(3)  # the same in-batch negatives
+    base = plain(model, batch, text, image, StepContext())
+    has = torch.tensor([0, 2])
+    neg = model.encode_text(batch["negative_ids"][has], batch["negative_mask"][has])
+    neg_logits = itm.head(model.fuse(neg, image.index(has)).pooled)  # (2, 2)
+    extra = F.cross_entropy(neg_logits, torch.zeros(2, dtype=torch.long), reduction="sum")
+    n_base = 3 * 3  # every in-batch negative is valid: three distinct images
+    expected = (base.loss * n_base + extra) / (n_base + 2)
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+def test_itm_text_negatives_without_any_negative_equal_plain_itm():
+    model, batch, itm = _itm_with_text_negatives([False, False, False])
+    text, image = model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch)
+    plain = ITM(dim=D)
+    plain.head = itm.head
+    torch.manual_seed(5)
+    a = itm(model, batch, text, image, StepContext()).loss
+    torch.manual_seed(5)
+    b = plain(model, batch, text, image, StepContext()).loss
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_itm_reads_negative_fields_only_when_asked():
+    assert ITM.fields_read() == ()
+    assert set(ITM.fields_read(text_negatives=True)) == {"negative_ids", "negative_mask", "has_negative"}
+
+
 def test_mask_tokens_recipe():
     g = torch.Generator().manual_seed(0)
     B, T = 64, 64

@@ -170,6 +170,31 @@ def test_text_is_true_and_negatives_false():
     assert set(negative_types) == set(NEGATIVE_TYPES)
 
 
+def test_caption_negatives_are_false_reorderings_of_relation_captions():
+    cols = split(400, max_objects=4)
+    rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+    kinds = Counter()
+    for row in rows:
+        objs = objects_of(row)
+        assert len(row["caption_negatives"]) == len(row["captions"])
+        for caption, negative in zip(row["captions"], row["caption_negatives"]):
+            is_relation = shapes.claim_of(caption).startswith("relation:")
+            kinds[(is_relation, bool(negative))] += 1
+            if negative:
+                assert is_relation and negative != caption
+                assert sorted(negative.split()) == sorted(caption.split())  # the same bag of words
+                assert not is_true(negative, objs), (caption, negative, objs)  # the independent checker
+    assert kinds[(False, True)] == 0  # only relation captions have a word-order negative
+    assert kinds[(True, True)] > 0.9 * (kinds[(True, True)] + kinds[(True, False)])  # nearly all of them do
+
+
+def test_order_swapped_keeps_the_template():
+    for t in range(len(shapes.RELATION_TEMPLATES)):
+        text = shapes.relation_text(("red", "circle"), "left of", ("blue", "square"), t)
+        assert shapes.order_swapped(text) == shapes.relation_text(("blue", "square"), "left of", ("red", "circle"), t)
+    assert shapes.order_swapped("a small red circle") == shapes.order_swapped("there are two objects") == ""
+
+
 def test_truth_functions_on_hand_built_scene():
     # red circle | blue square | red circle in the top row, green triangle below the square
     scene = (

@@ -36,7 +36,15 @@ class Collator:
             "pixel_values": images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0),  # (B, 3, H, W) in [-1, 1]
             "image_id": schema.values("image_id", [int(it["image_id"]) for it in items]),
         }
-        batch["input_ids"], batch["attention_mask"] = self._text([it["caption"] for it in items])
+        captions = [it["caption"] for it in items]
+        if "negative_ids" in fields:  # one call: captions and their negatives padded to the same T
+            negatives = [it["negative"] for it in items]
+            ids, mask = self._text(captions + negatives)
+            batch["input_ids"], batch["attention_mask"] = ids[:B], mask[:B]
+            batch["negative_ids"], batch["negative_mask"] = ids[B:], mask[B:]
+            batch["has_negative"] = schema.values("has_negative", [bool(t) for t in negatives])
+        else:
+            batch["input_ids"], batch["attention_mask"] = self._text(captions)
         if "text_claim" in fields:
             batch["text_claim"] = schema.values("text_claim", [it["claim"] for it in items])
             facts = schema.padded("image_facts", B, self.facts_width)  # fixed width: gatherable under DDP

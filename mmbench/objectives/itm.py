@@ -18,6 +18,16 @@ after ~150 steps with uniform ones. So negatives are drawn from the mixture
 first `hard_negative_warmup` fraction of training (the LightningModule puts the fraction of
 training done into `context.progress`; outside training it is 1, i.e. pure hard negatives).
 `hard_negative_warmup=0` is the ALBEF recipe as published.
+
+Text hard negatives (`text_negatives=True`, off by default). Negatives drawn from the batch differ from
+the true text in *what* they say; a model can match them as a bag of words and never read word
+order, and on Shapes every model then sat at chance on the relation-swap diagnostic. NegCLIP
+(Yuksekgonul et al., ICLR 2023) adds, for each caption, a negative made of its own words reordered.
+With this switch, each image is also paired with its caption's hard negative from the data (batch
+field `negative_ids`: Shapes' `caption_negatives`, the relation caption with its objects swapped,
+verified false of the image), labelled "no match", in the same fusion call: (image, swapped caption) is
+one more row per caption that has a negative (`has_negative`). Data without that column is refused by
+config validation.
 """
 
 from __future__ import annotations
@@ -104,13 +114,25 @@ class ITM(Objective):
     uses = ("itc_sim_i2t",)  # hard negatives from ITC when it runs in the same step (it then runs first)
     pair_score_rank = 2
 
-    def __init__(self, dim: int, hard_negatives: bool = True, hard_negative_warmup: float = 0.0, weight: float = 1.0):
+    @classmethod
+    def fields_read(cls, text_negatives: bool = False, **config) -> tuple[str, ...]:
+        return ("negative_ids", "negative_mask", "has_negative") if text_negatives else ()
+
+    def __init__(
+        self,
+        dim: int,
+        hard_negatives: bool = True,
+        hard_negative_warmup: float = 0.0,
+        text_negatives: bool = False,
+        weight: float = 1.0,
+    ):
         super().__init__(weight)
         if not 0.0 <= hard_negative_warmup <= 1.0:
             raise ValueError(f"hard_negative_warmup is a fraction of training in [0, 1], got {hard_negative_warmup}")
         self.head = nn.Linear(dim, 2)
         self.hard_negatives = hard_negatives
         self.hard_negative_warmup = float(hard_negative_warmup)
+        self.text_negatives = text_negatives
 
     def hardness(self, progress: float) -> float:
         """Weight of ITC-based sampling after `progress` (fraction of training done, 0..1)."""
@@ -127,13 +149,19 @@ class ITM(Objective):
         neg_image, valid_i = sample_negatives(
             ids, None if sim is None else sim.T, hardness=a, true=true.T
         )  # for each text an image
-        texts = Features.cat(text, text.index(neg_text), text)
-        images = Features.cat(image, image, image.index(neg_image))
-        joint = model.fuse(texts, images)
-        logits = self.head(joint.pooled)  # (3B, 2)
+        text_parts, image_parts = [text, text.index(neg_text), text], [image, image, image.index(neg_image)]
+        keep_parts = [torch.ones_like(valid_t), valid_t, valid_i]
+        if self.text_negatives:  # (image, its caption's hard negative), one row per caption that has one
+            has = batch["has_negative"].nonzero().squeeze(1)  # (K,)
+            text_parts.append(model.encode_text(batch["negative_ids"][has], batch["negative_mask"][has]))
+            image_parts.append(image.index(has))
+            keep_parts.append(torch.ones_like(has, dtype=torch.bool))
+        joint = model.fuse(Features.cat(*text_parts), Features.cat(*image_parts))
+        logits = self.head(joint.pooled)  # (3B + K, 2)
         B = ids.shape[0]
-        labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
-        keep = torch.cat([torch.ones(B, dtype=torch.bool, device=ids.device), valid_t, valid_i])
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        labels[:B] = 1
+        keep = torch.cat(keep_parts)
         loss = F.cross_entropy(logits[keep], labels[keep])
         acc = (logits[keep].argmax(-1) == labels[keep]).float().mean()
         return ObjectiveOutput(loss, {"acc": acc, "hardness": torch.tensor(a)})

@@ -20,7 +20,10 @@ said about a scene is derived from this symbolic description, so all text is tru
 * claims     - what each caption asserts in canonical form (`caption_claims`, from `claim_of`) and
                every claim true of the scene (`image_facts`, from `scene_facts`), so that a text
                of another image is known to be true of this one when its claim is among the facts
-               ("there are two objects" describes a third of all scenes).
+               ("there are two objects" describes a third of all scenes);
+* negatives  - per caption its word-order hard negative (`caption_negatives`, from `order_swapped`: a
+               relation caption with its objects swapped, verified false; "" for other captions), for
+               ITM's `text_negatives` (NegCLIP-style training against a bag of words).
 
 A compositional hold-out (`holdout=[[colour, shape], ...]`) removes those colour x shape
 combinations from train/val/test and adds a `test_holdout` split whose scenes all contain one.
@@ -72,6 +75,7 @@ from mmbench.data.shapes.grammar import (
     count_text,
     inventory_text,
     number_word,
+    order_swapped,
     relation_text,
     scene_facts,
     shape_count_text,
@@ -187,6 +191,7 @@ __all__ = [
     "normalize_holdout",
     "normalize_question_mix",
     "number_word",
+    "order_swapped",
     "paint",
     "provided_fields",
     "relation_claim_true",

@@ -16,14 +16,14 @@ import datasets
 import numpy as np
 
 from mmbench.data import columns as schema
-from mmbench.data.shapes.grammar import claim_of, scene_facts
+from mmbench.data.shapes.grammar import claim_of, order_swapped, scene_facts
 from mmbench.data.shapes.rendering import BACKGROUND, layout, paint
 from mmbench.data.shapes.sampling import RandomStream, _draw_key, _place, _triples
 from mmbench.data.shapes.scene import COLORS, SHAPES, SceneKey
 from mmbench.data.shapes.settings import SceneSettings, ShapesSettings, _check_int
 from mmbench.data.shapes.text import make_captions, make_match, make_questions
 
-GENERATOR_VERSION = 7  # bump when the generated data changes; part of the cache key
+GENERATOR_VERSION = 8  # bump when the generated data changes; part of the cache key
 
 SPLITS = ("train", "val", "test", "test_holdout")
 SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}  # second word of each split's RNG seed
@@ -51,6 +51,7 @@ COLUMNS = (
     "match_positives",
     "match_negative_types",
     "caption_claims",
+    "caption_negatives",
     "image_facts",
 )
 FEATURES = schema.features(
@@ -138,6 +139,7 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, 
             scene, settings.questions_per_image, rs, banned, mix, settings.relation_directions
         )
         match_text, negatives, negative_types, positives = make_match(scene, rs)
+        facts = scene_facts(scene)
         row = {
             "image_id": id_offset + i,
             "pixels": image.tobytes(),
@@ -156,7 +158,9 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, 
             "match_positives": positives,
             "match_negative_types": negative_types,
             "caption_claims": [claim_of(c) for c in captions],
-            "image_facts": scene_facts(scene),
+            # per caption its word-order hard negative (NegCLIP), "" when it has none or the swap is true
+            "caption_negatives": [n if n and claim_of(n) not in facts else "" for n in map(order_swapped, captions)],
+            "image_facts": facts,
         }
         for name, value in row.items():
             columns[name].append(value)

@@ -90,6 +90,20 @@ def relation_text(a: Description, relation: str, b: Description, template: int =
     )
 
 
+def order_swapped(text: str) -> str:
+    """A relation text with its two objects swapped, same words and template ("a red circle left of a
+    blue square" -> "a blue square left of a red circle"); "" for a text that is not a relation. The
+    word-order hard negative of NegCLIP (Yuksekgonul et al., ICLR 2023): a bag of words cannot tell it
+    from the original."""
+    m = _CLAIM_RELATION.match(text)
+    if m is None:
+        return ""
+    c1, s1, _, c2, s2 = m.groups()
+    start, end = m.span(1)[0], m.span(5)[1]
+    middle = text[m.span(2)[1] : m.span(4)[0]]  # " left of a " / " is to the left of a "
+    return f"{text[:start]}{c2} {s2}{middle}{c1} {s1}{text[end:]}"
+
+
 def attribute_text(o: ShapeObject, template: int = 0) -> str:
     return ATTRIBUTE_TEMPLATES[template].format(size=o.size, color=o.color, shape=o.shape)
 
