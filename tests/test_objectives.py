@@ -251,6 +251,38 @@ def test_itm_reads_negative_fields_only_when_asked():
     assert set(ITM.fields_read(text_negatives=True)) == {"negative_ids", "negative_mask", "has_negative"}
 
 
+def test_itc_text_negatives_known_answer():
+    # one more image-to-text column per image, its own caption's negative; text-to-image unchanged
+    model, batch, _ = _itm_with_text_negatives([True, False, True])
+    text, image = model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch)
+    itc = ITC(text_dim=D, image_dim=D, embed_dim=8, text_negatives=True)
+    out = itc(model, batch, text, image, StepContext())
+    t, v = itc.embed(text.pooled, image.pooled)  # (B, E)
+    n, _ = itc.embed(model.encode_text(batch["negative_ids"], batch["negative_mask"]).pooled, image.pooled)
+    temp = itc.temperature.clamp(*itc.bounds)
+    i2t = torch.cat([v @ t.T, (v * n).sum(-1, keepdim=True)], 1) / temp  # (B, B + 1)
+    i2t[1, -1] = -float("inf")  # row 1 has no negative
+    expected = 0.5 * (F.cross_entropy(i2t, torch.arange(3)) + F.cross_entropy(t @ v.T / temp, torch.arange(3)))
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert torch.isfinite(out.loss)
+    plain = ITC(text_dim=D, image_dim=D, embed_dim=8)
+    plain.load_state_dict(itc.state_dict())
+    assert out.loss > plain(model, batch, text, image, StepContext()).loss  # the extra column only adds mass
+    with pytest.raises(ValueError, match="queue"):
+        ITC(text_dim=D, image_dim=D, text_negatives=True, queue_size=8, model=model)
+
+
+def test_itc_and_itm_encode_the_negatives_once_per_step():
+    model, batch, itm = _itm_with_text_negatives([True, True, False])
+    text, image = model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch)
+    calls = []
+    model.text_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    context = StepContext()
+    ITC(text_dim=D, image_dim=D, text_negatives=True)(model, batch, text, image, context)
+    itm(model, batch, text, image, context)
+    assert calls == [2]  # one pass, over the two captions that have a negative
+
+
 def test_mask_tokens_recipe():
     g = torch.Generator().manual_seed(0)
     B, T = 64, 64

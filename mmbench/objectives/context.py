@@ -13,11 +13,24 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from mmbench.models.outputs import Features
+
 
 @dataclass
 class StepContext:
     progress: float = 1.0  # fraction of training done (ITM's hard-negative warm-up); 1 outside training
     itc_sim_i2t: torch.Tensor | None = None  # (B, B) image x text ITC logits of the local batch, detached (ITC)
+    # the batch's hard-negative texts (`negative_ids`) that exist, encoded once per step (`encode_negatives`)
+    negative_text: tuple[Features, torch.Tensor] | None = None
+
+    def encode_negatives(self, model, batch: dict) -> tuple[Features, torch.Tensor]:
+        """(features of the captions' hard negatives (K, ...), their rows (K,)): the rows with
+        `has_negative`, through the model's text encoder once per step, whichever objective asks first
+        (ITC and ITM with `text_negatives` share them)."""
+        if self.negative_text is None:
+            rows = batch["has_negative"].nonzero().squeeze(1)  # (K,)
+            self.negative_text = (model.encode_text(batch["negative_ids"][rows], batch["negative_mask"][rows]), rows)
+        return self.negative_text
 
 
 CONTEXT_FIELDS = frozenset(f.name for f in fields(StepContext))

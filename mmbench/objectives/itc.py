@@ -15,6 +15,13 @@ Under DDP the embeddings of all ranks are gathered *with gradient*
 columns (the scalable form of open_clip's `local_loss=True, gather_with_grad=True`). Since DDP
 averages gradients over ranks, loss and gradients equal those of one process over the whole batch.
 
+**Word-order hard negatives** (`text_negatives=True`, off by default; NegCLIP, Yuksekgonul et al.,
+ICLR 2023): each image's image-to-text softmax gets one more column, its own caption's hard negative
+from the data (`negative_ids`: on Shapes the relation caption with its objects swapped, verified false
+of that image), which is never a positive. NegCLIP adds the negatives as columns for every image; here
+each counts only against the image it was made from, because another image in the batch may show what
+the swapped caption says. The text-to-image direction is unchanged. Not with the queue.
+
 **ALBEF's momentum encoder, queue and distillation** (Li et al., 2021, sec. 3.2-3.3; off by default,
 `queue_size > 0` turns it on; ALBEF: 65,536, momentum 0.995, alpha 0.4 ramped over its first epoch).
 Momentum copies of the text and vision encoders and of the two projections follow the online ones as
@@ -69,12 +76,15 @@ def multi_positive_contrastive_loss(
     all_image_ids: torch.Tensor | None = None,
     extra_i2t: torch.Tensor | None = None,
     extra_t2i: torch.Tensor | None = None,
+    negative_i2t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE with positives defined by equal image ids (and optional extra positives).
 
     image_emb, text_emb: (B, E) normalised local embeddings; image_ids (B,).
     all_*: the same over all ranks (N, E) / (N,); default to the local ones.
     extra_i2t (B, N) bool: text j is also a positive of local image i; extra_t2i (B, N): image j of local text i.
+    negative_i2t (B, M): logits of M more columns of the image-to-text softmax that are never positives
+    (word-order hard negatives; `NO_LOGIT` where a row has none).
     Returns (loss, i2t in-batch accuracy).
     """
     all_image_emb = image_emb if all_image_emb is None else all_image_emb
@@ -85,12 +95,20 @@ def multi_positive_contrastive_loss(
     pos_t2i = (same if extra_t2i is None else same | extra_t2i).float()
     logits_i2t = image_emb @ all_text_emb.T / temperature  # (B, N)
     logits_t2i = text_emb @ all_image_emb.T / temperature  # (B, N)
+    if negative_i2t is not None:
+        logits_i2t = torch.cat([logits_i2t, negative_i2t], 1)  # (B, N + M)
+        pos_i2t = torch.cat([pos_i2t, torch.zeros_like(negative_i2t)], 1)
     loss = 0.5 * (
         F.cross_entropy(logits_i2t, pos_i2t / pos_i2t.sum(1, keepdim=True))
         + F.cross_entropy(logits_t2i, pos_t2i / pos_t2i.sum(1, keepdim=True))
     )
     acc = pos_i2t.gather(1, logits_i2t.argmax(1, keepdim=True)).mean()
     return loss, acc
+
+
+# the logit of an absent column: exp() of it is 0 in float32 next to any cosine / temperature (|x| <= 100),
+# while 0 * log_softmax stays finite (an -inf logit would make the soft-target cross-entropy NaN)
+NO_LOGIT = -1e4
 
 
 class ITC(Objective):
@@ -117,10 +135,14 @@ class ITC(Objective):
         momentum: float = 0.995,
         alpha: float = 0.4,
         alpha_ramp: float = 0.0,
+        text_negatives: bool = False,
         model: MultimodalModel | None = None,
     ):
         super().__init__(weight)
         self.claim_positives = bool(claim_positives)
+        self.text_negatives = bool(text_negatives)
+        if self.text_negatives and queue_size:
+            raise ValueError("ITC: text_negatives with a queue is not supported (use queue_size=0)")
         self.text_proj = nn.Linear(text_dim, embed_dim)  # towers may differ in width (CLIP: 512 vs 768)
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
@@ -156,6 +178,10 @@ class ITC(Objective):
             self.register_buffer("id_queue", torch.full((self.queue_size,), -1, dtype=torch.long))  # (K,)
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    @classmethod
+    def fields_read(cls, text_negatives: bool = False, **config) -> tuple[str, ...]:
+        return ("negative_ids", "negative_mask", "has_negative") if text_negatives else ()
+
     def embed(self, text_pooled: torch.Tensor, image_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) pooled features -> (B, E) normalised embeddings in the shared space."""
         return F.normalize(self.text_proj(text_pooled), dim=-1), F.normalize(self.image_proj(image_pooled), dim=-1)
@@ -177,8 +203,14 @@ class ITC(Objective):
             all_facts, _ = _gather(batch["image_facts"])  # (N, F)
             extra_i2t = claims_true(batch["image_facts"], all_claims)  # (B, N): text j true of local image i
             extra_t2i = claims_true(all_facts, batch["text_claim"]).T  # (B, N): local text i true of image j
+        negative_i2t = None
+        if self.text_negatives:  # each image against its own caption's hard negative, one more column
+            negatives, rows = context.encode_negatives(model, batch)  # (K, ...), (K,)
+            negative_emb = F.normalize(self.text_proj(negatives.pooled), dim=-1)  # (K, E)
+            negative_i2t = image_emb.new_full((ids.shape[0], 1), NO_LOGIT)  # (B, 1)
+            negative_i2t[rows, 0] = (image_emb[rows] * negative_emb).sum(-1) / temp
         loss, acc = multi_positive_contrastive_loss(
-            image_emb, text_emb, ids, temp, all_image, all_text, all_ids, extra_i2t, extra_t2i
+            image_emb, text_emb, ids, temp, all_image, all_text, all_ids, extra_i2t, extra_t2i, negative_i2t
         )
         return ObjectiveOutput(loss, {"acc": acc, "temperature": temp.detach()})
 

@@ -152,10 +152,10 @@ class ITM(Objective):
         text_parts, image_parts = [text, text.index(neg_text), text], [image, image, image.index(neg_image)]
         keep_parts = [torch.ones_like(valid_t), valid_t, valid_i]
         if self.text_negatives:  # (image, its caption's hard negative), one row per caption that has one
-            has = batch["has_negative"].nonzero().squeeze(1)  # (K,)
-            text_parts.append(model.encode_text(batch["negative_ids"][has], batch["negative_mask"][has]))
-            image_parts.append(image.index(has))
-            keep_parts.append(torch.ones_like(has, dtype=torch.bool))
+            negatives, rows = context.encode_negatives(model, batch)  # (K, ...), (K,)
+            text_parts.append(negatives)
+            image_parts.append(image.index(rows))
+            keep_parts.append(torch.ones_like(rows, dtype=torch.bool))
         joint = model.fuse(Features.cat(*text_parts), Features.cat(*image_parts))
         logits = self.head(joint.pooled)  # (3B + K, 2)
         B = ids.shape[0]
