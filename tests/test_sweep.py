@@ -183,3 +183,33 @@ def test_launcher_configs_compose():
     assert {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb"} <= set(slurm)
     assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
     assert optuna.direction == "maximize" and set(optuna.params) >= {"optimizer.lr", "objective.itm.weight"}
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_value_an_experiment_sweeps_passes_config_validation(name):
+    """Each job of a named experiment (each value of each swept key, one key at a time) composes and passes
+    config validation: a typo in an experiment surfaces here, not hours into a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mmbench.config import ConfigError
+    from mmbench.validation import validate
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"experiment={name}"])
+    params = (cfg.hydra.sweeper.get("params") or {}) if cfg.get("hydra") else {}
+    parser = OverridesParser.create()
+    jobs = [
+        [f"{key}={v}"]
+        for key, value in params.items()
+        for v in parser.parse_override(f"{key}={value}").sweep_string_iterator()
+    ]
+    for job in jobs or [[]]:
+        job_cfg = compose_cfg([f"experiment={name}", *job])
+        if job_cfg.model.get("init_from_required"):  # a later stage: refused until given its stage-1 run
+            with pytest.raises(ConfigError, match="model.init_from="):
+                validate(job_cfg)
+        else:
+            validate(job_cfg)
