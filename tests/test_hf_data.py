@@ -497,6 +497,9 @@ def test_shapes_batches_are_unchanged_by_the_collator_extension(tiny_cfg):
         "region_mask",
         "text_claim",
         "image_facts",
+        "negative_ids",
+        "negative_mask",
+        "has_negative",
     }
     assert torch.equal(batch["answer_scores"].sum(1), (batch["answer"] >= 0).float())
     assert torch.equal(batch["region_mask"], batch["region_labels"] >= 0)
