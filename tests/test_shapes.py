@@ -188,6 +188,35 @@ def test_caption_negatives_are_false_reorderings_of_relation_captions():
     assert kinds[(True, True)] > 0.9 * (kinds[(True, True)] + kinds[(True, False)])  # nearly all of them do
 
 
+def test_caption_relation_directions_two_states_every_relation_left_of_or_above():
+    """caption_relation_directions=2: captions, their negatives and the matching statements say only
+    "left of" / "above", every caption and statement true and every negative false (the independent
+    checker); the default (4) leaves the cache key as it was. (Scenes drawn after the first caption that
+    differs come out differently: captions are drawn distinct, from the same random stream as scenes.)"""
+    four, two = split(400, max_objects=4), split(400, max_objects=4, caption_relation_directions=2)
+    words = Counter()
+    rows = [dict(zip(two, values)) for values in zip(*two.values())]
+    for row in rows:
+        objs = objects_of(row)
+        statements = [*row["captions"], row["match_text"], *row["match_positives"]]
+        negatives = [*filter(None, row["caption_negatives"]), *row["match_negatives"]]
+        for text in statements + negatives:
+            claim = shapes.claim_of(text)
+            if claim.startswith("relation:"):
+                words[claim.split("|")[1]] += 1
+        assert all(is_true(t, objs) for t in statements), (statements, objs)
+        assert not any(is_true(t, objs) for t in negatives), (negatives, objs)
+    assert set(words) == {"left of", "above"} and min(words.values()) > 0.3 * sum(words.values()), words
+    # the default states relations with all four words, as Shapes v8 did
+    default_words = {
+        shapes.claim_of(c).split("|")[1] for cs in four["captions"] for c in cs if "|" in shapes.claim_of(c)
+    }
+    assert default_words == {"left of", "right of", "above", "below"}
+    assert shapes.shapes_config(caption_relation_directions=4) == shapes.shapes_config()
+    hashes = {d: shapes.shapes_config_hash(**shapes.shapes_config(caption_relation_directions=d)) for d in (2, 4)}
+    assert hashes[2] != hashes[4] == shapes.shapes_config_hash(**shapes.shapes_config())
+
+
 def test_order_swapped_keeps_the_template():
     for t in range(len(shapes.RELATION_TEMPLATES)):
         text = shapes.relation_text(("red", "circle"), "left of", ("blue", "square"), t)
@@ -399,6 +428,7 @@ def test_question_mix():
         (dict(grid=1, max_objects=1, num_train=100), "distinct"),
         (dict(seed=-1), "seed"),
         (dict(relation_directions=3), "relation_directions must be 2 (one direction per axis) or 4"),
+        (dict(caption_relation_directions=3), "caption_relation_directions must be 2 (relations stated"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

@@ -134,11 +134,11 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, 
         scene = _place(key, rs, lay)
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
-        captions = make_captions(scene, settings.captions_per_image, rs)
+        captions = make_captions(scene, settings.captions_per_image, rs, settings.caption_relation_directions)
         questions, answers, qtypes = make_questions(
             scene, settings.questions_per_image, rs, banned, mix, settings.relation_directions
         )
-        match_text, negatives, negative_types, positives = make_match(scene, rs)
+        match_text, negatives, negative_types, positives = make_match(scene, rs, settings.caption_relation_directions)
         facts = scene_facts(scene)
         row = {
             "image_id": id_offset + i,

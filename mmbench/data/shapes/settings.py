@@ -59,6 +59,9 @@ class SceneSettings:
     question_mix: dict[str, int] | None = None
     holdout: Sequence = ()
     relation_directions: int = 2  # 2: "further left" / "higher"; 4: also "further right" / "lower" (v6)
+    caption_relation_directions: int = (
+        4  # 4: captions say "left of" / "right of" / "above" / "below"; 2: "left of" / "above"
+    )
 
     def __post_init__(self) -> None:
         self._set_int("seed", 0)
@@ -85,6 +88,12 @@ class SceneSettings:
                 f"relation_directions must be 2 (one direction per axis) or 4 (both), got {self.relation_directions}"
             )
         self._set_int("relation_directions", 2)
+        if _check_int("caption_relation_directions", self.caption_relation_directions, 2) not in (2, 4):
+            raise ValueError(
+                "caption_relation_directions must be 2 (relations stated as 'left of' / 'above' only) or 4 "
+                f"(all four relation words), got {self.caption_relation_directions}"
+            )
+        self._set_int("caption_relation_directions", 2)
 
     def _set_int(self, name: str, minimum: int) -> None:
         """Check an int field (ValueError) and store it as a plain int (numpy ints arrive from configs)."""
@@ -157,12 +166,15 @@ class ShapesSettings(SceneSettings):
 
     def canonical(self) -> dict:
         """JSON-able config, the cache key's payload (`question_mix` absent when uniform and
-        `relation_directions` when 2, so caches written before they existed stay valid)."""
+        `relation_directions` when 2 and `caption_relation_directions` when 4, so caches written before
+        they existed stay valid)."""
         config = {f.name: getattr(self, f.name) for f in fields(self)}
         if config["question_mix"] is None:
             del config["question_mix"]
         if config["relation_directions"] == 2:
             del config["relation_directions"]
+        if config["caption_relation_directions"] == 4:
+            del config["caption_relation_directions"]
         return config
 
     def scene(self) -> dict:

@@ -66,10 +66,24 @@ def _attribute_caption(scene: Scene, rs: RandomStream) -> str:
     return attribute_text(rs.pick(scene), rs.below(len(ATTRIBUTE_TEMPLATES)))
 
 
-def _relation_caption(scene: Scene, rs: RandomStream) -> str:
+def stated(a: ShapeObject, relation: str, b: ShapeObject, directions: int) -> tuple[ShapeObject, str, ShapeObject]:
+    """How "a <relation> b" is stated: as is with all four relation words (`directions=4`), and with
+    `directions=2` one word per axis, "left of" / "above", the objects named in the order that makes it
+    true ("a right of b" -> "b left of a").
+
+    Why 2 exists (docs/results.md, `experiment=word_order` results): with four words, whether "A rel B"
+    holds is the XOR of which object is named first, where it lies and which way the word points, the
+    form no model learnt in v6's relation questions; with two, it is which object is named first x where
+    it lies, the order of v7's questions."""
+    if directions == 2 and relation in ("right of", "below"):
+        return b, INVERSE_RELATION[relation], a
+    return a, relation, b
+
+
+def _relation_caption(scene: Scene, rs: RandomStream, directions: int = 4) -> str:
     i, j = rs.sample(len(scene), 2)
-    a, b = scene[i], scene[j]
-    return relation_text(a.desc, rs.pick(strict_relations(a, b)), b.desc, rs.below(len(RELATION_TEMPLATES)))
+    a, relation, b = stated(scene[i], rs.pick(strict_relations(scene[i], scene[j])), scene[j], directions)
+    return relation_text(a.desc, relation, b.desc, rs.below(len(RELATION_TEMPLATES)))
 
 
 def _count_caption(scene: Scene, rs: RandomStream) -> str:
@@ -82,9 +96,14 @@ def _count_caption(scene: Scene, rs: RandomStream) -> str:
     return shape_count_text(shape, count_objects(scene, shape))
 
 
-def make_captions(scene: Scene, n: int, rs: RandomStream) -> list[str]:
-    """n captions, distinct when possible, mixing attribute, relation (>= 2 objects) and count captions."""
-    kinds = {"attribute": _attribute_caption, "relation": _relation_caption, "count": _count_caption}
+def make_captions(scene: Scene, n: int, rs: RandomStream, relation_directions: int = 4) -> list[str]:
+    """n captions, distinct when possible, mixing attribute, relation (>= 2 objects) and count captions;
+    `relation_directions`: the relation words used (`stated`)."""
+    kinds = {
+        "attribute": _attribute_caption,
+        "relation": lambda s, r: _relation_caption(s, r, relation_directions),
+        "count": _count_caption,
+    }
     plan = ("relation", "attribute", "count", "relation") if len(scene) > 1 else ("attribute", "count")
     available = [k for k in kinds if k != "relation" or len(scene) > 1]
     offset = rs.below(len(plan))
@@ -241,9 +260,12 @@ def _wrong_count(scene: Scene, rs: RandomStream) -> str:
     return count_text(rs.pick([n - 1, n + 1]) if n > 1 else n + 1)
 
 
-def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str], list[str]]:
+def make_match(
+    scene: Scene, rs: RandomStream, relation_directions: int = 4
+) -> tuple[str, list[str], list[str], list[str]]:
     """A true statement, hard negatives (each verified false), their types, and for each negative
-    the true statement of the same template (the statement itself, or the true count)."""
+    the true statement of the same template (the statement itself, or the true count);
+    `relation_directions`: the relation words used (`stated`)."""
     negatives: list[tuple[str, str]] = []
     if len(scene) == 1:
         o = scene[0]
@@ -256,7 +278,7 @@ def make_match(scene: Scene, rs: RandomStream) -> tuple[str, list[str], list[str
             negatives.append(("attribute_swap", attribute_text(changed)))
     else:
         a, b = _match_pair(scene, rs)
-        relation = rs.pick(strict_relations(a, b))
+        a, relation, b = stated(a, rs.pick(strict_relations(a, b)), b, relation_directions)
         text = relation_text(a.desc, relation, b.desc)
         # swap colours or shapes; when the other attribute is equal, that would just swap the objects
         swaps = [((b.color, a.shape), (a.color, b.shape)), ((a.color, b.shape), (b.color, a.shape))]
