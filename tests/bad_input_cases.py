@@ -57,6 +57,8 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["data.source.grid=2", "data.source.max_objects=5"], REFUSED, ("exceeds the 4 cells",)),
     (["data.source.num_train=100000", "data.source.grid=2", "data.source.max_objects=1"], REFUSED, ("distinct",)),
     (["data.source.holdout=[[red,blob]]"], REFUSED, ("unknown shape 'blob'",)),
+    (["data.source.caption_relation_directions=3"], REFUSED, ("caption_relation_directions", "'left of' / 'above'")),
+    (["data.source.caption_relation_directions=2"], ACCEPTED, ()),
     (["data=hf"], REFUSED, ("data.source.path is not set",)),
     (["data=hf", "data.source.path=/nonexistent/images", "objective=[itc]"], REFUSED, ("no such file or directory",)),
     (["data=hf", "data.source.path=./missing.jsonl", "objective=[itc]"], REFUSED, ("no such file or directory",)),

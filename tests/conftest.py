@@ -14,6 +14,16 @@ from mmbench.config import compose_train
 # and so would every run it starts; the interruption tests send themselves SIGINT (Ctrl-C), which must arrive.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Under pytest-xdist (scripts/test.sh runs `-n auto`: one worker per core) the workers share the cores:
+# each worker's torch, and every process a test starts (OMP_NUM_THREADS is inherited), gets its share
+# instead of every core, which would oversubscribe them.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    import torch
+
+    _threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 
