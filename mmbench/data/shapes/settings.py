@@ -59,9 +59,7 @@ class SceneSettings:
     question_mix: dict[str, int] | None = None
     holdout: Sequence = ()
     relation_directions: int = 2  # 2: "further left" / "higher"; 4: also "further right" / "lower" (v6)
-    caption_relation_directions: int = (
-        4  # 4: captions say "left of" / "right of" / "above" / "below"; 2: "left of" / "above"
-    )
+    caption_relation_directions: int = 4  # relation words of captions: 4 (v8); 2: "left of" / "above"
 
     def __post_init__(self) -> None:
         self._set_int("seed", 0)
@@ -83,17 +81,16 @@ class SceneSettings:
         self._set_int("questions_per_image", 0)
         object.__setattr__(self, "question_mix", normalize_question_mix(self.question_mix))
         object.__setattr__(self, "holdout", normalize_holdout(self.holdout))
-        if _check_int("relation_directions", self.relation_directions, 2) not in (2, 4):
-            raise ValueError(
-                f"relation_directions must be 2 (one direction per axis) or 4 (both), got {self.relation_directions}"
-            )
-        self._set_int("relation_directions", 2)
-        if _check_int("caption_relation_directions", self.caption_relation_directions, 2) not in (2, 4):
-            raise ValueError(
-                "caption_relation_directions must be 2 (relations stated as 'left of' / 'above' only) or 4 "
-                f"(all four relation words), got {self.caption_relation_directions}"
-            )
-        self._set_int("caption_relation_directions", 2)
+        self._set_directions("relation_directions", "one direction per axis", "both")
+        self._set_directions(
+            "caption_relation_directions", "relations stated as 'left of' / 'above' only", "all four relation words"
+        )
+
+    def _set_directions(self, name: str, two: str, four: str) -> None:
+        """Check a 2-or-4 directions field (ValueError saying what each means) and store it as an int."""
+        if _check_int(name, getattr(self, name), 2) not in (2, 4):
+            raise ValueError(f"{name} must be 2 ({two}) or 4 ({four}), got {getattr(self, name)}")
+        self._set_int(name, 2)
 
     def _set_int(self, name: str, minimum: int) -> None:
         """Check an int field (ValueError) and store it as a plain int (numpy ints arrive from configs)."""
