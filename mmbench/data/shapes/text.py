@@ -40,6 +40,8 @@ from mmbench.data.shapes.scene import (
 )
 
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# the one direction per axis that relation questions ask and `stated` keeps when told to use two
+FORWARD_RELATIONS = ("left of", "above")
 # A relation question names two objects and asks which lies further along one direction (GQA's
 # "choose" form): the words of the direction, for a relation "a R b" read as "a is further ...".
 RELATION_QUESTION = {"left of": "further left", "right of": "further right", "above": "higher", "below": "lower"}
@@ -75,7 +77,7 @@ def stated(a: ShapeObject, relation: str, b: ShapeObject, directions: int) -> tu
     holds is the XOR of which object is named first, where it lies and which way the word points, the
     form no model learnt in v6's relation questions; with two, it is which object is named first x where
     it lies, the order of v7's questions."""
-    if directions == 2 and relation in ("right of", "below"):
+    if directions == 2 and relation not in FORWARD_RELATIONS:
         return b, INVERSE_RELATION[relation], a
     return a, relation, b
 
@@ -176,7 +178,7 @@ def _relation_question(scene: Scene, rs: RandomStream, directions: int = 2) -> t
     unique = unique_objects(scene)
     i, j = rs.sample(len(unique), 2)  # a random order of the names
     a, b = unique[i], unique[j]
-    relation = rs.pick([r for r in ("left of", "above") if r in strict_relations(a, b) + strict_relations(b, a)])
+    relation = rs.pick([r for r in FORWARD_RELATIONS if r in strict_relations(a, b) + strict_relations(b, a)])
     if directions == 4 and rs.coin():  # the opposite direction of the same axis
         relation = INVERSE_RELATION[relation]
     winner = a if relation in strict_relations(a, b) else b
