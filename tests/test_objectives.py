@@ -232,6 +232,24 @@ def test_itm_text_negatives_known_answer():
     n_base = 3 * 3  # every in-batch negative is valid: three distinct images
     expected = (base.loss * n_base + extra) / (n_base + 2)
     assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert "swap_acc" not in base.metrics
+
+
+def test_itm_swap_acc_compares_each_caption_with_its_own_negative():
+    torch.manual_seed(0)
+    model, batch, itm = _itm_with_text_negatives([True, True, False, True, True, True])
+    text, image = model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch)
+    out = itm(model, batch, text, image, StepContext())
+    has = batch["has_negative"].nonzero().squeeze(1)
+    neg = model.encode_text(batch["negative_ids"][has], batch["negative_mask"][has])
+
+    def odds(t):  # match log-odds of (t, image of each row with a negative); no dropout in the tiny model
+        logits = itm.head(model.fuse(t, image.index(has)).pooled)
+        return logits[:, 1] - logits[:, 0]
+
+    wins = odds(text.index(has)) > odds(neg)  # (5,)
+    assert 0 < wins.sum() < len(wins)  # a mixed case, so that a swapped comparison would differ
+    assert torch.isclose(out.metrics["swap_acc"], wins.float().mean())
 
 
 def test_itm_text_negatives_without_any_negative_equal_plain_itm():
@@ -244,6 +262,7 @@ def test_itm_text_negatives_without_any_negative_equal_plain_itm():
     torch.manual_seed(5)
     b = plain(model, batch, text, image, StepContext()).loss
     assert torch.allclose(a, b, atol=1e-6)
+    assert "swap_acc" not in itm(model, batch, text, image, StepContext()).metrics  # no negative, no rate
 
 
 def test_itm_reads_negative_fields_only_when_asked():

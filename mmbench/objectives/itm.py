@@ -27,7 +27,8 @@ With this switch, each image is also paired with its caption's hard negative fro
 field `negative_ids`: Shapes' `caption_negatives`, the relation caption with its objects swapped,
 verified false of the image), labelled "no match", in the same fusion call: (image, swapped caption) is
 one more row per caption that has a negative (`has_negative`). Data without that column is refused by
-config validation.
+config validation. The metric `swap_acc` is the share of those captions whose match log-odds exceed
+their negative's (logged per split, e.g. `train/itm/swap_acc`): whether a run fits word order at all.
 """
 
 from __future__ import annotations
@@ -164,7 +165,13 @@ class ITM(Objective):
         keep = torch.cat(keep_parts)
         loss = F.cross_entropy(logits[keep], labels[keep])
         acc = (logits[keep].argmax(-1) == labels[keep]).float().mean()
-        return ObjectiveOutput(loss, {"acc": acc, "hardness": torch.tensor(a)})
+        metrics = {"acc": acc, "hardness": torch.tensor(a)}
+        if self.text_negatives and rows.numel():
+            # the training-time form of the word-order diagnostic: the caption's match log-odds above
+            # its own hard negative's, on the same image (test/diagnostics/relation_swap_acc's rule)
+            odds = (logits[:, 1] - logits[:, 0]).detach()  # (3B + K,)
+            metrics["swap_acc"] = (odds[rows] > odds[-rows.numel() :]).float().mean()
+        return ObjectiveOutput(loss, metrics)
 
     def pair_score(self, model, text, image) -> torch.Tensor:
         logits = self.head(model.fuse(text, image).pooled)  # (B, 2)
