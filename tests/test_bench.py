@@ -1,4 +1,4 @@
-"""scripts/bench_throughput.py --hf at tiny sizes: the HF comparison runs and both sides compute one function.
+"""scripts/bench_throughput.py --hf and scripts/bench_levers.py at tiny sizes: each comparison runs and both sides compute one function.
 
 Speed is not asserted (the rates of one tiny step say nothing); the numbers are in docs/performance.md.
 """
@@ -43,3 +43,19 @@ def test_reference_comparison_runs_at_tiny_size(bench):
 def test_unknown_family_is_refused(bench):
     with pytest.raises(ValueError, match="comparison covers"):
         bench.compare_reference(["concat"], bench.Dims(), steps=1, repeats=1)
+
+
+def test_levers_compare_one_function_at_tiny_size():
+    # scripts/bench_levers.py: each lever's two sides start from the same weights and compute the same
+    # outputs (the fused projection holds q, k, v stacked; channels-last only changes the layout)
+    path = ROOT / "scripts" / "bench_levers.py"
+    spec = importlib.util.spec_from_file_location("bench_levers", path)
+    levers = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = levers
+    try:
+        spec.loader.exec_module(levers)
+        rows = [levers.fused_qkv(2, 5, 16, 2, steps=1, repeats=1), levers.channels_last(2, 16, 8, steps=1, repeats=1)]
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert rows[0].max_diff <= 1e-6 and rows[1].max_diff <= 1e-4, rows
+    assert all(math.isfinite(r.old_ms) and math.isfinite(r.new_ms) and r.old_ms > 0 < r.new_ms for r in rows)
