@@ -82,7 +82,7 @@ def test_winoground_needs_the_datas_counterfactuals(setup, monkeypatch):
     """Shapes offers its renderer through the data config (with its grid); without one (other data)
     the protocol gives the hard-negative accuracies and no Winoground scores."""
     module, dm = setup
-    assert dm.counterfactuals.keywords == {"grid": 3}
+    assert dm.counterfactuals.keywords == {"grid": 3, "max_objects": dm.source.keywords["max_objects"]}
     monkeypatch.setattr(module.objectives["itm"], "pair_score", lambda m, t, i: t.pooled.sum(-1))
     with_renderer = matching_diagnostics(module, _inputs(dm), batch_size=256, max_images=None, winoground=True)
     without = matching_diagnostics(
@@ -135,6 +135,11 @@ def test_counterfactuals_make_the_negative_true_and_the_positive_false():
         is None
     )
     assert counterfactual(cols, "two circles", "three circles", "count_change", 48, 3) is None
+    # a count the data never shows gets none either: with at most 2 objects, "three objects" is out
+    two, three = "there are two objects", "there are three objects"
+    assert counterfactual(cols, two, three, "count_change", 48, 3, max_objects=3) is not None
+    assert counterfactual(cols, two, three, "count_change", 48, 3, max_objects=2) is None
+    assert counterfactual(cols, two, "there is one object", "count_change", 48, 3, max_objects=2) is not None
 
 
 def test_itm_outranks_itc_and_itc_alone_is_used(setup, monkeypatch):
