@@ -479,3 +479,22 @@ def test_model_refuses_hiding_with_an_encoder_that_cannot():
     assert model.vision_input_dim is None
     with pytest.raises(ValueError, match="TimmEncoder cannot hide input tokens.*encoder/vision=patch, vit, conv"):
         model.encode_image(batch, hide=InputMask(torch.zeros(1, V, dtype=torch.bool), torch.zeros(D)))
+
+
+def test_region_encoder_without_boxes_sees_place_only_through_its_roi_features():
+    """boxes=False (VisualBERT's input): a region's token is a function of its RoI feature alone, so
+    the same features with other box coordinates give the same tokens; with the box embedding
+    (LXMERT, the default) they do not."""
+    batch = region_batch()
+    g = torch.Generator().manual_seed(5)
+    for boxes in (False, True):
+        torch.manual_seed(0)
+        enc = RegionEncoder(D, ConvBackbone(width=8, stages=2), image_size=S, depth=1, heads=H, boxes=boxes).eval()
+        with torch.no_grad():
+            tokens = enc(batch).tokens  # (B, 1 + R, D)
+            feats = enc.roi_features(enc.backbone(batch["pixel_values"]), batch["region_boxes"])  # (B, R, C)
+            moved = {**batch, "region_feats": feats, "region_boxes": random_boxes((B, 3), g)}
+            tokens_moved = enc.regions(moved).tokens
+        mask = batch["region_mask"]
+        same = torch.allclose(tokens[:, 1:][mask], tokens_moved[:, 1:][mask], atol=1e-5)
+        assert same is (not boxes), boxes

@@ -169,6 +169,7 @@ class RegionEncoder(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         pooling: Pooling = masked_mean,
+        boxes: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
@@ -176,8 +177,8 @@ class RegionEncoder(nn.Module):
         self.roi_size = roi_size
         self.sampling_ratio = sampling_ratio  # fixed samples per bin: cost independent of box size
         self.regions = RegionFeatureEncoder(
-            dim, backbone.out_channels, depth, heads, mlp_ratio, prenorm, dropout, pooling
-        )
+            dim, backbone.out_channels, depth, heads, mlp_ratio, prenorm, dropout, pooling, boxes=boxes
+        )  # boxes=False: no box geometry embedding; a region's place is then only what its RoI feature shows
         self.input_dim = self.regions.input_dim  # width of Features.inputs: a region's RoI-pooled CNN feature
 
     def roi_features(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
