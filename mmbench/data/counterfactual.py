@@ -32,8 +32,11 @@ def scene_of_row(columns: dict, image_size: int, grid: int) -> S.Scene:
     return tuple(objects)
 
 
-def _count_edit(scene: S.Scene, target: int, grid: int) -> S.Scene | None:
-    """The scene with one object fewer or more (in the first free cell), if that makes `target` objects."""
+def _count_edit(scene: S.Scene, target: int, grid: int, max_objects: int | None) -> S.Scene | None:
+    """The scene with one object fewer or more (in the first free cell), if that makes `target`
+    objects and the data holds scenes of that size (at most `max_objects`; None: no bound)."""
+    if max_objects is not None and target > max_objects:
+        return None
     if target == len(scene) - 1:
         return scene[:-1]
     if target == len(scene) + 1:
@@ -92,8 +95,7 @@ def counterfactual(
     scene = scene_of_row(columns, image_size, grid)
     (p_kind, _, p), (n_kind, _, n) = S.claim_of(positive).partition(":"), S.claim_of(negative).partition(":")
     if kind == "count_change" and p_kind == n_kind == "count":
-        in_range = max_objects is None or int(n) <= max_objects
-        edited = _count_edit(scene, int(n), grid) if in_range else None
+        edited = _count_edit(scene, int(n), grid, max_objects)
     elif kind == "attribute_swap" and len(scene) == 1 and p_kind == n_kind == "object":
         if len(n.split()) != 3:  # "size colour shape"
             return None
