@@ -1,7 +1,7 @@
 """Framework overhead: the same training steps through `mmbench-train`'s Lightning Trainer and through a
 bare PyTorch loop, and the data loader's own rate.
 
-    .venv/bin/python scripts/bench_overhead.py [--steps 60] [--repeats 3] [--threads 2] [overrides ...]
+    .venv/bin/python scripts/bench_overhead.py [--steps 60] [--repeats 3] [--threads 2] [--loader-only] [overrides ...]
 
 The run is composed as `mmbench-train` composes it (trailing arguments are Hydra overrides; default:
 the library default, ViLT-tiny with [itc, mlm, vqa]). `--steps` training batches are collated once
@@ -17,7 +17,7 @@ Each side is timed from its 5th step to its last (warm-up excluded; a timing cal
 Lightning side, hooks included), sides alternating over `--repeats`; the medians and the overhead
 (Lightning / bare - 1) are printed. The loader line iterates the run's real train dataloader
 (`data.num_workers` as configured) for `--steps` batches: samples/s it can deliver, to set beside the
-model's samples/s.
+model's samples/s; `--loader-only` measures that line alone (no training).
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--loader-only", action="store_true", help="only the train dataloader's rate")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.steps <= WARMUP + 1:
@@ -150,6 +151,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose(args.overrides, tmp, args.steps)
         dm = build_datamodule(cfg)
+        if args.loader_only:
+            loader = [loader_rate(dm, args.steps) for _ in range(args.repeats)]
+            print(
+                f"train dataloader alone (data.num_workers={cfg.data.num_workers}, batch {cfg.data.batch_size}, "
+                f"{args.steps} batches, median of {args.repeats}): {statistics.median(loader):.0f} samples/s"
+            )
+            return
         batches = []
         for batch in dm.train_dataloader():
             batches.append(batch)
