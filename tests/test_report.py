@@ -90,8 +90,12 @@ def test_report_statistics_bold_and_job_states(tmp_path):
             x = np.array([v[metric] for (m, _), v in VALUES.items() if m == model])
             s = rows[(f"model={model}",)].stats[metric]
             assert s["mean"] == pytest.approx(x.mean()) and s["std"] == pytest.approx(x.std(ddof=1))
-            assert s["n"] == len(x) and (s["ci_lo"], s["ci_hi"]) == pytest.approx(_t_ci_by_formula(x), rel=1e-9)
+            lo, hi = _t_ci_by_formula(x)
+            if metric.endswith("acc"):  # a fraction: the interval is clipped to [0, 1] (clip's is [-0.085, 1.185])
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            assert s["n"] == len(x) and (s["ci_lo"], s["ci_hi"]) == pytest.approx((lo, hi), rel=1e-9)
             assert s["ci_lo"] < x.min() and x.max() < s["ci_hi"]  # 2-3 seeds: wider than [min, max]
+    assert rows[("model=clip",)].stats["test/vqa/acc"]["ci_lo"] == 0.0
     # higher is better for acc, lower for loss
     assert (
         rows[("model=vilt",)].stats["test/vqa/acc"]["best"] and not rows[("model=clip",)].stats["test/vqa/acc"]["best"]
@@ -102,10 +106,7 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     # 3 vs 2 seeds: Welch p = 0.050 (acc) and 0.031 (loss), Holm over the 2 -> 0.062 both: not distinguishable
     assert "| vilt | 3 | 1k | 38M | <u>1.9 ± 0.1</u> [" in md and "**0.85 ± 0.05**" in md and "**1.1 ± 0.1414**" in md
     # clip's loss 1.0, 1.2: 1.1 ± 12.706 * 0.1414 / sqrt(2) = 1.1 ± 1.2706
-    assert (
-        "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [-0.08531, 1.185] |"
-        in md
-    )
+    assert "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1414** [-0.1706, 2.371] | <u>0.55 ± 0.07071</u> [0, 1] |" in md
     assert "| model | n | params | FLOPs/sample | test/loss | test/vqa/acc |" in md
     # vilt's acc 0.80, 0.90, 0.85: 0.85 ± 4.3027 * 0.05 / sqrt(3) = 0.85 ± 0.1242
     assert "**0.85 ± 0.05** [0.7258, 0.9742]" in md
@@ -142,7 +143,8 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     # bar error bars are the t-CI, not the std: clip's 2 seeds 0.5, 0.6 give 0.55 ± 12.706 * 0.0707 / sqrt(2)
     labels, means, yerr, kinds = report.bar_data(out["rows"], "test/vqa/acc")
     assert labels == ["model=clip", "model=vilt"] and kinds == ["tied", "best"]
-    assert yerr[:, 0] == pytest.approx([0.6353102, 0.6353102]) and means[0] == pytest.approx(0.55)
+    # clip's error bar is its clipped interval [0, 1] around 0.55 (unclipped: 0.55 ± 0.6353)
+    assert yerr[:, 0] == pytest.approx([0.55, 0.45]) and means[0] == pytest.approx(0.55)
     assert yerr[:, 1] == pytest.approx([0.1242069, 0.1242069])
 
     # deterministic: the same report twice
@@ -622,3 +624,29 @@ def test_learning_curves_mean_over_seeds_distinct_styles(tmp_path):
     assert lines[1].get_ydata() == pytest.approx([4.0, 3.0, 2.5])
     assert len(ax.collections) == 2  # a shaded band per group (its seeds' range)
     assert _below(fig, ax)
+
+
+def test_fraction_intervals_stay_inside_0_1():
+    from mmbench.report.stats import t_ci, unit_range
+
+    for name in (
+        "test/vqa/acc",
+        "test/vqa/acc_relation",
+        "test/diagnostics/relation_swap_acc",
+        "test/retrieval/rmean",
+        "test/retrieval/i2t_r5",
+        "test/zeroshot/top1_single",
+        "test/diagnostics/group_score",
+        "test/vqa/question_prior_baseline_color",
+        "test/robustness/image_noise/vqa/acc/auc",
+        "test/robustness/text_typos/retrieval/rmean/l25",
+    ):
+        assert unit_range(name) == (0.0, 1.0), name
+    for name in ("test/loss", "test/lm/ppl", "test/itc/temperature", "test/diagnostics/winoground_pairs", "wall_s"):
+        assert unit_range(name) is None, name
+    # three seeds at the ceiling: the plain t-interval is [0.99652, 1.00148]; the clipped one ends at 1
+    raw = t_ci([0.998, 0.999, 1.0])
+    assert raw[1] > 1.0
+    assert t_ci([0.998, 0.999, 1.0], bounds=(0.0, 1.0)) == pytest.approx((raw[0], 1.0))
+    assert t_ci([0.0, 0.01], bounds=(0.0, 1.0))[0] == 0.0  # and at the floor
+    assert t_ci([0.4, 0.5, 0.6], bounds=(0.0, 1.0)) == t_ci([0.4, 0.5, 0.6])  # inside: unchanged

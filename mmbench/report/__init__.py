@@ -13,7 +13,8 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
   parameter-matched comparison is not FLOP-matched;
 - every metric gets n (the seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and
   the 95% Student-t confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as
-  it should be, with 2 or 3 seeds. One seed has no interval: the cell says "n=1, no CI" and its bar
+  it should be, with 2 or 3 seeds; for fractions (accuracies, recalls, scores: `stats.unit_range`) it
+  is clipped to [0, 1]. One seed has no interval: the cell says "n=1, no CI" and its bar
   has no error bar;
 - the best group per column is bold: higher is better, except for names ending in `loss`, `ppl`
   or `perplexity` (lower is better); ties are all bold;

@@ -64,7 +64,8 @@ def write_markdown(
     lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
     lines.append(
         f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
-        "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n; none for n=1]; best per column in bold "
+        "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n, clipped to [0, 1] for accuracies, recalls and "
+        "scores; none for n=1]; best per column in bold "
         "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
         "`complexity.flops_per_sample` (one forward pass) over the row's runs."
     )
@@ -158,7 +159,8 @@ def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]
     cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
     lines = [
         "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
-        "$t_{0.975,n-1}\\,s/\\sqrt{n}$; none for n=1), best per column in bold; params and FLOPs/sample "
+        "$t_{0.975,n-1}\\,s/\\sqrt{n}$, clipped to [0, 1] for accuracies, recalls and scores; none for n=1), "
+        "best per column in bold; params and FLOPs/sample "
         "(one forward pass): means over the row's runs.",
         "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
         "% " + significance_caption(rows, metrics, alpha, tex=True),

@@ -5,6 +5,7 @@ lazily (keeps `mmbench-report --help` fast)."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -16,14 +17,30 @@ def lower_is_better(metric: str) -> bool:
     return metric.lower().endswith(LOWER_IS_BETTER)
 
 
+# a path component naming a fraction in [0, 1]: accuracies (acc, acc_color, swap_acc), recalls (i2t_r5),
+# retrieval rmean, top-1, Winoground-style scores, baselines, the area under a robustness curve (auc)
+_FRACTION = re.compile(r"(acc(_\w+)?|\w+_acc|rmean|top\d+(_\w+)?|[it]2[it]_r\d+|\w*_score|\w*baseline(_\w+)?|auc)")
+
+
+def unit_range(metric: str) -> tuple[float, float] | None:
+    """(0, 1) for a metric whose name says it is a fraction (an accuracy, recall, score, ...), else None.
+
+    A t-interval knows nothing of a metric's range: three seeds at 0.998, 0.999, 1.0 give [0.997, 1.001],
+    an accuracy above 1. `table` clips the interval of such metrics to [0, 1] (and its captions say so)."""
+    if lower_is_better(metric):
+        return None
+    return (0.0, 1.0) if any(_FRACTION.fullmatch(part) for part in metric.lower().split("/")) else None
+
+
 def mean_std(values) -> tuple[float, float]:
     x = np.asarray(values, dtype=float)
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def t_ci(values, level: float = 0.95) -> tuple[float, float] | None:
+def t_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = None) -> tuple[float, float] | None:
     """Student-t confidence interval of the mean: mean ± t_{(1+level)/2, n-1} * s / sqrt(n), s the
-    sample std (ddof=1). None for a single value: there is no spread to build an interval from.
+    sample std (ddof=1), clipped to `bounds` (the metric's range, e.g. `unit_range`) when given. None for
+    a single value: there is no spread to build an interval from.
 
     Unlike a bootstrap over 2-3 seeds (which can never leave [min, max]), its width grows as n
     shrinks (t_{0.975, 1} = 12.7, t_{0.975, 2} = 4.30)."""
@@ -35,7 +52,8 @@ def t_ci(values, level: float = 0.95) -> tuple[float, float] | None:
 
     half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
     mean = float(x.mean())
-    return mean - half, mean + half
+    lo, hi = mean - half, mean + half
+    return (max(lo, bounds[0]), min(hi, bounds[1])) if bounds else (lo, hi)
 
 
 def welch_p(a, b) -> float | None:

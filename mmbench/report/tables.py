@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmbench.report.jobs import Job
-from mmbench.report.stats import holm, lower_is_better, mean_std, t_ci, welch_p
+from mmbench.report.stats import holm, lower_is_better, mean_std, t_ci, unit_range, welch_p
 from mmbench.sweep import RUN_KEYS
 
 # Job fields averaged per row (row.stats key) and shown beside every table's metrics, as (header of
@@ -89,7 +89,7 @@ def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0
             if not values:
                 continue
             mean, std = mean_std(values)
-            lo, hi = t_ci(values) or (None, None)
+            lo, hi = t_ci(values, bounds=unit_range(metric)) or (None, None)
             row.stats[metric] = {"mean": mean, "std": std, "ci_lo": lo, "ci_hi": hi, "n": len(values), "best": False}
         for name in COMPLEXITY:
             values = [getattr(j, name) for j in row.jobs if getattr(j, name)]
