@@ -35,7 +35,8 @@ class PairDataset(Dataset):
         # the text and box columns as Python lists, read once: `split[name]` is a lazy `datasets.Column`
         # whose every `[r]` is an Arrow slice (~85 us), i.e. most of a batch's loading time if read per row
         held = [c for c in cols if c not in ("pixels", "region_feats", "image_id", "image_size")]
-        values = split.select_columns(held)[:]  # {name: list over rows}
+        self._columns: dict[str, list] = split.select_columns(held)[:]  # {name: list over rows}
+        values = self._columns
         self.captions = values["captions"]
         self.questions = values.get("questions")
         self.answers = values.get("answers")
@@ -64,6 +65,15 @@ class PairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def column(self, name: str) -> list | None:
+        """A column of the split as a Python list over its image rows (None if absent), read from Arrow
+        once: the text and box columns at construction, any other (e.g. `image_id`) on first use."""
+        if name not in self._columns:
+            if name not in self.split.column_names:
+                return None
+            self._columns[name] = self.split[name][:]
+        return self._columns[name]
 
     def image_item(self, r: int, text: str) -> dict:
         """Image row r paired with an arbitrary text (for evaluation protocols)."""
