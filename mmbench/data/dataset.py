@@ -57,7 +57,7 @@ class PairDataset(Dataset):
         self.claims = [[claim_code(c) for c in row] for row in values["caption_claims"]] if has_claims else None
         self.facts = [[claim_code(f) for f in row] for row in values["image_facts"]] if has_claims else None
         self.answer_index = answer_index
-        self.split = split  # the Arrow table, for evaluation-only columns (e.g. matching diagnostics)
+        self.split = split  # the Arrow table: column names and columns read on demand (`column`), for the protocols
         # flat index -> (image row, caption index)
         counts = np.array([len(c) for c in self.captions])
         self.rows = np.repeat(np.arange(len(counts)), counts)
