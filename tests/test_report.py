@@ -186,6 +186,62 @@ def test_cli_warns_below_3_seeds(tmp_path, capsys):
     assert err == [f"mmbench-report: warning: n < 3 seeds in 1 of 2 rows (model=clip): {FEW_SEEDS_NOTE}."]
 
 
+# ------------------------------------------------------------------ a sweep in parts: runs.csv as input
+
+ALBEF = {0: 0.70, 1: 0.75, 2: 0.72}  # test/vqa/acc of the albef jobs the first sweep never started
+
+
+def _second_part(root: Path) -> Path:
+    """The jobs the first sweep (_sweep) left missing, run later as a sweep of their own."""
+    sweep = root / "part2"
+    swept = swept_keys(["model=albef", "seed=0,1,2"])
+    for seed, acc in ALBEF.items():
+        _job(sweep, swept, "albef", seed, {"status": "completed", "metrics": {"test/vqa/acc": acc, "test/loss": 1.5}})
+    return sweep
+
+
+def test_runs_csv_stands_in_for_the_sweep_it_reports(tmp_path):
+    """A sweep's runs.csv in place of its directory gives the same table, alone or beside another sweep."""
+    first, second = _sweep(tmp_path), _second_part(tmp_path)
+    report.report([first], out=tmp_path / "rep1", metrics=["test/*"], plots=False)
+    runs_csv = tmp_path / "rep1" / "runs.csv"
+
+    alone = report.report([runs_csv], out=tmp_path / "again", metrics=["test/*"], plots=False)
+    assert (tmp_path / "again" / "table.csv").read_text() == (tmp_path / "rep1" / "table.csv").read_text()
+    # completed and failed rows are read; the killed and never-started ones were a snapshot: not
+    assert sorted((j.name, j.status) for j in alone["jobs"]) == [
+        *(("model=clip,seed=" + s, "completed") for s in "01"),
+        ("model=clip,seed=2", "failed"),
+        *(("model=vilt,seed=" + s, "completed") for s in "012"),
+    ]
+    vilt = next(j for j in alone["jobs"] if j.name == "model=vilt,seed=1")
+    assert (vilt.params, vilt.flops, vilt.peak_memory_mb, vilt.metrics) == (1000, 3.8e7, 520.5, VALUES["vilt", 1])
+
+    from_dirs = report.report([first, second], out=tmp_path / "dirs", metrics=["test/*"], plots=False)
+    mixed = report.report([runs_csv, second], out=tmp_path / "mixed", metrics=["test/*"], plots=False)
+    assert mixed["keys"] == from_dirs["keys"] == ["model"]  # seed and max_epochs, unknown to runs.csv, vary nothing
+    assert (tmp_path / "mixed" / "table.csv").read_text() == (tmp_path / "dirs" / "table.csv").read_text()
+    albef = next(r for r in mixed["rows"] if r.group == ("model=albef",))
+    assert albef.stats["test/vqa/acc"]["mean"] == pytest.approx(np.mean(list(ALBEF.values())))
+
+
+def test_a_job_given_twice_is_refused(tmp_path, capsys):
+    first = _sweep(tmp_path)
+    report.report([first], out=tmp_path / "rep1", metrics=["test/*"], plots=False)
+    out = tmp_path / "both"
+    assert report.main([str(first), str(tmp_path / "rep1" / "runs.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "5 job(s) given twice with the same model, seed" in err and "not both" in err
+    assert not out.exists()  # refused before writing anything
+
+
+def test_a_file_that_is_not_a_runs_csv_is_refused(tmp_path, capsys):
+    (tmp_path / "table.csv").write_text("model,n,params\nvilt,3,1000\n")
+    assert report.main([str(tmp_path / "table.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "not a runs.csv of mmbench-report" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------ significance against the best
 
 # group -> metric -> per-seed values, chosen so that every comparison with the best has a known outcome

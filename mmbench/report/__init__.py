@@ -30,7 +30,11 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 - likewise when the table shows a retrieval metric of a split (`<split>/retrieval/*`, recalls and
   rmean) and the rows' runs searched galleries of different sizes (`<split>/retrieval/num_images`,
   `num_texts`, read from every run even when not shown): those retrieval metrics are not comparable;
-- failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped.
+- failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped;
+- a DIR that is a file is read as the `runs.csv` of an earlier report: its completed and failed jobs
+  (group keys, seed, params, FLOPs, peak memory, the metrics it showed; no training curves) join the
+  others, so a sweep run in parts on machines whose outputs are gone is reported from the committed
+  files. A job given twice (same group and seed) is refused: it would count as two seeds.
 
 Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
 caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
@@ -95,6 +99,7 @@ from mmbench.report.tables import (
     few_seeds_note,
     galleries_note,
     group_keys,
+    repeated_jobs,
     select_metrics,
     significance_caption,
     table,
@@ -138,6 +143,7 @@ __all__ = [
     "plot_curves",
     "read_job",
     "readable",
+    "repeated_jobs",
     "report",
     "seed_curves",
     "select_metrics",
@@ -163,9 +169,17 @@ def report(
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
     jobs = find_jobs(dirs)
-    out = Path(out) if out else dirs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
     keys = group_keys(jobs)
+    repeated = repeated_jobs(jobs, keys)
+    if repeated:
+        first, second = repeated[0]
+        raise ValueError(
+            f"{len(repeated)} job(s) given twice with the same {', '.join([*keys, 'seed'])}, e.g. "
+            f"{first.path} and {second.path}: pass each run once (a sweep directory or the runs.csv "
+            f"of its report, not both)"
+        )
+    out = Path(out) if out else (dirs[0].parent if dirs[0].is_file() else dirs[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
     names = select_metrics(jobs, metrics)
     rows = table(jobs, names, keys, alpha=alpha)
     write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha)
@@ -183,7 +197,11 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmbench-report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "dirs", nargs="+", type=Path, help="sweep directories (outputs/multiruns/<name>), run dirs or parents"
+        "dirs",
+        nargs="+",
+        type=Path,
+        help="sweep directories (outputs/multiruns/<name>), run dirs or parents, or the runs.csv of an "
+        "earlier report (its completed and failed jobs: a sweep run in parts whose outputs are gone)",
     )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <first DIR>/report)")
     which = parser.add_mutually_exclusive_group()
@@ -216,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    if not find_jobs([Path(d) for d in args.dirs]):  # nothing to report: write nothing, say where it looked
+    try:
+        found = find_jobs([Path(d) for d in args.dirs])
+    except ValueError as err:  # a file that is not a runs.csv
+        print(f"mmbench-report: {err}", file=sys.stderr)
+        return 2
+    if not found:  # nothing to report: write nothing, say where it looked
         print(
             f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
             f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written",
@@ -224,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     patterns = ["*"] if args.all_metrics else args.metrics
-    res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
+    try:
+        res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
+    except ValueError as err:  # the same job twice
+        print(f"mmbench-report: {err}", file=sys.stderr)
+        return 2
     jobs = res["jobs"]
     done = sum(j.status == "completed" for j in jobs)
     shown = f"{len(res['metrics'])} metrics"

@@ -1,9 +1,12 @@
 """The jobs of sweeps as `mmbench-report` reads them: a `Job` per job directory (its final
-`metrics.json` and Hydra overrides), `find_jobs` under directories, and the jobs a basic-sweeper
-`multirun.yaml` promised that have no directory yet (status 'missing')."""
+`metrics.json` and Hydra overrides), `find_jobs` under directories, the jobs a basic-sweeper
+`multirun.yaml` promised that have no directory yet (status 'missing'), and the completed and failed
+jobs of an earlier report's `runs.csv` (`read_runs_csv`): a sweep run in parts, on machines whose
+outputs are gone, is reported from the small files that were committed."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -25,6 +28,12 @@ class Job:
     peak_memory_mb: float | None = None  # complexity.peak_memory_mb
     peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
     error: str = ""
+    # the override keys this job is known by: None = all of them (a job directory); a runs.csv row
+    # knows only the keys its report grouped by, plus seed
+    known_keys: tuple[str, ...] | None = None
+
+    def knows(self, key: str) -> bool:
+        return self.known_keys is None or key in self.known_keys
 
 
 def _parse_overrides(items) -> dict[str, str]:
@@ -84,12 +93,77 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
+# the columns of runs.csv (formats.write_runs_csv) around its group keys and metrics
+RUNS_CSV_HEAD = ("job", "status")
+RUNS_CSV_COMPLEXITY = ("seed", "params", "flops_per_sample", "peak_memory_mb", "peak_memory_scope")
+# a runs.csv row in another state was a snapshot (a job still running or not started then): not read
+RUNS_CSV_STATES = ("completed", "failed")
+
+
+def read_runs_csv(path: Path) -> list[Job]:
+    """The completed and failed jobs of a report's `runs.csv`: its group keys (the columns between
+    `status` and `seed`) and seed as overrides, params, FLOPs, peak memory and every metric column."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if tuple(header[:2]) != RUNS_CSV_HEAD or "seed" not in header or header[-1] != "error":
+            raise ValueError(
+                f"{path}: not a runs.csv of mmbench-report (expected the columns job, status, <keys>, "
+                f"seed, params, ..., error; got {', '.join(header[:6])}, ...)"
+            )
+        seed_at = header.index("seed")
+        keys = header[2:seed_at]
+        metrics_at = seed_at + len(RUNS_CSV_COMPLEXITY)
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ValueError(f"{path}, line {line}: {len(row)} cells for {len(header)} columns")
+            cell = dict(zip(header, row, strict=True))
+            if cell["status"] not in RUNS_CSV_STATES:
+                continue
+            overrides = {k: cell[k] for k in [*keys, "seed"] if cell[k] != ""}
+            jobs.append(
+                Job(
+                    name=cell["job"],
+                    path=path.parent / "runs.csv" / cell["job"],  # no directory: nothing else (curves) to read
+                    status=cell["status"],
+                    overrides=overrides,
+                    metrics={k: float(cell[k]) for k in header[metrics_at:-1] if _float_or_none(cell[k]) is not None},
+                    params=_int_or_none(cell["params"]),
+                    flops=_float_or_none(cell["flops_per_sample"]),
+                    peak_memory_mb=_float_or_none(cell["peak_memory_mb"]),
+                    peak_memory_scope=cell["peak_memory_scope"],
+                    error=cell["error"],
+                    known_keys=(*keys, "seed"),
+                )
+            )
+    return jobs
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _int_or_none(text: str) -> int | None:
+    value = _float_or_none(text)
+    return int(value) if value is not None else None
+
+
 def find_jobs(dirs: list[Path]) -> list[Job]:
     """Every job under the given directories (a job dir has a .hydra/ or a metrics.json), plus the
-    jobs a multirun.yaml promised that have no directory yet (status 'missing')."""
+    jobs a multirun.yaml promised that have no directory yet (status 'missing'); a path to a file is
+    read as an earlier report's runs.csv (`read_runs_csv`)."""
     found: dict[Path, Job] = {}
     for root in dirs:
         root = Path(root)
+        if root.is_file():
+            for job in read_runs_csv(root):
+                found.setdefault(job.path.resolve(), job)
+            continue
         candidates = {p.parent for p in root.rglob("metrics.json")} | {
             p.parent for p in root.rglob(".hydra") if p.is_dir()
         }

@@ -26,7 +26,23 @@ NOT_GROUPED = ("seed", *RUN_KEYS)
 def group_keys(jobs: list[Job]) -> list[str]:
     """Overrides that vary across the jobs, seed (the repetitions) and run options excluded."""
     keys = sorted({k for j in jobs for k in j.overrides})
-    return [k for k in keys if k not in NOT_GROUPED and len({j.overrides.get(k) for j in jobs}) > 1]
+    # a job that does not know a key (a runs.csv row: only its report's group keys) does not vary it
+    return [k for k in keys if k not in NOT_GROUPED and len({j.overrides.get(k) for j in jobs if j.knows(k)}) > 1]
+
+
+def repeated_jobs(jobs: list[Job], keys: list[str]) -> list[tuple[Job, Job]]:
+    """Pairs of completed jobs with the same group and seed (e.g. a runs.csv and the sweep it came
+    from, both given): counted twice they would fake a seed."""
+    seen: dict[tuple, Job] = {}
+    pairs = []
+    for job in jobs:
+        if job.status != "completed":
+            continue
+        ident = (*(job.overrides.get(k) for k in keys), job.overrides.get("seed"))
+        if ident in seen:
+            pairs.append((seen[ident], job))
+        seen.setdefault(ident, job)
+    return pairs
 
 
 # The default columns and bar charts, in this order (globs; docs/metrics.md names them): the numbers a
