@@ -380,6 +380,37 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
     assert {p.name for p in out["plots"]} == {"bar_test_acc.png", "bar_test_exact.png", "bar_test_loss.png"}
 
 
+def test_holm_within_each_metric(tmp_path, capsys):
+    """--holm-over metric: each column's comparisons form their own Holm family (known p-values)."""
+    sweep = _known_sweep(tmp_path)
+    assert report.main([str(sweep), "--no-plots", "--holm-over", "metric", "--out", str(tmp_path / "rep")]) == 0
+    table_wide = report.report([sweep], out=tmp_path / "wide", plots=False)
+    per_metric = report.report([sweep], out=tmp_path / "rep2", plots=False, holm_over="metric")
+    wide = {(m, r.group[0]): r.stats[m] for r in table_wide["rows"] for m in r.stats if m.startswith("test/")}
+    for m, marks in EXPECTED.items():
+        raw = {
+            g: _welch_by_formula(KNOWN[g][m], KNOWN[BEST[m]][m])
+            for g, mark in marks.items()
+            if mark in ("tied", "worse")
+        }
+        ranked = sorted(raw.values())
+        for r in per_metric["rows"]:
+            g, s = r.group[0].split("=")[1], r.stats[m]
+            if g not in raw:
+                assert s["p_adj"] is None and s["vs_best"] == marks[g]
+                continue
+            expected = min(1.0, max((len(ranked) - j) * ranked[j] for j in range(ranked.index(raw[g]) + 1)))
+            assert s["p_adj"] == pytest.approx(expected, rel=1e-9)
+            assert s["p_adj"] <= wide[m, r.group[0]]["p_adj"]  # a smaller family never adjusts more
+            assert s["vs_best"] == ("tied" if expected >= 0.05 else "worse")
+    md = (tmp_path / "rep" / "table.md").read_text()
+    assert "Holm-corrected over the 5 comparisons of this table within each column" in md
+    assert "within each column" in (tmp_path / "rep" / "table.tex").read_text()
+    assert "within each column" not in (tmp_path / "wide" / "table.md").read_text()
+    with pytest.raises(ValueError, match="holm_over must be one of table, metric"):
+        report.report([sweep], out=tmp_path / "bad", plots=False, holm_over="column")
+
+
 def test_cli_alpha(tmp_path, capsys):
     sweep = _known_sweep(tmp_path)
     # exact/c: Welch p = 0.074, Holm x3 = 0.22: tied at alpha 0.05, worse at 0.5; acc/b (p_adj ~ 1) stays tied

@@ -20,7 +20,10 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
   or `perplexity` (lower is better); ties are all bold;
 - every other cell is compared with the best of its column (the first bold one if several tie) by a
   two-sided Welch's t-test over the per-seed values, and the p-values of all comparisons of the table
-  (every metric x every non-best group) are Holm-corrected together. Adjusted p >= `--alpha`
+  (every metric x every non-best group) are Holm-corrected together (`--holm-over table`, the default)
+  or within each metric's column (`--holm-over metric`: one question per metric, the family-wise
+  error held per column; more power at 3 seeds, where a table-wide family of ~100 comparisons
+  leaves almost every difference "not distinguishable"). Adjusted p >= `--alpha`
   (default 0.05): "not distinguishable from the best", underlined; below: significantly worse,
   unmarked. A cell is *untestable* (marked †, never underlined, no difference claimed) when it or
   the best has fewer than 2 seeds, or when every seed gave the same value in both (Welch's t is 0/0
@@ -91,6 +94,7 @@ from mmbench.report.tables import (
     FEW_SEEDS,
     GALLERY_SIZES,
     HEADLINE_METRICS,
+    HOLM_OVER,
     NOT_GROUPED,
     Row,
     compare_to_best,
@@ -115,6 +119,7 @@ __all__ = [
     "FEW_SEEDS",
     "GALLERY_SIZES",
     "HEADLINE_METRICS",
+    "HOLM_OVER",
     "LOWER_IS_BETTER",
     "MD_MARKS",
     "NOT_GROUPED",
@@ -165,6 +170,7 @@ def report(
     curves: list[str] | None = None,
     plots: bool = True,
     alpha: float = 0.05,
+    holm_over: str = "table",
 ) -> dict:
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
@@ -181,10 +187,10 @@ def report(
     out = Path(out) if out else (dirs[0].parent if dirs[0].is_file() else dirs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = select_metrics(jobs, metrics)
-    rows = table(jobs, names, keys, alpha=alpha)
-    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha)
+    rows = table(jobs, names, keys, alpha=alpha, holm_over=holm_over)
+    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha, holm_over)
     write_csv(out / "table.csv", rows, names, keys)
-    write_latex(out / "table.tex", rows, names, keys, alpha)
+    write_latex(out / "table.tex", rows, names, keys, alpha, holm_over)
     write_runs_csv(out / "runs.csv", jobs, names, keys)
     files = []
     if plots:
@@ -227,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.05,
         help="level of the Holm-corrected Welch tests against the best of each column (default 0.05)",
     )
+    parser.add_argument(
+        "--holm-over",
+        choices=HOLM_OVER,
+        default="table",
+        help="the family of the Holm correction: every comparison of the table together (default) or "
+        "each metric's column on its own",
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
@@ -248,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     patterns = ["*"] if args.all_metrics else args.metrics
     try:
-        res = report(args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha)
+        res = report(
+            args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha, holm_over=args.holm_over
+        )
     except ValueError as err:  # the same job twice
         print(f"mmbench-report: {err}", file=sys.stderr)
         return 2

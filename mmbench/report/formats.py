@@ -58,6 +58,7 @@ def write_markdown(
     keys: list[str],
     dirs: list[Path],
     alpha: float = 0.05,
+    holm_over: str = "table",
 ) -> None:
     lines = [f"# mmbench report: {', '.join(str(d) for d in dirs)}", ""]
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "unfinished", "missing")}
@@ -69,7 +70,7 @@ def write_markdown(
         "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
         "`complexity.flops_per_sample` (one forward pass) over the row's runs."
     )
-    lines.append(significance_caption(rows, metrics, alpha))
+    lines.append(significance_caption(rows, metrics, alpha, holm_over=holm_over))
     lines.append("")
     header = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
     lines.append("| " + " | ".join(header) + " |")
@@ -155,7 +156,9 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
             )
 
 
-def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05) -> None:
+def write_latex(
+    path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05, holm_over: str = "table"
+) -> None:
     cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
     lines = [
         "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
@@ -163,7 +166,7 @@ def write_latex(path: Path, rows: list[Row], metrics: list[str], keys: list[str]
         "best per column in bold; params and FLOPs/sample "
         "(one forward pass): means over the row's runs.",
         "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
-        "% " + significance_caption(rows, metrics, alpha, tex=True),
+        "% " + significance_caption(rows, metrics, alpha, tex=True, holm_over=holm_over),
         "\\begin{tabular}{" + "l" * (len(keys) or 1) + "r" * (len(cols) - (len(keys) or 1)) + "}",
         "\\toprule",
         " & ".join(_tex(c) for c in cols) + " \\\\",

@@ -93,7 +93,9 @@ def _values(row: Row, metric: str) -> list[float]:
     return [j.metrics[metric] for j in row.jobs if metric in j.metrics]
 
 
-def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0.05) -> list[Row]:
+def table(
+    jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0.05, holm_over: str = "table"
+) -> list[Row]:
     done = [j for j in jobs if j.status == "completed"]
     groups: dict[tuple, list[Job]] = {}
     for job in done:
@@ -119,18 +121,27 @@ def table(jobs: list[Job], metrics: list[str], keys: list[str], alpha: float = 0
         for r in rows:
             if metric in r.stats and math.isclose(r.stats[metric]["mean"], best, rel_tol=1e-9, abs_tol=1e-12):
                 r.stats[metric]["best"] = True
-    compare_to_best(rows, metrics, alpha)
+    compare_to_best(rows, metrics, alpha, holm_over)
     return rows
 
 
-def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05) -> None:
+# the families a Holm correction can run over: every comparison of the table together, or each
+# metric's column on its own (one question per metric; more power, the family-wise error per column)
+HOLM_OVER = ("table", "metric")
+
+
+def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05, holm_over: str = "table") -> None:
     """Set `p`, `p_adj` and `vs_best` (best | tied | worse | untestable) on every metric cell.
 
     Each non-best cell is tested against the best of its column (the first bold row if several tie)
-    with `welch_p`; the p-values of the whole table are Holm-corrected together; adjusted p >= alpha
-    is `tied`, below is `worse`. Untestable cells keep p = p_adj = None."""
-    tested: list[dict] = []
+    with `welch_p`; the p-values are Holm-corrected together over the whole table (`holm_over`
+    "table") or within each column ("metric"); adjusted p >= alpha is `tied`, below is `worse`.
+    Untestable cells keep p = p_adj = None."""
+    if holm_over not in HOLM_OVER:
+        raise ValueError(f"holm_over must be one of {', '.join(HOLM_OVER)}, got {holm_over!r}")
+    families: dict[str, list[dict]] = {}
     for metric in metrics:
+        tested = families.setdefault(metric if holm_over == "metric" else "table", [])
         cells = [(r, r.stats[metric]) for r in rows if metric in r.stats]
         best = next((r for r, s in cells if s["best"]), None)
         for r, s in cells:
@@ -140,9 +151,10 @@ def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05) ->
             s["p"] = welch_p(_values(r, metric), _values(best, metric))
             if s["p"] is not None:
                 tested.append(s)
-    for s, p_adj in zip(tested, holm([s["p"] for s in tested])):
-        s["p_adj"] = float(p_adj)
-        s["vs_best"] = "tied" if p_adj >= alpha else "worse"
+    for tested in families.values():
+        for s, p_adj in zip(tested, holm([s["p"] for s in tested])):
+            s["p_adj"] = float(p_adj)
+            s["vs_best"] = "tied" if p_adj >= alpha else "worse"
 
 
 FEW_SEEDS = 3  # below this many seeds a t-interval is wide and Welch's test has little power
@@ -208,7 +220,9 @@ def galleries_note(rows: list[Row], metrics: list[str], tex: bool = False) -> st
     return f"Retrieval galleries differ ({where}): retrieval metrics are not comparable across those rows."
 
 
-def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex: bool = False) -> str:
+def significance_caption(
+    rows: list[Row], metrics: list[str], alpha: float, tex: bool = False, holm_over: str = "table"
+) -> str:
     """What the marks mean: the test, how many comparisons, alpha and n, then the few-seeds and
     galleries notes when they apply (for table.md / table.tex)."""
     cells = [(len(r.jobs), r.stats[m]) for r in rows for m in metrics if m in r.stats]
@@ -221,7 +235,8 @@ def significance_caption(rows: list[Row], metrics: list[str], alpha: float, tex:
     text = (
         f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
         f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
-        f"{tested} comparison{'' if tested == 1 else 's'} of this table, {a} = {alpha:g}; {n})."
+        f"{tested} comparison{'' if tested == 1 else 's'} of this table"
+        f"{' within each column' if holm_over == 'metric' else ''}, {a} = {alpha:g}; {n})."
     )
     if untestable:
         text += (
