@@ -24,6 +24,19 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+def single_width_sizes(config, text_depth: int, vision_depth: int, fusion_depth: int, prenorm: bool) -> dict:
+    """The model sizes of a BERT-style checkpoint with one width and one head count for every part
+    (ViLT, VisualBERT, LXMERT): `model.*` keys the importer sets from the HF config."""
+    H, heads = config.hidden_size, config.num_attention_heads
+    return {
+        **{"dim": H, "text_dim": H, "vision_dim": H},
+        **{"heads": heads, "text_heads": heads, "vision_heads": heads},
+        **{"text_depth": text_depth, "vision_depth": vision_depth, "fusion_depth": fusion_depth},
+        "mlp_ratio": config.intermediate_size / H,
+        "prenorm": prenorm,
+    }
+
+
 def activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
         raise ValueError(f"hidden_act='{name}' has no mmbench equivalent; supported: {sorted(ACTIVATIONS)}")

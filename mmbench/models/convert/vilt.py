@@ -13,7 +13,7 @@ equivariant, so the outputs are the same tokens, permuted.
 
 from __future__ import annotations
 
-from mmbench.models.convert.common import StateMap, activation, bert_text_embeddings, resize_grid
+from mmbench.models.convert.common import StateMap, activation, bert_text_embeddings, resize_grid, single_width_sizes
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.text import TextTransformer
 from mmbench.models.vision.patch import PatchEncoder
@@ -23,20 +23,9 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": PatchEncoder, "fusio
 
 
 def sizes(config) -> dict:
-    H = config.hidden_size
     return {
-        "dim": H,
-        "text_dim": H,
-        "vision_dim": H,
-        "heads": config.num_attention_heads,
-        "text_heads": config.num_attention_heads,
-        "vision_heads": config.num_attention_heads,
-        "text_depth": 0,
-        "vision_depth": 0,
-        "fusion_depth": config.num_hidden_layers,
+        **single_width_sizes(config, text_depth=0, vision_depth=0, fusion_depth=config.num_hidden_layers, prenorm=True),
         "patch_size": config.patch_size,
-        "mlp_ratio": config.intermediate_size / H,
-        "prenorm": True,
     }
 
 

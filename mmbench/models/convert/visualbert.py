@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from mmbench.models.convert.common import StateMap, activation, bert_layer, bert_text_embeddings
+from mmbench.models.convert.common import StateMap, activation, bert_layer, bert_text_embeddings, single_width_sizes
 from mmbench.models.fusion.merged import MergedFusion
 from mmbench.models.text import TextTransformer
 from mmbench.models.vision.region import RegionFeatureEncoder
@@ -27,19 +27,10 @@ PARTS = {"text_encoder": TextTransformer, "vision_encoder": RegionFeatureEncoder
 
 
 def sizes(config) -> dict:
-    H = config.hidden_size
     return {
-        "dim": H,
-        "text_dim": H,
-        "vision_dim": H,
-        "heads": config.num_attention_heads,
-        "text_heads": config.num_attention_heads,
-        "vision_heads": config.num_attention_heads,
-        "text_depth": 0,
-        "vision_depth": 0,
-        "fusion_depth": config.num_hidden_layers,
-        "mlp_ratio": config.intermediate_size / H,
-        "prenorm": False,
+        **single_width_sizes(
+            config, text_depth=0, vision_depth=0, fusion_depth=config.num_hidden_layers, prenorm=False
+        ),
         "region_feat_dim": config.visual_embedding_dim,
     }
 
