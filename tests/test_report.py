@@ -174,7 +174,9 @@ def test_t_ci_known_values():
 
 
 def test_cli_on_empty_and_missing_dirs(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 2
+    assert report.main([str(tmp_path / "nope"), str(tmp_path / "old" / "runs.csv")]) == 2
+    missing = capsys.readouterr().err
+    assert f"no such file or directory: {tmp_path / 'nope'}, {tmp_path / 'old' / 'runs.csv'}" in missing
     assert report.main([str(tmp_path), "--no-plots"]) == 2  # no runs at all: says where it looked, writes nothing
     captured = capsys.readouterr()
     assert f"no runs under {tmp_path}" in captured.err and not (tmp_path / "report").exists()

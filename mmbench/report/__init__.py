@@ -175,6 +175,11 @@ def report(
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
     jobs = find_jobs(dirs)
+    if not jobs:  # nothing to report: write nothing, say where it looked
+        raise ValueError(
+            f"no runs under {', '.join(map(str, dirs))} (a run is a directory with a metrics.json, e.g. "
+            f"outputs/multiruns/<sweep>/<job>/); nothing written"
+        )
     keys = group_keys(jobs)
     repeated = repeated_jobs(jobs, keys)
     if repeated:
@@ -245,26 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
     missing = [d for d in args.dirs if not d.exists()]
     if missing:
-        print(f"mmbench-report: no such directory: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 2
-    try:
-        found = find_jobs([Path(d) for d in args.dirs])
-    except ValueError as err:  # a file that is not a runs.csv
-        print(f"mmbench-report: {err}", file=sys.stderr)
-        return 2
-    if not found:  # nothing to report: write nothing, say where it looked
-        print(
-            f"mmbench-report: no runs under {', '.join(map(str, args.dirs))} (a run is a directory with a "
-            f"metrics.json, e.g. outputs/multiruns/<sweep>/<job>/); nothing written",
-            file=sys.stderr,
-        )
+        print(f"mmbench-report: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
     patterns = ["*"] if args.all_metrics else args.metrics
     try:
         res = report(
             args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha, holm_over=args.holm_over
         )
-    except ValueError as err:  # the same job twice
+    except ValueError as err:  # no runs, a file that is not a runs.csv, the same job twice
         print(f"mmbench-report: {err}", file=sys.stderr)
         return 2
     jobs = res["jobs"]
