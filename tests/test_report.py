@@ -62,7 +62,12 @@ def _sweep(root: Path) -> Path:
             swept,
             model,
             seed,
-            {"status": "completed", "metrics": {**metrics, "note": "text"}, "complexity": COMPLEXITY[model, seed]},
+            {
+                "status": "completed",
+                "metrics": {**metrics, "note": "text"},
+                "complexity": COMPLEXITY[model, seed],
+                **({"wall_s": 600.4 + seed} if model == "vilt" else {}),  # clip: an older run, no wall_s
+            },
         )
     _job(sweep, swept, "clip", 2, {"status": "failed", "metrics": {}, "error": "Traceback...\nRuntimeError: boom"})
     _job(sweep, swept, "albef", 0, None)  # killed: .hydra but no metrics.json
@@ -138,6 +143,12 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     )
     assert runs["model=vilt,seed=2"]["peak_memory_scope"] == "process"
     assert runs["model=clip,seed=0"]["peak_memory_mb"] == runs["model=clip,seed=0"]["peak_memory_scope"] == ""
+    assert (runs["model=vilt,seed=1"]["wall_s"], runs["model=clip,seed=0"]["wall_s"]) == ("601.4", "")
+    per_run = (tmp_path / "rep" / "runs.md").read_text().splitlines()
+    assert "| model | seed | status | wall s | test/loss | test/vqa/acc |" in per_run
+    assert "| vilt | 1 | completed | 601 | 1.800 | 0.900 |" in per_run
+    assert "| clip | 0 | completed |  | 1.000 | 0.500 |" in per_run
+    assert "| clip | 2 | failed |  |  |  |" in per_run and "| albef | 1 | missing |  |  |  |" in per_run
     assert runs["model=clip,seed=2"]["status"] == "failed" and runs["model=clip,seed=2"]["flops_per_sample"] == ""
     assert {p.name for p in out["plots"]} == {"bar_test_loss.png", "bar_test_vqa_acc.png"}
     # bar error bars are the t-CI, not the std: clip's 2 seeds 0.5, 0.6 give 0.55 ± 12.706 * 0.0707 / sqrt(2)
@@ -217,7 +228,23 @@ def test_runs_csv_stands_in_for_the_sweep_it_reports(tmp_path):
         *(("model=vilt,seed=" + s, "completed") for s in "012"),
     ]
     vilt = next(j for j in alone["jobs"] if j.name == "model=vilt,seed=1")
-    assert (vilt.params, vilt.flops, vilt.peak_memory_mb, vilt.metrics) == (1000, 3.8e7, 520.5, VALUES["vilt", 1])
+    assert (vilt.params, vilt.flops, vilt.peak_memory_mb, vilt.wall_s, vilt.metrics) == (
+        1000,
+        3.8e7,
+        520.5,
+        601.4,
+        VALUES["vilt", 1],
+    )
+    # a runs.csv written before it had a wall_s column (docs/results/arch_sweep_a) reads the same metrics
+    with open(runs_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    at = rows[0].index("wall_s")
+    older = tmp_path / "older" / "runs.csv"
+    older.parent.mkdir()
+    with open(older, "w", newline="") as f:
+        csv.writer(f).writerows([r[:at] + r[at + 1 :] for r in rows])
+    report.report([older], out=tmp_path / "older_rep", metrics=["test/*"], plots=False)
+    assert (tmp_path / "older_rep" / "table.csv").read_text() == (tmp_path / "rep1" / "table.csv").read_text()
 
     from_dirs = report.report([first, second], out=tmp_path / "dirs", metrics=["test/*"], plots=False)
     mixed = report.report([runs_csv, second], out=tmp_path / "mixed", metrics=["test/*"], plots=False)

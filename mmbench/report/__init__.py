@@ -42,7 +42,8 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
 caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
 `p_adj` and `vs_best` = best | tied | worse | untestable; `ci_lo`, `ci_hi` are empty for one seed),
-`runs.csv` (one row per job, with its params, FLOPs per sample and peak memory), `plots/bar_<metric>.png`
+`runs.csv` (one row per job, with its params, FLOPs per sample, peak memory and wall time), `runs.md`
+(the same rows as a Markdown table: the per-seed values behind each cell), `plots/bar_<metric>.png`
 (mean per group, error bars = the 95% t-CI of the table, a dot per seed, best orange, tied with it
 hatched, and the baselines of BASELINES as dashed lines) and `plots/curve_<column>.png` (training
 curves: the mean over the seeds of each group with their range shaded, one colour and line style per
@@ -50,7 +51,7 @@ group).
 
 Modules: `jobs` (Job, reading a job directory, find_jobs, missing jobs of a sweep), `stats` (mean_std,
 t_ci, welch_p, holm, lower_is_better), `tables` (metric selection, groups, Row, table,
-compare_to_best, captions), `formats` (table.md, table.csv, table.tex, runs.csv and their cells),
+compare_to_best, captions), `formats` (table.md, table.csv, table.tex, runs.csv, runs.md and their cells),
 `plots` (bar charts, baselines, training curves); this file: `report` and the CLI `main`.
 """
 
@@ -68,6 +69,7 @@ from mmbench.report.formats import (
     write_latex,
     write_markdown,
     write_runs_csv,
+    write_runs_markdown,
 )
 from mmbench.report.formats import _si as _si  # private: tests/test_report.py uses it
 from mmbench.report.jobs import Job, find_jobs, read_job
@@ -160,6 +162,7 @@ __all__ = [
     "write_latex",
     "write_markdown",
     "write_runs_csv",
+    "write_runs_markdown",
 ]
 
 
@@ -197,6 +200,7 @@ def report(
     write_csv(out / "table.csv", rows, names, keys)
     write_latex(out / "table.tex", rows, names, keys, alpha, holm_over)
     write_runs_csv(out / "runs.csv", jobs, names, keys)
+    write_runs_markdown(out / "runs.md", jobs, names, keys)
     files = []
     if plots:
         (out / "plots").mkdir(exist_ok=True)
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if j.status != "completed":
             print(f"  {j.status}: {j.name}: {j.error}")
     print(
-        f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv and {len(res['plots'])} plots in {res['out'] / 'plots'}"
+        f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv, runs.md and {len(res['plots'])} plots in {res['out'] / 'plots'}"
     )
     for note in (few_seeds_note(res["rows"], res["metrics"]), galleries_note(res["rows"], res["metrics"])):
         if note:

@@ -135,6 +135,7 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
                 "flops_per_sample",
                 "peak_memory_mb",
                 "peak_memory_scope",
+                "wall_s",
                 *metrics,
                 "error",
             ]
@@ -150,10 +151,37 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
                     _blank(j.flops),
                     _blank(j.peak_memory_mb),
                     j.peak_memory_scope,
+                    _blank(j.wall_s),
                     *(j.metrics.get(m, "") for m in metrics),
                     j.error,
                 ]
             )
+
+
+def write_runs_markdown(path: Path, jobs: list[Job], metrics: list[str], keys: list[str]) -> None:
+    """One row per job (the per-seed values behind every cell of table.md), in the order of runs.csv:
+    its group keys, seed, status, its own wall time and each metric to 3 decimals (4 significant
+    digits below 0.01 and from 1000 on)."""
+    head = [*keys, "seed", "status", "wall s", *metrics]
+    lines = [
+        f"# mmbench report: every run ({len(jobs)})",
+        "",
+        "Per-seed values of the cells in table.md; wall s = the run's own time (metrics.json `wall_s`; a "
+        "resumed run: its last part). Full precision: runs.csv.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for j in jobs:
+        values = [_per_run(j.metrics[m]) if m in j.metrics else "" for m in metrics]
+        wall = f"{j.wall_s:,.0f}" if j.wall_s is not None else ""
+        cells = [*(j.overrides.get(k, "") for k in keys), j.overrides.get("seed", ""), j.status, wall, *values]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _per_run(x: float) -> str:
+    return f"{x:.3f}" if x == 0 or 0.01 <= abs(x) < 1000 else _fmt(x)
 
 
 def write_latex(
