@@ -232,11 +232,20 @@ def significance_caption(
     n = "n = seeds per row as given in the n column"
     if any(s["n"] != row_n for row_n, s in cells):
         n += ", or (n=k) in a cell when only k of them recorded that metric"
+    if holm_over == "metric":
+        per_column = max(
+            (sum(r.stats[m]["vs_best"] in ("tied", "worse") for r in rows if m in r.stats) for m in metrics),
+            default=0,
+        )
+        family = (
+            f"Holm-corrected within each column (at most {per_column} comparison{'' if per_column == 1 else 's'} "
+            f"per column, {tested} in the table)"
+        )
+    else:
+        family = f"Holm-corrected over the {tested} comparison{'' if tested == 1 else 's'} of this table"
     text = (
         f"Underlined: not distinguishable from the best of its column; unmarked: significantly worse "
-        f"(two-sided Welch's {t}-test of the per-seed values against the best, Holm-corrected over the "
-        f"{tested} comparison{'' if tested == 1 else 's'} of this table"
-        f"{' within each column' if holm_over == 'metric' else ''}, {a} = {alpha:g}; {n})."
+        f"(two-sided Welch's {t}-test of the per-seed values against the best, {family}, {a} = {alpha:g}; {n})."
     )
     if untestable:
         text += (
