@@ -11,7 +11,7 @@ from mmbench.models.fusion.bilinear import BilinearFusion, LowRankBilinearFusion
 from mmbench.models.fusion.gated import GatedFusion
 from mmbench.models.fusion.late import LateFusion
 from mmbench.models.fusion.tensor import LowRankTensorFusion, TensorFusion, outer_with_one
-from mmbench.models.fusion.vector import ConcatFusion, MaxFusion, MultiplicativeFusion, SumFusion
+from mmbench.models.fusion.vector import ConcatFusion, ElementwiseFusion, MaxFusion, MultiplicativeFusion, SumFusion
 from mmbench.models.outputs import Features
 from tests.conftest import compose_cfg
 
@@ -111,6 +111,16 @@ def test_elementwise_with_identity_weights(cls, expected):
         _identity(linear)
     t, v = vectors()
     torch.testing.assert_close(fuse(fusion, t, v), expected(t, v))
+
+
+def test_elementwise_takes_any_combine_and_refuses_none():
+    fusion = build(ElementwiseFusion, act_layer=nn.Identity, combine=torch.sub)
+    for linear in (fusion.text_proj, fusion.image_proj, fusion.out):
+        _identity(linear)
+    t, v = vectors()
+    torch.testing.assert_close(fuse(fusion, t, v), t - v)
+    with pytest.raises(ValueError, match="needs `combine`"):
+        build(ElementwiseFusion)
 
 
 def test_concat_is_one_linear_over_the_concatenation():

@@ -76,19 +76,25 @@ class ConcatFusion(PooledFusion):
 class ElementwiseFusion(PooledFusion):
     """Project both modalities to `dim`, combine element-wise, then an output Linear + activation.
 
-    z = act(W_o combine(W_t x_t + b_t, W_v x_v + b_v) + b_o), dropout on z.
+    z = act(W_o combine(W_t x_t + b_t, W_v x_v + b_v) + b_o), dropout on z. `combine` defaults to the
+    class's own (`SumFusion`: torch.add, ...), so a subclass is one line and configs name the fusion.
     """
+
+    default_combine: Combine | None = None
 
     def __init__(
         self,
-        combine: Combine,
         dim: int,
         text_dim: int | None = None,
         image_dim: int | None = None,
         act_layer: Activation = nn.GELU,
         dropout: float = 0.0,
+        combine: Combine | None = None,
     ):
         super().__init__()
+        combine = combine or type(self).default_combine
+        if combine is None:
+            raise ValueError("ElementwiseFusion needs `combine` (e.g. torch.add), or use SumFusion/MaxFusion/...")
         self.combine = combine
         self.text_proj = nn.Linear(text_dim or dim, dim)
         self.image_proj = nn.Linear(image_dim or dim, dim)
@@ -104,40 +110,16 @@ class ElementwiseFusion(PooledFusion):
 class SumFusion(ElementwiseFusion):
     """Additive fusion: z = act(W_o (W_t x_t + W_v x_v + b) + b_o)."""
 
-    def __init__(
-        self,
-        dim: int,
-        text_dim: int | None = None,
-        image_dim: int | None = None,
-        act_layer: Activation = nn.GELU,
-        dropout: float = 0.0,
-    ):
-        super().__init__(torch.add, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
+    default_combine = staticmethod(torch.add)
 
 
 class MaxFusion(ElementwiseFusion):
     """Max fusion: z = act(W_o max(W_t x_t + b_t, W_v x_v + b_v) + b_o), max element-wise."""
 
-    def __init__(
-        self,
-        dim: int,
-        text_dim: int | None = None,
-        image_dim: int | None = None,
-        act_layer: Activation = nn.GELU,
-        dropout: float = 0.0,
-    ):
-        super().__init__(torch.maximum, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
+    default_combine = staticmethod(torch.maximum)
 
 
 class MultiplicativeFusion(ElementwiseFusion):
     """Multiplicative fusion: z = act(W_o ((W_t x_t + b_t) ⊙ (W_v x_v + b_v)) + b_o), ⊙ Hadamard product."""
 
-    def __init__(
-        self,
-        dim: int,
-        text_dim: int | None = None,
-        image_dim: int | None = None,
-        act_layer: Activation = nn.GELU,
-        dropout: float = 0.0,
-    ):
-        super().__init__(torch.mul, dim, text_dim, image_dim, act_layer=act_layer, dropout=dropout)
+    default_combine = staticmethod(torch.mul)
