@@ -226,19 +226,17 @@ def significance_caption(
     """What the marks mean: the test, how many comparisons, alpha and n, then the few-seeds and
     galleries notes when they apply (for table.md / table.tex)."""
     cells = [(len(r.jobs), r.stats[m]) for r in rows for m in metrics if m in r.stats]
-    tested = sum(s["vs_best"] in ("tied", "worse") for _, s in cells)
+    per_column = [sum(r.stats[m]["vs_best"] in ("tied", "worse") for r in rows if m in r.stats) for m in metrics]
+    tested = sum(per_column)
     untestable = sum(s["vs_best"] == "untestable" for _, s in cells)
     t, a, dagger = ("$t$", "$\\alpha$", "$^\\dagger$") if tex else ("t", "alpha", "†")
     n = "n = seeds per row as given in the n column"
     if any(s["n"] != row_n for row_n, s in cells):
         n += ", or (n=k) in a cell when only k of them recorded that metric"
     if holm_over == "metric":
-        per_column = max(
-            (sum(r.stats[m]["vs_best"] in ("tied", "worse") for r in rows if m in r.stats) for m in metrics),
-            default=0,
-        )
+        most = max(per_column, default=0)
         family = (
-            f"Holm-corrected within each column (at most {per_column} comparison{'' if per_column == 1 else 's'} "
+            f"Holm-corrected within each column (at most {most} comparison{'' if most == 1 else 's'} "
             f"per column, {tested} in the table)"
         )
     else:
