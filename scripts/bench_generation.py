@@ -39,16 +39,7 @@ def main() -> None:
 
     vocab = 1000
     cfg = compose_train([f"model={args.preset}", f"model.size={args.size}", "objective=[lm]"])
-    info = DataInfo(
-        vocab_size=vocab,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(7)),
-        max_text_len=40,
-        image_size=cfg.data.image_size,
-    )
+    info = DataInfo.of_vocab(vocab, max_text_len=40, image_size=cfg.data.image_size)
     torch.manual_seed(0)
     model = build_model(cfg, info).eval()
     lm = instantiate(cfg.objective.lm, **data_kwargs(cfg.objective.lm, info), **model_kwargs(cfg.objective.lm, model))

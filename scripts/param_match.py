@@ -24,16 +24,7 @@ def params(name: str, size: str, row: dict | None) -> tuple[int, dict]:
     if row:
         overrides += [f"model.sizes.{size}.{k}={v}" for k, v in row.items()]
     cfg = compose_train(overrides)
-    info = DataInfo(
-        vocab_size=1000,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(7)),
-        max_text_len=cfg.data.max_text_len,
-        image_size=cfg.data.image_size,
-    )
+    info = DataInfo.of_vocab(1000, max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
     model = build_model(cfg, info)
     return sum(p.numel() for p in model.parameters()), dict(cfg.model.sizes[size])
 

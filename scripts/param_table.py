@@ -36,16 +36,7 @@ def main() -> None:
     for name in presets:
         for size in args.sizes.split(","):
             cfg = compose_train([f"model={name}", f"model.size={size}", *SIZE_OVERRIDES.get(size, [])])
-            info = DataInfo(
-                vocab_size=args.vocab,
-                pad_id=0,
-                mask_id=4,
-                bos_id=5,
-                eos_id=6,
-                special_ids=list(range(7)),
-                max_text_len=cfg.data.max_text_len,
-                image_size=cfg.data.image_size,
-            )
+            info = DataInfo.of_vocab(args.vocab, max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
             model = build_model(cfg, info)
             choices = choices_of(cfg)
             lm = model.language_model  # registered once; the text part and connectors hold it by reference

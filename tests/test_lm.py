@@ -120,9 +120,7 @@ def test_head_is_mlm_head_tied_to_word_embeddings():
 
 # ------------------------------------------------------------------------------------ leakage
 
-INFO = DataInfo(
-    vocab_size=50, pad_id=PAD, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)), max_text_len=16, image_size=48
-)
+INFO = DataInfo.of_vocab(50, max_text_len=16, image_size=48)  # pad id 0 = PAD
 SMALL = [
     "model.sizes.tiny.dim=32",
     "model.sizes.tiny.heads=2",

@@ -494,17 +494,7 @@ def test_classify_takes_num_labels_from_the_data_unless_set():
     from mmbench.builder import data_kwargs
     from mmbench.data.datamodule import DataInfo
 
-    info = DataInfo(
-        vocab_size=10,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(7)),
-        max_text_len=8,
-        image_size=16,
-        num_labels=3,
-    )
+    info = DataInfo.of_vocab(10, max_text_len=8, image_size=16, num_labels=3)
     for overrides, expected in (([], 3), (["objective.classify.num_labels=5"], 5)):
         c = compose_cfg(["model=vilt", "objective=[classify]", *overrides]).objective.classify
         assert instantiate(c, **data_kwargs(c, info)).head.out_features == expected
@@ -514,16 +504,7 @@ def test_classify_takes_num_labels_from_the_data_unless_set():
             c,
             **data_kwargs(
                 c,
-                DataInfo(
-                    vocab_size=10,
-                    pad_id=0,
-                    mask_id=4,
-                    bos_id=5,
-                    eos_id=6,
-                    special_ids=list(range(7)),
-                    max_text_len=8,
-                    image_size=16,
-                ),
+                DataInfo.of_vocab(10, max_text_len=8, image_size=16),
             ),
         )
 

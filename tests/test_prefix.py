@@ -23,9 +23,7 @@ from mmbench.validation import validate
 from tests.conftest import TINY, compose_cfg
 from tests.test_train import _cli
 
-INFO = DataInfo(
-    vocab_size=50, pad_id=0, mask_id=4, bos_id=5, eos_id=6, special_ids=list(range(7)), max_text_len=16, image_size=48
-)
+INFO = DataInfo.of_vocab(50, max_text_len=16, image_size=48)
 SMALL = [
     "model.sizes.tiny.dim=32",
     "model.sizes.tiny.heads=2",

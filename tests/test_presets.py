@@ -77,16 +77,7 @@ def test_unsupported_objectives_are_refused_before_building(model):
 
 def _count(model: str, overrides: list[str], vocab: int, size: str = "base") -> int:
     cfg = compose_cfg([f"model={model}", f"model.size={size}", *overrides])
-    info = DataInfo(
-        vocab_size=vocab,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(7)),
-        max_text_len=cfg.data.max_text_len,
-        image_size=cfg.data.image_size,
-    )
+    info = DataInfo.of_vocab(vocab, max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
     return sum(p.numel() for p in build_model(cfg, info).parameters())
 
 

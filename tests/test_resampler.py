@@ -78,11 +78,13 @@ def test_flamingo_fusion_attends_to_the_latents_and_starts_as_the_text_model():
 def test_model_flamingo_uses_the_resampler_and_can_do_without():
     from mmbench.builder import build_model
     from mmbench.config import compose_train
-    from mmbench.models.convert.parity import data_info
+    from mmbench.data.datamodule import DataInfo
 
     def fusion(*overrides):
         cfg = compose_train(["model=flamingo", *overrides])
-        return build_model(cfg, data_info(1000, cfg.data.max_text_len, cfg.data.image_size)).fusion
+        return build_model(
+            cfg, DataInfo.of_vocab(1000, max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
+        ).fusion
 
     assert isinstance(fusion().resampler, PerceiverResampler) and fusion().resampler.latents.shape == (8, 128)
     assert fusion("fusion.resampler=null").resampler is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from mmbench.data.datamodule import DataInfo
 from mmbench.data.tokenizer import SPECIAL_TOKENS, train_wordpiece, trained_special_ids
 
 TEXTS = [
@@ -45,6 +46,15 @@ def test_specials_first_words_whole_unseen_words_as_characters():
     assert tok.decode(tok.encode("two circles and a square").ids) == "two circles and a square"
     special = trained_special_ids(tok)
     assert (special.pad, special.mask) == (0, 4)
+    # what builders told "the data" without data or a tokenizer (param counts, imports) is these ids
+    info = DataInfo.of_vocab(1000, max_text_len=8, image_size=16)
+    assert (info.pad_id, info.mask_id, info.bos_id, info.eos_id) == (
+        special.pad,
+        special.mask,
+        special.bos,
+        special.eos,
+    )
+    assert tuple(info.special_ids) == special.all
 
 
 def test_a_small_vocabulary_keeps_the_alphabet_and_the_most_frequent_words():

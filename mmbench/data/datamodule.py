@@ -71,6 +71,24 @@ class DataInfo:
     label_names: list[str] = field(default_factory=list)
     skipped_images: int = 0  # unreadable images skipped by the source (data.source.bad_images=skip)
 
+    @classmethod
+    def of_vocab(cls, vocab_size: int, *, max_text_len: int, image_size: int, **fields) -> DataInfo:
+        """What the data would tell the builder, without data or a tokenizer: a vocabulary of
+        `vocab_size` ids whose special ids are the trained tokenizer's (`SPECIAL_TOKENS`, ids 0..6).
+        For counting parameters, building a checkpoint's model, benchmarks and tests."""
+        ids = {token: i for i, token in enumerate(tokenization.SPECIAL_TOKENS)}
+        return cls(
+            vocab_size=vocab_size,
+            pad_id=ids[tokenization.PAD],
+            mask_id=ids[tokenization.MASK],
+            bos_id=ids[tokenization.BOS],
+            eos_id=ids[tokenization.EOS],
+            special_ids=list(ids.values()),
+            max_text_len=max_text_len,
+            image_size=image_size,
+            **fields,
+        )
+
     @property
     def num_answers(self) -> int:
         return len(self.answers)

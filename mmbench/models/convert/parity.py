@@ -4,7 +4,7 @@ Shared by tests/test_weight_import.py (numerical parity of every family) and
 `scripts/bench_throughput.py --hf` (speed at identical dims and weights), so that the input
 conventions are written once:
 
-- text: ids drawn above the special ids (0..6 in `data_info`) and below the CLIP BOS / EOS ids
+- text: ids drawn above the special ids (0..6, `DataInfo.of_vocab`) and below the CLIP BOS / EOS ids
   (vocab - 2, vocab - 1); the second sequence padded from two thirds of its length on;
 - CLIP text: BOS first and EOS ending every sequence, as CLIP's tokenizer does (both sides pool there);
 - CLIP pixels: HF receives the data's [-1, 1] pixels normalised with CLIP's statistics (mmbench's
@@ -20,29 +20,16 @@ from omegaconf import DictConfig
 
 from mmbench.builder import build_model
 from mmbench.data.datamodule import DataInfo
+from mmbench.data.tokenizer import SPECIAL_TOKENS
 from mmbench.models.convert.clip import CLIP_MEAN, CLIP_STD
 from mmbench.models.model import MultimodalModel
 
-NUM_SPECIAL = 7  # ids 0..6: pad 0, mask 4, bos 5, eos 6
-
-
-def data_info(vocab_size: int, max_text_len: int, image_size: int) -> DataInfo:
-    """What the data would tell the builder, for a checkpoint's vocabulary (no tokenizer, no data)."""
-    return DataInfo(
-        vocab_size=vocab_size,
-        pad_id=0,
-        mask_id=4,
-        bos_id=5,
-        eos_id=6,
-        special_ids=list(range(NUM_SPECIAL)),
-        max_text_len=max_text_len,
-        image_size=image_size,
-    )
+NUM_SPECIAL = len(SPECIAL_TOKENS)  # ids 0..6 (`DataInfo.of_vocab`)
 
 
 def build_imported(cfg: DictConfig, vocab_size: int) -> MultimodalModel:
     """The model of a composed config with `model.init_from` set, as `build_model` builds it (eval mode)."""
-    info = data_info(vocab_size, cfg.data.max_text_len, cfg.data.image_size)
+    info = DataInfo.of_vocab(vocab_size, max_text_len=cfg.data.max_text_len, image_size=cfg.data.image_size)
     return build_model(cfg, info).eval()
 
 
