@@ -119,7 +119,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from mmbench.builder import build_datamodule, build_module
     from mmbench.finish import close_wandb, evaluate_and_publish
     from mmbench.metrics.complexity import reset_peak_memory
-    from mmbench.record import git_sha, versions, write_metrics
+    from mmbench.record import git_sha, machine, versions, write_metrics
 
     start = time.time()
     reset_peak_memory()
@@ -179,6 +179,7 @@ def run_eval(cfg: DictConfig) -> dict:
             "complexity": comp,
             "versions": versions(),
             "git": git_sha(),
+            "machine": machine(),
             "eval_s": round(eval_seconds, 3),
             "wall_s": round(time.time() - start, 3),
         }

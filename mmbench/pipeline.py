@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmbench.config import ConfigError, choices_of
 from mmbench.distributed import SavedLaunch, ddp_cleanup, ddp_single_run, global_rank
 from mmbench.finish import close_wandb, evaluate_and_publish
-from mmbench.record import Diverged, Interrupted, git_sha, versions, write_metrics
+from mmbench.record import Diverged, Interrupted, git_sha, machine, versions, write_metrics
 from mmbench.rundir import checkpoint_stamp, config_identity
 from mmbench.sweep import CheckpointError, csv_history, load_checkpoint, restore_csv_history
 from mmbench.validation import validate
@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> dict:
         "complexity": {},
         "versions": versions(),
         "git": git_sha(),
+        "machine": machine(),
         "wall_s": None,
         "config": config,  # resolved, without the keys that say how to run (rundir.IGNORED)
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +53,69 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def machine() -> dict[str, str | int | None]:
+    """Where a run's numbers came from. The same code, data, seed and thread count give the same numbers
+    on one machine, but not across machines of one kind: oneDNN and MKL pick kernels and blockings by
+    the CPU's instruction set and caches, and 1,000 steps amplify a last-bit difference into the third
+    decimal (docs/results.md, objective_ablation on Shapes v8). So each run records its CPU (Linux's
+    /proc/cpuinfo and sysfs cache sizes; None where they are not readable), and the report says when a
+    table mixes machines."""
+    import torch  # lazy: metrics.json's writers have it loaded; this module's importers need not
+
+    info = _cpuinfo()
+    return {
+        "cpu": info.get("model name") or platform.processor() or None,
+        "cpu_id": " ".join(f"{k.split()[-1]} {info[k]}" for k in CPU_ID_KEYS if k in info) or None,
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "cpus": os.cpu_count(),
+        "caches": _caches(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+CPU_ID_KEYS = ("cpu family", "model", "stepping")  # with the vendor's model name: which CPU generation
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _caches() -> str | None:
+    """'L1d 32K L1i 32K L2 1024K L3 32768K': the first CPU's caches (sysfs; None elsewhere)."""
+    names = {"Data": "d", "Instruction": "i", "Unified": ""}
+    parts = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        parts.append(f"L{level}{names.get(kind, '')} {size}")
+    return " ".join(parts) or None
+
+
+def machine_label(record: dict | None) -> str:
+    """One line naming a machine record (`machine()`), '' for none: 'AMD EPYC (family 25 model 17
+    stepping 1), avx512, 2 CPUs, L1d 32K L1i 32K L2 1024K L3 32768K'."""
+    if not record:
+        return ""
+    cpu = record.get("cpu") or "unknown CPU"
+    if record.get("cpu_id"):
+        cpu += f" ({record['cpu_id']})"
+    parts = [cpu, str(record.get("isa") or "").lower(), f"{record['cpus']} CPUs" if record.get("cpus") else ""]
+    parts += [record.get("caches") or "", record.get("gpu") or ""]
+    return ", ".join(p for p in parts if p)
 
 
 def git_sha() -> str | None:

@@ -766,3 +766,46 @@ def test_fraction_intervals_stay_inside_0_1():
     assert t_ci([0.998, 0.999, 1.0], bounds=(0.0, 1.0)) == pytest.approx((raw[0], 1.0))
     assert t_ci([0.0, 0.01], bounds=(0.0, 1.0))[0] == 0.0  # and at the floor
     assert t_ci([0.4, 0.5, 0.6], bounds=(0.0, 1.0)) == t_ci([0.4, 0.5, 0.6])  # inside: unchanged
+
+
+MACHINE_A = {"cpu": "AMD EPYC", "cpu_id": "family 25 model 17 stepping 1", "isa": "AVX512", "cpus": 2}
+MACHINE_B = {"cpu": "Intel Xeon", "cpu_id": "family 6 model 85 stepping 7", "isa": "AVX2", "cpus": 2, "gpu": "T4"}
+LABEL_A = "AMD EPYC (family 25 model 17 stepping 1), avx512, 2 CPUs"
+LABEL_B = "Intel Xeon (family 6 model 85 stepping 7), avx2, 2 CPUs, T4"
+
+
+def _set_machine(job_dir: Path, machine: dict) -> None:
+    path = job_dir / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "machine": machine}))
+
+
+def test_note_when_runs_come_from_two_machines(tmp_path, capsys):
+    """The same seed gives different numbers on different CPUs (oneDNN/MKL kernels): a table whose runs
+    ran on two machines says so, in table.md, table.tex and on stderr; runs.csv keeps each run's machine."""
+    sweep = _sweep(tmp_path)
+    for name, machine in (("model=vilt,seed=0", MACHINE_A), ("model=vilt,seed=1", MACHINE_A)):
+        _set_machine(sweep / name, machine)
+    # one machine (and runs that did not record theirs): no note
+    assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "one")]) == 0
+    assert "machines" not in capsys.readouterr().err
+    assert "machines" not in (tmp_path / "one" / "table.md").read_text()
+
+    _set_machine(sweep / "model=clip,seed=1", MACHINE_B)
+    assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "two")]) == 0
+    note = (
+        f"Runs from 2 machines ({LABEL_A}: 2 runs; {LABEL_B}: 1 run): the same seed can give different "
+        "numbers on different machines, so a difference between rows may include the machine."
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"mmbench-report: warning: {note}"
+    assert note in (tmp_path / "two" / "table.md").read_text()
+    assert "Runs from 2 machines" in (tmp_path / "two" / "table.tex").read_text()
+    again = report.report([tmp_path / "two" / "runs.csv"], out=tmp_path / "again", plots=False)
+    assert {j.name: j.machine for j in again["jobs"]} == {
+        "model=vilt,seed=0": LABEL_A,
+        "model=vilt,seed=1": LABEL_A,
+        "model=vilt,seed=2": "",
+        "model=clip,seed=0": "",
+        "model=clip,seed=1": LABEL_B,
+        "model=clip,seed=2": "",  # failed: no machine recorded in this fixture
+    }
+    assert report.machines_note(again["rows"]) == note

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmbench.pipeline import run
+from mmbench.record import machine
 from tests.conftest import ROOT, TINY, compose_cfg
 
 CLI = [sys.executable, "-m", "mmbench.train"]
@@ -35,6 +36,7 @@ def test_train_and_test_through_compose_api(tiny_cfg):
         assert key in saved["metrics"], key
     assert saved["complexity"]["params"] > 0 and saved["complexity"]["flops_per_sample"] > 0
     assert saved["versions"]["torch"] and saved["seed"] == 0 and saved["wall_s"] > 0
+    assert saved["machine"] == machine()  # where the numbers came from (same seed, same machine: same numbers)
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "checkpoints" / "best.ckpt").exists()
     assert (out / "csv" / "metrics.csv").exists()
 

@@ -105,6 +105,7 @@ from mmbench.report.tables import (
     few_seeds_note,
     galleries_note,
     group_keys,
+    machines_note,
     repeated_jobs,
     select_metrics,
     significance_caption,
@@ -140,6 +141,7 @@ __all__ = [
     "few_seeds_note",
     "find_jobs",
     "galleries_note",
+    "machines_note",
     "group_keys",
     "holm",
     "lower_is_better",
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv, runs.md and {len(res['plots'])} plots in {res['out'] / 'plots'}"
     )
-    for note in (few_seeds_note(res["rows"], res["metrics"]), galleries_note(res["rows"], res["metrics"])):
+    notes = (few_seeds_note(res["rows"], res["metrics"]), galleries_note(res["rows"], res["metrics"]))
+    for note in (*notes, machines_note(res["rows"])):
         if note:
             print(f"mmbench-report: warning: {note}", file=sys.stderr)
     return 0 if done else 1

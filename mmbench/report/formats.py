@@ -136,6 +136,7 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
                 "peak_memory_mb",
                 "peak_memory_scope",
                 "wall_s",
+                "machine",
                 *metrics,
                 "error",
             ]
@@ -152,6 +153,7 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
                     _blank(j.peak_memory_mb),
                     j.peak_memory_scope,
                     _blank(j.wall_s),
+                    j.machine,
                     *(j.metrics.get(m, "") for m in metrics),
                     j.error,
                 ]

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmbench.record import machine_label
 from mmbench.sweep import SUMMARY_STATE, job_dirname, override_key, swept_keys
 
 
@@ -28,6 +29,7 @@ class Job:
     peak_memory_mb: float | None = None  # complexity.peak_memory_mb
     peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
     wall_s: float | None = None  # the run's own wall time (metrics.json wall_s; a resumed run: its last part)
+    machine: str = ""  # where it ran (`record.machine_label` of metrics.json `machine`; '' if not recorded)
     error: str = ""
     # the override keys this job is known by: None = all of them (a job directory); a runs.csv row
     # knows only the keys its report grouped by, plus seed
@@ -91,13 +93,22 @@ def read_job(job_dir: Path) -> Job:
         peak_memory_mb=_number_or_none(complexity.get("peak_memory_mb")),
         peak_memory_scope=str(complexity.get("peak_memory_scope") or ""),
         wall_s=_number_or_none(rec.get("wall_s")),
+        machine=machine_label(rec.get("machine")),
         error=error[-1].strip() if error else ("" if status != "unfinished" else "metrics.json says running"),
     )
 
 
 # the columns of runs.csv (formats.write_runs_csv) around its group keys and metrics
 RUNS_CSV_HEAD = ("job", "status")
-RUNS_CSV_COMPLEXITY = ("seed", "params", "flops_per_sample", "peak_memory_mb", "peak_memory_scope", "wall_s")
+RUNS_CSV_COMPLEXITY = (
+    "seed",
+    "params",
+    "flops_per_sample",
+    "peak_memory_mb",
+    "peak_memory_scope",
+    "wall_s",
+    "machine",
+)
 # a runs.csv row in another state was a snapshot (a job still running or not started then): not read
 RUNS_CSV_STATES = ("completed", "failed")
 
@@ -115,7 +126,8 @@ def read_runs_csv(path: Path) -> list[Job]:
             )
         seed_at = header.index("seed")
         keys = header[2:seed_at]
-        # the columns after seed, up to the first metric; a runs.csv written before 2026-12-05 has no wall_s
+        # the columns after seed, up to the first metric; a runs.csv written before 2026-12-05 has no
+        # wall_s, one written before 2026-12-05 20:30 UTC no machine
         known = [h for h in RUNS_CSV_COMPLEXITY[1:] if h in header[seed_at + 1 : seed_at + len(RUNS_CSV_COMPLEXITY)]]
         metrics_at = seed_at + 1 + len(known)
         jobs = []
@@ -138,6 +150,7 @@ def read_runs_csv(path: Path) -> list[Job]:
                     peak_memory_mb=_float_or_none(cell["peak_memory_mb"]),
                     peak_memory_scope=cell["peak_memory_scope"],
                     wall_s=_float_or_none(cell.get("wall_s", "")),
+                    machine=cell.get("machine", ""),
                     error=cell["error"],
                     known_keys=(*keys, "seed"),
                 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,6 +221,20 @@ def galleries_note(rows: list[Row], metrics: list[str], tex: bool = False) -> st
     return f"Retrieval galleries differ ({where}): retrieval metrics are not comparable across those rows."
 
 
+def machines_note(rows: list[Row], tex: bool = False) -> str:
+    """'Runs from 2 machines (A: 9 runs; B: 6 runs): ...', or '' when the rows' completed runs that
+    recorded their machine all ran on one (for the captions and the CLI warning): the same seed gives
+    the same numbers only on the same machine (`mmbench.record.machine`)."""
+    counts = Counter(j.machine for r in rows for j in r.jobs if j.machine)
+    if len(counts) < 2:
+        return ""
+    where = "; ".join(f"{_tex(m) if tex else m}: {n} run{'' if n == 1 else 's'}" for m, n in counts.most_common())
+    return (
+        f"Runs from {len(counts)} machines ({where}): the same seed can give different numbers on "
+        f"different machines, so a difference between rows may include the machine."
+    )
+
+
 def significance_caption(
     rows: list[Row], metrics: list[str], alpha: float, tex: bool = False, holm_over: str = "table"
 ) -> str:
@@ -250,7 +265,12 @@ def significance_caption(
             f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
             f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed."
         )
-    notes = [note for note in (few_seeds_note(rows, metrics, tex), galleries_note(rows, metrics, tex)) if note]
+    notes = [
+        few_seeds_note(rows, metrics, tex),
+        galleries_note(rows, metrics, tex),
+        machines_note(rows, tex),
+    ]
+    notes = [note for note in notes if note]
     return " ".join([text, *notes])
 
 
