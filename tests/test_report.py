@@ -466,6 +466,7 @@ def test_no_few_seeds_note_with_3_seeds_everywhere(tmp_path, capsys):
 # ------------------------------------------------------------------ retrieval galleries of different sizes
 
 GALLERIES_NOTE = "retrieval metrics are not comparable across those rows"
+OTHER_GALLERY = "a smaller gallery than the largest, neither bold nor tested against the best"
 
 
 def _gallery_sweep(root: Path, test_images: dict[str, int]) -> Path:
@@ -498,15 +499,44 @@ def test_note_when_retrieval_galleries_differ(tmp_path, capsys):
     assert report.differing_galleries(out["rows"], out["metrics"]) == {
         "test": {"images": (32.0, 1000.0), "texts": (160.0, 5000.0)}
     }
-    note = f"Retrieval galleries differ (test: 32-1000 images, 160-5000 texts): {GALLERIES_NOTE}."
+    note = f"Retrieval galleries differ (test: 32-1000 images, 160-5000 texts): {GALLERIES_NOTE}; ‡: {OTHER_GALLERY}."
     md = (tmp_path / "rep" / "table.md").read_text()
     assert note in md and FEW_SEEDS_NOTE not in md
     tex = (tmp_path / "rep" / "table.tex").read_text()
-    assert f"Retrieval galleries differ (test: 32--1000 images, 160--5000 texts): {GALLERIES_NOTE}." in tex
+    tex_note = f"Retrieval galleries differ (test: 32--1000 images, 160--5000 texts): {GALLERIES_NOTE}; "
+    assert tex_note + f"$^\\ddagger$: {OTHER_GALLERY}." in tex
     # every metric: val's galleries agree (100 images everywhere), so the note still names only test
     assert report.main([str(sweep), "--no-plots", "--all-metrics", "--out", str(tmp_path / "all")]) == 0
     assert capsys.readouterr().err.strip().splitlines() == [f"mmbench-report: warning: {note}"]
     assert note in (tmp_path / "all" / "table.md").read_text()
+
+
+def test_a_smaller_gallery_is_never_the_best_nor_tested(tmp_path):
+    """An ITM-only run searches 32 images where the others search 1,000: its recall is far higher and
+    means nothing beside theirs. Its retrieval cells are marked ‡, never bold, never tested (nor counted
+    in the Holm family); the best and the tests are those of the rows that searched the largest gallery.
+    Its other metrics are compared as usual."""
+    # itm (i=2 in the fixture) has the highest retrieval values, on 32 images
+    sweep = _gallery_sweep(tmp_path, {"itc": 1000, "both": 1000, "itm": 32})
+    shown = ["test/vqa/acc", "test/retrieval/rmean", "test/retrieval/i2t_r1", "val/retrieval/rmean"]
+    out = report.report([sweep], out=tmp_path / "rep", metrics=shown, plots=True)
+    rows = {r.group[0].split("=")[1]: r.stats for r in out["rows"]}
+    for metric in ("test/retrieval/rmean", "test/retrieval/i2t_r1"):
+        assert rows["itm"][metric]["vs_best"] == "other_gallery" and not rows["itm"][metric]["best"]
+        assert rows["itm"][metric]["p"] is None and rows["itm"][metric]["p_adj"] is None
+        assert rows["both"][metric]["best"] and rows["itc"][metric]["vs_best"] in ("tied", "worse")
+    assert rows["itm"]["test/vqa/acc"]["best"]  # not a retrieval metric: compared as before
+    assert report.other_gallery_rows(out["rows"], "test/vqa/acc") == []
+    assert report.other_gallery_rows(out["rows"], "val/retrieval/rmean") == []  # val: 100 images everywhere
+    assert rows["itm"]["val/retrieval/rmean"]["best"]
+    md = (tmp_path / "rep" / "table.md").read_text()
+    itm_line = next(line for line in md.splitlines() if line.startswith("| itm "))
+    assert itm_line.count("‡") == 2 and itm_line.count("**") == 4  # test recalls marked; VQA, val rmean bold
+    assert "over the 6 comparisons of this table" in md  # vqa, val rmean: 2 each; test rmean, i2t_r1: 1 each
+    with open(tmp_path / "rep" / "table.csv", newline="") as f:
+        table_csv = {r["group"] if "group" in r else r["model"]: r for r in csv.DictReader(f)}
+    assert table_csv["itm"]["test/retrieval/rmean/vs_best"] == "other_gallery"
+    assert (tmp_path / "rep" / "plots" / "bar_test_retrieval_rmean.png").exists()
 
 
 def test_no_galleries_note_when_sizes_agree(tmp_path, capsys):

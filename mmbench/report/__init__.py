@@ -32,7 +32,9 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
   power) and the CLI prints a one-line warning to stderr;
 - likewise when the table shows a retrieval metric of a split (`<split>/retrieval/*`, recalls and
   rmean) and the rows' runs searched galleries of different sizes (`<split>/retrieval/num_images`,
-  `num_texts`, read from every run even when not shown): those retrieval metrics are not comparable;
+  `num_texts`, read from every run even when not shown): those retrieval metrics are not comparable,
+  and the cells of rows that searched a smaller gallery than the largest are marked ‡, never bold and
+  not tested (an ITM-only run scores every pair, so the protocol caps its gallery);
 - failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped;
 - a DIR that is a file is read as the `runs.csv` of an earlier report: its completed and failed jobs
   (group keys, seed, params, FLOPs, peak memory, the metrics it showed; no training curves) join the
@@ -41,7 +43,7 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
 
 Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
 caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
-`p_adj` and `vs_best` = best | tied | worse | untestable; `ci_lo`, `ci_hi` are empty for one seed),
+`p_adj` and `vs_best` = best | tied | worse | untestable | other_gallery; `ci_lo`, `ci_hi` are empty for one seed),
 `runs.csv` (one row per job, with its params, FLOPs per sample, peak memory and wall time), `runs.md`
 (the same rows as a Markdown table: the per-seed values behind each cell), `plots/bar_<metric>.png`
 (mean per group, error bars = the 95% t-CI of the table, a dot per seed, best orange, tied with it
@@ -106,6 +108,7 @@ from mmbench.report.tables import (
     galleries_note,
     group_keys,
     machines_note,
+    other_gallery_rows,
     repeated_jobs,
     select_metrics,
     significance_caption,
@@ -142,6 +145,7 @@ __all__ = [
     "find_jobs",
     "galleries_note",
     "machines_note",
+    "other_gallery_rows",
     "group_keys",
     "holm",
     "lower_is_better",

@@ -29,8 +29,13 @@ def _complexity_cells(row: Row, missing: str) -> list[str]:
 
 
 # vs_best -> (before, after) the "mean ± std" of a cell; worse cells are left plain
-MD_MARKS = {"best": ("**", "**"), "tied": ("<u>", "</u>"), "untestable": ("", "†")}
-TEX_MARKS = {"best": ("\\textbf{", "}"), "tied": ("\\underline{", "}"), "untestable": ("", "$^\\dagger$")}
+MD_MARKS = {"best": ("**", "**"), "tied": ("<u>", "</u>"), "untestable": ("", "†"), "other_gallery": ("", "‡")}
+TEX_MARKS = {
+    "best": ("\\textbf{", "}"),
+    "tied": ("\\underline{", "}"),
+    "untestable": ("", "$^\\dagger$"),
+    "other_gallery": ("", "$^\\ddagger$"),
+}
 
 
 def _cell(

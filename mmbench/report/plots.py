@@ -33,13 +33,15 @@ def bar_data(rows: list[Row], metric: str) -> tuple[list[str], np.ndarray, np.nd
     return [r.label for r in have], means, yerr, [r.stats[metric]["vs_best"] for r in have]
 
 
-# vs_best -> bar face colour, hatch and legend label ({alpha} filled in)
+# vs_best -> bar face colour, hatch and legend label ({alpha} filled in); edges: EDGE_COLOURS, else the face's
 BAR_STYLES = {
     "best": ("tab:orange", "", "best"),
     "tied": ("navajowhite", "///", "tied with best (Welch, Holm, alpha={alpha:g})"),
     "worse": ("tab:blue", "", "worse than best"),
     "untestable": ("lightgray", "..", "not tested (<2 seeds or no spread)"),
+    "other_gallery": ("white", "xx", "smaller retrieval gallery: not compared"),
 }
+EDGE_COLOURS = {"tied": "tab:orange", "other_gallery": "gray"}
 
 
 # Reference lines of the bar charts: (regular expression matching a whole metric name, its lines); a line
@@ -143,7 +145,7 @@ def bar_chart(rows: list[Row], metric: str, alpha: float = 0.05):
     )
     for bar, kind in zip(bars, kinds):
         bar.set_hatch(BAR_STYLES[kind][1])
-        bar.set_edgecolor("tab:orange" if kind == "tied" else bar.get_facecolor())
+        bar.set_edgecolor(EDGE_COLOURS.get(kind, bar.get_facecolor()))
     # each seed on its bar, spread sideways so that equal values stay visible
     seeds = [_values(r, metric) for r in rows if metric in r.stats]
     spread = [np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.zeros(1) for v in seeds]
@@ -171,7 +173,7 @@ def bar_chart(rows: list[Row], metric: str, alpha: float = 0.05):
     ax.set_title(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)", fontsize=9)
     ax.grid(axis="y", linewidth=0.4, alpha=0.5, zorder=0)
     legend = [
-        (Patch(facecolor=c, hatch=h, edgecolor="tab:orange" if k == "tied" else c), label.format(alpha=alpha))
+        (Patch(facecolor=c, hatch=h, edgecolor=EDGE_COLOURS.get(k, c)), label.format(alpha=alpha))
         for k, (c, h, label) in BAR_STYLES.items()
         if k in kinds
     ]

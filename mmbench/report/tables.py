@@ -115,7 +115,11 @@ def table(
             if values:
                 row.stats[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
     for metric in metrics:
-        means = [r.stats[metric]["mean"] for r in rows if metric in r.stats]
+        for r in other_gallery_rows(rows, metric):
+            r.stats[metric]["other_gallery"] = True
+        means = [
+            r.stats[metric]["mean"] for r in rows if metric in r.stats and not r.stats[metric].get("other_gallery")
+        ]
         if not means:
             continue
         best = min(means) if lower_is_better(metric) else max(means)
@@ -132,12 +136,12 @@ HOLM_OVER = ("table", "metric")
 
 
 def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05, holm_over: str = "table") -> None:
-    """Set `p`, `p_adj` and `vs_best` (best | tied | worse | untestable) on every metric cell.
+    """Set `p`, `p_adj` and `vs_best` (best | tied | worse | untestable | other_gallery) on every metric cell.
 
     Each non-best cell is tested against the best of its column (the first bold row if several tie)
     with `welch_p`; the p-values are Holm-corrected together over the whole table (`holm_over`
     "table") or within each column ("metric"); adjusted p >= alpha is `tied`, below is `worse`.
-    Untestable cells keep p = p_adj = None."""
+    Untestable cells and those of another retrieval gallery (`other_gallery_rows`) keep p = p_adj = None."""
     if holm_over not in HOLM_OVER:
         raise ValueError(f"holm_over must be one of {', '.join(HOLM_OVER)}, got {holm_over!r}")
     families: dict[str, list[dict]] = {}
@@ -146,8 +150,9 @@ def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05, ho
         cells = [(r, r.stats[metric]) for r in rows if metric in r.stats]
         best = next((r for r, s in cells if s["best"]), None)
         for r, s in cells:
-            s.update(p=None, p_adj=None, vs_best="best" if s["best"] else "untestable")
-            if s["best"]:
+            state = "best" if s["best"] else "other_gallery" if s.get("other_gallery") else "untestable"
+            s.update(p=None, p_adj=None, vs_best=state)
+            if state != "untestable":
                 continue
             s["p"] = welch_p(_values(r, metric), _values(best, metric))
             if s["p"] is not None:
@@ -205,9 +210,35 @@ def differing_galleries(rows: list[Row], metrics: list[str]) -> dict[str, dict[s
     return out
 
 
+def other_gallery_rows(rows: list[Row], metric: str) -> list[Row]:
+    """The rows whose runs searched a smaller gallery than the largest any row searched, for a
+    retrieval metric (`<split>/retrieval/*`; [] for any other metric or when the galleries agree).
+    Their cells are neither bold nor tested against the best: recall over 32 images is not recall over
+    1,000 (an ITM-only run scores every pair, so the protocol caps its gallery). Runs that did not
+    record their gallery size are compared as before."""
+    split = _retrieval_split(metric)
+    if split is None:
+        return []
+    keys = [f"{split}/retrieval/{key}" for key in GALLERY_SIZES]
+
+    def galleries(r: Row) -> set[tuple[float, ...]]:
+        return {
+            tuple(j.metrics[k] for k in keys)
+            for j in r.jobs
+            if metric in j.metrics and all(k in j.metrics for k in keys)
+        }
+
+    shown = [r for r in rows if metric in r.stats]
+    every = set().union(*(galleries(r) for r in shown)) if shown else set()
+    if len(every) < 2:
+        return []
+    largest = max(every)
+    return [r for r in shown if galleries(r) - {largest}]
+
+
 def galleries_note(rows: list[Row], metrics: list[str], tex: bool = False) -> str:
     """'Retrieval galleries differ (test: 32-1000 images): retrieval metrics are not comparable across
-    those rows.', or '' when no retrieval metric is shown or the galleries agree (for the captions and
+    those rows; ‡: ...', or '' when no retrieval metric is shown or the galleries agree (for the captions and
     the CLI warning)."""
     differ = differing_galleries(rows, metrics)
     if not differ:
@@ -218,7 +249,11 @@ def galleries_note(rows: list[Row], metrics: list[str], tex: bool = False) -> st
         + ", ".join(f"{lo:.0f}{dash}{hi:.0f} {noun}" for noun, (lo, hi) in ranges.items())
         for split, ranges in differ.items()
     )
-    return f"Retrieval galleries differ ({where}): retrieval metrics are not comparable across those rows."
+    mark = "$^\\ddagger$" if tex else "‡"
+    return (
+        f"Retrieval galleries differ ({where}): retrieval metrics are not comparable across those rows; "
+        f"{mark}: a smaller gallery than the largest, neither bold nor tested against the best."
+    )
 
 
 def machines_note(rows: list[Row], tex: bool = False) -> str:
