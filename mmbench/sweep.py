@@ -107,10 +107,14 @@ def _resolve_job_dir(overrides) -> str:
     return job_dirname(list(overrides or []), swept)
 
 
-def _resolve_wandb_id(output_dir: str) -> str:
+def _resolve_wandb_id(output_dir: str | None) -> str | None:
     """A W&B run id stable for the run in a run directory, so a resumed job resumes its W&B run: from the
     directory and the run id in its identity.json (mmbench.rundir), so a new run in a path used before
-    (the old directory deleted) gets a W&B run of its own. From the path alone for a directory without one."""
+    (the old directory deleted) gets a W&B run of its own. From the path alone for a directory without one.
+    None without a run directory: Hydra sets its runtime output dir only when a job runs, so a config
+    printed with `--cfg job --resolve` has none (and no W&B run)."""
+    if output_dir is None:
+        return None
     from mmbench.rundir import read_identity
 
     run_id = (read_identity(output_dir) or {}).get("run_id")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmbench.pipeline import run
 from mmbench.record import machine
@@ -140,6 +141,17 @@ def test_help_is_fast_and_lists_groups(tmp_path):
     res = _cli(["--help"], tmp_path, timeout=60)
     assert res.returncode == 0 and "model:" in res.stdout and "objective:" in res.stdout
     assert "torch" not in res.stderr
+
+
+def test_the_resolved_config_prints_before_any_run_directory_exists(tmp_path):
+    """`--cfg job --resolve` (inspect what a run would use) resolves every interpolation: the run
+    directory and the W&B id it names do not exist yet, so both print as null; nothing is written."""
+    res = _cli(["experiment=arch_sweep", "model=lxmert", "--cfg", "job", "--resolve"], tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["paths"]["output_dir"] is None and cfg["logger"]["wandb"]["id"] is None
+    assert cfg["objective"]["itm"]["text_negatives"] is True and "${" not in res.stdout  # resolved
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_lines_without_a_terminal(cache_dir, tmp_path):
