@@ -73,6 +73,9 @@ IGNORED = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "data.num_workers",  # loader processes: the same batches
+    # an experiment's lookup table (arch_sweep_matched: model name -> size row): the row a run uses is
+    # resolved into model.sizes and compared there; the other rows are not what this run computes
+    "matched_sizes",
 )
 EVAL_KEYS = ("eval", "test")  # what a completed run's metrics depend on beyond its weights
 _ABSENT = object()

@@ -80,6 +80,18 @@ def test_identity_ignores_how_a_run_is_executed_and_recorded_but_not_what_it_com
     assert config["callbacks"]["model_checkpoint"]["dirpath"] == "${paths.output_dir}/checkpoints"
 
 
+def test_a_matched_size_row_is_part_of_its_own_runs_identity_only(tmp_path):
+    """arch_sweep_matched picks each preset's width from a table: editing ViLT's row changes ViLT's runs
+    (the row is resolved into model.sizes.matched), editing LXMERT's row leaves them alone, so the
+    completed ViLT jobs of a sweep are still skipped, not refused as another config."""
+    vilt = ["experiment=arch_sweep_matched", "model=vilt", "hydra.mode=RUN"]
+    base, config = config_identity(compose_cfg(vilt, tmp_path / "a"))
+    assert config["model"]["sizes"]["matched"]["dim"] == 128 and "matched_sizes" not in config
+    assert config_identity(compose_cfg([*vilt, "matched_sizes.lxmert.dim=64"], tmp_path / "a"))[0] == base
+    changed, config = config_identity(compose_cfg([*vilt, "matched_sizes.vilt.dim=64"], tmp_path / "a"))
+    assert changed != base and config["model"]["sizes"]["matched"]["dim"] == 64
+
+
 def test_wandb_run_id_is_stable_for_a_run_and_new_for_a_new_run_in_the_same_path(tmp_path):
     run_dir = tmp_path / "run"
     legacy = _resolve_wandb_id(str(run_dir))  # no identity.json: from the path, as before
