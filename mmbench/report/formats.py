@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mmbench.report.jobs import Job
+from mmbench.report.jobs import RUNS_CSV_COMPLEXITY, RUNS_CSV_HEAD, Job
 from mmbench.report.tables import COMPLEXITY, Row, _tex, significance_caption
 
 
@@ -130,22 +130,7 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
 def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "job",
-                "status",
-                *keys,
-                "seed",
-                "params",
-                "flops_per_sample",
-                "peak_memory_mb",
-                "peak_memory_scope",
-                "wall_s",
-                "machine",
-                *metrics,
-                "error",
-            ]
-        )
+        w.writerow([*RUNS_CSV_HEAD, *keys, *RUNS_CSV_COMPLEXITY, *metrics, "error"])  # what read_runs_csv reads
         for j in jobs:
             w.writerow(
                 [

@@ -98,7 +98,7 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
-# the columns of runs.csv (formats.write_runs_csv) around its group keys and metrics
+# the columns of runs.csv around its group keys and metrics: formats.write_runs_csv writes them, read_runs_csv reads them
 RUNS_CSV_HEAD = ("job", "status")
 RUNS_CSV_COMPLEXITY = (
     "seed",
