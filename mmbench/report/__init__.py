@@ -113,6 +113,7 @@ from mmbench.report.tables import (
     select_metrics,
     significance_caption,
     table,
+    table_notes,
 )
 
 # the public names of the submodules, as `from mmbench import report; report.<name>` has always offered them
@@ -161,6 +162,7 @@ __all__ = [
     "seed_curves",
     "select_metrics",
     "significance_caption",
+    "table_notes",
     "t_ci",
     "table",
     "welch_p",
@@ -282,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv, runs.md and {len(res['plots'])} plots in {res['out'] / 'plots'}"
     )
-    notes = (few_seeds_note(res["rows"], res["metrics"]), galleries_note(res["rows"], res["metrics"]))
-    for note in (*notes, machines_note(res["rows"])):
-        if note:
-            print(f"mmbench-report: warning: {note}", file=sys.stderr)
+    for note in table_notes(res["rows"], res["metrics"]):
+        print(f"mmbench-report: warning: {note}", file=sys.stderr)
     return 0 if done else 1

@@ -300,13 +300,14 @@ def significance_caption(
             f" {dagger}: not tested ({untestable} cells): fewer than 2 seeds in the cell or in the best, "
             f"or no spread over seeds in either (Welch's {t} is undefined); no difference is claimed."
         )
-    notes = [
-        few_seeds_note(rows, metrics, tex),
-        galleries_note(rows, metrics, tex),
-        machines_note(rows, tex),
-    ]
-    notes = [note for note in notes if note]
-    return " ".join([text, *notes])
+    return " ".join([text, *table_notes(rows, metrics, tex)])
+
+
+def table_notes(rows: list[Row], metrics: list[str], tex: bool = False) -> list[str]:
+    """The notes that apply to a table (few seeds, differing retrieval galleries, several machines):
+    the captions end with them and the CLI prints them as warnings."""
+    notes = (few_seeds_note(rows, metrics, tex), galleries_note(rows, metrics, tex), machines_note(rows, tex))
+    return [note for note in notes if note]
 
 
 def _tex(s: str) -> str:
