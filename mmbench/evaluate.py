@@ -128,6 +128,7 @@ def run_eval(cfg: DictConfig) -> dict:
         raise EvalError("ckpt_path is not set: mmbench-eval ckpt_path=outputs/runs/<time>/checkpoints/best.ckpt")
     train_cfg, run_dir = training_config(cfg.ckpt_path)
     weights = read_weights(cfg.ckpt_path)  # before any work: a file that is not a plain checkpoint is refused
+    server = _server_questions(cfg)  # likewise a missing questions file or image folder
     original = train_cfg.copy()
     choice = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
     data_changed = apply_data_overrides(train_cfg, cfg, choice)
@@ -168,6 +169,7 @@ def run_eval(cfg: DictConfig) -> dict:
             title=f"mmbench eval of {run_dir.name}",
             info={"checkpoint": ckpt, "choices": choices, "overrides": task},
         )
+        server_file = _answer_server_questions(module, dm, server, out_dir, settings) if server else None
         record = {
             "status": "completed",
             "mode": "eval",
@@ -183,11 +185,46 @@ def run_eval(cfg: DictConfig) -> dict:
             "eval_s": round(eval_seconds, 3),
             "wall_s": round(time.time() - start, 3),
         }
+        if server_file:
+            record["vqa_server_file"] = str(server_file)
         write_metrics(out_dir / "metrics.json", record)
         completed = True
         return record
     finally:
         close_wandb(completed)
+
+
+def _server_questions(cfg: DictConfig):
+    """(questions, data subtype, image folder) of `vqa_server.questions`, or None when it is not set."""
+    from mmbench.metrics.vqa_server import ServerFileError, read_questions
+
+    server = cfg.get("vqa_server") or {}
+    if not server.get("questions"):
+        return None
+    try:
+        return read_questions(server["questions"], server.get("images"))
+    except (ServerFileError, ValueError) as err:
+        raise EvalError(str(err)) from None
+
+
+def _answer_server_questions(module, dm, server, out_dir: Path, settings: dict) -> Path:
+    """Answer the evaluation server's questions and write its result file (mmbench/metrics/vqa_server.py)."""
+    import logging
+
+    from mmbench.metrics.common import Inputs
+    from mmbench.metrics.vqa_server import ServerFileError, server_answers, write_server_file
+
+    questions, subtype, folder = server
+    inputs = Inputs(None, dm.tokenizer, module.device, answers=dm.info.answers)
+    try:
+        results = server_answers(
+            module, inputs, questions, folder, image_size=dm.info.image_size, batch_size=settings["batch_size"]
+        )
+    except ServerFileError as err:
+        raise EvalError(str(err)) from None
+    path = write_server_file(results, out_dir, subtype)
+    logging.getLogger(__name__).info("VQA evaluation-server file: %s (%d answers)", path, len(results))
+    return path
 
 
 def _with_paths(train_cfg: DictConfig, eval_cfg: DictConfig) -> DictConfig:

@@ -309,7 +309,11 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
     if provided_fields is None:
         return []
     provided = provided_fields(**settings)
-    data_name = cfg.data.get("name") or cfg.data.source._target_.rsplit(".", 1)[-1].removeprefix("build_")
+    data_name = (
+        cfg.data.get("name")
+        or cfg.data.source.get("benchmark")
+        or cfg.data.source._target_.rsplit(".", 1)[-1].removeprefix("build_")
+    )
     problems = []
     readers = [
         (
@@ -335,6 +339,8 @@ def _ctor_kwargs(ocfg: DictConfig) -> dict:
 
 
 def _field_hint(missing: list[str]) -> str:
+    if "pixel_values_right" in missing:
+        return " (two images per example: NLVR2's released files, data=nlvr2 data.root=<dir>)"
     if "region_feats" in missing:
         return " (Shapes has boxes, not precomputed features: encoder/vision=region)"
     if "region_labels" in missing:
@@ -375,6 +381,28 @@ def _eval_problems(cfg: DictConfig) -> list[str]:
         if extra:
             problems.append(
                 f"eval.{name}: unknown setting(s) {extra}; valid: {', '.join(k for k in default if k[0] != '_')}"
+            )
+    captioning = ev.get("captioning") or {}
+    if (
+        "captioning" in defaults
+        and captioning.get("_target_", defaults.captioning._target_) == defaults.captioning._target_
+    ):
+        from mmbench.metrics.captioning import setting_problems
+
+        settings = {k: captioning.get(k, defaults.captioning.get(k)) for k in ("tokenizer", "scorers")}
+        problems += [f"eval.captioning.{p}" for p in setting_problems(**settings)]
+    retrieval = ev.get("retrieval") or {}
+    if (
+        "retrieval" in defaults
+        and retrieval.get("_target_", defaults.retrieval._target_) == defaults.retrieval._target_
+    ):
+        from mmbench.metrics.retrieval import RERANK_RULES
+
+        rule = retrieval.get("rerank_rule", defaults.retrieval.get("rerank_rule"))
+        if rule not in RERANK_RULES:
+            problems.append(
+                f"eval.retrieval.rerank_rule={rule}: valid rules are {', '.join(RERANK_RULES)} "
+                f"(itm: ALBEF's ITM score; itm_itc: BLIP's ITM + ITC)"
             )
     return problems
 

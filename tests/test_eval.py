@@ -152,41 +152,61 @@ def test_holdout_split_is_evaluated_beside_the_test_split(tiny_cfg):
 
 def test_reranking_everything_equals_brute_force_itm(tiny_cfg, monkeypatch):
     """ITC top-k re-ranked by ITM with k >= gallery, and ITM on every pair (no ITC), rank by the same
-    scores as a loop that fuses one pair at a time; recall is computed from them."""
+    scores as a loop that fuses one pair at a time: the ITM head's positive-class logit, as ALBEF's and
+    BLIP's evaluation take it (BLIP's rule adds the ITC cosine); recall is computed from them."""
     from mmbench.metrics import retrieval as retrieval_module
 
     module, dm = _build(tiny_cfg, "objective=[itc,itm]")
     inputs = Inputs(dm.datasets["test"], dm.tokenizer)
-    seen = []
+    seen, reranked = [], []
     monkeypatch.setattr(
         retrieval_module,
         "recall_metrics",
         lambda i2t, txt2img, t2i=None: seen.append((i2t, t2i)) or recall_metrics(i2t, txt2img, t2i),
     )
-    reranked = protocol("retrieval", rerank_k=10_000, max_images=4, pair_batch_size=7)(module, inputs, batch_size=3)
-    del module.objectives["itc"]
+    rerank_order = retrieval_module.rerank_order
+    monkeypatch.setattr(
+        retrieval_module,
+        "rerank_order",
+        lambda order, itc, itm, rule: reranked.append((order, itc, itm, rule)) or rerank_order(order, itc, itm, rule),
+    )
+    out = protocol("retrieval", rerank_k=10_000, max_images=4, pair_batch_size=7)(module, inputs, batch_size=3)
+    itc_objective = module.objectives.pop("itc")
     itm_only = protocol("retrieval", itm_only_max_images=4, pair_batch_size=7)(module, inputs, batch_size=3)
     rows = list(range(4))
     captions = column(dm.datasets["test"], "captions")
     texts = [c for r in rows for c in captions[r]]
+    txt2img = torch.tensor([i for i, r in enumerate(rows) for _ in captions[r]])
     itm, model = module.objectives["itm"], module.model
     with eval_mode(module):
         image, text = encode_images(model, inputs, rows, 64), encode_texts(model, inputs, texts, 64)
+        text_emb, image_emb = itc_objective.embed(text.pooled, image.pooled)
         brute = torch.tensor(
             [
                 [
-                    itm.pair_score(model, text.index(torch.tensor([t])), image.index(torch.tensor([i]))).item()
+                    itm.head(model.fuse(text.index(torch.tensor([t])), image.index(torch.tensor([i]))).pooled)[
+                        0, 1
+                    ].item()
                     for t in range(len(texts))
                 ]
                 for i in range(len(rows))
             ]
-        )
-    (_, _), (rerank_i2t, rerank_t2i), (all_pairs, _) = seen  # ITC ranking, re-ranked, ITM on every pair
-    torch.testing.assert_close(rerank_i2t, brute, atol=1e-5, rtol=0)
-    torch.testing.assert_close(rerank_t2i, brute.T, atol=1e-5, rtol=0)
+        )  # (N_img, N_txt) positive-class logits
+    sim = image_emb @ text_emb.T
+    assert [r[3] for r in reranked] == ["itm", "itm", "itm_itc", "itm_itc"]  # i2t then t2i, per rule
+    for (order, itc, itm_k, _), expected_itm, expected_sim in zip(
+        reranked, [brute, brute.T] * 2, [sim, sim.T] * 2, strict=True
+    ):
+        assert itm_k.shape == order.shape  # k >= gallery: every document is a candidate
+        torch.testing.assert_close(torch.empty_like(itm_k).scatter_(1, order, itm_k), expected_itm, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.empty_like(itc).scatter_(1, order, itc), expected_sim, atol=1e-5, rtol=0)
+    ((all_pairs, _),) = seen  # ITM on every pair (the ITC path ranks by orders, not score matrices)
     torch.testing.assert_close(all_pairs, brute, atol=1e-5, rtol=0)
-    assert reranked["retrieval/num_texts"] == itm_only["retrieval/num_texts"] == len(texts)
-    assert "retrieval/itc/rmean" in reranked and "retrieval/itc/rmean" not in itm_only
+    assert out["retrieval/itm/rmean"] == out["retrieval/rmean"] == recall_metrics(brute, txt2img)["rmean"]
+    assert out["retrieval/itm_itc/rmean"] == recall_metrics(brute + sim, txt2img)["rmean"]
+    assert itm_only["retrieval/rmean"] == recall_metrics(brute, txt2img)["rmean"]
+    assert out["retrieval/num_texts"] == itm_only["retrieval/num_texts"] == len(texts)
+    assert "retrieval/itc/rmean" in out and "retrieval/itc/rmean" not in itm_only
 
 
 def test_vqa_oracle_scores_one_per_question_type(tiny_cfg, monkeypatch):
@@ -417,7 +437,19 @@ def test_evaluation_settings_have_one_default_each():
 
     from mmbench.metrics import clean_protocols
 
-    assert clean_protocols(yaml) == ["retrieval", "vqa", "vqa_generative", "diagnostics", "captioning", "zeroshot"]
+    assert clean_protocols(yaml) == [
+        "retrieval",
+        "vqa",
+        "vqa_generative",
+        "classification",
+        "diagnostics",
+        "captioning",
+        "zeroshot",
+        "winoground",
+        "aro_relation",
+        "aro_attribution",
+        "sugarcrepe",
+    ]
     for name in clean_protocols(yaml):
         node = yaml[name]
         params = inspect.signature(get_method(node["_target_"])).parameters

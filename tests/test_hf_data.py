@@ -20,9 +20,11 @@ from omegaconf import open_dict
 from PIL import Image
 
 from mmbench import hub
+from mmbench.config import ConfigError
 from mmbench.data import hf
 from mmbench.data.datamodule import DataError
 from mmbench.pipeline import run
+from mmbench.validation import validate
 from tests.conftest import ROOT, compose_cfg
 
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (240, 200, 20)}
@@ -362,7 +364,7 @@ def test_uncached_hub_id_through_the_cli_is_one_message_within_seconds(tmp_path,
 # --------------------------------------------------------------------------- presets
 
 
-PRESETS = ["coco_karpathy", "flickr30k", "vqav2", "snli_ve", "hateful_memes"]
+PRESETS = ["coco_karpathy_hub", "flickr30k_hub", "vqav2_hub", "snli_ve_hub", "hateful_memes_hub"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -378,9 +380,14 @@ def test_preset_composes_with_a_well_formed_mapping(preset):
 
 
 def test_nlvr2_preset_is_refused_clearly():
-    cfg = compose_cfg(["data=nlvr2"])
-    with pytest.raises(DataError, match="several images .NLVR2's image pairs. are not supported"):
-        hf.Columns.parse(cfg.data.source.columns)
+    """NLVR2's image pairs (and its hub copy, a loading script) are refused from the config alone, with the
+    release reader named; tests/test_hub_presets.py checks the other refused presets and the CLI."""
+    cfg = compose_cfg(["data=nlvr2_hub", "objective=[itc]"])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert "pairs two images with each statement" in message and "loading script" in message
+    assert "data=nlvr2 data.root=<dir>" in message
 
 
 # --------------------------------------------------------------------------- region features

@@ -3,7 +3,8 @@
 Which fields a batch has follows from the dataset columns its first example carries
 (`columns.fields_from`); every tensor takes its dtype and padding value from `columns.FIELDS`.
 Texts are tokenised here and padded to the longest in the batch, objects to the most in the batch
-(at least 1), fact lists to the data's widest row.
+(at least 1), fact lists to the data's widest row. Images (`pixel_values`, and `pixel_values_right` of
+two-image examples) are stacked and normalised to [-1, 1] (`pixel_values`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import numpy as np
 import torch
 
 from mmbench.data import columns as schema
+
+
+def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
+    """(B, 3, H, W) float32 in [-1, 1] of B images (H, W, 3) uint8: the `pixel_values` normalisation."""
+    stacked = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8
+    return stacked.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (B, 3, H, W)
 
 
 class Collator:
@@ -31,11 +38,12 @@ class Collator:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         fields = schema.fields_from(schema.columns_of_item(items[0]))
         B = len(items)
-        images = torch.from_numpy(np.stack([it["image"] for it in items]))  # (B, H, W, 3) uint8
         batch = {
-            "pixel_values": images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0),  # (B, 3, H, W) in [-1, 1]
+            "pixel_values": pixel_values([it["image"] for it in items]),
             "image_id": schema.values("image_id", [int(it["image_id"]) for it in items]),
         }
+        if "pixel_values_right" in fields:  # two-image examples (NLVR2): the right image, normalised alike
+            batch["pixel_values_right"] = pixel_values([it["image_right"] for it in items])
         captions = [it["caption"] for it in items]
         if "negative_ids" in fields:  # one call: captions and their negatives padded to the same T
             negatives = [it["negative"] for it in items]

@@ -1,17 +1,18 @@
 """The batch schema, written once: every column of the canonical dataset and every tensor of a batch.
 
-A data source (Shapes' generator, the HF converter) writes `COLUMNS` (one Arrow row per image, types
-from `features`); the datamodule turns each (image, caption k) pair into an example and the collator
-stacks examples into the tensors of `FIELDS`, each made from the dataset columns it names and padded
-with its `pad`. A source declares the batch fields it yields from the columns it writes
-(`fields_from`), and config validation compares them with the fields encoders and objectives read
-(`batch_fields` / `fields_read`).
+A data source (Shapes' generator, the HF converter) writes `COLUMNS` (one Arrow row per image, or per
+image pair with `pixels_right` (NLVR2), types from `features`); the datamodule turns each (image, caption k)
+pair into an example and the collator stacks examples into the tensors of `FIELDS`, each made from the
+dataset columns it names and padded with its `pad`. A source declares the batch fields it yields from the
+columns it writes (`fields_from`), and config validation compares them with the fields encoders and
+objectives read (`batch_fields` / `fields_read`).
 
 Adding a column: one `Column` here, and one `Field` if it reaches the batch; the sources that write it
 name it in their own column list. A column with one value per caption or per image (`Column.per`) whose
 field is made from it alone is carried into examples and stacked into the batch by the generic path
 (`stacked_fields`), with no other code (`caption_labels` -> `labels` is one); a ragged or derived field
-(padded lists, tokens, scores) also has its lines in the collator (`mmbench/data/collate.py`).
+(padded lists, tokens, scores) also has its lines in the collator (`mmbench/data/collate.py`), and an
+image column (`pixels`, `pixels_right`) is decoded by `PairDataset` and normalised by the collator.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ COLUMNS: dict[str, Column] = {
     for c in (
         Column("image_id", datasets.Value("int64"), "image_id", "equal ids = same image"),
         Column("pixels", datasets.Value("binary"), "image", "raw HWC uint8 bytes, image_size x image_size x 3"),
+        Column(
+            "pixels_right",
+            datasets.Value("binary"),
+            "image_right",
+            "the second image of a two-image example (NLVR2's right; `pixels` is the left), encoded as `pixels`",
+        ),
         Column("image_size", datasets.Value("int32"), None, "side of the square image, in pixels"),
         Column("captions", _STRINGS, "caption", "the texts of the image; (image, caption k) is one example"),
         Column(
@@ -98,6 +105,14 @@ FIELDS: dict[str, Field] = {
         Field("input_ids", torch.long, ("B", "T"), None, ("captions",), "caption tokens (the tokenizer pads)"),
         Field("attention_mask", torch.long, ("B", "T"), 0, ("captions",), "1 = a caption token"),
         Field("pixel_values", torch.float32, ("B", 3, "H", "W"), None, ("pixels",), "normalised to [-1, 1]"),
+        Field(
+            "pixel_values_right",
+            torch.float32,
+            ("B", 3, "H", "W"),
+            None,
+            ("pixels_right",),
+            "the right image of a pair, normalised as pixel_values",
+        ),
         Field("image_id", torch.long, ("B",), None, ("image_id",), "equal ids = same image (ITC positives)"),
         Field("text_claim", torch.long, ("B",), None, ("caption_claims", "image_facts"), "claim code, 0 = unknown"),
         Field(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from mmbench.data import tokenizer as tokenization
 from mmbench.data.collate import Collator
-from mmbench.data.dataset import EAGER_PIXEL_BYTES, VQA_ANNOTATORS, PairDataset
+from mmbench.data.dataset import EAGER_PIXEL_BYTES, PairDataset
 from mmbench.data.errors import DataError
 from mmbench.data.loaders import EpochShuffleSampler, ResumableLoader
 
@@ -94,11 +94,14 @@ class DataInfo:
         return len(self.answers)
 
     def baseline_metrics(self) -> dict[str, float]:
-        """The blind VQA baselines of the test split as metrics (`test/vqa/...`), those the data has."""
+        """The blind VQA baselines of the test split as metrics (`test/vqa/...`), those the data has; per
+        question type named as `vqa/acc_<type>` is (`type_suffix`: "yes/no" -> "yes_no")."""
+        from mmbench.metrics.vqa import type_suffix
+
         values = {
             "test/vqa/majority_baseline": self.majority_baseline,
             "test/vqa/question_prior_baseline": self.question_prior_baseline,
-            **{f"test/vqa/question_prior_baseline_{t}": v for t, v in self.question_prior_by_type.items()},
+            **{f"test/vqa/question_prior_baseline_{type_suffix(t)}": v for t, v in self.question_prior_by_type.items()},
         }
         return {k: float(v) for k, v in values.items() if v is not None}
 
@@ -110,6 +113,8 @@ class VLDataModule(pl.LightningDataModule):
     or a pretrained HF tokenizer (conf/data/tokenizer/*.yaml). max_answers caps the VQA answer
     vocabulary to the most frequent train answers (VQAv2: 3129); None keeps all of them.
     offline: never reach the HF hub (tokenizers by hub id load from the local cache only).
+    root: the benchmark's directory of a release reader (`data.root`, conf/data/release.yaml); the source
+    reads it (`data.source.root` interpolates it), the module only carries it.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class VLDataModule(pl.LightningDataModule):
         offline: bool = False,
         counterfactuals: Callable | None = None,
         zeroshot_classes: Callable | None = None,
+        root: str | None = None,
     ):
         super().__init__()
         self.source = source
@@ -252,15 +258,13 @@ class VLDataModule(pl.LightningDataModule):
 
     @staticmethod
     def _blind_scores(test, guesses: list[list[str]]) -> list[float]:
-        """Scores of answers given without the image, one per (row, question) in row order: exact
-        match, or the VQA soft score with all_answers."""
-        if "all_answers" in test.column_names:
-            return [
-                min(1.0, ans.count(g) / VQA_ANNOTATORS)
-                for row, gs in zip(test["all_answers"], guesses)
-                for ans, g in zip(row, gs)
-            ]
-        return [float(a == g) for row, gs in zip(test["answers"], guesses) for a, g in zip(row, gs)]
+        """Scores of answers given without the image, one per (row, question) in row order, scored as the vqa
+        protocol scores the model (the official VQA accuracy against all_answers, else exact match), so the
+        baselines and `vqa/acc` are on one scale."""
+        from mmbench.metrics.vqa import vqa_score  # the one definition of VQA accuracy (a pure function)
+
+        column = "all_answers" if "all_answers" in test.column_names else "answers"
+        return [vqa_score(g, ans) for row, gs in zip(test[column], guesses) for ans, g in zip(row, gs)]
 
     @classmethod
     def _blind_accuracy(cls, test, guesses: list[list[str]]) -> float | None:

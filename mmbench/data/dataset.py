@@ -13,11 +13,13 @@ from mmbench.data import columns as schema
 from mmbench.data.claims import claim_code
 
 EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
+PIXEL_COLUMNS = ("pixels", "pixels_right")  # image columns (raw HWC uint8): decoded here, never held as lists
 VQA_ANNOTATORS = 3  # VQAv2 soft score of an answer: min(1, #annotators who gave it / 3)
 
 
 class PairDataset(Dataset):
-    """(image, caption k, question k mod Q) examples of one split.
+    """(image, caption k, question k mod Q) examples of one split; a two-image example (NLVR2: one row per
+    image pair) also carries its right image (`pixels_right` -> example key `image_right`).
 
     Text columns are held in memory; pixels too when the split is small (Shapes), otherwise rows are
     read from the memory-mapped Arrow table on access. Region features are always read on access.
@@ -26,15 +28,16 @@ class PairDataset(Dataset):
     def __init__(self, split, answer_index: dict[str, int]):
         size = int(split[0]["image_size"]) if len(split) else 0
         self.image_size = size
-        if len(split) * size * size * 3 <= EAGER_PIXEL_BYTES:
-            self.images = np.frombuffer(b"".join(split["pixels"]), dtype=np.uint8).reshape(len(split), size, size, 3)
-        else:
-            self.images = _LazyPixels(split.select_columns(["pixels"]), size)
-        self.image_ids = np.asarray(split["image_id"], dtype=np.int64)
         cols = split.column_names
+        # the images of a row: `pixels`, and the right image of a two-image example (NLVR2) when the data has it
+        pixel_columns = [c for c in PIXEL_COLUMNS if c in cols]
+        eager = len(split) * size * size * 3 * len(pixel_columns) <= EAGER_PIXEL_BYTES
+        self.images = _pixels(split, "pixels", size, eager)
+        self.images_right = _pixels(split, "pixels_right", size, eager) if "pixels_right" in cols else None
+        self.image_ids = np.asarray(split["image_id"], dtype=np.int64)
         # the text and box columns as Python lists, read once: `split[name]` is a lazy `datasets.Column`
         # whose every `[r]` is an Arrow slice (~85 us), i.e. most of a batch's loading time if read per row
-        held = [c for c in cols if c not in ("pixels", "region_feats", "image_id", "image_size")]
+        held = [c for c in cols if c not in (*PIXEL_COLUMNS, "region_feats", "image_id", "image_size")]
         self._columns: dict[str, list] = split.select_columns(held)[:]  # {name: list over rows}
         values = self._columns
         self.captions = values["captions"]
@@ -78,6 +81,8 @@ class PairDataset(Dataset):
     def image_item(self, r: int, text: str) -> dict:
         """Image row r paired with an arbitrary text (for evaluation protocols)."""
         item = {"image": self.images[r], "image_id": self.image_ids[r], "caption": text}
+        if self.images_right is not None:
+            item["image_right"] = self.images_right[r]
         for key, values in self.per_image.items():
             item[key] = values[r]
         if self.boxes is not None:
@@ -110,14 +115,21 @@ class PairDataset(Dataset):
         return item
 
 
+def _pixels(split, name: str, size: int, eager: bool):
+    """The images (N, size, size, 3) uint8 of pixel column `name`: decoded into memory, or read per row."""
+    if eager:
+        return np.frombuffer(b"".join(split[name]), dtype=np.uint8).reshape(len(split), size, size, 3)
+    return _LazyPixels(split.select_columns([name]), name, size)
+
+
 class _LazyPixels:
     """`images[r]` of a large split: one row's pixels read from the memory-mapped Arrow table."""
 
-    def __init__(self, pixels, size: int):
-        self.pixels, self.size = pixels, size
+    def __init__(self, pixels, name: str, size: int):
+        self.pixels, self.name, self.size = pixels, name, size
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def __getitem__(self, r) -> np.ndarray:
-        return np.frombuffer(self.pixels[int(r)]["pixels"], dtype=np.uint8).reshape(self.size, self.size, 3)
+        return np.frombuffer(self.pixels[int(r)][self.name], dtype=np.uint8).reshape(self.size, self.size, 3)

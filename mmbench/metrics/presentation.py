@@ -30,8 +30,13 @@ HEADLINE = (
     "diagnostics/image_score",
     "diagnostics/group_score",
     "captioning/bleu4",
+    "captioning/meteor",
+    "captioning/rouge_l",
     "captioning/cider",
+    "captioning/spice",
     "captioning/exact_match",
+    "classification/acc",
+    "classification/auroc",
     "zeroshot/top1",
     "zeroshot/top1_single",
 )

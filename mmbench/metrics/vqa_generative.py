@@ -3,21 +3,20 @@ objectives/vqa_gen.py), scored as the classifier head's answers are (metrics/vqa
 
 Every (image, question) of the split is answered once: each image is encoded once, its features repeated
 for its questions, and the answer generated greedily after "[CLS] question" until [SEP] or `max_len`
-tokens. The decoded text (special tokens skipped) is normalised (`normalize_answer`) and scored with
-`vqa_score`: exact match against one answer, the VQAv2 soft accuracy against several. An answer outside
-the training answers can be right here, which a classifier head can never be.
+tokens. The decoded text (special tokens skipped) is scored with `vqa_score`, as the head's answers are:
+the official VQAv2 accuracy against several annotator answers (the official normalisation of both sides
+included), exact match after that normalisation against one. An answer outside the training answers can
+be right here, which a classifier head can never be.
 
-Names: `vqa_generative/acc`, `vqa_generative/acc_<question type>`, and `vqa_generative/in_vocab`, the
-share of generated answers that are one of the training answers (a model that has learnt the answer
-format says 1.0).
+Names: `vqa_generative/acc`, `vqa_generative/acc_<type>` (the suffix made by `type_suffix`, as for `vqa`),
+and `vqa_generative/in_vocab`, the share of generated answers that are one of the training answers once
+both are normalised (`normalize_answer`; a model that has learnt the answer format says 1.0).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from mmbench.metrics.common import Inputs, Unavailable, column, eval_mode
-from mmbench.metrics.vqa import normalize_answer, question_batches, vqa_score
+from mmbench.metrics.vqa import accuracy_by_type, normalize_answer, question_batches, vqa_score
 
 
 def answer_generator(module):
@@ -55,16 +54,12 @@ def vqa_generative(
             generated += inputs.tokenizer.decode_batch([a.tolist() for a in answers], skip_special_tokens=True)
             pairs += chunk
     vocabulary = {normalize_answer(a) for a in inputs.answers}
-    totals, counts = defaultdict(float), defaultdict(int)
-    predictions = []
-    for (r, q), text in zip(pairs, generated):
-        truth = answer_col[r][q]
-        keys = ["acc"] + ([f"acc_{qtypes[r][q]}"] if qtypes is not None else [])
-        for key in keys:
-            totals[key] += vqa_score(text, truth)
-            counts[key] += 1
-        totals["in_vocab"] += float(normalize_answer(text) in vocabulary)
-        counts["in_vocab"] += 1
-        predictions.append((r, questions[r][q], truth, text))
-    metrics = {f"vqa_generative/{k}": totals[k] / counts[k] for k in sorted(counts)}
+    truths = [answer_col[r][q] for r, q in pairs]
+    scores = [vqa_score(text, truth) for text, truth in zip(generated, truths)]
+    types = None if qtypes is None else [qtypes[r][q] for r, q in pairs]
+    metrics = {f"vqa_generative/{k}": v for k, v in accuracy_by_type(scores, types).items()}
+    if generated:
+        metrics["vqa_generative/in_vocab"] = sum(normalize_answer(t) in vocabulary for t in generated) / len(generated)
+    metrics = dict(sorted(metrics.items()))
+    predictions = [(r, questions[r][q], truth, text) for (r, q), truth, text in zip(pairs, truths, generated)]
     return (metrics, predictions) if return_predictions else metrics

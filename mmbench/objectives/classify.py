@@ -3,14 +3,17 @@
 `model.fuse(text, image).pooled` (B, D) -> Linear -> `num_labels` logits, cross-entropy against
 `batch[label_field]` (B,) long class indices. Negative labels (e.g. -1 = unknown) are ignored.
 `num_labels` comes from the data's label count (`DataInfo.num_labels`, filled in by the builder)
-unless the config sets it. Metric: `acc`.
+unless the config sets it. Metric: `acc`. The evaluation suite's `classification` protocol
+(mmbench/metrics/classification.py) scores the split through `class_logits`, the same code path.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
 
@@ -40,6 +43,10 @@ class Classify(Objective):
         self.label_field = label_field
         self.batch_fields = (label_field,)
 
+    def class_logits(self, model, text: Features, image: Features) -> torch.Tensor:
+        """(B, num_labels) logits of the (text, image) pairs: the head on the fused pooled vector."""
+        return self.head(model.fuse(text, image).pooled)
+
     def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
         if self.label_field not in batch:
             raise MissingBatchFieldError(
@@ -53,7 +60,7 @@ class Classify(Objective):
                 f"batch['{self.label_field}'] holds label {int(targets.max())} but num_labels={self.num_labels}; "
                 f"set objective.classify.num_labels to the dataset's label count"
             )
-        logits = self.head(model.fuse(text, image).pooled)  # (B, L)
+        logits = self.class_logits(model, text, image)  # (B, L)
         keep = targets >= 0
         if not keep.any():  # no labelled row in this batch: zero loss that keeps the graph
             zero = logits.sum() * 0.0

@@ -173,6 +173,10 @@ class ITM(Objective):
             metrics["swap_acc"] = (odds[rows] > odds[-rows.numel() :]).float().mean()
         return ObjectiveOutput(loss, metrics)
 
+    def pair_logits(self, model, text, image) -> torch.Tensor:
+        """The ITM head's (no match, match) logits of each (text, image) pair, (B, 2)."""
+        return self.head(model.fuse(text, image).pooled)
+
     def pair_score(self, model, text, image) -> torch.Tensor:
-        logits = self.head(model.fuse(text, image).pooled)  # (B, 2)
+        logits = self.pair_logits(model, text, image)  # (B, 2)
         return logits[:, 1] - logits[:, 0]  # log-odds of "match"

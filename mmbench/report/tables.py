@@ -58,6 +58,8 @@ HEADLINE_METRICS = (
     "test/retrieval/rmean",
     "test/zeroshot/top1",
     "test/captioning/cider",
+    "test/classification/acc",  # NLVR2, SNLI-VE, Hateful Memes
+    "test/classification/auroc",  # Hateful Memes' challenge metric
 )
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -32,8 +33,12 @@ def hf_config_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_problems(*, path: str | None = None, **_settings) -> list[str]:
-    """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read)."""
+def config_problems(*, path: str | None = None, unsupported: str | None = None, **_settings) -> list[str]:
+    """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read). A preset
+    whose source cannot be read (a hub copy that is a dataset loading script, NLVR2's image pairs) says
+    why in `unsupported`, which is the whole answer: nothing else about such a source matters."""
+    if unsupported:
+        return [str(unsupported)]
     if not path:
         return [
             "data.source.path is not set: give a hub dataset id or a local directory / file "
@@ -53,6 +58,8 @@ def mapped_columns(*, columns=None, region_dir: str | None = None) -> frozenset[
     written = {"image_id", "image_size", "captions"}
     if cols.get("image", "image"):
         written.add("pixels")
+    if cols.get("image_right"):
+        written.add("pixels_right")
     if cols.get("question") and (cols.get("answers") or cols.get("answer")):  # a question needs its answers
         written |= {"questions", "answers", "all_answers"}
         if cols.get("question_type"):
@@ -98,11 +105,16 @@ def build_hf(
     offline: bool = False,
     hf_cache_dir: str | None = None,
     seed: int = 0,
+    unsupported: str | None = None,
 ) -> tuple[datasets.DatasetDict, Path]:
     """A HF dataset (hub id or local data) in the canonical columns, and its cache directory.
 
     Returns (DatasetDict with train / val / test, `<cache_dir>/hf-<hash>`). See the module doc.
+    `unsupported`: why this source cannot be read (set by presets; see `config_problems`): refused before
+    anything is loaded.
     """
+    if unsupported:
+        raise DataError(str(unsupported))
     if not path:
         raise DataError(
             "data.source.path is not set: give a hub dataset id or a local directory / file "
@@ -173,44 +185,66 @@ def build_hf(
     if region_dir:
         settings["region_identity"] = _local_identity(region_dir, None, None)
     target = base / f"hf-{hf_config_hash(settings)}"
+
+    def convert_into(tmp: Path) -> dict:
+        nonlocal loaded
+        if loaded is None:
+            loaded = load()
+        return _convert(
+            tmp,
+            loaded,
+            cols,
+            path,
+            splits,
+            split_column,
+            max_samples,
+            streaming,
+            val_fraction,
+            test_fraction,
+            root,
+            region_dir,
+            bad_images,
+            seed,
+            int(image_size),
+        )
+
+    dsd, stats = cached_entry(target, settings, convert_into, what=repr(path))
+    report_stats(stats, target, what=path, text_column=cols.text)
+    return dsd, target
+
+
+def cached_entry(
+    target: Path, settings: dict, convert_into: Callable[[Path], dict], *, what: str
+) -> tuple[datasets.DatasetDict, dict]:
+    """The splits and stats of the cache entry `target` for `settings`, converted first when it is missing,
+    written for other settings, or damaged. `convert_into(tmp)` writes the three `<split>.arrow` files into
+    `tmp` and returns the stats; the entry is built beside `target` and renamed into place (shared by every
+    converted source: `build_hf`, `mmbench.data.release.build_release`)."""
     damaged = None  # why a complete-looking cache entry does not load
     if _is_complete(target, settings):
         try:
-            dsd, stats = _load_entry(target)
+            return _load_entry(target)
         except data_cache.LOAD_ERRORS as err:
             damaged = data_cache.describe(err)
-            log.warning("the cached dataset %s is damaged (%s); converting %s again", target, damaged, path)
-    if damaged or not _is_complete(target, settings):
-        try:
-            if loaded is None:
-                loaded = load()
-            _convert_into(
-                target,
-                loaded,
-                settings,
-                cols,
-                path,
-                splits,
-                split_column,
-                max_samples,
-                streaming,
-                val_fraction,
-                test_fraction,
-                root,
-                region_dir,
-                bad_images,
-                seed,
-                int(image_size),
-                damaged=bool(damaged),
-            )
-            dsd, stats = _load_entry(target)
-        except (ConfigError, *data_cache.LOAD_ERRORS) as err:
-            if not damaged:
-                raise
-            raise DataError(
-                f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
-                f"({data_cache.describe(err)}); delete {target} and rerun where {path!r} can be loaded"
-            ) from err
+            log.warning("the cached dataset %s is damaged (%s); converting %s again", target, damaged, what)
+    try:
+        with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
+            stats = convert_into(tmp)
+            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+            data_cache.publish(tmp, target, lambda t: _is_complete(t, settings), damaged=bool(damaged))
+        return _load_entry(target)
+    except (ConfigError, *data_cache.LOAD_ERRORS) as err:
+        if not damaged:
+            raise
+        raise DataError(
+            f"the cached dataset {target} is damaged ({damaged}) and cannot be rebuilt now "
+            f"({data_cache.describe(err)}); delete {target} and rerun where {what} can be loaded"
+        ) from err
+
+
+def report_stats(stats: dict, target: Path, *, what: str, text_column: str | None) -> None:
+    """Log what conversion skipped or dropped (unreadable images, empty captions) and the split sizes."""
     if stats.get("skipped_examples"):
         log.warning(
             "skipped %d unreadable image(s) (data.source.bad_images=skip): %s; first paths: %s (see %s)",
@@ -232,11 +266,10 @@ def build_hf(
             pairs,
             "" if pairs == 1 else "s",
             where,
-            path,
-            cols.text,
+            what,
+            text_column,
         )
-    log.info("data %s: %s images per split (cache %s)", path, stats["rows"], target)
-    return dsd, target
+    log.info("data %s: %s images per split (cache %s)", what, stats["rows"], target)
 
 
 def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
@@ -247,10 +280,9 @@ def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
     return dsd, stats
 
 
-def _convert_into(
-    target: Path,
+def _convert(
+    tmp: Path,
     loaded,
-    settings: dict,
     cols: Columns,
     path: str,
     splits: dict,
@@ -264,10 +296,8 @@ def _convert_into(
     bad_images: str,
     seed: int,
     image_size: int,
-    *,
-    damaged: bool = False,
-) -> None:
-    """Convert the loaded source into the cache entry `target` (built beside it, renamed into place)."""
+) -> dict:
+    """Convert the loaded source into the canonical splits under `tmp`; returns the stats."""
     chosen, carve = _select_splits(
         loaded, splits, split_column, max_samples, streaming, val_fraction, test_fraction, cols.image
     )
@@ -283,11 +313,7 @@ def _convert_into(
         seed,
         source=repr(path),
     )
-    with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
-        stats = converter.convert(chosen, carve, tmp)
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-        data_cache.publish(tmp, target, lambda t: _is_complete(t, settings), damaged=damaged)
+    return converter.convert(chosen, carve, tmp)
 
 
 def _is_complete(directory: Path, settings: dict) -> bool:

@@ -72,7 +72,9 @@ def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None =
     Empty captions are dropped; the row index of each is appended to `empty_rows`.
     """
     names = getattr(split, "column_names", None)
-    wanted = _role_columns(cols, [r for r in ROLES if r not in ("region_feats", "boxes", "region_labels")], names)
+    wanted = _role_columns(
+        cols, [r for r in ROLES if r not in ("image_right", "region_feats", "boxes", "region_labels")], names
+    )
     groups: dict[str, _Group] = {}
     for i, row in enumerate(_rows(split, wanted)):
         if cols.image_id:
@@ -205,7 +207,9 @@ class _Converter:
                 targets = plan[source_name]  # group key -> canonical split
                 by_row = {g.first_row: (key, g) for key, g in grouped[source_name].items() if key in targets}
                 cols = _role_columns(
-                    self.cols, ("image", "region_feats", "boxes", "region_labels"), getattr(split, "column_names", None)
+                    self.cols,
+                    ("image", "image_right", "region_feats", "boxes", "region_labels"),
+                    getattr(split, "column_names", None),
                 )
                 rows = _rows(split, cols) if cols else ({} for _ in range(max(by_row, default=-1) + 1))
                 for i, row in enumerate(rows):
@@ -262,21 +266,10 @@ class _Converter:
         return plan
 
     def _canonical(self, row, key, group: _Group, ids: dict, to_index, split: str) -> dict | None:
-        if self.cols.image:
-            value = _image_value(row, self.cols.image)
-            try:
-                pixels = read_image(value, self.image_size, self.image_root)
-            except (OSError, ValueError) as err:
-                path = _describe(value, self.image_root)
-                if self.bad_images == "raise":
-                    raise DataError(
-                        f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
-                        f"to skip such images (they are counted and logged)"
-                    ) from err
-                self.skipped.setdefault(split, []).append(path)
-                return None
-        else:
-            pixels = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        pixels = self._pixels(row, self.cols.image, split)
+        right = self._pixels(row, self.cols.image_right, split) if self.cols.image_right else None
+        if pixels is None or (self.cols.image_right and right is None):
+            return None
         source_id = group.source_id
         if isinstance(source_id, (int, np.integer)) and not isinstance(source_id, bool):
             image_id = int(source_id)
@@ -288,6 +281,8 @@ class _Converter:
             "image_size": self.image_size,
             "captions": group.captions,
         }
+        if right is not None:
+            out["pixels_right"] = right.tobytes()
         if self.cols.label:
             out["caption_labels"] = [to_index(v) for v in group.caption_labels]
         if self.cols.question:
@@ -301,6 +296,24 @@ class _Converter:
             if labels is not None:
                 out["labels"] = labels.tolist()
         return out
+
+    def _pixels(self, row, column: str | None, split: str):
+        """The square uint8 image of a row's image cell (blank without an image column); None when it is
+        unreadable and bad_images=skip (the path is counted), a DataError naming the path otherwise."""
+        if not column:
+            return np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        value = _image_value(row, column)
+        try:
+            return read_image(value, self.image_size, self.image_root)
+        except (OSError, ValueError) as err:
+            path = _describe(value, self.image_root)
+            if self.bad_images == "raise":
+                raise DataError(
+                    f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
+                    f"to skip such images (they are counted and logged)"
+                ) from err
+            self.skipped.setdefault(split, []).append(path)
+            return None
 
     def _regions(self, row, group: _Group, key: str):
         if self.region_dir is not None:

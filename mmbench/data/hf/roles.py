@@ -17,6 +17,7 @@ from mmbench.data.errors import DataError  # a ConfigError: the CLI prints one m
 
 ROLES = (
     "image",
+    "image_right",
     "text",
     "question",
     "answers",
@@ -35,6 +36,7 @@ class Columns:
     """Dataset column (or `a.b` path into a list of dicts / a dict) per role; None = not used."""
 
     image: str | None = "image"
+    image_right: str | None = None  # the second image of a pair (NLVR2): written as `pixels_right`
     text: str | None = "text"
     question: str | None = None
     answers: str | None = None
@@ -57,9 +59,9 @@ class Columns:
         image = mapping.get("image", "image")
         if isinstance(image, (list, tuple)):
             raise DataError(
-                f"data.source.columns.image={list(image)}: examples with several images (NLVR2's image pairs) are "
-                f"not supported; the model interface encodes one image per example (encode_image). "
-                f"Use a single-image dataset, or split each pair into two single-image examples yourself"
+                f"data.source.columns.image={list(image)}: an example with several images is mapped as "
+                f"columns.image (the first / left image) and columns.image_right (the second); NLVR2's released "
+                f"files are read by data=nlvr2 data.root=<dir> (docs/data.md)"
             )
         values = {k: (None if v in (None, "", "null") else str(v)) for k, v in mapping.items()}
         return cls(**values)
@@ -134,7 +136,9 @@ def _role_columns(cols: Columns, roles, names) -> list[str]:
     for role in roles:
         column = getattr(cols, role)
         if column:
-            out.update(_image_columns(column, names) if role == "image" else [_base_column(column, names)])
+            out.update(
+                _image_columns(column, names) if role in ("image", "image_right") else [_base_column(column, names)]
+            )
     return sorted(out)
 
 
