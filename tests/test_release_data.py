@@ -270,9 +270,20 @@ TINY = [
 
 RUNS = {
     "nlvr2": (["objective=[nlvr2]"], ["test/classification/acc"]),
-    "coco_karpathy": (
-        ["objective=[itc,itm,lm]", "objective.itc.embed_dim=16"],
-        ["test/retrieval/i2t_r1", "test/captioning/cider"],
+    "coco_karpathy": (  # the paper-grade settings: coco-caption's PTB tokenizer and scorers, BLIP's re-ranking
+        [
+            "objective=[itc,itm,lm]",
+            "objective.itc.embed_dim=16",
+            "eval=full",
+            "eval.protocols=[retrieval,captioning]",
+            "eval.retrieval.rerank_rule=itm_itc",
+        ],
+        [
+            "test/retrieval/i2t_r1",
+            "test/retrieval/itm_itc/i2t_r1",
+            "test/retrieval/itm/i2t_r1",
+            *(f"test/captioning/{m}" for m in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")),
+        ],
     ),
     "vqav2": (
         ["objective=[vqa]", "objective.vqa.question_field=null"],
@@ -296,6 +307,47 @@ def test_cli_trains_and_evaluates_on_the_release_layout(benchmark, layouts, tmp_
         assert key in saved["metrics"], (key, sorted(saved["metrics"]))
     if benchmark == "vqav2":
         _check_server_file(layouts["vqav2"], tmp_path, saved["metrics"]["test/vqa/acc"])
+    if benchmark == "coco_karpathy":
+        _check_diagnostic_sets(tmp_path)
+    if benchmark == "coco_karpathy":
+        assert "test/captioning/spice" not in saved["metrics"]  # not asked for (eval=full leaves SPICE out)
+
+
+def _eval_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """mmbench-eval on the run's best checkpoint, into tmp_path/eval."""
+    env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmbench.evaluate",
+            f"ckpt_path={ckpt}",
+            *args,
+            "logger=csv",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _check_diagnostic_sets(tmp_path: Path) -> None:
+    """The released diagnostic sets through mmbench-eval: Winoground and ARO read from their layouts."""
+    from tests.test_diagnostic_sets import LEFT, aro_case, write_aro, write_winoground
+
+    wino = write_winoground(tmp_path / "winoground", [("red", "blue", "a red circle", "a blue square")] * 3)
+    aro = write_aro(tmp_path / "aro", [aro_case(LEFT, "red", "blue", relation_name="on")] * 4, [])
+    protocols = "eval.protocols=[winoground,aro_relation]"
+    done = _eval_cli([protocols, f"eval.winoground.root={wino}", f"eval.aro_relation.root={aro}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    for key in ("text", "image", "group"):
+        assert 0 <= metrics[f"test/winoground/{key}"] <= 1
+    assert metrics["test/winoground/num_examples"] == 3 and metrics["test/aro_relation/num_examples"] == 4
 
 
 def _check_server_file(root: Path, tmp_path: Path, test_acc: float) -> None:
@@ -304,16 +356,7 @@ def _check_server_file(root: Path, tmp_path: Path, test_acc: float) -> None:
     from mmbench.metrics.vqa import vqa_score
 
     qfile, afile = VQA_FILES["val"]
-    env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    args = [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", f"vqa_server.questions={root / qfile}"]
-    done = subprocess.run(
-        [sys.executable, "-m", "mmbench.evaluate", *args, "logger=csv", f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _eval_cli([f"vqa_server.questions={root / qfile}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "vqa_OpenEnded_mscoco_val2014_mmbench_results.json").read_text())
     questions = json.loads((root / qfile).read_text())["questions"]

@@ -26,18 +26,14 @@ two-image data it is the task's classifier; classify sees the left image only), 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 
 import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
 
 from mmbench.data.columns import COLUMNS, FIELDS
-from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
-from mmbench.models.outputs import Features
+from mmbench.metrics.common import ONE_IMAGE, Inputs, Unavailable, column, eval_mode, example_batches
 
 log = logging.getLogger(__name__)
-
-ONE_IMAGE = ("pixel_values",)
 
 
 def image_fields(head) -> tuple[str, ...]:
@@ -55,40 +51,6 @@ def classify_objective(module):
     if len(heads) > 1:
         log.info("classification: scored by objective '%s' of %s", name, [n for n, _ in heads])
     return head
-
-
-def encode_image_field(model, inputs: Inputs, rows: Sequence[int], field: str, batch_size: int) -> Features:
-    """The images of split rows behind batch field `field`, each encoded once: `pixel_values` as every
-    protocol encodes images (`common.encode_images`, regions included), `pixel_values_right` (the right image
-    of a pair) from the split's `pixels_right`, with the same corruption when one is applied."""
-    if field == "pixel_values":
-        return encode_images(model, inputs, rows, batch_size)
-    if field != "pixel_values_right":
-        raise ValueError(f"no images for the batch field '{field}'; image fields: pixel_values, pixel_values_right")
-    dataset = inputs.dataset
-    parts = []
-    for s in chunks(len(rows), batch_size):
-        items = [{"image": dataset.images_right[r], "image_id": dataset.image_ids[r]} for r in map(int, rows[s])]
-        parts.append(model.encode_image(inputs.image_items(items)))  # pixel_values = the right images
-    return Features.cat(*parts)
-
-
-def example_batches(
-    model, inputs: Inputs, texts: list, n: int, batch_size: int, fields: Sequence[str] = ONE_IMAGE
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor, list[Features]]]:
-    """Every (image row, text index) of the first n rows, in order, in batches: (the pairs, text ids (b, T),
-    mask (b, T), the features of each pair's images, one per image field (b, ...)). Images are encoded once,
-    in chunks of rows, and their features repeated for their texts."""
-    for s in chunks(n, batch_size):  # rows in chunks; all texts of those rows at once
-        rows = list(range(s.start, s.stop))
-        images = [encode_image_field(model, inputs, rows, field, batch_size) for field in fields]  # each once
-        local = [(r - s.start, k) for r in rows for k in range(len(texts[r]))]
-        if not local:
-            continue
-        idx = torch.tensor([i for i, _ in local], device=inputs.device)
-        for c in chunks(len(local), batch_size):
-            ids, mask = inputs.texts([texts[rows[i]][k] for i, k in local[c]])
-            yield [(rows[i], k) for i, k in local[c]], ids, mask, [image.index(idx[c]) for image in images]
 
 
 def label_column(field: str) -> str | None:

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from mmbench.metrics.common import Inputs, Unavailable, chunks, column, encode_images, eval_mode
+from mmbench.metrics.common import Inputs, Unavailable, column, eval_mode, example_batches
 from mmbench.models.outputs import Features
 
 # --------------------------------------------------------------------------- the official normalisation
@@ -168,18 +168,10 @@ def question_batches(
     model, inputs: Inputs, questions: list, n: int, batch_size: int
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor, Features]]:
     """Every (image row, question index) of the first n images, in order, in batches: (the pairs, question
-    ids (b, T), mask (b, T), the image features of each pair (b, ...)). Images are encoded once, in chunks,
-    and their features repeated for their questions (shared by `vqa` and `vqa_generative`)."""
-    for s in chunks(n, batch_size):  # images in chunks; all questions of those images at once
-        rows = list(range(s.start, s.stop))
-        image = encode_images(model, inputs, rows, batch_size)  # each image once
-        local = [(r - s.start, q) for r in rows for q in range(len(questions[r]))]
-        if not local:
-            continue
-        idx = torch.tensor([i for i, _ in local], device=inputs.device)
-        for c in chunks(len(local), batch_size):
-            ids, mask = inputs.texts([questions[rows[i]][q] for i, q in local[c]])
-            yield [(rows[i], q) for i, q in local[c]], ids, mask, image.index(idx[c])
+    ids (b, T), mask (b, T), the image features of each pair (b, ...)); each image encoded once
+    (`common.example_batches`; shared by `vqa` and `vqa_generative`)."""
+    for pairs, ids, mask, (image,) in example_batches(model, inputs, questions, n, batch_size):
+        yield pairs, ids, mask, image
 
 
 def vqa_objective(module):

@@ -60,11 +60,16 @@ class Classify(Objective):
                 f"batch['{self.label_field}'] holds label {int(targets.max())} but num_labels={self.num_labels}; "
                 f"set objective.classify.num_labels to the dataset's label count"
             )
-        logits = self.class_logits(model, text, image)  # (B, L)
-        keep = targets >= 0
-        if not keep.any():  # no labelled row in this batch: zero loss that keeps the graph
-            zero = logits.sum() * 0.0
-            return ObjectiveOutput(zero, {"acc": zero.detach()})
-        loss = F.cross_entropy(logits[keep], targets[keep])
-        acc = (logits[keep].argmax(-1) == targets[keep]).float().mean()
-        return ObjectiveOutput(loss, {"acc": acc})
+        return labelled_cross_entropy(self.class_logits(model, text, image), targets)  # logits (B, L)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> ObjectiveOutput:
+    """Cross-entropy and accuracy of logits (B, L) over the rows whose target (B,) is a class (-1 = unknown,
+    left out); a batch without a labelled row gives a zero loss that keeps the graph."""
+    keep = targets >= 0
+    if not keep.any():
+        zero = logits.sum() * 0.0
+        return ObjectiveOutput(zero, {"acc": zero.detach()})
+    loss = F.cross_entropy(logits[keep], targets[keep])
+    acc = (logits[keep].argmax(-1) == targets[keep]).float().mean()
+    return ObjectiveOutput(loss, {"acc": acc})

@@ -23,11 +23,11 @@ are no regions of the right image). Metric: `acc`. The evaluation suite's `class
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
+from mmbench.objectives.classify import labelled_cross_entropy
 
 
 class NLVR2(Objective):
@@ -78,10 +78,4 @@ class NLVR2(Objective):
                 f"1 (True), -1 unknown: map the statement labels to these (caption_labels)"
             )
         logits = self.class_logits(model, text, image, self.encode_right(model, batch))  # (B, 2)
-        keep = targets >= 0
-        if not keep.any():  # no labelled pair in this batch: zero loss that keeps the graph
-            zero = logits.sum() * 0.0
-            return ObjectiveOutput(zero, {"acc": zero.detach()})
-        loss = F.cross_entropy(logits[keep], targets[keep])
-        acc = (logits[keep].argmax(-1) == targets[keep]).float().mean()
-        return ObjectiveOutput(loss, {"acc": acc})
+        return labelled_cross_entropy(logits, targets)

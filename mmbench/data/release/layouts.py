@@ -187,23 +187,27 @@ def read_vqav2(root: Path) -> Rows:
 SNLI_VE_SPLITS = {"train": "snli_ve_train.jsonl", "dev": "snli_ve_dev.jsonl", "test": "snli_ve_test.jsonl"}
 
 
-def read_snli_ve(root: Path) -> Rows:
-    """One row per hypothesis: its Flickr30k premise image and the gold label."""
-    rows: Rows = {}
-    for split, file in SNLI_VE_SPLITS.items():
-        out = rows[split] = []
-        for line, record in json_lines(root / file):
-            where = f"{root / file}, line {line}"
-            image = str(field_of(record, "Flickr30K_ID", where))
-            out.append(
-                {
-                    "image": f"flickr30k-images/{image}.jpg",
-                    "text": field_of(record, "sentence2", where),
-                    "label": field_of(record, "gold_label", where),
-                    "image_id": int(image),
-                }
-            )
-    return rows
+def jsonl_reader(splits: dict[str, str], row: Callable[[dict, str, str], dict]) -> Callable[[Path], Rows]:
+    """Reader of a release with one JSON Lines file per split: `row(record, split, where)` per line."""
+
+    def read(root: Path) -> Rows:
+        return {
+            split: [row(record, split, f"{root / file}, line {line}") for line, record in json_lines(root / file)]
+            for split, file in splits.items()
+        }
+
+    return read
+
+
+def snli_ve_row(record: dict, split: str, where: str) -> dict:
+    """A hypothesis: its Flickr30k premise image and the gold label."""
+    image = str(field_of(record, "Flickr30K_ID", where))
+    return {
+        "image": f"flickr30k-images/{image}.jpg",
+        "text": field_of(record, "sentence2", where),
+        "label": field_of(record, "gold_label", where),
+        "image_id": int(image),
+    }
 
 
 NLVR2_SPLITS = {"train": "train.json", "dev": "dev.json", "test1": "test1.json"}
@@ -218,47 +222,32 @@ def nlvr2_images(split: str, identifier: str, directory=None) -> tuple[str, str,
     return pair, f"{folder}/{pair}-img0.png", f"{folder}/{pair}-img1.png"
 
 
-def read_nlvr2(root: Path) -> Rows:
-    """One row per statement: its image pair (left, right) and its label."""
-    rows: Rows = {}
-    for split, file in NLVR2_SPLITS.items():
-        out = rows[split] = []
-        for line, record in json_lines(root / file):
-            where = f"{root / file}, line {line}"
-            directory = field_of(record, "directory", where) if split == "train" else None
-            pair, left, right = nlvr2_images(split, str(field_of(record, "identifier", where)), directory)
-            out.append(
-                {
-                    "image": left,
-                    "image_right": right,
-                    "text": field_of(record, "sentence", where),
-                    "label": str(field_of(record, "label", where)),
-                    "image_id": pair,
-                }
-            )
-    return rows
+def nlvr2_row(record: dict, split: str, where: str) -> dict:
+    """A statement: its image pair (left, right) and its label."""
+    directory = field_of(record, "directory", where) if split == "train" else None
+    pair, left, right = nlvr2_images(split, str(field_of(record, "identifier", where)), directory)
+    label = str(field_of(record, "label", where))
+    return {
+        "image": left,
+        "image_right": right,
+        "text": field_of(record, "sentence", where),
+        "label": label,
+        "image_id": pair,
+    }
 
 
 HATEFUL_MEMES_SPLITS = {"train": "train.jsonl", "dev_seen": "dev_seen.jsonl", "test_seen": "test_seen.jsonl"}
 
 
-def read_hateful_memes(root: Path) -> Rows:
-    """One row per meme: its image, its text and its label (1 = hateful; -1 where a file has none)."""
-    rows: Rows = {}
-    for split, file in HATEFUL_MEMES_SPLITS.items():
-        out = rows[split] = []
-        for line, record in json_lines(root / file):
-            where = f"{root / file}, line {line}"
-            label = record.get("label")
-            out.append(
-                {
-                    "image": field_of(record, "img", where),
-                    "text": field_of(record, "text", where),
-                    "label": int(label) if label is not None else -1,
-                    "image_id": int(field_of(record, "id", where)),
-                }
-            )
-    return rows
+def hateful_memes_row(record: dict, split: str, where: str) -> dict:
+    """A meme: its image, its text and its label (1 = hateful; -1 where the file has none)."""
+    label = record.get("label")
+    return {
+        "image": field_of(record, "img", where),
+        "text": field_of(record, "text", where),
+        "label": int(label) if label is not None else -1,
+        "image_id": int(field_of(record, "id", where)),
+    }
 
 
 CAPTIONS = {"image": "image", "text": "captions", "image_id": "image_id"}
@@ -305,7 +294,7 @@ LAYOUTS: dict[str, Layout] = {
     "snli_ve": Layout(
         files=tuple(SNLI_VE_SPLITS.values()),
         image_dirs=("flickr30k-images",),
-        read=read_snli_ve,
+        read=jsonl_reader(SNLI_VE_SPLITS, snli_ve_row),
         columns=STATEMENTS,
         splits={"train": "train", "val": "dev", "test": "test"},
         published={"train": (29_783, 529_527), "val": (1_000, 17_858), "test": (1_000, 17_901)},
@@ -314,7 +303,7 @@ LAYOUTS: dict[str, Layout] = {
     "nlvr2": Layout(
         files=tuple(NLVR2_SPLITS.values()),
         image_dirs=tuple(NLVR2_IMAGES.values()),
-        read=read_nlvr2,
+        read=jsonl_reader(NLVR2_SPLITS, nlvr2_row),
         columns={**STATEMENTS, "image_right": "image_right"},
         splits={"train": "train", "val": "dev", "test": "test1"},
         published={"train": (None, 86_373), "val": (None, 6_982), "test": (None, 6_967)},
@@ -323,7 +312,7 @@ LAYOUTS: dict[str, Layout] = {
     "hateful_memes": Layout(
         files=tuple(HATEFUL_MEMES_SPLITS.values()),
         image_dirs=("img",),
-        read=read_hateful_memes,
+        read=jsonl_reader(HATEFUL_MEMES_SPLITS, hateful_memes_row),
         columns=STATEMENTS,
         splits={"train": "train", "val": "dev_seen", "test": "test_seen"},
         published={"train": (8_500, 8_500), "val": (500, 500), "test": (1_000, 1_000)},
