@@ -161,7 +161,7 @@ def build_release(
 
     dsd, stats = cached_entry(target, settings, convert_into, what=f"{benchmark} at {base}")
     report_stats(stats, target, what=f"{benchmark} at {base}", text_column=cols.text or cols.question)
-    log_sizes(benchmark, layout, dsd, capped=max_images is not None)
+    log_sizes(benchmark, layout, dsd, capped=max_images is not None, target=target)
     return dsd, target
 
 
@@ -172,8 +172,16 @@ def split_sizes(dsd) -> dict[str, tuple[int, int]]:
     }
 
 
-def log_sizes(benchmark: str, layout: Layout, dsd, *, capped: bool) -> None:
-    """One line per split: what was read, beside what the benchmark's papers report."""
+_SIZES_LOGGED: set[str] = set()  # cache entries whose sizes this process has logged
+
+
+def log_sizes(benchmark: str, layout: Layout, dsd, *, capped: bool, target: Path | None = None) -> None:
+    """One line per split: what was read, beside what the benchmark's papers report (once per process and
+    cache entry: the datamodule loads the source for each stage)."""
+    if target is not None:
+        if str(target) in _SIZES_LOGGED:
+            return
+        _SIZES_LOGGED.add(str(target))
     for split, (images, examples) in split_sizes(dsd).items():
         published = layout.published.get(split)
         if published is None:
