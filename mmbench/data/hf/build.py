@@ -190,7 +190,7 @@ def build_hf(
         nonlocal loaded
         if loaded is None:
             loaded = load()
-        return _convert(
+        return convert_source(
             tmp,
             loaded,
             cols,
@@ -275,12 +275,12 @@ def report_stats(stats: dict, target: Path, *, what: str, text_column: str | Non
 def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
     """The splits and stats.json of a cache entry; raises one of `data_cache.LOAD_ERRORS` when a file is damaged."""
     stats = json.loads((target / "stats.json").read_text())
-    stats["rows"]  # noqa: B018 - a stats.json without it is damaged (KeyError)
+    stats["rows"]  # a stats.json without it is damaged (KeyError)
     dsd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(target / f"{s}.arrow")) for s in SPLITS})
     return dsd, stats
 
 
-def _convert(
+def convert_source(
     tmp: Path,
     loaded,
     cols: Columns,

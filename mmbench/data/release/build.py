@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from mmbench.data import columns as schema
 from mmbench.data.errors import DataError
-from mmbench.data.hf.build import _convert, cached_entry, hf_config_hash, mapped_columns, report_stats
+from mmbench.data.hf.build import cached_entry, convert_source, hf_config_hash, mapped_columns, report_stats
 from mmbench.data.hf.convert import CONVERTER_VERSION
 from mmbench.data.hf.roles import Columns
 from mmbench.data.hf.splits import SPLITS
@@ -89,7 +89,7 @@ def _first_images(rows: Rows, max_images: int | None) -> Rows:
     """Per reader split, the rows of its first `max_images` images (in file order)."""
     if max_images is None:
         return rows
-    out = {}
+    out: Rows = {}
     for split, split_rows in rows.items():
         kept: set = set()
         out[split] = []
@@ -141,22 +141,22 @@ def build_release(
         log.info("reading %s from %s", benchmark, base)
         rows = _first_images(layout.read(base), max_images)
         loaded = {split: datasets.Dataset.from_list(r) for split, r in rows.items() if r}
-        return _convert(
+        return convert_source(
             tmp,
             loaded,
             cols,
-            str(base),
-            layout.splits,
-            None,
-            None,
-            False,
-            val_fraction,
-            0.0,
-            base,
-            None,
-            bad_images,
-            seed,
-            int(image_size),
+            path=str(base),
+            splits=layout.splits,
+            split_column=None,
+            max_samples=None,  # max_images was applied to whole images above
+            streaming=False,
+            val_fraction=val_fraction,
+            test_fraction=0.0,  # every benchmark names its test split
+            root=base,  # image paths are relative to data.root
+            region_dir=None,
+            bad_images=bad_images,
+            seed=seed,
+            image_size=int(image_size),
         )
 
     dsd, stats = cached_entry(target, settings, convert_into, what=f"{benchmark} at {base}")
