@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmbench.models.fusion.merged import MergedFusion
-from mmbench.models.layers import Attention, masked_mean
+from mmbench.models.layers import Attention, Residual, attention_mask, causal_mask, masked_mean
 from mmbench.models.model import MultimodalModel
 from mmbench.models.text import TextTransformer
 from mmbench.models.vision.patch import PatchEncoder
@@ -85,6 +85,49 @@ def test_merged_causal_text_has_no_future_leakage(t):
     torch.testing.assert_close(a.text_tokens[:, : t + 1], b.text_tokens[:, : t + 1])
     torch.testing.assert_close(a.image_tokens, b.image_tokens)
     assert not torch.allclose(a.text_tokens[:, t + 1 :], b.text_tokens[:, t + 1 :])
+
+
+def test_causal_mask_known_answers():
+    # square: the lower triangle
+    assert torch.equal(causal_mask(3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    # 3 queries after 2 cached keys (positions 2, 3, 4 of 5): query i sees keys 0..2+i
+    want = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(3, 5), want)
+    # more queries than keys (the Q-Former's [queries; text] rows over the text keys): the first 2 see none
+    want = torch.tensor([[0, 0], [0, 0], [1, 0], [1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(4, 2), want)
+
+
+@pytest.mark.parametrize(("T", "S"), [(1, 1), (1, 6), (4, 4), (3, 7), (6, 2)])
+def test_causal_mask_never_shows_a_later_key(T, S):
+    m = causal_mask(T, S)
+    pos = torch.arange(T)[:, None] + S - T  # (T, 1) each query's position among the keys
+    keys = torch.arange(S)[None, :]  # (1, S)
+    assert torch.equal(m, keys <= pos)  # every earlier-or-same key, and no later one
+
+
+def test_attention_mask_combines_padding_and_causal():
+    key_mask = torch.tensor([[True, True, False, True, True], [True, True, True, False, False]])
+    assert torch.equal(attention_mask(key_mask), key_mask[:, None, None, :])  # (B, 1, 1, S)
+    m = attention_mask(key_mask, causal=True, queries=3)  # (B, 1, 3, 5): the last 3 positions as queries
+    want0 = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
+    want1 = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert m.shape == (2, 1, 3, 5)
+    assert torch.equal(m[0, 0], want0) and torch.equal(m[1, 0], want1)
+    assert torch.equal(attention_mask(key_mask, causal=True)[0, 0, 2:], want0)  # all 5 positions as queries
+
+
+class _Double(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize(("prenorm", "want"), [(True, [-1.0, 5.0]), (False, [-1.0, 1.0])])
+def test_residual_sublayer_known_answer(prenorm, want):
+    # x = [1, 3]: LayerNorm(x) = [-1, 1]; pre-norm x + 2 LN(x) = [-1, 5]; post-norm LN(x + 2x) = LN([3, 9]) = [-1, 1]
+    res = Residual(_Double(), 2, prenorm=prenorm)
+    torch.testing.assert_close(res(torch.tensor([[1.0, 3.0]])), torch.tensor([want]), atol=1e-4, rtol=0)
+    assert [n for n, _ in res.named_parameters()] == ["norm.weight", "norm.bias"]  # checkpoint keys: f.*, norm.*
 
 
 def test_gradients_reach_both_modalities():

@@ -40,7 +40,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mmbench.models.layers import Activation, Block, BlockOptions, KVCache
+from mmbench.models.layers import Activation, Block, BlockOptions, KVCache, attention_mask
+from mmbench.models.layers import causal_mask as causal_positions  # (T, S); `causal_mask` below adds padding
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,8 @@ def causal_mask(mask: torch.Tensor, queries: int | None = None) -> torch.Tensor:
     weight 0.) Real tokens attend to themselves anyway, so their outputs are unchanged by the diagonal."""
     S = mask.shape[1]
     T = S if queries is None else queries
-    rows = torch.arange(S - T, S, device=mask.device)[:, None]  # (T, 1) positions of the queries
-    cols = torch.arange(S, device=mask.device)[None, :]  # (1, S)
-    return (mask[:, None, None, :] & (cols <= rows)) | (cols == rows)  # (B, 1, T, S)
+    itself = causal_positions(T, S, device=mask.device).triu(S - T)  # (T, S): query i's own key, past + i
+    return attention_mask(mask, causal=True, queries=T) | itself  # (B, 1, T, S)
 
 
 class GPTDecoder(Decoder):

@@ -6,30 +6,36 @@ stack blocks (see `mmbench/models/fusion/`), never by copies of the block.
 
 Masks: a *key padding mask* is a bool tensor (B, S) that is True for real tokens and False for
 padding. Attention masks handed to SDPA are bool tensors broadcastable to (B, nh, T, S) where
-True means "may attend".
+True means "may attend"; `attention_mask` builds one from a key padding mask, with `causal_mask`
+(the one causal rule) when asked. `residual` is the one pre-/post-norm residual sublayer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def attention_mask(key_mask: torch.Tensor | None, query_len: int, causal: bool = False) -> torch.Tensor | None:
-    """Combine a key padding mask (B, S) and an optional causal mask into a SDPA bool mask (B, 1, T, S)."""
-    mask = None
-    if key_mask is not None:
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+def causal_mask(T: int, S: int | None = None, *, device: torch.device | None = None) -> torch.Tensor:
+    """(T, S) bool, True where query i may attend to key j: j <= i + S - T. Queries and keys are
+    right-aligned (the last query sits at the last key), so with a KV cache of S - T past positions the
+    query at position past + i sees keys 0..past + i; with T > S the first T - S queries see no key.
+    S defaults to T: the plain lower triangle."""
+    S = T if S is None else S
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)  # (T, S)
+
+
+def attention_mask(key_mask: torch.Tensor, *, causal: bool = False, queries: int | None = None) -> torch.Tensor:
+    """SDPA bool mask from a key padding mask (B, S): (B, 1, 1, S), or with `causal` (B, 1, T, S), the
+    padding combined with `causal_mask(T, S)` for the last T = `queries` positions (all S by default)."""
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
     if causal:
-        S = key_mask.shape[1] if key_mask is not None else query_len
-        tri = torch.ones(
-            query_len, S, dtype=torch.bool, device=key_mask.device if key_mask is not None else None
-        ).tril()
-        mask = tri[None, None] if mask is None else mask & tri
+        S = key_mask.shape[1]
+        mask = mask & causal_mask(S if queries is None else queries, S, device=key_mask.device)  # (B, 1, T, S)
     return mask
 
 
@@ -117,6 +123,42 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
+def residual(
+    x: torch.Tensor,
+    f: Callable[..., torch.Tensor],
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    drop: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    prenorm: bool,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """One residual sublayer around f (`kwargs` go to f): x + drop(f(norm(x))) pre-norm (ViT/ViLT/GPT),
+    norm(x + drop(f(x))) post-norm (BERT/LXMERT). `Block` and `Residual` both use it."""
+    if prenorm:
+        return x + drop(f(norm(x), **kwargs))
+    return norm(x + drop(f(x, **kwargs)))
+
+
+class Residual(nn.Module):
+    """A sublayer f with its own norm and dropout, applied by `residual`; for stacks that wire their
+    sublayers themselves (the Q-Former). Parameters: `f.*`, `norm.*`."""
+
+    def __init__(
+        self,
+        f: nn.Module,
+        dim: int,
+        prenorm: bool,
+        dropout: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.f, self.norm, self.prenorm, self.drop = f, norm_layer(dim, eps=norm_eps), prenorm, nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return residual(x, self.f, self.norm, self.drop, prenorm=self.prenorm, **kwargs)
+
+
 class Block(nn.Module):
     """Transformer block: self-attention, optional cross-attention into a context, feed-forward.
 
@@ -156,11 +198,8 @@ class Block(nn.Module):
             self.norms["mlp"] = norm_layer(dim, eps=norm_eps)
         self.drop = nn.Dropout(dropout)
 
-    def _residual(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        f, norm = self.sublayers[name], self.norms[name]
-        if self.prenorm:
-            return x + self.drop(f(norm(x), **kwargs))
-        return norm(x + self.drop(f(x, **kwargs)))
+    def _residual(self, name: str, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return residual(x, self.sublayers[name], self.norms[name], self.drop, prenorm=self.prenorm, **kwargs)
 
     def forward(
         self,
@@ -246,10 +285,7 @@ class TransformerStack(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if (prenorm and depth > 0) else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        attn_mask = mask[:, None, None, :]  # (B, 1, 1, N)
-        if causal:
-            N = x.shape[1]
-            attn_mask = attn_mask & torch.ones(N, N, dtype=torch.bool, device=x.device).tril()  # (B, 1, N, N)
+        attn_mask = attention_mask(mask, causal=causal)  # (B, 1, 1, N), causal: (B, 1, N, N)
         for block in self.blocks:
             x = block(x, mask=attn_mask)
         return self.norm(x)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mmbench.models.fusion.resampler import PerceiverResampler
-from mmbench.models.layers import MLP, Attention, Block, masked_mean
+from mmbench.models.layers import MLP, Attention, Block, attention_mask, masked_mean
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -78,13 +78,10 @@ class GatedCrossAttentionFusion(nn.Module):
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
         B, T, D = text.tokens.shape
-        text_mask = text.mask[:, None, None, :]  # (B, 1, 1, T)
-        if causal_text:
-            causal = torch.ones(T, T, dtype=torch.bool, device=text.tokens.device).tril()
-            text_mask = text_mask & causal  # (B, 1, T, T)
+        text_mask = attention_mask(text.mask, causal=causal_text)  # (B, 1, 1, T), causal_text: (B, 1, T, T)
         if self.resampler is not None:
             image = self.resampler(image)  # (B, N, D): a fixed number of visual tokens
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
+        image_mask = attention_mask(image.mask)  # (B, 1, 1, V)
         x = text.tokens
         for xattn, lm in zip(self.xattn_blocks, self.lm_blocks):
             x = xattn(x, context=image.tokens, context_mask=image_mask)  # (B, T, D)

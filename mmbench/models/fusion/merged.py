@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.layers import Activation, Block, BlockOptions, Pooler
+from mmbench.models.layers import Activation, Block, BlockOptions, Pooler, attention_mask, causal_mask
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -47,10 +47,10 @@ class MergedFusion(nn.Module):
             [text.tokens + self.type_embeddings.weight[0], image.tokens + self.type_embeddings.weight[1]], dim=1
         )  # (B, T+V, D)
         key_mask = torch.cat([text.mask, image.mask], dim=1)  # (B, T+V)
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, T+V)
+        mask = attention_mask(key_mask)  # (B, 1, 1, T+V)
         if causal_text:
             allowed = torch.ones(T + V, T + V, dtype=torch.bool, device=x.device)
-            allowed[:T, :T] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # text: causal over text
+            allowed[:T, :T] = causal_mask(T, device=x.device)  # text: causal over text
             allowed[T:, :T] = False  # image never attends to text
             mask = mask & allowed  # (B, 1, T+V, T+V)
         for block in self.blocks:

@@ -33,21 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.layers import MLP, Attention
+from mmbench.models.layers import MLP, Attention, Residual, attention_mask, causal_mask
 from mmbench.models.outputs import Capabilities, Features, Fused
-
-
-class _Sublayer(nn.Module):
-    """x + f(x) with a LayerNorm after (post-norm, BERT) or on the input of f (pre-norm)."""
-
-    def __init__(self, f: nn.Module, dim: int, prenorm: bool, dropout: float):
-        super().__init__()
-        self.f, self.norm, self.prenorm, self.drop = f, nn.LayerNorm(dim), prenorm, nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self.prenorm:
-            return x + self.drop(self.f(self.norm(x), **kwargs))
-        return self.norm(x + self.drop(self.f(x, **kwargs)))
 
 
 class QFormerLayer(nn.Module):
@@ -65,14 +52,14 @@ class QFormerLayer(nn.Module):
     ):
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.self_attn = _Sublayer(Attention(dim, heads, dropout=dropout), dim, prenorm, dropout)
+        self.self_attn = Residual(Attention(dim, heads, dropout=dropout), dim, prenorm, dropout)
         self.cross_attn = (
-            _Sublayer(Attention(dim, heads, context_dim=image_dim, dropout=dropout), dim, prenorm, dropout)
+            Residual(Attention(dim, heads, context_dim=image_dim, dropout=dropout), dim, prenorm, dropout)
             if cross_attention
             else None
         )
-        self.ffn_query = _Sublayer(MLP(dim, hidden, dropout=dropout), dim, prenorm, dropout)
-        self.ffn_text = _Sublayer(MLP(dim, hidden, dropout=dropout), dim, prenorm, dropout)
+        self.ffn_query = Residual(MLP(dim, hidden, dropout=dropout), dim, prenorm, dropout)
+        self.ffn_text = Residual(MLP(dim, hidden, dropout=dropout), dim, prenorm, dropout)
 
     def forward(
         self,
@@ -127,9 +114,9 @@ class QFormer(nn.Module):
         device = text_mask.device
         sees_text = text_mask[:, None, :].expand(B, N + T, T)  # (B, N+T, T): real text tokens
         if causal_text:
-            rows = torch.arange(N + T, device=device)[:, None]  # query rows 0..N-1, text rows N..N+T-1
-            cols = torch.arange(T, device=device)[None, :] + N
-            sees_text = sees_text & (cols <= rows)  # queries (rows < N) see no text; text sees earlier text
+            # rows: N queries then T text tokens, right-aligned with the T text keys, so the queries see
+            # no text and text token t sees text tokens <= t
+            sees_text = sees_text & causal_mask(N + T, T, device=device)  # (B, N+T, T)
         sees_queries = torch.ones(B, N + T, N, dtype=torch.bool, device=device)
         return torch.cat([sees_queries, sees_text], dim=2)[:, None]  # (B, 1, N+T, N+T)
 
@@ -145,7 +132,7 @@ class QFormer(nn.Module):
         else:
             t, text_mask = text.tokens, text.mask
         mask = self.self_attention_mask(N, text_mask, causal_text)
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
+        image_mask = attention_mask(image.mask)  # (B, 1, 1, V)
         # a copy, not an expand(): see PerceiverResampler.forward (FlopCounterMode and parameter views)
         q = self.queries.repeat(B, 1, 1)  # (B, N, D)
         for layer in self.layers:

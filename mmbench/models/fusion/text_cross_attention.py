@@ -18,10 +18,9 @@ and BLIP's ITM heads do (`last_hidden_state[:, 0, :]` -> Linear); no BERT pooler
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from mmbench.models.layers import Block
+from mmbench.models.layers import Block, attention_mask
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -41,11 +40,8 @@ class TextCrossAttentionFusion(nn.Module):
 
     def forward(self, text: Features, image: Features, causal_text: bool = False) -> Fused:
         B, T, D = text.tokens.shape
-        text_mask = text.mask[:, None, None, :]  # (B, 1, 1, T)
-        if causal_text:
-            causal = torch.ones(T, T, dtype=torch.bool, device=text.tokens.device).tril()
-            text_mask = text_mask & causal  # (B, 1, T, T)
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
+        text_mask = attention_mask(text.mask, causal=causal_text)  # (B, 1, 1, T), causal_text: (B, 1, T, T)
+        image_mask = attention_mask(image.mask)  # (B, 1, 1, V)
         t = text.tokens
         for block in self.blocks:
             t = block(t, mask=text_mask, context=image.tokens, context_mask=image_mask)  # (B, T, D)
