@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
+from typing import Any, cast
 
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,12 +21,14 @@ from mmbench.config import language_model_node
 from mmbench.data.datamodule import DataInfo, VLDataModule
 from mmbench.models.model import MultimodalModel
 from mmbench.module import MMBenchModule
+from mmbench.objectives.base import Objective
 from mmbench.objectives.context import run_order
 
 
 def _accepted(cfg: DictConfig, available: dict) -> dict:
     """The entries of `available` that the target of `cfg` accepts and the config does not set itself (absent or null)."""
     target = cfg._target_
+    fn: Callable[..., Any]
     try:
         fn = get_class(target)
     except Exception:  # a function target
@@ -61,7 +65,7 @@ PART_OPTIONS = ("freeze", "lr_mult")
 
 def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float]:
     """(constructor config, freeze, lr_mult) of one part config; the options default to (False, 1.0)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig becomes a dict
     ctor = OmegaConf.create({k: v for k, v in resolved.items() if k not in PART_OPTIONS})
     return ctor, bool(cfg.get("freeze", False)), float(cfg.get("lr_mult", 1.0))
 
@@ -100,7 +104,9 @@ def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
         "vision_encoder": cfg.encoder.vision,
         "fusion": cfg.fusion,
     }
-    built, frozen, lr_mult = {}, [], {}
+    built: dict[str, Any] = {}
+    frozen: list[str] = []
+    lr_mult: dict[str, float] = {}
     for name, part_cfg in parts.items():
         if part_cfg is None:  # no language model (the default)
             continue
@@ -125,7 +131,7 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
         cfg, info = init.adjust(cfg, info)
     model = _build_model(cfg, info, init)
     # built (their heads drawn from the RNG) in run order, so the config list's order changes nothing
-    classes = {name: get_class(c._target_) for name, c in cfg.objective.items()}
+    classes = {name: cast(type[Objective], get_class(c._target_)) for name, c in cfg.objective.items()}
     order = run_order({name: (cls.provides, cls.uses) for name, cls in classes.items()})
     objectives = {}
     for (

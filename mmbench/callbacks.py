@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,6 +22,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
 from mmbench.sweep import CheckpointError
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loops.fetchers import _DataFetcher
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ def _ends_a_stage(trainer: pl.Trainer, batch_idx: int) -> bool:
         or loop.batch_progress.is_last_batch
         or trainer.should_stop
         or 0 <= trainer.max_steps <= trainer.global_step
-        or loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+        or loop._should_check_val_fx(cast("_DataFetcher", trainer.fit_loop._data_fetcher))  # set while fitting
     )
 
 
@@ -117,7 +120,7 @@ class MidEpochResume(pl.Callback):
       metrics are bit-identical on CPU.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
         self._pending: dict[str, dict[str, torch.Tensor]] = {}  # sums to add back after the resumed batch
         self._resume_at: tuple[int, int] | None = None  # (epoch, batch index) of the first resumed batch
@@ -138,7 +141,9 @@ class MidEpochResume(pl.Callback):
                     for name in ("value", "cumulated_batch_size")
                     if hasattr(metric, name)
                 }
-        return {"epoch": trainer.current_epoch, "batches": loop.batch_progress.current.processed, "sums": sums}
+        # Lightning types `current` as the base tracker; it is a _ProcessedTracker
+        batches = loop.batch_progress.current.processed  # type: ignore[attr-defined]
+        return {"epoch": trainer.current_epoch, "batches": batches, "sums": sums}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("sums"):
@@ -214,7 +219,8 @@ class RNGState(pl.Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # the legacy tuple (numpy's stubs type the default call as the dict form)
+        kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
         # plain types and tensors only, so the checkpoint still loads with torch.load(weights_only=True)
         state = {
             "python": random.getstate(),

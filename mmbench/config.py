@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +37,7 @@ def choices_of(cfg: DictConfig) -> dict:
     else:
         choices = {}
     choices["objective"] = list(cfg.get("objective", {}).keys())
-    return OmegaConf.to_container(OmegaConf.create(choices), resolve=True)
+    return cast(dict, OmegaConf.to_container(OmegaConf.create(choices), resolve=True))  # a DictConfig: a dict
 
 
 def _run_group() -> str | None:
@@ -72,7 +74,11 @@ def register_resolvers() -> None:
     directory / job directory / W&B id resolvers of mmbench.sweep); idempotent."""
     from mmbench.sweep import RESOLVERS
 
-    resolvers = {"mmbench.run_name": (_run_name, False), "mmbench.run_group": (_run_group, False), **RESOLVERS}
+    resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
+        "mmbench.run_name": (_run_name, False),
+        "mmbench.run_group": (_run_group, False),
+        **RESOLVERS,
+    }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
@@ -94,12 +100,13 @@ def check_group_options(args: list[str], conf_dir: str) -> str | None:
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
+    except Exception:  # Hydra reports syntax errors itself
         return None
     roots = [Path(conf_dir)]
     for override in parsed:
         if override.key_or_group == "hydra.searchpath":
-            entries = override.value() if isinstance(override.value(), list) else [override.value()]
+            value = override.value()
+            entries = value if isinstance(value, list) else [value]
             if not all(str(e).startswith("file://") for e in entries):
                 return None
             roots += [Path(str(e)[len("file://") :]) for e in entries]
@@ -125,7 +132,7 @@ def check_group_options(args: list[str], conf_dir: str) -> str | None:
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def compose_train(overrides: list[str] = (), output_dir: str | Path | None = None) -> DictConfig:
+def compose_train(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """conf/train.yaml composed with `overrides` as `mmbench-train` composes it, for scripts and tests:
     the Hydra config is set (so ${hydra:...} resolves) and then removed from the result, as the CLI
     hands its task function a config without it; `output_dir` sets paths.output_dir."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import cast
 
 # set by Lightning's launcher for the ranks it starts (and read by the next launch if left in place)
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -40,11 +41,11 @@ def ddp_single_run(saved: SavedLaunch) -> bool:
     under SLURM."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import read_write
+    from omegaconf import DictConfig, read_write
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "SLURM_NTASKS" in os.environ:
         return False
-    hc = HydraConfig.get()
+    hc = cast(DictConfig, HydraConfig.get())  # a DictConfig at run time, typed as the HydraConf dataclass
     saved.argv = list(sys.argv)
     saved.env = {k: os.environ.get(k) for k in DDP_ENV}
     sys.argv = [sys.argv[0], *[str(o) for o in hc.overrides.task]]

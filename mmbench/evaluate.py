@@ -13,12 +13,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench import config
 from mmbench.config import register_resolvers
+
+if TYPE_CHECKING:
+    from mmbench.data.dataset import PairDataset
 
 register_resolvers()
 
@@ -58,7 +62,7 @@ def training_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
             f"no training config at {saved}; mmbench-eval expects <run>/checkpoints/<name>.ckpt "
             f"beside <run>/.hydra/config.yaml as mmbench-train writes them"
         )
-    return OmegaConf.load(saved), run_dir
+    return cast(DictConfig, OmegaConf.load(saved)), run_dir  # config.yaml: a mapping
 
 
 def apply_data_overrides(train_cfg: DictConfig, eval_cfg: DictConfig, data_choice: str | None) -> bool:
@@ -81,14 +85,14 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
     `eval=<option>` (or a run without an `eval` node) takes this command's `eval` config instead."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
     if "eval" in keys or train_cfg.get("eval") is None:
-        return OmegaConf.to_container(eval_cfg.eval, resolve=True)
+        return cast(dict, OmegaConf.to_container(eval_cfg.eval, resolve=True))  # a DictConfig becomes a dict
     settings = OmegaConf.create(OmegaConf.to_container(train_cfg.eval, resolve=False))
     for key in keys:
         if key.startswith("eval."):
             OmegaConf.update(
                 settings, key[len("eval.") :], OmegaConf.select(eval_cfg, key), merge=False, force_add=True
             )
-    return OmegaConf.to_container(settings, resolve=True)
+    return cast(dict, OmegaConf.to_container(settings, resolve=True))
 
 
 def read_weights(ckpt_path: str | Path) -> dict:
@@ -136,8 +140,10 @@ def run_eval(cfg: DictConfig) -> dict:
     train_cfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)  # this eval's dirs; cache as configured now
 
     dm = build_datamodule(train_cfg)
+    assert dm.info is not None  # set by the datamodule's setup
     if data_changed:  # the model's vocabulary and answer set are those of its training data
         train_dm = build_datamodule(_with_paths(original, cfg))
+        assert train_dm.info is not None
         dm.tokenizer = train_dm.tokenizer
         dm.info = dataclasses.replace(
             train_dm.info,
@@ -169,6 +175,7 @@ def run_eval(cfg: DictConfig) -> dict:
             title=f"mmbench eval of {run_dir.name}",
             info={"checkpoint": ckpt, "choices": choices, "overrides": task},
         )
+        assert eval_seconds is not None  # the suite ran
         server_file = _answer_server_questions(module, dm, server, out_dir, settings) if server else None
         record = {
             "status": "completed",
@@ -215,7 +222,8 @@ def _answer_server_questions(module, dm, server, out_dir: Path, settings: dict) 
     from mmbench.metrics.vqa_server import ServerFileError, server_answers, write_server_file
 
     questions, subtype, folder = server
-    inputs = Inputs(None, dm.tokenizer, module.device, answers=dm.info.answers)
+    # no split: the server's questions bring their own images
+    inputs = Inputs(cast("PairDataset", None), dm.tokenizer, module.device, answers=dm.info.answers)
     try:
         results = server_answers(
             module, inputs, questions, folder, image_size=dm.info.image_size, batch_size=settings["batch_size"]

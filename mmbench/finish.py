@@ -56,7 +56,7 @@ def evaluate_and_publish(
         metrics.update(datamodule.info.baseline_metrics())
     comp = complexity(module, next(iter(datamodule.test_dataloader())), train_seconds, samples_seen)
     metrics = dict(sorted(metrics.items()))
-    if evaluate and publish:
+    if publish and eval_seconds is not None:  # the suite ran (`evaluate`)
         from mmbench.metrics.presentation import publish as write_report
 
         write_report(

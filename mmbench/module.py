@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,9 @@ from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective
 from mmbench.objectives.context import StepContext, run_order
 from mmbench.record import Diverged
+
+if TYPE_CHECKING:
+    from pytorch_lightning.utilities.types import OptimizerLRScheduler
 
 _DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_ratio) usually helps."
 
@@ -93,7 +97,8 @@ class MMBenchModule(pl.LightningModule):
         return total
 
     def _declared(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-        return {name: (o.provides, o.uses) for name, o in self.objectives.items()}
+        objectives = cast(dict[str, Objective], self.objectives)  # the nn.ModuleDict of `__init__`
+        return {name: (o.provides, o.uses) for name, o in objectives.items()}
 
     def stop_if_diverged(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
         """Raise `Diverged` at the first non-finite training loss, naming the step and the objective.
@@ -148,7 +153,7 @@ class MMBenchModule(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self.shared_step(batch, "test")
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         # nanoGPT's rule: decay matrices and embeddings (dim >= 2), not biases, norms or temperatures.
         # Parts of the model with an lr multiplier (encoder `lr_mult`) get their own groups; frozen
         # parameters (requires_grad False) are left out.

@@ -13,6 +13,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> dict:
     except KeyboardInterrupt as err:  # Interrupted, or a Ctrl-C outside Lightning (e.g. in the evaluation suite)
         record.update(status="interrupted", error=str(err) or "interrupted by SIGINT (Ctrl-C)")
         raise
-    except BaseException as err:  # noqa: BLE001 - record every failure, then re-raise
+    except BaseException as err:  # record every failure, then re-raise
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
@@ -117,7 +118,10 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
 
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
+    assert dm.info is not None  # set by the datamodule's setup
     module = build_module(cfg, dm.info)
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from mmbench.callbacks import LastCheckpoint, MidEpochResume, RNGState
 
@@ -125,7 +129,7 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     callbacks.append(checkpoint_stamp(config_hash))  # checkpoint["config_hash"]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig becomes a dict
     hparams["choices"] = choices = choices_of(cfg)
     # flat top-level keys (choice/model = "vilt", choice/objective = "itc+itm") so dashboards group by them
     hparams.update({f"choice/{k}": "+".join(map(str, v)) if isinstance(v, list) else v for k, v in choices.items()})
@@ -145,7 +149,14 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
         # best.ckpt, not last.ckpt (also a ModelCheckpoint, and maybe the first one)
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if not isinstance(c, LastCheckpoint)), "")
+        best = next(
+            (
+                c.best_model_path
+                for c in trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint) and not isinstance(c, LastCheckpoint)
+            ),
+            "",
+        )
         with _interrupts(trainer):
             results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         for res in results:
@@ -154,7 +165,7 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     metrics, comp, _ = evaluate_and_publish(
         module,
         dm,
-        OmegaConf.to_container(cfg.eval, resolve=True) if cfg.get("eval") else {},
+        cast(dict, OmegaConf.to_container(cfg.eval, resolve=True)) if cfg.get("eval") else {},
         out_dir,
         metrics=metrics,
         loggers=trainer.loggers,

@@ -46,7 +46,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

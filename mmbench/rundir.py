@@ -43,7 +43,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,7 +100,7 @@ def config_identity(cfg: DictConfig) -> tuple[str, dict]:
 
 
 def identity_config(cfg: DictConfig, resolve: bool = True) -> dict:
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw = cast(dict, OmegaConf.to_container(cfg, resolve=False))  # a DictConfig becomes a dict
     out = {}
     for key, value in raw.items():
         if key in IGNORED:
@@ -109,7 +109,7 @@ def identity_config(cfg: DictConfig, resolve: bool = True) -> dict:
             try:
                 node = cfg[key]
                 value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-            except Exception:  # noqa: BLE001 - an interpolation that does not resolve: validate() refuses it later
+            except Exception:  # an interpolation that does not resolve: validate() refuses it later
                 pass
         out[key] = value
     out = _drop_ignored(out)
@@ -130,7 +130,7 @@ def _path_roots(cfg: DictConfig) -> list[tuple[str, str]]:
     for name in cfg.get("paths") or {}:
         try:
             value = cfg.paths[name]
-        except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside Hydra
+        except Exception:  # e.g. ${hydra:...} outside Hydra
             continue
         if isinstance(value, str) and value:
             roots.append((value.rstrip("/"), f"${{paths.{name}}}"))
@@ -153,7 +153,7 @@ def _digest(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _get(tree: dict, dotted: str):
+def _get(tree: dict | None, dotted: str):
     for part in dotted.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
@@ -291,8 +291,9 @@ def _decide(
         old, current = _refiltered(stored["config"]), config
     elif legacy.is_file():
         try:
-            old, current = identity_config(OmegaConf.load(legacy), resolve=False), identity_config(cfg, resolve=False)
-        except Exception:  # noqa: BLE001 - an unreadable config: nothing to compare with
+            saved = cast(DictConfig, OmegaConf.load(legacy))  # config.yaml: a mapping
+            old, current = identity_config(saved, resolve=False), identity_config(cfg, resolve=False)
+        except Exception:  # an unreadable config: nothing to compare with
             old = current = {}
         stored = {"overrides": _read_overrides(run_dir)}
     else:
@@ -360,7 +361,7 @@ def _task_overrides() -> list[str]:
 def _read_overrides(run_dir: Path) -> list[str] | None:
     try:
         return [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -371,7 +372,7 @@ def _save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
 
     if not HydraConfig.initialized():
         return
-    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
+    hydra_cfg = cast(DictConfig, HydraConfig.instance().cfg)  # {"hydra": ...} (typed as HydraConf | None)
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
     for name, node in (

@@ -25,9 +25,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -127,7 +128,7 @@ def _resolve_optuna_direction(mode: str) -> str:
     return {"min": "minimize", "max": "maximize"}[str(mode)]
 
 
-RESOLVERS = {
+RESOLVERS: dict[str, tuple[Callable[..., Any], bool]] = {  # name -> (resolver, use_cache)
     "mmbench.optuna_direction": (_resolve_optuna_direction, False),
     "mmbench.sweep_name": (_resolve_sweep_name, True),
     "mmbench.job_dir": (_resolve_job_dir, False),
@@ -181,7 +182,7 @@ class SweepSummary(Callback):
         task = list(config.hydra.overrides.task)
         name = sweep_name(task, config.get("sweep_name"), bool(config.get("resume", True)))
         params = config.hydra.sweeper.get("params")
-        swept = swept_keys(task, OmegaConf.to_container(params) if params is not None else {})
+        swept = swept_keys(task, cast(dict, OmegaConf.to_container(params)) if params is not None else {})
         # read by the resolvers, in this process and in launchers' workers that start from a fresh
         # interpreter (joblib, submitit), which inherit the environment
         os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = name, "\n".join(swept)

@@ -140,7 +140,7 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
             return float("nan")
         print(f"mmbench: {err}", file=sys.stderr)
         sys.exit(1)
-    except Exception as err:  # noqa: BLE001 - metrics.json already says failed, with the traceback
+    except Exception as err:  # metrics.json already says failed, with the traceback
         if not multirun:
             raise
         log.error("job %s failed: %s: %s (see its metrics.json)", out_dir.name, type(err).__name__, err)

@@ -9,11 +9,15 @@ fusion pairings the fusion cannot serve. Every problem is collected and reported
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench.config import ConfigError, language_model_node
+
+if TYPE_CHECKING:
+    from mmbench.objectives.base import Objective
 
 
 def _capabilities(target: str):
@@ -139,7 +143,8 @@ def _alias_of(cfg: DictConfig, key: str) -> str | None:
     """`model.dim` when the value at `key` is written `${model.dim}`, else None."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    raw = node._get_node(leaf)._value() if isinstance(node, DictConfig) and leaf in node else None
+    child = node._get_node(leaf) if isinstance(node, DictConfig) and leaf in node else None
+    raw = child._value() if child is not None else None
     if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and raw.count("$") == 1:
         return raw[2:-1]
     return None
@@ -195,7 +200,8 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
 
     vision_encoder = get_class(cfg.encoder.vision._target_)
     for name, ocfg in objectives.items():  # e.g. MRM hides input tokens: not every vision encoder can
-        problems += get_class(ocfg._target_).vision_problems(name, vision_encoder, **_ctor_kwargs(ocfg))
+        objective = cast("type[Objective]", get_class(ocfg._target_))
+        problems += objective.vision_problems(name, vision_encoder, **_ctor_kwargs(ocfg))
 
     problems += _language_model_problems(cfg)
     problems += _data_source_problems(cfg)
@@ -289,9 +295,10 @@ def _source_declaration(cfg: DictConfig, name: str):
         return None, None
     try:
         declared = get_method(target.rsplit(".", 1)[0] + "." + name)
-    except Exception:  # noqa: BLE001 - a source without the declaration is not checked
+    except Exception:  # a source without the declaration is not checked
         return None, None
-    settings = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if not k.startswith("_")}
+    resolved = cast(dict, OmegaConf.to_container(source, resolve=True))  # a DictConfig becomes a dict
+    settings = {k: v for k, v in resolved.items() if not k.startswith("_")}
     return declared, settings
 
 
@@ -322,7 +329,8 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
         )
     ]
     for name, ocfg in (cfg.get("objective") or {}).items():
-        readers.append((f"objective '{name}'", get_class(ocfg._target_).fields_read(**_ctor_kwargs(ocfg))))
+        objective = cast("type[Objective]", get_class(ocfg._target_))
+        readers.append((f"objective '{name}'", objective.fields_read(**_ctor_kwargs(ocfg))))
     for who, fields in readers:
         missing = [f for f in fields if f not in provided]
         if missing:
@@ -335,7 +343,8 @@ def _data_field_problems(cfg: DictConfig) -> list[str]:
 
 def _ctor_kwargs(ocfg: DictConfig) -> dict:
     """The constructor arguments an objective config gives (resolved, without `_target_` and friends)."""
-    return {k: v for k, v in OmegaConf.to_container(ocfg, resolve=True).items() if not k.startswith("_")}
+    resolved = cast(dict, OmegaConf.to_container(ocfg, resolve=True))  # a DictConfig becomes a dict
+    return {k: v for k, v in resolved.items() if not k.startswith("_")}
 
 
 def _field_hint(missing: list[str]) -> str:
@@ -371,7 +380,7 @@ def _eval_problems(cfg: DictConfig) -> list[str]:
             f"eval.protocols: unknown protocol(s) {unknown}; valid: {', '.join(valid)} "
             "(a protocol of your own: a node eval.<name> with its function as _target_, docs/design.md)"
         ]
-    defaults = OmegaConf.load(EVAL_DEFAULTS)
+    defaults = cast(DictConfig, OmegaConf.load(EVAL_DEFAULTS))  # a mapping
     problems = []
     for name in clean_protocols(defaults):
         node, default = ev.get(name) or {}, defaults[name]

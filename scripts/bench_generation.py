@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra.utils import instantiate  # noqa: E402
+from hydra.utils import instantiate
 
-from mmbench.builder import build_model, data_kwargs, model_kwargs  # noqa: E402
-from mmbench.config import compose_train  # noqa: E402
-from mmbench.data.datamodule import DataInfo  # noqa: E402
+from mmbench.builder import build_model, data_kwargs, model_kwargs
+from mmbench.config import compose_train
+from mmbench.data.datamodule import DataInfo
 
 
 def main() -> None:

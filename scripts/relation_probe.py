@@ -83,8 +83,8 @@ def main() -> None:
                 logits = head.answer_logits(module.model, batch, None, image)  # (b, A)
                 predictions[k] += [vocab[i] for i in logits.argmax(-1).tolist()]
     n = len(asked)
-    acc = lambda preds, col: sum(p == c[col] for p, c in zip(preds, asked)) / n  # noqa: E731
-    same = lambda x, y: sum(p == q for p, q in zip(predictions[x], predictions[y])) / n  # noqa: E731
+    acc = lambda preds, col: sum(p == c[col] for p, c in zip(preds, asked)) / n
+    same = lambda x, y: sum(p == q for p, q in zip(predictions[x], predictions[y])) / n
     print(f"{args.ckpt}: {n} relation questions of split {args.split!r}")
     print(f"  accuracy, as generated:       {acc(predictions['original'], 4):.3f}")
     print(f"  accuracy, names swapped:      {acc(predictions['swapped'], 4):.3f}")

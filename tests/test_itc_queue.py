@@ -46,7 +46,7 @@ def _reference_step(module, ref: dict, batch: dict, progress: float) -> torch.Te
         for part, mod in online.items():
             for name, p in mod.named_parameters():
                 ref["params"][part][name] = MOMENTUM * ref["params"][part][name] + (1 - MOMENTUM) * p
-        call = lambda part, *args: functional_call(online[part], ref["params"][part], args)  # noqa: E731
+        call = lambda part, *args: functional_call(online[part], ref["params"][part], args)
         text_feat_m = F.normalize(
             call("text_proj", call("text_encoder", batch["input_ids"], batch["attention_mask"]).pooled), dim=-1
         )

@@ -137,8 +137,8 @@ def test_area_under_curve():
 
 
 def test_corruptions():
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
+    rng = lambda: np.random.default_rng(0)
     batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "region_mask": torch.ones(2, 3, dtype=torch.bool)}
     assert torch.equal(patch_dropout(batch, g(), 0.0)["pixel_values"], batch["pixel_values"])
     dropped = patch_dropout(batch, g(), 1.0, patch_size=16)

@@ -474,7 +474,7 @@ def test_mrm_messages_name_exactly_the_encoders_that_can():
     targets = {
         p.stem: get_class(OmegaConf.load(p)._target_) for p in (ROOT / "conf" / "encoder" / "vision").glob("*.yaml")
     }
-    named = lambda options: set(options.removeprefix("encoder/vision=").replace(" or ", ", ").split(", "))  # noqa: E731
+    named = lambda options: set(options.removeprefix("encoder/vision=").replace(" or ", ", ").split(", "))
     assert named(MASKABLE_OPTIONS) == {n for n, c in targets.items() if getattr(c, "maskable_inputs", False)}
     assert named(REGION_OPTIONS) == {n for n, c in targets.items() if getattr(c, "needs_regions", False)}
     assert named(MASKABLE_OPTIONS) == {"patch", "vit", "conv", "region", "region_feats"}

@@ -34,7 +34,7 @@ def test_itc_known_answer_multi_positive():
     loss, _ = multi_positive_contrastive_loss(img, txt, ids, 1.0)
     logits = img @ txt.T
     target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())  # noqa: E731
+    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())
     expected = 0.5 * (by_hand(logits, target) + by_hand(logits.T, target))
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
     # a same-image caption is never a negative: a model that cannot tell the two captions of
@@ -59,7 +59,7 @@ def test_itc_claim_positives_known_answer():
     logits = img @ txt.T
     t_i2t = torch.tensor([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     t_t2i = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
-    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())  # noqa: E731
+    by_hand = lambda lg, tg: float(-(tg * lg.log_softmax(1)).sum(1).mean())
     expected = 0.5 * (by_hand(logits, t_i2t) + by_hand(logits.T, t_t2i))
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
     plain, _ = multi_positive_contrastive_loss(img, txt, ids, 1.0)
@@ -68,7 +68,7 @@ def test_itc_claim_positives_known_answer():
     itc = ITC(text_dim=2, image_dim=2, embed_dim=2, claim_positives=True)
     batch = {"image_id": ids, "text_claim": torch.tensor([0, 0, 0]), "image_facts": torch.zeros(3, 2, dtype=torch.long)}
     assert claims_true(batch["image_facts"], batch["text_claim"]).sum() == 0
-    feats = lambda x: Features(x[:, None], torch.ones(3, 1, dtype=torch.bool), x)  # noqa: E731
+    feats = lambda x: Features(x[:, None], torch.ones(3, 1, dtype=torch.bool), x)
     a = itc(None, batch, feats(txt), feats(img), StepContext()).loss
     b = ITC(text_dim=2, image_dim=2, embed_dim=2)
     b.load_state_dict(itc.state_dict())

@@ -97,7 +97,7 @@ def test_the_protocol_scores_each_question_against_its_own_answer(shapes):
     module = build_module(cfg, dm.info)
     split = dm.datasets["test"].split
     questions, answers = split["questions"], split["answers"]
-    norm = lambda q: dm.tokenizer.decode(dm.tokenizer.encode(q).ids, skip_special_tokens=True)  # noqa: E731
+    norm = lambda q: dm.tokenizer.decode(dm.tokenizer.encode(q).ids, skip_special_tokens=True)
     first = {}
     for qs, As in zip(questions, answers):
         for q, a in zip(qs, As):

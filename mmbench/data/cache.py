@@ -46,7 +46,7 @@ def _age_s(path: Path) -> float:
 
 def remove_stale_temporaries(root: Path, stale_after_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove the temporary entry directories under `root` that no live process is building; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = sorted(p for p in root.iterdir() if _TEMPORARY.match(p.name) and not p.name.endswith(".lock"))
     except OSError:

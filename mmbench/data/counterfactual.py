@@ -50,8 +50,8 @@ def _count_edit(scene: S.Scene, target: int, grid: int, max_objects: int | None)
 
 def _pair_edit(scene: S.Scene, p: list[str], n: list[str], kind: str) -> S.Scene | None:
     """Edit of the pair a, b named by relation claim p = [a, rel, b] so that n = [a', rel, b'] holds."""
-    (a_desc, rel, b_desc), (na_desc, _, nb_desc) = p, n
-    a_desc, b_desc = tuple(a_desc.split()), tuple(b_desc.split())
+    (a_text, rel, b_text), (na_desc, _, nb_desc) = p, n
+    a_desc, b_desc = tuple(a_text.split()), tuple(b_text.split())
     pair = next(
         (
             (a, b)
@@ -106,7 +106,9 @@ def counterfactual(
         edited = _pair_edit(scene, p.split("|"), n.split("|"), kind)
     else:
         return None
-    facts = S.scene_facts(edited) if edited is not None else []
+    if edited is None:
+        return None
+    facts = S.scene_facts(edited)
     if S.claim_of(negative) not in facts or S.claim_of(positive) in facts:
         return None
     image, boxes = S.render(edited, image_size, grid)

@@ -188,7 +188,7 @@ class VLDataModule(pl.LightningDataModule):
             if col in train.column_names
             for row in train[col]
             for t in row
-        )  # noqa: E731
+        )
         try:
             tok, special = tokenization.build(
                 self.tokenizer_kind,
@@ -218,7 +218,8 @@ class VLDataModule(pl.LightningDataModule):
             return
         dsd, tok, special = self._load()
         train = dsd["train"]
-        answers, majority, prior, prior_by_type = [], None, None, {}
+        answers, majority, prior = [], None, None
+        prior_by_type: dict[str, float] = {}
         counts = Counter(a for row in train["answers"] for a in row) if "answers" in train.column_names else Counter()
         if counts:  # a column of empty lists (e.g. Shapes with questions_per_image=0) is no VQA data
             answers = self.answer_vocabulary(train)
@@ -229,7 +230,7 @@ class VLDataModule(pl.LightningDataModule):
         size = int(train[0]["image_size"])
         if size != self.image_size:
             raise DataError(f"the dataset's images are {size}x{size} but data.image_size={self.image_size}")
-        labels = [l for row in train["labels"] for l in row] if "labels" in train.column_names else []  # noqa: E741
+        labels = [l for row in train["labels"] for l in row] if "labels" in train.column_names else []
         classes = [c for row in train["caption_labels"] for c in row] if "caption_labels" in train.column_names else []
         self.answer_index = {a: i for i, a in enumerate(answers)}
         self.datasets = {name: PairDataset(split, self.answer_index) for name, split in dsd.items()}

@@ -46,10 +46,14 @@ class PairDataset(Dataset):
         self.all_answers = values.get("all_answers")
         # columns carried by the generic path (`schema.Column.per`): example key -> one value per caption / image
         self.per_caption = {
-            c.item: values[c.name] for c in schema.COLUMNS.values() if c.per == "caption" and c.name in cols
+            c.item: values[c.name]
+            for c in schema.COLUMNS.values()
+            if c.per == "caption" and c.item is not None and c.name in cols
         }
         self.per_image = {
-            c.item: values[c.name] for c in schema.COLUMNS.values() if c.per == "image" and c.name in cols
+            c.item: values[c.name]
+            for c in schema.COLUMNS.values()
+            if c.per == "image" and c.item is not None and c.name in cols
         }
         self.boxes = values.get("boxes")
         self.labels = values.get("labels")
@@ -98,7 +102,7 @@ class PairDataset(Dataset):
         item = self.image_item(r, self.captions[r][k])
         for key, values in self.per_caption.items():
             item[key] = values[r][k]
-        if self.claims is not None:
+        if self.claims is not None and self.facts is not None:  # both or neither (`has_claims`)
             item["claim"], item["facts"] = self.claims[r][k], self.facts[r]
         if self.questions is not None and self.questions[r]:
             q = k % len(self.questions[r])

@@ -100,7 +100,7 @@ def load_or_train(path: str | os.PathLike, texts: Iterable[str], vocab_size: int
     if path.exists():
         try:
             return Tokenizer.from_file(str(path))
-        except Exception as err:  # noqa: BLE001 - `tokenizers` raises a bare Exception for a bad file
+        except Exception as err:  # `tokenizers` raises a bare Exception for a bad file
             why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log.warning("the cached tokenizer %s does not load (%s); training it again", path, why)
     tok = train_wordpiece(texts, vocab_size)
@@ -110,8 +110,16 @@ def load_or_train(path: str | os.PathLike, texts: Iterable[str], vocab_size: int
     return tok
 
 
+def _id(tok: Tokenizer, token: str) -> int:
+    """The id of a token the tokenizer has (a special token it was trained or extended with)."""
+    i = tok.token_to_id(token)
+    if i is None:
+        raise TokenizerError(f"the tokenizer has no token {token!r}")
+    return i
+
+
 def trained_special_ids(tok: Tokenizer) -> SpecialIds:
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids = {t: _id(tok, t) for t in SPECIAL_TOKENS}
     return SpecialIds(pad=ids[PAD], mask=ids[MASK], bos=ids[BOS], eos=ids[EOS], all=tuple(ids.values()))
 
 
@@ -197,12 +205,12 @@ def pretrained_special_ids(tok: Tokenizer, name: str = "tokenizer") -> SpecialId
             f"{name} has no start/end tokens among {sorted(specials)}; expected one of "
             f"{list(_BOS_NAMES)} and one of {list(_EOS_NAMES)}"
         )
-    all_ids = sorted({tok.token_to_id(t) for t in specials | {pad, mask}})
+    all_ids = sorted({_id(tok, t) for t in specials | {pad, mask}})
     return SpecialIds(
-        pad=tok.token_to_id(pad),
-        mask=tok.token_to_id(mask),
-        bos=tok.token_to_id(bos),
-        eos=tok.token_to_id(eos),
+        pad=_id(tok, pad),
+        mask=_id(tok, mask),
+        bos=_id(tok, bos),
+        eos=_id(tok, eos),
         all=tuple(all_ids),
     )
 
@@ -247,7 +255,7 @@ def build(
 
 def configure(tok: Tokenizer, max_len: int, special: SpecialIds | None = None) -> Tokenizer:
     """Pad to the longest sequence of a batch and truncate to `max_len` tokens (specials included)."""
-    pad_id = special.pad if special is not None else tok.token_to_id(PAD)
+    pad_id = special.pad if special is not None else _id(tok, PAD)
     tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
     tok.enable_truncation(max_length=max_len)
     return tok

@@ -36,7 +36,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmbench.metrics.common import Inputs, Unavailable, chunks, column, eval_mode
+from mmbench.metrics.common import Inputs, Unavailable, chunks, eval_mode
 
 TOKENIZERS = ("fast", "ptb")
 SCORERS = ("bleu", "meteor", "rouge", "cider", "spice")  # in COCOEvalCap.evaluate's order
@@ -266,7 +266,7 @@ def captioning(
     if max_images <= 0:
         raise Unavailable("eval.captioning.max_images is 0")
     require_scorers(tokenizer=tokenizer, scorers=scorers)
-    captions = column(dataset, "captions")
+    captions = dataset.captions
     bos_id, eos_id = inputs.caption_delimiters()
     rows = list(range(min(max_images, len(captions))))
     generated: list[str] = []

@@ -114,7 +114,7 @@ def classification(module, inputs: Inputs, *, batch_size: int, max_images: int |
     fields = image_fields(head)
     if "pixel_values_right" in fields and getattr(inputs.dataset, "images_right", None) is None:
         raise Unavailable("the head classifies image pairs, but the data has no right image (column pixels_right)")
-    captions = column(inputs.dataset, "captions")
+    captions = inputs.dataset.captions
     n = len(captions) if max_images is None else min(max_images, len(captions))
     model = module.model
     logits: list[torch.Tensor] = []

@@ -48,6 +48,14 @@ def column(dataset: PairDataset, name: str) -> list | None:
     return dataset.column(name)
 
 
+def required_column(dataset: PairDataset, name: str) -> list:
+    """`column` for a column the protocol cannot do without: `Unavailable` when the data lacks it."""
+    values = dataset.column(name)
+    if values is None:
+        raise Unavailable(f"the data has no `{name}` column")
+    return values
+
+
 @dataclass
 class Corruption:
     """A corruption of one modality at one level (see `mmbench.metrics.robustness`).
@@ -190,6 +198,8 @@ def encode_image_field(model, inputs: Inputs, rows: Sequence[int], field: str, b
     if field != "pixel_values_right":
         raise ValueError(f"no images for the batch field '{field}'; image fields: pixel_values, pixel_values_right")
     dataset = inputs.dataset
+    if dataset.images_right is None:
+        raise Unavailable("the data has no right image (column pixels_right)")
     parts = []
     for s in chunks(len(rows), batch_size):
         items = [{"image": dataset.images_right[r], "image_id": dataset.image_ids[r]} for r in map(int, rows[s])]

@@ -139,7 +139,8 @@ def macro_accuracy(
 ) -> float | None:
     """Mean over groups of each group's accuracy, for groups with at least `min_count` cases and not in
     `excluded`; None when no group qualifies."""
-    wins, counts = defaultdict(int), defaultdict(int)
+    wins: defaultdict[str, int] = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for ok, g in zip(right, groups, strict=True):
         wins[g] += int(ok)
         counts[g] += 1

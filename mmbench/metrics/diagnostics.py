@@ -34,7 +34,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from mmbench.metrics.common import Inputs, Unavailable, chunks, column, eval_mode, pair_scorer
+from mmbench.metrics.common import Inputs, Unavailable, chunks, eval_mode, pair_scorer, required_column
 
 # --------------------------------------------------------------------------- scoring
 
@@ -70,7 +70,7 @@ def matching_diagnostics(
         raise Unavailable("needs an objective that scores image-text pairs: itc or itm")
     n = len(dataset.images) if max_images is None else min(max_images, len(dataset.images))
     positives, negatives, kinds = (
-        column(dataset, c)[:n] for c in ("match_positives", "match_negatives", "match_negative_types")
+        required_column(dataset, c)[:n] for c in ("match_positives", "match_negatives", "match_negative_types")
     )
 
     # flatten (image row, statement): per image its positives, then its negatives
@@ -80,7 +80,8 @@ def matching_diagnostics(
     with eval_mode(module):
         flat = _score(scorer, model, inputs, inputs.images, pair_rows, pair_texts, batch_size)
 
-    wins, total = defaultdict(int), defaultdict(int)
+    wins: defaultdict[str, int] = defaultdict(int)
+    total: defaultdict[str, int] = defaultdict(int)
     quads = []  # (type, P, N, s(P, I), s(N, I), row)
     offset = 0
     for r in range(n):
@@ -105,10 +106,13 @@ def _winoground(module, scorer, inputs: Inputs, quads: list, batch_size: int) ->
     # the renderer reads the scene from the row's columns: which ones is the data's business, not this
     # protocol's (every column but the pixel bytes, read once per dataset)
     names = [c for c in inputs.dataset.split.column_names if c != "pixels"]
-    cols = {c: column(inputs.dataset, c) for c in names}
-    items, valid = [], []
+    cols = {c: required_column(inputs.dataset, c) for c in names}
+    items: list[dict] = []
+    valid: list[int] = []
+    counterfactuals = inputs.counterfactuals
+    assert counterfactuals is not None  # `matching_diagnostics` calls this only with a renderer
     for q, (kind, pos, neg, _, _, r) in enumerate(quads):
-        cf = inputs.counterfactuals({c: v[r] for c, v in cols.items()}, pos, neg, kind, image_size)
+        cf = counterfactuals({c: v[r] for c, v in cols.items()}, pos, neg, kind, image_size)
         if cf is not None:
             image, boxes, labels = cf
             items.append({"image": image, "image_id": -1 - len(items), "boxes": boxes, "labels": labels})
@@ -128,8 +132,8 @@ def _winoground(module, scorer, inputs: Inputs, quads: list, batch_size: int) ->
             texts,
             batch_size,
         )
-    scores = defaultdict(lambda: np.zeros(3))
-    counts = defaultdict(int)
+    scores: defaultdict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))  # (text, image, group) wins
+    counts: defaultdict[str, int] = defaultdict(int)
     for i, q in enumerate(valid):
         kind, _, _, p_i, n_i, _ = quads[q]
         p_cf, n_cf = flat[2 * i].item(), flat[2 * i + 1].item()
@@ -139,13 +143,13 @@ def _winoground(module, scorer, inputs: Inputs, quads: list, batch_size: int) ->
             scores[key] += (text, image, text and image)
             counts[key] += 1
     out = {"diagnostics/winoground_pairs": float(counts["all"])}
-    for key, (t, i, g) in scores.items():
+    for key, (t_wins, i_wins, g_wins) in scores.items():
         prefix = "diagnostics/" if key == "all" else f"diagnostics/{key}_"
         out.update(
             {
-                f"{prefix}text_score": float(t / counts[key]),
-                f"{prefix}image_score": float(i / counts[key]),
-                f"{prefix}group_score": float(g / counts[key]),
+                f"{prefix}text_score": float(t_wins / counts[key]),
+                f"{prefix}image_score": float(i_wins / counts[key]),
+                f"{prefix}group_score": float(g_wins / counts[key]),
             }
         )
     return out

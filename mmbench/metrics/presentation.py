@@ -174,7 +174,7 @@ def log_to_loggers(
             continue
         try:
             _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples)
-        except Exception as err:  # noqa: BLE001 - presentation must never fail a finished evaluation
+        except Exception as err:  # presentation must never fail a finished evaluation
             log.warning("W&B presentation failed: %s", err)
 
 

@@ -38,7 +38,6 @@ from mmbench.metrics.common import (
     Inputs,
     Unavailable,
     chunks,
-    column,
     embedder,
     encode_images,
     encode_texts,
@@ -189,7 +188,7 @@ def retrieval(
     if scorer is not itc and not isinstance(scorer, ITM):
         raise Unavailable(f"ranks by ITM's positive-class logit; {type(scorer).__name__} has no ITM head")
     dataset = inputs.dataset
-    captions = column(dataset, "captions")
+    captions = dataset.captions
     n = len(captions)
     limit = max_images if itc is not None else min(itm_only_max_images, max_images or itm_only_max_images)
     rows = list(range(n if limit is None else min(n, limit)))

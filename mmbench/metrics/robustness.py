@@ -105,12 +105,16 @@ def empty_text(texts: list[str], rng: np.random.Generator, level: float = 1.0) -
 
 def corruption(name: str, level: float, patch_size: int = 16) -> Corruption:
     """The `Corruption` called `name` at `level`."""
-    images = {
+    images: dict[str, Callable[..., dict]] = {
         "image_noise": image_noise,
         "patch_dropout": partial(patch_dropout, patch_size=patch_size),
         "blank_image": blank_image,
     }
-    texts = {"text_dropout": text_dropout, "text_typos": text_typos, "empty_text": empty_text}
+    texts: dict[str, Callable[..., list[str]]] = {
+        "text_dropout": text_dropout,
+        "text_typos": text_typos,
+        "empty_text": empty_text,
+    }
     if name in images:
         return Corruption(name, level, images=partial(images[name], level=level))
     if name in texts:
@@ -124,12 +128,12 @@ MISSING = ("blank_image", "empty_text")
 
 def area_under_curve(levels: Sequence[float], values: Sequence[float]) -> float:
     """Trapezoid area over the levels divided by their range (the mean value over the range)."""
-    levels, values = np.asarray(levels, float), np.asarray(values, float)
-    order = np.argsort(levels)
-    levels, values = levels[order], values[order]
-    if len(levels) < 2 or levels[-1] == levels[0]:
-        return float(values.mean()) if len(values) else float("nan")
-    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(levels)) / (levels[-1] - levels[0]))
+    x, y = np.asarray(levels, float), np.asarray(values, float)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if len(x) < 2 or x[-1] == x[0]:
+        return float(y.mean()) if len(y) else float("nan")
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
 def level_key(level: float) -> str:

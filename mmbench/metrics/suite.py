@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from hydra.utils import instantiate
@@ -52,7 +53,7 @@ def _default_settings():
 def with_defaults(settings: dict) -> dict:
     """`settings` laid over conf/eval/default.yaml (nested keys merged, lists replaced), as a plain dict."""
     merged = OmegaConf.merge(_default_settings(), OmegaConf.create(settings or {}))
-    return OmegaConf.to_container(merged, resolve=True)
+    return cast(dict, OmegaConf.to_container(merged, resolve=True))  # a DictConfig becomes a dict
 
 
 def protocol(name: str, **settings) -> Callable[..., dict]:
@@ -98,7 +99,7 @@ def run_protocols(
     # what the data offers protocols beyond its columns (nodes of its data config; docs/design.md)
     counterfactuals = getattr(datamodule, "counterfactuals", None)
     zeroshot_classes = getattr(datamodule, "zeroshot_classes", None)
-    cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))  # noqa: E731
+    cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))
     out: dict[str, float] = {}
     timings = {}
     unavailable: dict[str, str] = {}
@@ -135,8 +136,8 @@ def run_protocols(
         timings[name] = time.perf_counter() - t0
     if corruption is None:
         log.info("eval %s: %s", split, ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-        for name, why in unavailable.items():  # docs/metrics.md says what each protocol needs
-            log.info("eval %s: %s not run: %s", split, name, why)
+        for name, reason in unavailable.items():  # docs/metrics.md says what each protocol needs
+            log.info("eval %s: %s not run: %s", split, name, reason)
         if samples is not None:
             samples.unavailable.update(unavailable)
     return out
@@ -164,7 +165,7 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
         protocols = [p for p in r["protocols"] if p in clean]
         t0 = time.perf_counter()
         corrupted = {**settings, **{k: {**settings[k], **v} for k, v in (r["settings"] or {}).items()}}
-        clean: dict[str, float] = {}
+        uncorrupted: dict[str, float] = {}  # the metrics without corruption, for the image-only protocols
 
         def evaluate(c: Corruption | None) -> dict[str, float]:
             # captions are generated from the image alone: a text corruption leaves them as they were
@@ -179,8 +180,8 @@ def evaluate_suite(module, datamodule, settings: dict) -> tuple[dict[str, float]
                 max_images=r["max_images"],
             )
             if c is None:
-                clean.update(res)
-            return {**{k: v for k, v in clean.items() if k.split("/")[0] in image_only}, **res}
+                uncorrupted.update(res)
+            return {**{k: v for k, v in uncorrupted.items() if k.split("/")[0] in image_only}, **res}
 
         res = robustness(
             evaluate,

@@ -146,7 +146,8 @@ def type_suffix(question_type: str) -> str:
 def accuracy_by_type(scores: Sequence[float], types: Sequence[str] | None) -> dict[str, float]:
     """`acc`, the mean score over all questions, and with `types` (one per score) `acc_<type_suffix(type)>`,
     the mean over the questions of each type. Unrounded fractions, keys sorted."""
-    totals, counts = defaultdict(float), defaultdict(int)
+    totals: defaultdict[str, float] = defaultdict(float)
+    counts: defaultdict[str, int] = defaultdict(int)
     named: dict[str, str] = {}  # key -> the type that made it
     for i, score in enumerate(scores):
         keys = ["acc"]
@@ -209,6 +210,8 @@ def vqa(
         raise Unavailable("needs the vqa objective (its answer head)")
     if questions is None:
         raise Unavailable("the data has no `questions` column")
+    if answer_col is None:
+        raise Unavailable("the data has no `answers` column")
     n = len(questions) if max_images is None else min(max_images, len(questions))
     model = module.model
     pairs: list[tuple[int, int]] = []

@@ -43,6 +43,8 @@ def vqa_generative(
         raise Unavailable("needs the vqa_gen objective (answers generated after the question)")
     if questions is None:
         raise Unavailable("the data has no `questions` column")
+    if answer_col is None:
+        raise Unavailable("the data has no `answers` column")
     _, eos_id = inputs.caption_delimiters()
     n = len(questions) if max_images is None else min(max_images, len(questions))
     model = module.model

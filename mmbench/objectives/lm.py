@@ -197,7 +197,7 @@ class LM(Objective):
         """
         B, K = image.tokens.shape[0], num_beams
         dev = image.tokens.device
-        rep = lambda x: x.repeat_interleave(K, 0)  # noqa: E731 - row b*K + k is beam k of sample b
+        rep = lambda x: x.repeat_interleave(K, 0)  # row b*K + k is beam k of sample b
         image = Features(rep(image.tokens), rep(image.mask), rep(image.pooled))  # (B*K, V_img, D)
         seq = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)  # (B*K, 1)
         score = torch.full((B, K), float("-inf"), device=dev)

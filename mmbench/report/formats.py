@@ -115,7 +115,7 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
             ]
         w.writerow(head)
         for r in rows:
-            out = [g.split("=", 1)[1] for g in r.group] or ["all"]
+            out: list[object] = [g.split("=", 1)[1] for g in r.group] or ["all"]
             out += [len(r.jobs), *(r.stats.get(k, {}).get("mean", "") for k in COMPLEXITY)]
             for m in metrics:
                 s = r.stats.get(m)

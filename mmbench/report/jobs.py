@@ -12,6 +12,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from mmbench.record import machine_label
 from mmbench.sweep import SUMMARY_STATE, job_dirname, override_key, swept_keys
@@ -24,7 +25,7 @@ class Job:
     status: str  # completed | failed | unfinished | missing
     overrides: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    params: int | None = None  # complexity.params
+    params: float | None = None  # complexity.params
     flops: float | None = None  # complexity.flops_per_sample: a forward pass, FLOPs per sample
     peak_memory_mb: float | None = None  # complexity.peak_memory_mb
     peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
@@ -209,7 +210,7 @@ def _missing_jobs(sweep_dir: Path, present: set[Path]) -> list[Job]:
         if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")):
             return []
         task = [str(o) for o in cfg.hydra.overrides.task]
-        params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
+        params = cast(dict, OmegaConf.to_container(cfg.hydra.sweeper.params)) if cfg.hydra.sweeper.get("params") else {}
         names = {override_key(o) for o in task}
         arguments = task + [f"{k}={v}" for k, v in (params or {}).items() if override_key(k) not in names]
         parser = OverridesParser.create()
@@ -222,6 +223,6 @@ def _missing_jobs(sweep_dir: Path, present: set[Path]) -> list[Job]:
                 if job_dir.resolve() not in present:
                     jobs.append(Job(job_dir.name, job_dir, "missing", _parse_overrides(overrides), error="not started"))
         return jobs
-    except Exception as err:  # noqa: BLE001 - a report on what exists is still useful
+    except Exception as err:  # a report on what exists is still useful
         print(f"mmbench-report: could not expand {path}: {err}", file=sys.stderr)
         return []

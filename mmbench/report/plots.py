@@ -102,6 +102,8 @@ def baseline_lines(rows: list[Row], metric: str) -> list[tuple[str, float]]:
     match, lines = next(
         ((m, lines) for pattern, lines in BASELINES if (m := re.fullmatch(pattern, metric))), (None, ())
     )
+    if match is None:  # no reference lines for this metric
+        return []
     out = []
     for label, value in lines:
         if isinstance(value, str):  # a recorded metric (\1 = the pattern's group): its mean over the runs that have it

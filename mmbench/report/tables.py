@@ -154,7 +154,7 @@ def compare_to_best(rows: list[Row], metrics: list[str], alpha: float = 0.05, ho
         for r, s in cells:
             state = "best" if s["best"] else "other_gallery" if s.get("other_gallery") else "untestable"
             s.update(p=None, p_adj=None, vs_best=state)
-            if state != "untestable":
+            if state != "untestable" or best is None:  # no best: every cell is another gallery's
                 continue
             s["p"] = welch_p(_values(r, metric), _values(best, metric))
             if s["p"] is not None:

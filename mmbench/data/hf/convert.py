@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -28,6 +28,9 @@ from mmbench.data.hf.roles import (
     _texts,
 )
 from mmbench.data.hf.splits import SPLITS
+
+if TYPE_CHECKING:
+    from datasets.arrow_writer import ArrowWriter
 
 CONVERTER_VERSION = 1  # bump when the converted data changes; part of the cache key
 MAX_LISTED = 20  # skipped image paths kept in stats.json
@@ -82,8 +85,8 @@ def _group_rows(split, cols: Columns, where: str, empty_rows: list[int] | None =
             key = f"id:{source_id}"
         elif cols.image:
             source_id = None
-            key = _image_key(_image_value(row, cols.image))
-            key = key if key is not None else f"row:{i}"
+            image_key = _image_key(_image_value(row, cols.image))
+            key = image_key if image_key is not None else f"row:{i}"
         else:
             source_id, key = None, f"row:{i}"
         group = groups.get(key)
@@ -144,7 +147,7 @@ class _SplitWriter:
 
     def __init__(self, directory: Path, split: str):
         self.path = directory / f"{split}.arrow"
-        self.writer = None
+        self.writer: ArrowWriter | None = None
         self.rows = 0
 
     def write(self, row: dict) -> None:
@@ -180,7 +183,7 @@ class _Converter:
 
     def convert(self, source_splits: dict[str, Any], carve: dict[str, float], out: Path) -> dict:
         """Write the canonical splits into `out`; returns stats (rows, skipped images, label names, ...)."""
-        where = lambda s: f"split {s!r} of {self.source}"  # noqa: E731
+        where = lambda s: f"split {s!r} of {self.source}"
         empty_rows: dict[str, list[int]] = {name: [] for name in source_splits}
         grouped = {
             name: _group_rows(split, self.cols, where(name), empty_rows[name]) for name, split in source_splits.items()
@@ -194,7 +197,8 @@ class _Converter:
                     f"there is no image-text pair to train or evaluate on. Map data.source.columns.{role} to the "
                     f"column that holds the text"
                 )
-        label_names, to_index = ([], None)
+        label_names: list[str] = []
+        to_index: Callable[[Any], int] | None = None
         if self.cols.label:
             feature = getattr(source_splits["train"], "features", None)
             label_feature = feature.get(self.cols.label) if feature is not None else None

@@ -31,7 +31,7 @@ the fields read are the released ones, not a hub copy's):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,8 @@ class Layout:
     files: tuple[str, ...]  # annotation files, relative to data.root
     image_dirs: tuple[str, ...]  # image folders, relative to data.root
     read: Callable[[Path], Rows]
-    columns: dict[str, str]  # role -> row key, as `data.source.columns` of a HF source (mmbench.data.hf.roles)
+    # role -> row key (None: absent), as `data.source.columns` of a HF source (mmbench.data.hf.roles)
+    columns: Mapping[str, str | None]
     splits: dict[str, str | None]  # canonical split -> reader split (None: carved from train, seeded)
     # canonical split -> (images, examples) the benchmark's papers report (images None: not reported)
     published: dict[str, tuple[int | None, int]]

@@ -69,7 +69,7 @@ def _sizes(n: int) -> dict[str, int]:
 
 
 def _karpathy(root: Path, scenes: Scenes, n: int, coco: bool) -> None:
-    images = []
+    images: list[dict] = []  # Karpathy's image entries
     sizes = _sizes(n)
     # COCO: train's images in train2014; restval (a third of train) and val / test in val2014
     parts = [("train", "train", sizes["train"])]

@@ -96,15 +96,15 @@ def split_of(key: SceneKey) -> str:
     return "train"
 
 
-def generate_split(split: str, n: int, *, id_offset: int, **scene) -> dict[str, list]:
-    """Generate n scenes of one split as a column dict (see `FEATURES`); `scene`: `SceneSettings`.
+def generate_split(split: str, n: int, *, id_offset: int, **scene_args) -> dict[str, list]:
+    """Generate n scenes of one split as a column dict (see `FEATURES`); `scene_args`: `SceneSettings`.
 
     Only scene keys owned by the split (`split_of`) are kept, so splits are disjoint; test_holdout
     scenes contain a held-out combination that no other split has. Image ids are id_offset, id_offset + 1, ...
     """
     if split not in SPLIT_INDEX:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
-    settings = SceneSettings(**scene)
+    settings = SceneSettings(**scene_args)
     seed, image_size, grid = settings.seed, settings.image_size, settings.grid
     min_objects, max_objects, mix = settings.min_objects, settings.max_objects, settings.question_mix
     n = _check_int("n", n, 0)

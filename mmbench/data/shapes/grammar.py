@@ -169,8 +169,8 @@ def claim_of(text: str) -> str:
     parts = re.split(r", | and ", text)
     counts = {}
     for part in parts:
-        n, _, word = part.partition(" ")
-        n = 1 if n == "a" else number(n)
+        count, _, word = part.partition(" ")
+        n = 1 if count == "a" else number(count)
         shape = word if n == 1 else _SHAPE_OF_PLURAL.get(word)
         if n is None or shape not in SHAPES or shape in counts:
             return ""

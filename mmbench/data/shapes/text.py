@@ -13,6 +13,7 @@ with its Winoground-style hard negatives, all built from the templates of `gramm
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from mmbench.data.shapes.grammar import (
     ATTRIBUTE_TEMPLATES,
@@ -101,7 +102,7 @@ def _count_caption(scene: Scene, rs: RandomStream) -> str:
 def make_captions(scene: Scene, n: int, rs: RandomStream, relation_directions: int = 4) -> list[str]:
     """n captions, distinct when possible, mixing attribute, relation (>= 2 objects) and count captions;
     `relation_directions`: the relation words used (`stated`)."""
-    kinds = {
+    kinds: dict[str, Callable[[Scene, RandomStream], str]] = {
         "attribute": _attribute_caption,
         "relation": lambda s, r: _relation_caption(s, r, relation_directions),
         "count": _count_caption,
@@ -113,7 +114,7 @@ def make_captions(scene: Scene, n: int, rs: RandomStream, relation_directions: i
     for k in range(n):
         first = plan[(offset + k) % len(plan)]
         order = [first] + [kind for kind in available if kind != first]
-        captions.append(_fresh([lambda kind=kind: kinds[kind](scene, rs) for kind in order], captions))
+        captions.append(_fresh([partial(kinds[kind], scene, rs) for kind in order], captions))
     return captions
 
 
@@ -214,7 +215,7 @@ def make_questions(
     integer weight in `mix` (None: all 1, i.e. uniform). A type of weight 0 is asked only when the scene
     answers no type of positive weight. `relation_directions`: see `_relation_question`.
     """
-    makers = {
+    makers: dict[str, Callable[[Scene, RandomStream], tuple[str, str]]] = {
         "color": _color_question,
         "shape": _shape_question,
         "count": _count_question,
@@ -226,11 +227,17 @@ def make_questions(
     # a scene that answers no type of positive weight: its available types, uniformly
     weighted = [t for t in positive for _ in range(1 if mix is None else mix[t])] or types
     types = positive or types
-    questions, answers, qtypes = [], [], []
+    questions: list[str] = []
+    answers: list[str] = []
+    qtypes: list[str] = []
+
+    def ask(t: str) -> tuple[str, str, str]:  # (question, answer, type)
+        return (*makers[t](scene, rs), t)
+
     for _ in range(n):
         first = rs.pick(weighted)  # with all weights 1 the draws are those of a uniform pick
         order = [first] + [t for t in types if t != first]
-        q, a, t = _fresh([lambda t=t: (*makers[t](scene, rs), t) for t in order], questions)
+        q, a, t = _fresh([partial(ask, t) for t in order], questions)
         questions.append(q)
         answers.append(a)
         qtypes.append(t)
