@@ -37,7 +37,7 @@ def _root(root) -> Path:
 
 def layout_problems(benchmark: str, root) -> list[str]:
     """What is missing from `root` for `benchmark`'s layout: each file / folder named, with the layout
-    expected and, for a file found one or two levels down, the data.root that would work."""
+    expected and, for a file found one or two levels down, where it is."""
     layout = _layout(benchmark)
     if not root:
         return [f"data.root is not set: give the directory that holds {layout.expected()} (docs/data.md, {benchmark})"]
@@ -54,7 +54,7 @@ def layout_problems(benchmark: str, root) -> list[str]:
             iter(sorted(base.glob(f"*/{name.rstrip('/')}")) + sorted(base.glob(f"*/*/{name.rstrip('/')}"))), None
         )
         if found is not None:
-            hints.append(f"{name} is at {found}: set data.root={found.parent}?")
+            hints.append(f"{name} is at {found} (move it to {base}/)")
     return [
         f"data={benchmark}: {base} lacks {', '.join(missing)}; the layout expected under data.root is "
         f"{layout.expected()} (docs/data.md)" + (f". {'; '.join(hints)}" if hints else "")
