@@ -30,7 +30,6 @@ protocol is listed as not run ("not configured"); a missing file names itself an
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -41,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmbench.data.errors import DataError
 from mmbench.data.hf.images import square_image
+from mmbench.data.release.layouts import json_lines, load_json
 from mmbench.metrics.common import Inputs, Unavailable, chunks, encode_texts, eval_mode, pair_scorer
 
 WINOGROUND_LAYOUT = (
@@ -231,11 +232,10 @@ def _read_json(path: Path, layout: str, kind: type, lines: bool = False):
     """The records of a release file: a JSON `kind` (list or dict), or JSON lines (a list)."""
     if not path.is_file():
         raise Unavailable(f"{path} not found; expected {layout}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
-    except json.JSONDecodeError as err:
-        raise Unavailable(f"{path} is not valid JSON{' lines' if lines else ''} ({err}); expected {layout}") from err
+    try:  # the release readers' parsing: a bad document or line is named with its line number
+        data = [record for _, record in json_lines(path)] if lines else load_json(path)
+    except DataError as err:
+        raise Unavailable(f"{err}; expected {layout}") from err
     if not isinstance(data, kind):
         raise Unavailable(f"{path} holds a JSON {type(data).__name__}, not a {kind.__name__}; expected {layout}")
     return data
