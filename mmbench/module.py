@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective
 from mmbench.objectives.context import StepContext, run_order
@@ -31,7 +32,15 @@ _DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_rat
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05, min_lr_ratio: float = 0.0
 ):
-    """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio` x lr."""
+    """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio` x lr. Settings
+    outside [0, 1] are refused (ValueError; config validation builds it on a stand-in optimizer to ask): a
+    warm-up longer than the run would never decay, a negative one would be read as one step."""
+    problems = problems_of(
+        number_problem("warmup_ratio", warmup_ratio, "a fraction of the steps in [0, 1], e.g. 0.05", low=0, high=1),
+        number_problem("min_lr_ratio", min_lr_ratio, "a fraction of the learning rate in [0, 1]", low=0, high=1),
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
     warmup = max(1, int(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:

@@ -119,7 +119,12 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     assert dm.info is not None  # set by the datamodule's setup
+    dm.check_train_batch()  # a batch larger than the training split, once its size is known: before any model
     module = build_module(cfg, dm.info)
+    if cfg.trainer.get("memory_check", True):  # a step that would not fit in memory, before training (memory.py)
+        from mmbench.memory import check_memory
+
+        check_memory(module, dm, trainer_cfg=cfg.trainer, optimizer_target=str(cfg.optimizer._target_))
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -128,7 +133,9 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState(), MidEpochResume()]
     callbacks.append(checkpoint_stamp(config_hash))  # checkpoint["config_hash"]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_cfg = cast(dict, OmegaConf.to_container(cfg.trainer, resolve=True))  # a DictConfig becomes a dict
+    trainer_cfg.pop("memory_check", None)  # mmbench's switch (above), not a Trainer argument
+    trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     hparams = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig becomes a dict
     hparams["choices"] = choices = choices_of(cfg)
     # flat top-level keys (choice/model = "vilt", choice/objective = "itc+itm") so dashboards group by them

@@ -73,6 +73,9 @@ IGNORED = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "data.num_workers",  # loader processes: the same batches
+    "data.num_proc",
+    "data.source.num_proc",  # conversion threads: the same cache entry
+    "trainer.memory_check",  # a check before training; training is the same with or without it
     # an experiment's lookup table (arch_sweep_matched: model name -> size row): the row a run uses is
     # resolved into model.sizes and compared there; the other rows are not what this run computes
     "matched_sizes",

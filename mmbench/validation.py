@@ -4,6 +4,14 @@ Hydra already refuses unknown group options (listing the valid ones) and unknown
 mode). What it cannot know is checked here: values that are impossible together, and objective x
 fusion pairings the fusion cannot serve. Every problem is collected and reported in one
 `ConfigError` (mmbench/config.py) that says what is wrong and what would work.
+
+Numbers are checked by the rule of whatever reads them, so the two cannot disagree: the parts' and
+objectives' own `setting_problems` (mmbench/checks.py; their constructors raise the same problems),
+Lightning's own checks of the Trainer's batch limits and precision (plus what Lightning accepts but
+misreads, e.g. a negative `gradient_clip_val`), and the optimizer and schedule built by their own
+constructors on a stand-in parameter. A batch larger than the training split is refused here when the
+config says the split's size (Shapes); otherwise right after the data is read (pipeline.py), and a
+training step that would not fit in memory after the model is built (mmbench/memory.py).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench.checks import as_number
 from mmbench.config import ConfigError, language_model_node
 
 if TYPE_CHECKING:
@@ -31,6 +40,8 @@ def validate(cfg: DictConfig) -> None:
     if problems:  # every model width interpolates the chosen size: nothing else can be read
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     problems = _value_problems(cfg)
+    if not problems:  # the parts' own checks import them (torch, Lightning: seconds), so a plain slip is refused at once
+        problems = _constructor_problems(cfg)
     if not problems:  # the checks below read the values checked above
         problems = _pairing_problems(cfg)
     if problems:
@@ -64,6 +75,17 @@ RANGES: tuple[tuple[str, type, float, str], ...] = (
     ("trainer.max_epochs", int, -1, "a whole number of epochs >= 1 (-1: until max_steps)"),
     ("trainer.max_steps", int, -1, "a whole number of steps >= 1 (-1: no limit)"),
     ("trainer.accumulate_grad_batches", int, 1, "an integer >= 1"),
+    # Lightning reads a negative clip value as "no clipping" (and trains); 0 / null say so plainly
+    ("trainer.gradient_clip_val", float, 0, "a gradient norm (or value) >= 0 to clip at; 0 or null: no clipping"),
+    ("trainer.log_every_n_steps", int, 1, "a step count >= 1"),  # 0 logs no training step, < 0 is read modulo
+    # null (validate by trainer.val_check_interval steps) is allowed; 0 fails after the first epoch
+    (
+        "trainer.check_val_every_n_epoch",
+        int,
+        1,
+        "an epoch count >= 1 (null: validate every trainer.val_check_interval steps)",
+    ),
+    ("trainer.num_sanity_val_steps", int, -1, "a batch count >= 0 (-1: the whole validation split)"),
     ("model.dim", int, 1, "a width >= 1"),
     ("model.heads", int, 1, "a head count >= 1"),
     ("model.text_dim", int, 1, "a width >= 1"),
@@ -130,13 +152,173 @@ def _value_problems(cfg: DictConfig) -> list[str]:
                 f"settings under its name (conf/objective/itc.yaml starts with 'itc:')"
             )
             continue
-        weight = ocfg.get("weight", 1.0)
-        if weight is None or not _is_number(weight) or float(weight) < 0:
-            problems.append(f"objective.{name}.weight={weight} must be a number >= 0")
     monitor = cfg.get("monitor") or {}
     if monitor.get("mode") not in ("min", "max"):
         problems.append(f"monitor.mode={monitor.get('mode')} must be min or max")
+    problems += _batch_problems(cfg)
     return problems
+
+
+def _constructor_problems(cfg: DictConfig) -> list[str]:
+    """What the parts' constructors, the optimizer, the schedule and Lightning's Trainer would refuse, asked of
+    them (one rule in one place, mmbench/checks.py)."""
+    problems = []
+    for name, ocfg in (cfg.get("objective") or {}).items():
+        # the objective's own check of its settings (weight, mask_prob, temperatures, ...), as its constructor runs it
+        check = getattr(get_class(ocfg._target_), "setting_problems", None)
+        problems += [f"objective.{name}.{problem}" for problem in (check(**_ctor_kwargs(ocfg)) if check else [])]
+    problems += _trainer_problems(cfg)
+    for key in PART_KEYS:
+        node = OmegaConf.select(cfg, key)
+        problems += _part_problems(cfg, node, key) if isinstance(node, DictConfig) else []
+    return problems + _optimizer_problems(cfg)
+
+
+#: Lightning's batch limits (a fraction in [0, 1] or a whole number of batches), with what 0 would mean here
+BATCH_LIMITS: dict[str, str | None] = {
+    "limit_train_batches": "0 batches: the run would train nothing",
+    "limit_val_batches": "0 batches: nothing would be validated, and the best checkpoint is chosen by monitor.metric, "
+    "which validation logs (a quick run: trainer.limit_val_batches=1)",
+    "limit_test_batches": "0 batches: nothing would be tested (to skip testing: test=false)",
+    "overfit_batches": None,  # 0 = off
+    "val_check_interval": "0 would validate after every training batch (0.0) or fail (0); null: once per epoch",
+}
+
+
+def _trainer_problems(cfg: DictConfig) -> list[str]:
+    """The Trainer's numbers by Lightning's own checks (they run when the Trainer is built, after the data and
+    the model), and the values Lightning accepts but reads otherwise than a user means."""
+    trainer = cfg.get("trainer") or {}
+    problems = []
+    for key, zero in BATCH_LIMITS.items():
+        value = trainer.get(key)
+        if value is None or (key == "limit_test_batches" and not cfg.get("test", True)):
+            continue
+        problem = _batch_limit_problem(key, value)
+        if problem is None and zero and as_number(value) == 0:
+            problem = f"trainer.{key}={value}: {zero}"
+        problems += [problem] if problem else []
+    if isinstance(trainer.get("val_check_interval"), float) and "check_val_every_n_epoch" in trainer:
+        if trainer.get("check_val_every_n_epoch") is None:  # Lightning's DataConnector refuses it, at Trainer init
+            problems.append(
+                f"trainer.val_check_interval={trainer.get('val_check_interval')} is a fraction of an epoch, but "
+                f"trainer.check_val_every_n_epoch=null validates by steps: give a whole number of steps"
+            )
+    algorithm = trainer.get("gradient_clip_algorithm")
+    if algorithm is not None:
+        from pytorch_lightning.utilities.enums import GradClipAlgorithmType
+
+        if not GradClipAlgorithmType.supported_type(str(algorithm).lower()):
+            valid = GradClipAlgorithmType.supported_types()
+            problems.append(
+                f"trainer.gradient_clip_algorithm={algorithm}: Lightning clips by {' or '.join(valid)} (default norm)"
+            )
+    problems += _precision_problems(trainer)
+    fast = trainer.get("fast_dev_run")
+    fast_number = as_number(fast) if fast is not None and not isinstance(fast, bool) else 0
+    if fast_number is None or fast_number < 0:
+        problems.append(f"trainer.fast_dev_run={fast}: true, false or a batch count >= 0")
+    if not isinstance(trainer.get("memory_check", True), bool):
+        problems.append(
+            f"trainer.memory_check={trainer.get('memory_check')}: true (check that a step fits in memory) or false"
+        )
+    devices = trainer.get("devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices != -1 and devices < 1:
+        problems.append(f"trainer.devices={devices}: a device count >= 1, -1 (all), auto or a list of device ids")
+    return problems
+
+
+def _batch_limit_problem(key: str, value) -> str | None:
+    """Lightning's check of a batch limit or validation interval (its `_determine_batch_limits`, and its parser
+    of a time interval "DD:HH:MM:SS" for val_check_interval)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.trainer import setup
+
+    try:
+        if key == "val_check_interval" and isinstance(value, (str, DictConfig)):
+            setup._parse_time_interval_seconds(value if isinstance(value, str) else dict(value))
+        elif isinstance(value, bool) or as_number(value) is None:
+            return f"trainer.{key}={value} is not a number; it must be a fraction in [0.0, 1.0] or a whole number of batches"
+        elif value != 1:  # 1 and 1.0 are valid; Lightning logs what they mean on each call
+            setup._determine_batch_limits(value, key)
+    except MisconfigurationException as err:
+        return f"trainer.{key}={value}: {err}"
+    return None
+
+
+def _precision_problems(trainer) -> list[str]:
+    """Lightning's list of precisions, and fp16 autocast on CPU, which Lightning replaces with bf16 silently."""
+    import warnings
+
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    precision = trainer.get("precision")
+    try:
+        with warnings.catch_warnings():  # "16" / "bf16" are aliases Lightning warns about; the Trainer warns again
+            warnings.simplefilter("ignore")
+            unified = _convert_precision_to_unified_args(precision)
+    except ValueError as err:
+        return [f"trainer.precision={precision}: {err}"]
+    if unified == "16-mixed" and trainer.get("accelerator") == "cpu":
+        return [
+            f"trainer.precision={precision}: fp16 autocast does not run on CPU (Lightning would train in bf16-mixed "
+            f"instead); on CPU use trainer.precision=32 (bf16 autocast measured ~8x slower there) or bf16-mixed"
+        ]
+    return []
+
+
+#: the model part configs whose nodes (and nested nodes: a fusion's Q-Former, resampler) may declare checks
+PART_KEYS = ("encoder.text", "encoder.vision", "fusion", "language_model")
+
+
+def _part_problems(cfg: DictConfig, node: DictConfig, path: str) -> list[str]:
+    """The `setting_problems` a part's class declares (mmbench/checks.py: its constructor raises the same), for
+    the node at `path` and the nodes nested in it; a value interpolated from another key names that key."""
+    problems = []
+    target = node.get("_target_")
+    check = getattr(_class_or_none(target), "setting_problems", None) if target else None
+    if check is not None:
+        settings = {
+            str(k): node[k]
+            for k in node
+            if not str(k).startswith("_") and not OmegaConf.is_missing(node, k) and not OmegaConf.is_config(node[k])
+        }
+        for problem in check(**settings):
+            alias = _alias_of(cfg, f"{path}.{problem.split('=', 1)[0]}")
+            problems.append(f"{path}.{problem}" + (f" (set it through {alias})" if alias else ""))
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not OmegaConf.is_missing(node, key):
+            problems += _part_problems(cfg, node[key], f"{path}.{key!s}")
+    return problems
+
+
+def _class_or_none(target: str):
+    """The class `target` names; None for a function (a pooling, a partial), which declares no checks."""
+    from hydra.utils import get_object
+
+    try:
+        found = get_object(target)
+    except Exception:  # a target that does not import: instantiation reports it
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _batch_problems(cfg: DictConfig) -> list[str]:
+    """A batch larger than the training split, where the config says the split's size: Shapes' scenes x captions
+    per image (every (image, caption) pair is one example, mmbench/data/dataset.py). The loader keeps its last
+    partial batch, so such a batch is the whole split at every step; other sources are checked once read."""
+    batch = _safe_number(cfg, "data.batch_size")
+    scenes = _safe_number(cfg, "data.source.num_train")
+    captions = _safe_number(cfg, "data.source.captions_per_image")
+    if not (batch and scenes and captions) or min(batch, scenes, captions) < 1 or batch <= scenes * captions:
+        return []
+    examples = scenes * captions
+    return [
+        f"data.batch_size={batch} is larger than the training split: {scenes} scenes x {captions} captions = "
+        f"{examples} (image, caption) examples, so every step would hold the whole split; use data.batch_size <= "
+        f"{examples} (default 64), or more training scenes (data.source.num_train >= {-(-batch // captions)})"
+    ]
 
 
 def _alias_of(cfg: DictConfig, key: str) -> str | None:
@@ -155,14 +337,6 @@ def _safe_number(cfg: DictConfig, key: str) -> int | None:
         return _number(cfg, key)
     except ValueError:
         return None
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(value, bool)
 
 
 def _head_divisor(dim: int, heads: int) -> int:
@@ -227,6 +401,50 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
             f"save_pretrained or a hub id (e.g. dandelin/vilt-b32-mlm)"
         )
     return problems
+
+
+#: torch's words for the optimizer settings it refuses -> what would work
+OPTIMIZER_HINTS = {
+    "beta": "betas in [0, 1), e.g. optimizer.betas=[0.9,0.98]",
+    "epsilon": "eps >= 0, e.g. optimizer.eps=1e-6",
+    "learning rate": "lr > 0, e.g. optimizer.lr=1e-3",
+    "weight_decay": "weight_decay >= 0",
+    "momentum": "momentum >= 0",
+}
+
+
+def _optimizer_problems(cfg: DictConfig) -> list[str]:
+    """What the optimizer and the schedule refuse, asked of their own constructors, called as the module calls
+    them (`optimizer(params=groups)`, `scheduler(optimizer, total_steps=...)`) on a stand-in parameter."""
+    import torch
+    from hydra.utils import instantiate
+
+    optimizer_cfg = cfg.get("optimizer")
+    if not optimizer_cfg or "_target_" not in optimizer_cfg:
+        return []
+    if "weight_decay" in optimizer_cfg:  # the constructor would take it, and every parameter group override it
+        value = optimizer_cfg.weight_decay
+        instead = (
+            f"weight_decay={value}" if (as_number(value) or 0) >= 0 else "weight_decay >= 0, e.g. weight_decay=0.01"
+        )
+        return [
+            f"optimizer.weight_decay={value} is not read: the module gives each parameter group its weight decay "
+            f"from the top-level key (matrices decay, biases and norms do not); use {instead} instead"
+        ]
+    group = {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": float(cfg.get("weight_decay") or 0.0)}
+    try:
+        optimizer = instantiate(optimizer_cfg)(params=[group])
+    except Exception as err:
+        hint = next((h for word, h in OPTIMIZER_HINTS.items() if word in str(err).lower()), None)
+        name = str(optimizer_cfg._target_).rsplit(".", 1)[-1]
+        return [f"optimizer ({name}) refuses its settings: {err}" + (f"; {hint}" if hint else "")]
+    scheduler_cfg = cfg.get("scheduler")
+    if scheduler_cfg and "_target_" in scheduler_cfg:
+        try:
+            instantiate(scheduler_cfg)(optimizer, total_steps=1000)
+        except Exception as err:
+            return [f"scheduler ({str(scheduler_cfg._target_).rsplit('.', 1)[-1]}): {err}"]
+    return []
 
 
 #: model parts that may take the language model (a constructor parameter `lm`), by config key

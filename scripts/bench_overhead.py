@@ -92,6 +92,7 @@ def lightning_fit(cfg, dm, batches) -> float:
     """Seconds per step after the warm-up, `trainer.fit` with the run's callbacks and loggers."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from mmbench.builder import build_module
     from mmbench.callbacks import RNGState
@@ -110,7 +111,9 @@ def lightning_fit(cfg, dm, batches) -> float:
     # the run's callbacks and the RNG-state one mmbench-train adds (MidEpochResume needs the real loader)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState(), timer]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("memory_check", None)  # mmbench's switch, not a Trainer argument (pipeline.py)
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
     trainer.fit(module, train_dataloaders=Batches(batches))
     return (timer.t1 - timer.t0) / (len(batches) - WARMUP)
 

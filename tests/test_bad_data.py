@@ -167,7 +167,7 @@ def test_truncated_hf_arrow_file_is_converted_again(tmp_path, caplog):
     kwargs = dict(path=str(data), image_size=16, columns=COLUMNS, splits=ALL_SPLITS)
     dsd, target = hf.build_hf(tmp_path / "cache", **kwargs)
     first = dsd["train"][:]
-    _truncate(target / "train.arrow")
+    _truncate(hf_build.entry_files(target)["train"][0])
     caplog.set_level(logging.WARNING, logger="mmbench.data.hf")
     again, target2 = hf.build_hf(tmp_path / "cache", **kwargs)
     assert target2 == target and again["train"][:] == first
@@ -178,7 +178,7 @@ def test_damaged_hf_cache_that_cannot_be_rebuilt_names_the_directory(tmp_path, m
     data = jsonl_data(tmp_path / "d", [f"a red picture number {i}" for i in range(6)])
     kwargs = dict(path=str(data), image_size=16, columns=COLUMNS, splits=ALL_SPLITS)
     _, target = hf.build_hf(tmp_path / "cache", **kwargs)
-    _truncate(target / "test.arrow")
+    _truncate(hf_build.entry_files(target)["test"][0])
 
     def unavailable(*args, **kwargs):
         raise hf.HubUnavailableError("dataset 'x' is not in the local HF cache")

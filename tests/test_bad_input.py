@@ -42,6 +42,8 @@ def test_at_least_sixty_cases():
         ["model.size=huge"],
         ["encoder/vision=region_feats"],
         ["monitor.metric=val/nope"],
+        ["trainer.gradient_clip_val=-1"],  # issue 33: Lightning trains with it (and clips nothing)
+        ["data.batch_size=100000"],  # issue 33: the OOM killer, after two minutes of data preparation
     ],
 )
 def test_cli_refuses_with_exit_2_and_no_traceback_before_any_data(overrides, tmp_path):
@@ -74,3 +76,50 @@ def test_hydra_refusals_exit_2(override, words, tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]
+
+
+def _mlm():
+    from mmbench.objectives.mlm import MLM
+
+    return MLM(dim=8, vocab_size=16, mask_id=4, special_ids=[0], mask_prob=0)
+
+
+def _itc():
+    from mmbench.objectives.itc import ITC
+
+    return ITC(text_dim=8, image_dim=8, temperature_init=1.0)
+
+
+def _qformer():
+    from mmbench.models.fusion.qformer import QFormer
+
+    return QFormer(dim=8, depth=0, heads=2)
+
+
+def _schedule():
+    import torch
+
+    from mmbench.module import warmup_cosine
+
+    return warmup_cosine(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 10, warmup_ratio=1.5)
+
+
+@pytest.mark.parametrize(
+    "overrides,build,owner",
+    [
+        (["objective.mlm.mask_prob=0"], _mlm, "MLM: "),
+        (["objective.itc.temperature_init=1.0"], _itc, "ITC: "),
+        (["model=blip2", "model.fusion_depth=0"], _qformer, "QFormer: "),
+        (["scheduler.warmup_ratio=1.5"], _schedule, ""),
+    ],
+)
+def test_the_constructor_raises_what_validation_reports(overrides, build, owner):
+    """One rule, two callers (mmbench/checks.py): the problem validation reports from the config is the one the
+    constructor raises when built with the same value."""
+    with pytest.raises(ConfigError) as reported:
+        validate(compose_cfg(overrides))
+    with pytest.raises(ValueError) as raised:
+        build()
+    assert str(raised.value).startswith(owner)
+    problem = str(raised.value).removeprefix(owner)
+    assert problem and problem in str(reported.value), (problem, str(reported.value))

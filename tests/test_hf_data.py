@@ -23,6 +23,8 @@ from mmbench import hub
 from mmbench.config import ConfigError
 from mmbench.data import hf
 from mmbench.data.datamodule import DataError
+from mmbench.data.hf import build as hf_build
+from mmbench.data.image_codec import decode_pixels
 from mmbench.pipeline import run
 from mmbench.validation import validate
 from tests.conftest import ROOT, compose_cfg
@@ -153,19 +155,20 @@ def test_imagefolder_converts_to_canonical_columns_and_is_cached(tmp_path, caplo
     assert cache.name.startswith("hf-") and "carving val from train" in caplog.text
     assert {s: len(d) for s, d in dsd.items()} == {"train": 18, "val": 6, "test": 8}
     row = dsd["test"][0]
-    assert row["image_size"] == 32 and len(row["pixels"]) == 32 * 32 * 3
+    assert row["image_size"] == 32 and row["image_format"] == "jpeg"  # the default: stored as a 32-px JPEG
     assert row["captions"] == example(24)["captions"] and row["questions"] == ["what color is the picture?"]
     assert row["answers"] == ["red"] and row["all_answers"] == [["red", "red", "green"]]
     assert row["caption_labels"] == [0, 0]
-    # the picture is 40x30: short side -> 32, centre crop; its colour survives
-    pixels = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(32, 32, 3)
-    assert tuple(pixels[0, 0]) == COLORS["red"]
+    # the picture is 40x30: short side -> 32, centre crop; its colour survives (JPEG: within a few levels of 255)
+    pixels = decode_pixels(row["pixels"], "jpeg", 32)
+    assert pixels.shape == (32, 32, 3) and np.abs(pixels[0, 0].astype(int) - COLORS["red"]).max() <= 6
     ids = [i for d in dsd.values() for i in d["image_id"]]
     assert len(set(ids)) == len(ids) == 32
 
-    stamp = (cache / "train.arrow").stat().st_mtime_ns
+    (train_file,) = hf_build.entry_files(cache)["train"]
+    stamp = train_file.stat().st_mtime_ns
     dsd2, cache2 = hf.build_hf(tmp_path / "cache", **kwargs)
-    assert cache2 == cache and (cache / "train.arrow").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert cache2 == cache and train_file.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert dsd2["val"]["image_id"] == dsd["val"]["image_id"]  # the carved val is seeded
     (data / "train" / "000.png").touch()  # changed data -> new cache key
     assert hf.build_hf(tmp_path / "cache", **kwargs)[1] != cache

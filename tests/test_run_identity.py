@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def test_identity_ignores_how_a_run_is_executed_and_recorded_but_not_what_it_com
         "~callbacks.lr_monitor",
         "trainer.log_every_n_steps=1",
         "data.num_workers=2",
+        "trainer.memory_check=false",
         f"paths.cache_dir={tmp_path / 'elsewhere'}",
     ]
     for override in how:
@@ -228,6 +230,15 @@ def test_sweep_jobs_with_another_config_are_refused_and_the_sweep_goes_on(cache_
     assert res.returncode == 0 and "2/2 completed" in res.stderr, res.stderr[-3000:]
 
 
+def _trainer_pid(message: str, parent: int) -> int:
+    """The process a busy-run message names ("is being trained by process N"), checked to be a child of
+    `parent`: under the sweep launchers each job runs in a process of its own (mmbench/launch.py)."""
+    pid = int(re.search(r"is being trained by process (\d+)", message).group(1))  # type: ignore[union-attr]
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert ppid == parent, f"process {pid} is a child of {ppid}, not of the sweep's process {parent}"
+    return pid
+
+
 def test_one_process_per_run_directory(cache_dir, tmp_path):
     """Two identical sweeps started one after the other: the second finds the job directory locked by
     the first (which waits at the start of training) and skips it as busy; a single run pointed at the
@@ -254,14 +265,14 @@ def test_one_process_per_run_directory(cache_dir, tmp_path):
 
         second = _cli("mmbench.train", args, tmp_path)
         assert second.returncode == 1, second.stderr[-3000:]
-        assert f"is being trained by process {first.pid}" in second.stderr
+        trainer = _trainer_pid(second.stderr, first.pid)
         assert (
             "0/1 completed, 0 failed, 0 unfinished, 1 busy" in second.stderr and f"busy: {job.name}:" in second.stderr
         )
 
         single = _cli("mmbench.train", [*args[1:], f"hydra.run.dir='{job}'"], tmp_path)
         assert single.returncode == 2, single.stderr[-3000:]
-        assert f"run directory {job} is being trained by process {first.pid}" in single.stderr
+        assert f"run directory {job} is being trained by process {trainer}" in single.stderr
         assert _files(job) == before
     finally:
         (wait / "release").touch()

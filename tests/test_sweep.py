@@ -66,7 +66,9 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     ]
     res = _cli(args, tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "1/4 completed, 3 failed" in res.stderr and "objective.itm.weight=-1 must be a number >= 0" in res.stderr
+    assert (
+        "1/4 completed, 3 failed" in res.stderr and "objective.itm.weight=-1: must be a loss weight >= 0" in res.stderr
+    )
     jobs = _jobs(tmp_path)
     ok = "model.init_from=null,objective.itm.weight=1"
     runtime = "model.init_from=nobody_uncached,objective.itm.weight=1"
@@ -94,7 +96,9 @@ def test_failed_job_is_isolated_rerun_skips_completed_and_report_lists_it(cache_
     assert out["keys"] == ["model.init_from", "objective.itm.weight"]
     assert [r.group for r in out["rows"]] == [("model.init_from=null", "objective.itm.weight=1")]
     table = (out["out"] / "table.md").read_text()
-    assert table.count("**failed**") == 3 and f"**failed** `{runtime}`" in table and "must be a number >= 0" in table
+    assert (
+        table.count("**failed**") == 3 and f"**failed** `{runtime}`" in table and "must be a loss weight >= 0" in table
+    )
     assert (out["out"] / "table.csv").exists() and (out["out"] / "table.tex").exists()
     assert any(p.name.startswith("bar_val_loss") for p in out["plots"])
     assert any(p.name == "curve_train_loss_step.png" for p in out["plots"])
@@ -128,7 +132,9 @@ def test_killed_run_resumes_to_the_same_metrics(cache_dir, tmp_path):
     killed = _cli(args, tmp_path / "b", env={"MMBENCH_TEST_KILL": "1"})
     assert killed.returncode != 0
     (job,) = [p for p in (tmp_path / "b" / "outputs" / "multiruns").glob("*/*") if p.is_dir()]
-    assert (job / "checkpoints" / "last.ckpt").exists() and not (job / "metrics.json").exists()
+    assert (job / "checkpoints" / "last.ckpt").exists()
+    killed_record = json.loads((job / "metrics.json").read_text())  # written by the launcher (mmbench/launch.py)
+    assert killed_record["status"] == "failed" and "killed by SIGKILL" in killed_record["error"]
 
     resumed = _cli(args, tmp_path / "b")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

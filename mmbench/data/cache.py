@@ -27,7 +27,9 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 3600.0  # an unlocked temporary directory older than this is an orphan
+PARTIAL_KEPT_S = 7 * 86400.0  # an unlocked partial build untouched this long is abandoned (`resumable_sibling`)
 _TEMPORARY = re.compile(r"^\.(shapes|hf)-[0-9a-f]{16}\.tmp-[^/]+$")
+_PARTIAL = re.compile(r"^\.[a-z0-9_]+-[0-9a-f]{16}\.partial$")
 # what loading a damaged entry raises: a truncated Arrow file (OSError / ArrowInvalid), bad JSON
 # metadata (ValueError), a missing file or key
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)
@@ -83,6 +85,7 @@ def remove_stale_temporaries(root: Path, stale_after_s: float = STALE_AFTER_S) -
                     lock.unlink()
                 finally:
                     os.close(fd)
+    removed += _remove_abandoned_partials(root)
     if removed:
         log.info(
             "removed %d orphaned temporary cache director%s of interrupted builds: %s",
@@ -90,6 +93,30 @@ def remove_stale_temporaries(root: Path, stale_after_s: float = STALE_AFTER_S) -
             "y" if len(removed) == 1 else "ies",
             ", ".join(str(p) for p in removed),
         )
+    return removed
+
+
+def _remove_abandoned_partials(root: Path) -> list[Path]:
+    """Partial builds (`resumable_sibling`) nobody holds and nobody has added to for `PARTIAL_KEPT_S`."""
+    removed: list[Path] = []
+    for partial in sorted(p for p in root.iterdir() if _PARTIAL.match(p.name)):
+        newest = max(_age_s(partial), 0.0)
+        shards = partial / "shards"
+        if shards.exists():
+            newest = min(newest, _age_s(shards))
+        if newest <= PARTIAL_KEPT_S:
+            continue
+        fd = os.open(partial.with_name(partial.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # being built right now
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -112,6 +139,30 @@ def temporary_sibling(target: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+@contextlib.contextmanager
+def resumable_sibling(target: Path) -> Iterator[Path]:
+    """`.<name>.partial` beside `target`, to build it in over one or several attempts: held under an
+    exclusive `flock` (a second process building the same entry waits, then finds it published) and kept
+    when the build is interrupted, so the next build continues what it holds. The caller renames it onto
+    `target` when complete (`publish`). Partial builds untouched for `PARTIAL_KEPT_S` are removed."""
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
+    partial = root / f".{target.name}.partial"
+    fd = os.open(root / f".{target.name}.partial.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("another process is building %s; waiting for it", target)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        partial.mkdir(exist_ok=True)
+        partial.chmod(0o755)
+        yield partial
+    finally:
+        os.close(fd)  # the lock file stays (empty): removing it could split two waiting processes
 
 
 def publish(tmp: Path, target: Path, is_complete: Callable[[Path], bool], *, damaged: bool = False) -> None:

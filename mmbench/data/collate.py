@@ -17,8 +17,10 @@ from mmbench.data import columns as schema
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, H, W) float32 in [-1, 1] of B images (H, W, 3) uint8: the `pixel_values` normalisation."""
-    stacked = torch.from_numpy(np.stack(images))  # (B, H, W, 3) uint8
-    return stacked.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (B, 3, H, W)
+    # in place, then viewed as (B, 3, H, W) with channels-last strides: the same values and strides as
+    # `stacked.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)` at half its cost (docs/performance.md)
+    stacked = torch.from_numpy(np.stack(images)).float()  # (B, H, W, 3)
+    return stacked.div_(127.5).sub_(1.0).permute(0, 3, 1, 2)  # (B, 3, H, W)
 
 
 class Collator:

@@ -56,7 +56,12 @@ COLUMNS: dict[str, Column] = {
     c.name: c
     for c in (
         Column("image_id", datasets.Value("int64"), "image_id", "equal ids = same image"),
-        Column("pixels", datasets.Value("binary"), "image", "raw HWC uint8 bytes, image_size x image_size x 3"),
+        Column(
+            "pixels",
+            datasets.Value("binary"),
+            "image",
+            "the image_size x image_size RGB image: raw HWC uint8 bytes, or a JPEG / PNG file (`image_format`)",
+        ),
         Column(
             "pixels_right",
             datasets.Value("binary"),
@@ -64,6 +69,12 @@ COLUMNS: dict[str, Column] = {
             "the second image of a two-image example (NLVR2's right; `pixels` is the left), encoded as `pixels`",
         ),
         Column("image_size", datasets.Value("int32"), None, "side of the square image, in pixels"),
+        Column(
+            "image_format",
+            datasets.Value("string"),
+            None,
+            "how `pixels` (and `pixels_right`) are stored: jpeg, png or raw (absent: raw); decoded by `PairDataset`",
+        ),
         Column("captions", _STRINGS, "caption", "the texts of the image; (image, caption k) is one example"),
         Column(
             "caption_labels",

@@ -114,7 +114,8 @@ class VLDataModule(pl.LightningDataModule):
     vocabulary to the most frequent train answers (VQAv2: 3129); None keeps all of them.
     offline: never reach the HF hub (tokenizers by hub id load from the local cache only).
     root: the benchmark's directory of a release reader (`data.root`, conf/data/release.yaml); the source
-    reads it (`data.source.root` interpolates it), the module only carries it.
+    reads it (`data.source.root` interpolates it), the module only carries it; so with `num_proc`, the
+    threads converting a source's images (`data.num_proc`, read as `data.source.num_proc`).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class VLDataModule(pl.LightningDataModule):
         counterfactuals: Callable | None = None,
         zeroshot_classes: Callable | None = None,
         root: str | None = None,
+        num_proc: int | None = None,
     ):
         super().__init__()
         self.source = source
@@ -163,6 +165,7 @@ class VLDataModule(pl.LightningDataModule):
         self.datasets: dict[str, PairDataset] = {}
         self.info: DataInfo | None = None
         self.stats: dict = {}  # the source's conversion stats (rows, skipped images), when it keeps them
+        self.cache_dir = None  # where the source keeps the prepared dataset (set once it is read)
 
     def prepare_data(self) -> None:
         """Build (or load from cache) the dataset and the tokenizer."""
@@ -170,6 +173,7 @@ class VLDataModule(pl.LightningDataModule):
 
     def _load(self):
         dsd, cache_dir = self.source()
+        self.cache_dir = cache_dir
         missing = [s for s in SPLITS if s not in dsd]
         if missing:
             raise DataError(f"dataset has no split(s) {missing}; it has {list(dsd)}")
@@ -205,6 +209,18 @@ class VLDataModule(pl.LightningDataModule):
 
         self.stats = read_stats(cache_dir)
         return dsd, tok, special
+
+    def check_train_batch(self) -> None:
+        """Refuse (DataError) a batch larger than the training split, once the split is read: the loader keeps its
+        last partial batch, so every step would hold the whole split. Config validation refuses it from the config
+        where the config says the split's size (Shapes); a source read from files or the hub knows it only now."""
+        examples = len(self.datasets["train"])
+        if self.batch_size > examples:
+            raise DataError(
+                f"data.batch_size={self.batch_size} is larger than the training split of the dataset in "
+                f"{self.cache_dir}: {examples} (image, caption) examples, so every step would hold the whole split; "
+                f"use data.batch_size <= {examples}"
+            )
 
     def answer_vocabulary(self, train) -> list[str]:
         """Train answers, sorted; with max_answers, the most frequent ones (ties by name), sorted."""

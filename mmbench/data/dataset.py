@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pyarrow.compute as pc
 from torch.utils.data import Dataset
 
 from mmbench.data import columns as schema
 from mmbench.data.claims import claim_code
+from mmbench.data.image_codec import IMAGE_FORMATS, decode_pixels
 
-EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer pixel bytes are decoded into memory; larger ones read rows lazily
-PIXEL_COLUMNS = ("pixels", "pixels_right")  # image columns (raw HWC uint8): decoded here, never held as lists
+EAGER_PIXEL_BYTES = 1 << 30  # splits with fewer decoded pixel bytes are decoded into memory; larger ones per row
+PIXEL_COLUMNS = ("pixels", "pixels_right")  # image columns (raw HWC uint8, JPEG or PNG): decoded here
 VQA_ANNOTATORS = 3  # VQAv2 soft score of an answer: min(1, #annotators who gave it / 3)
 
 
@@ -21,8 +23,9 @@ class PairDataset(Dataset):
     """(image, caption k, question k mod Q) examples of one split; a two-image example (NLVR2: one row per
     image pair) also carries its right image (`pixels_right` -> example key `image_right`).
 
-    Text columns are held in memory; pixels too when the split is small (Shapes), otherwise rows are
-    read from the memory-mapped Arrow table on access. Region features are always read on access.
+    Text columns are held in memory; decoded pixels too when the split is small (Shapes), otherwise each
+    row's image is read from the memory-mapped Arrow table and decoded (JPEG / PNG: `image_format`) on
+    access, in the loader's workers. Region features are always read on access.
     """
 
     def __init__(self, split, answer_index: dict[str, int]):
@@ -32,12 +35,15 @@ class PairDataset(Dataset):
         # the images of a row: `pixels`, and the right image of a two-image example (NLVR2) when the data has it
         pixel_columns = [c for c in PIXEL_COLUMNS if c in cols]
         eager = len(split) * size * size * 3 * len(pixel_columns) <= EAGER_PIXEL_BYTES
-        self.images = _pixels(split, "pixels", size, eager)
-        self.images_right = _pixels(split, "pixels_right", size, eager) if "pixels_right" in cols else None
+        image_format = _image_format(split)
+        self.images = _pixels(split, "pixels", size, eager, image_format)
+        self.images_right = (
+            _pixels(split, "pixels_right", size, eager, image_format) if "pixels_right" in cols else None
+        )
         self.image_ids = np.asarray(split["image_id"], dtype=np.int64)
         # the text and box columns as Python lists, read once: `split[name]` is a lazy `datasets.Column`
         # whose every `[r]` is an Arrow slice (~85 us), i.e. most of a batch's loading time if read per row
-        held = [c for c in cols if c not in (*PIXEL_COLUMNS, "region_feats", "image_id", "image_size")]
+        held = [c for c in cols if c not in (*PIXEL_COLUMNS, "region_feats", "image_id", "image_size", "image_format")]
         self._columns: dict[str, list] = split.select_columns(held)[:]  # {name: list over rows}
         values = self._columns
         self.captions = values["captions"]
@@ -119,21 +125,34 @@ class PairDataset(Dataset):
         return item
 
 
-def _pixels(split, name: str, size: int, eager: bool):
+def _image_format(split) -> str:
+    """How the split stores its images: the `image_format` column's one value (raw without the column)."""
+    if "image_format" not in split.column_names or not len(split):
+        return "raw"
+    formats = pc.unique(split.data.column("image_format")).to_pylist()
+    if len(formats) != 1 or formats[0] not in IMAGE_FORMATS:
+        raise ValueError(f"image_format column holds {formats}; a split has one of {list(IMAGE_FORMATS)}")
+    return str(formats[0])
+
+
+def _pixels(split, name: str, size: int, eager: bool, image_format: str = "raw"):
     """The images (N, size, size, 3) uint8 of pixel column `name`: decoded into memory, or read per row."""
-    if eager:
+    if eager and image_format == "raw":
         return np.frombuffer(b"".join(split[name]), dtype=np.uint8).reshape(len(split), size, size, 3)
-    return _LazyPixels(split.select_columns([name]), name, size)
+    lazy = _LazyPixels(split.select_columns([name]), name, size, image_format)
+    if eager:
+        return np.stack([lazy[r] for r in range(len(lazy))]) if len(lazy) else np.zeros((0, size, size, 3), np.uint8)
+    return lazy
 
 
 class _LazyPixels:
-    """`images[r]` of a large split: one row's pixels read from the memory-mapped Arrow table."""
+    """`images[r]` of a large split: one row's image read from the memory-mapped Arrow table and decoded."""
 
-    def __init__(self, pixels, name: str, size: int):
-        self.pixels, self.name, self.size = pixels, name, size
+    def __init__(self, pixels, name: str, size: int, image_format: str = "raw"):
+        self.pixels, self.name, self.size, self.image_format = pixels, name, size, image_format
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def __getitem__(self, r) -> np.ndarray:
-        return np.frombuffer(self.pixels[int(r)][self.name], dtype=np.uint8).reshape(self.size, self.size, 3)
+        return decode_pixels(self.pixels[int(r)][self.name], self.image_format, self.size)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.context import StepContext
@@ -49,10 +50,16 @@ class Objective(nn.Module):
     #: (ITM, which sees both modalities jointly, outranks ITC's cosine similarity)
     pair_score_rank: int = 0
 
+    @classmethod
+    def setting_problems(cls, *, weight: float = 1.0, **settings) -> list[str]:
+        """What is wrong with these constructor settings, from the settings alone (mmbench/checks.py): the
+        constructor raises it, config validation reports it (`objective.<name>.<problem>`) before any data
+        is read. A subclass checks its own settings and passes the rest on; widths and data sizes are ignored."""
+        return problems_of(number_problem("weight", weight, "a loss weight >= 0", low=0))
+
     def __init__(self, weight: float = 1.0):
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"objective weight must be >= 0, got {weight}")
+        raise_problems(type(self).__name__, Objective.setting_problems(weight=weight))
         self.weight = float(weight)
 
     def forward(

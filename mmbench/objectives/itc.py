@@ -51,6 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.data.claims import claims_true
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective, ObjectiveOutput
@@ -139,25 +140,29 @@ class ITC(Objective):
         model: MultimodalModel | None = None,
     ):
         super().__init__(weight)
+        problems = self.setting_problems(
+            embed_dim=embed_dim,
+            temperature_init=temperature_init,
+            min_temperature=min_temperature,
+            max_temperature=max_temperature,
+            queue_size=queue_size,
+            momentum=momentum,
+            alpha=alpha,
+            alpha_ramp=alpha_ramp,
+            text_negatives=text_negatives,
+            claim_positives=claim_positives,
+        )
+        raise_problems("ITC", problems)
         self.claim_positives = bool(claim_positives)
         self.text_negatives = bool(text_negatives)
-        if self.text_negatives and queue_size:
-            raise ValueError("ITC: text_negatives with a queue is not supported (use queue_size=0)")
         self.text_proj = nn.Linear(text_dim, embed_dim)  # towers may differ in width (CLIP: 512 vs 768)
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.bounds = (min_temperature, max_temperature)
         self.queue_size = int(queue_size)
-        if self.queue_size < 0 or not 0.0 <= momentum <= 1.0 or not 0.0 <= alpha <= 1.0 or alpha_ramp < 0:
-            raise ValueError(
-                f"ITC: queue_size={queue_size} must be >= 0, momentum={momentum} and alpha={alpha} in [0, 1], "
-                f"alpha_ramp={alpha_ramp} >= 0"
-            )
         if self.queue_size:
             if model is None:
                 raise ValueError("ITC with a queue needs the model's encoders to copy (the builder passes `model`)")
-            if self.claim_positives:
-                raise ValueError("ITC: claim_positives with a queue is not supported (the queue keeps no claims)")
             if getattr(model.text_encoder, "lm", None) is not None:
                 raise ValueError(
                     "ITC with a queue copies the text encoder, and this one embeds with the language model, "
@@ -181,6 +186,54 @@ class ITC(Objective):
     @classmethod
     def fields_read(cls, text_negatives: bool = False, **config) -> tuple[str, ...]:
         return ("negative_ids", "negative_mask", "has_negative") if text_negatives else ()
+
+    @classmethod
+    def setting_problems(
+        cls,
+        *,
+        embed_dim: int = 128,
+        temperature_init: float = 0.07,
+        min_temperature: float = 0.01,
+        max_temperature: float = 0.5,
+        queue_size: int = 0,
+        momentum: float = 0.995,
+        alpha: float = 0.4,
+        alpha_ramp: float = 0.0,
+        text_negatives: bool = False,
+        claim_positives: bool = False,
+        **settings,
+    ) -> list[str]:
+        """The temperature is learnt inside [min_temperature, max_temperature] (a clamp, whose gradient is 0
+        outside it: a start outside the bounds would never move); the queue excludes the per-caption extras."""
+        problems = problems_of(
+            number_problem("embed_dim", embed_dim, "a width >= 1", low=1, integer=True),
+            number_problem("temperature_init", temperature_init, "a temperature > 0, e.g. 0.07", low=0, low_open=True),
+            number_problem("min_temperature", min_temperature, "a temperature > 0, e.g. 0.01", low=0, low_open=True),
+            number_problem("max_temperature", max_temperature, "a temperature > 0, e.g. 0.5", low=0, low_open=True),
+            number_problem("queue_size", queue_size, "a queue length >= 0 (0: in-batch only)", low=0, integer=True),
+            number_problem("momentum", momentum, "a moving-average factor in [0, 1], e.g. 0.995", low=0, high=1),
+            number_problem("alpha", alpha, "a distillation weight in [0, 1], e.g. 0.4", low=0, high=1),
+            number_problem("alpha_ramp", alpha_ramp, "a fraction of training >= 0", low=0),
+        )
+        if not problems:
+            if min_temperature > max_temperature:
+                problems.append(
+                    f"min_temperature={min_temperature} > max_temperature={max_temperature}: the temperature is "
+                    f"clamped to [min_temperature, max_temperature]; give min <= max"
+                )
+            elif not min_temperature <= temperature_init <= max_temperature:
+                problems.append(
+                    f"temperature_init={temperature_init} lies outside [min_temperature, max_temperature] = "
+                    f"[{min_temperature}, {max_temperature}]: the clamp would hold it at the bound, where its "
+                    f"gradient is 0, so it would never be learnt; start inside the bounds"
+                )
+            if queue_size and text_negatives:
+                problems.append("text_negatives with a queue is not supported (use queue_size=0)")
+            if queue_size and claim_positives:
+                problems.append(
+                    "claim_positives with a queue is not supported (the queue keeps no claims; use queue_size=0)"
+                )
+        return problems + super().setting_problems(**settings)
 
     def embed(self, text_pooled: torch.Tensor, image_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) pooled features -> (B, E) normalised embeddings in the shared space."""

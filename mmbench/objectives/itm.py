@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.data.claims import claims_true
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
@@ -119,6 +120,12 @@ class ITM(Objective):
     def fields_read(cls, text_negatives: bool = False, **config) -> tuple[str, ...]:
         return ("negative_ids", "negative_mask", "has_negative") if text_negatives else ()
 
+    @classmethod
+    def setting_problems(cls, *, hard_negative_warmup: float = 0.0, **settings) -> list[str]:
+        meaning = "a fraction of training in [0, 1] (0: ALBEF's ITC-sampled negatives from the start)"
+        warmup = number_problem("hard_negative_warmup", hard_negative_warmup, meaning, low=0, high=1)
+        return problems_of(warmup) + super().setting_problems(**settings)
+
     def __init__(
         self,
         dim: int,
@@ -128,8 +135,7 @@ class ITM(Objective):
         weight: float = 1.0,
     ):
         super().__init__(weight)
-        if not 0.0 <= hard_negative_warmup <= 1.0:
-            raise ValueError(f"hard_negative_warmup is a fraction of training in [0, 1], got {hard_negative_warmup}")
+        raise_problems("ITM", self.setting_problems(hard_negative_warmup=hard_negative_warmup))
         self.head = nn.Linear(dim, 2)
         self.hard_negatives = hard_negatives
         self.hard_negative_warmup = float(hard_negative_warmup)

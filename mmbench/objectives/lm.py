@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.decoder import Decoder
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
@@ -50,6 +51,12 @@ class LM(Objective):
     #: generates captions for the captioning protocol (a subclass trained on other texts sets False)
     captions = True
 
+    @classmethod
+    def setting_problems(cls, *, label_smoothing: float = 0.0, **settings) -> list[str]:
+        meaning = "a probability in [0, 1) (0: plain cross-entropy)"
+        smoothing = number_problem("label_smoothing", label_smoothing, meaning, low=0, high=1, high_open=True)
+        return problems_of(smoothing) + super().setting_problems(**settings)
+
     def __init__(
         self,
         dim: int,
@@ -60,8 +67,7 @@ class LM(Objective):
         lm: Decoder | None = None,
     ):
         super().__init__(weight)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise_problems(type(self).__name__, self.setting_problems(label_smoothing=label_smoothing))
         # with a language model its own head predicts (see `head_logits`); `lm` only decides that no head is built
         self.head: nn.Module | None = MLMHead(dim, vocab_size) if lm is None else None
         self.vocab_size, self.pad_id, self.label_smoothing = vocab_size, pad_id, label_smoothing

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
 
@@ -56,6 +57,13 @@ class MLM(Objective):
     requires = ("text_tokens",)
     special_ids: torch.Tensor  # (S,) buffer: ids never selected for masking
 
+    @classmethod
+    def setting_problems(cls, *, mask_prob: float = 0.15, **settings) -> list[str]:
+        """0 would select no token (a loss of 0 every step), above 1 no probability."""
+        meaning = "a fraction of tokens in (0, 1], e.g. 0.15 (BERT)"
+        problem = number_problem("mask_prob", mask_prob, meaning, low=0, high=1, low_open=True)
+        return problems_of(problem) + super().setting_problems(**settings)
+
     def __init__(
         self,
         dim: int,
@@ -66,6 +74,7 @@ class MLM(Objective):
         weight: float = 1.0,
     ):
         super().__init__(weight)
+        raise_problems("MLM", self.setting_problems(mask_prob=mask_prob))
         self.head = MLMHead(dim, vocab_size)
         self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
         self.mask_id, self.vocab_size, self.mask_prob = mask_id, vocab_size, mask_prob

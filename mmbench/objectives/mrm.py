@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.outputs import Features, InputMask
 from mmbench.objectives.base import Objective, ObjectiveOutput
 
@@ -121,6 +122,21 @@ class MRM(Objective):
             )
         return problems
 
+    @classmethod
+    def setting_problems(
+        cls, *, mask_prob: float = 0.15, regression_weight: float = 1.0, classification_weight: float = 1.0, **settings
+    ) -> list[str]:
+        problems = problems_of(
+            number_problem(
+                "mask_prob", mask_prob, "a fraction of image tokens in (0, 1], e.g. 0.15", low=0, high=1, low_open=True
+            ),
+            number_problem("regression_weight", regression_weight, "a loss weight >= 0", low=0),
+            number_problem(
+                "classification_weight", classification_weight, "a loss weight >= 0 (0: regression only)", low=0
+            ),
+        )
+        return problems + super().setting_problems(**settings)
+
     def __init__(
         self,
         dim: int,
@@ -136,8 +152,8 @@ class MRM(Objective):
         embedding; defaults to dim); vision_input_dim: width of the vision encoder's input features
         (`Features.inputs`, the regression target; the builder takes it from the built encoder)."""
         super().__init__(weight)
-        if not 0.0 < mask_prob <= 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
+        weights = {"regression_weight": regression_weight, "classification_weight": classification_weight}
+        raise_problems("MRM", self.setting_problems(mask_prob=mask_prob, **weights))
         if vision_input_dim is None:
             raise ValueError(
                 "MRM regresses the vision encoder's input features and needs their width, vision_input_dim (the "

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from mmbench.data.hf.convert import CONVERTER_VERSION, _Converter
 from mmbench.data.hf.loading import LOCAL_BUILDERS, _is_local, _local_identity, load_source
 from mmbench.data.hf.roles import Columns, _check_columns, _plain
 from mmbench.data.hf.splits import SPLITS, _select_splits
+from mmbench.data.image_codec import IMAGE_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,29 @@ def hf_config_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_problems(*, path: str | None = None, unsupported: str | None = None, **_settings) -> list[str]:
+def storage_problems(*, image_format=None, jpeg_quality=None, num_proc=None, **_settings) -> list[str]:
+    """What is wrong with how a converted source stores its images and how many threads convert them."""
+    problems = []
+    if image_format is not None and image_format not in IMAGE_FORMATS:
+        problems.append(f"data.source.image_format={image_format}; valid formats: {list(IMAGE_FORMATS)}")
+    if jpeg_quality is not None and (
+        isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100
+    ):
+        problems.append(f"data.source.jpeg_quality={jpeg_quality}: must be an integer in [1, 100] (90: the default)")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        problems.append(f"data.num_proc={num_proc}: must be a thread count >= 1 (null: every core)")
+    return problems
+
+
+def config_problems(*, path: str | None = None, unsupported: str | None = None, **settings) -> list[str]:
     """What is wrong with a `build_hf` config, from the config alone (no hub, no file is read). A preset
     whose source cannot be read (a hub copy that is a dataset loading script, NLVR2's image pairs) says
     why in `unsupported`, which is the whole answer: nothing else about such a source matters."""
     if unsupported:
         return [str(unsupported)]
+    problems = storage_problems(**settings)
+    if problems:
+        return problems
     if not path:
         return [
             "data.source.path is not set: give a hub dataset id or a local directory / file "
@@ -106,15 +125,22 @@ def build_hf(
     hf_cache_dir: str | None = None,
     seed: int = 0,
     unsupported: str | None = None,
+    image_format: str = "jpeg",
+    jpeg_quality: int = 90,
+    num_proc: int | None = None,
 ) -> tuple[datasets.DatasetDict, Path]:
     """A HF dataset (hub id or local data) in the canonical columns, and its cache directory.
 
     Returns (DatasetDict with train / val / test, `<cache_dir>/hf-<hash>`). See the module doc.
     `unsupported`: why this source cannot be read (set by presets; see `config_problems`): refused before
-    anything is loaded.
+    anything is loaded. image_format / jpeg_quality: how images are stored (`mmbench.data.image_codec`);
+    num_proc: conversion threads (null: every core); the converted data does not depend on it.
     """
     if unsupported:
         raise DataError(str(unsupported))
+    problems = storage_problems(image_format=image_format, jpeg_quality=jpeg_quality, num_proc=num_proc)
+    if problems:
+        raise DataError("; ".join(problems))
     if not path:
         raise DataError(
             "data.source.path is not set: give a hub dataset id or a local directory / file "
@@ -157,6 +183,7 @@ def build_hf(
         "max_samples": max_samples,
         "bad_images": bad_images,
         "image_size": int(image_size),
+        **storage_settings(image_format, jpeg_quality),
         "seed": seed,
         "converter_version": CONVERTER_VERSION,
     }
@@ -206,6 +233,9 @@ def build_hf(
             bad_images,
             seed,
             int(image_size),
+            image_format,
+            jpeg_quality,
+            num_proc,
         )
 
     dsd, stats = cached_entry(target, settings, convert_into, what=repr(path))
@@ -213,13 +243,20 @@ def build_hf(
     return dsd, target
 
 
+def storage_settings(image_format: str, jpeg_quality: int) -> dict:
+    """The part of a cache key that says how images are stored (quality only matters for JPEG)."""
+    return {"image_format": image_format, **({"jpeg_quality": int(jpeg_quality)} if image_format == "jpeg" else {})}
+
+
 def cached_entry(
     target: Path, settings: dict, convert_into: Callable[[Path], dict], *, what: str
 ) -> tuple[datasets.DatasetDict, dict]:
     """The splits and stats of the cache entry `target` for `settings`, converted first when it is missing,
-    written for other settings, or damaged. `convert_into(tmp)` writes the three `<split>.arrow` files into
-    `tmp` and returns the stats; the entry is built beside `target` and renamed into place (shared by every
-    converted source: `build_hf`, `mmbench.data.release.build_release`)."""
+    written for other settings, or damaged. `convert_into(partial)` writes the splits' Arrow files into
+    `partial` and returns the stats (with `files`: per split, its files in row order); the entry is built
+    in a resumable sibling (`data_cache.resumable_sibling`: an interrupted conversion continues, a second
+    process waits for the first) and renamed into place. Shared by every converted source: `build_hf`,
+    `mmbench.data.release.build_release`."""
     damaged = None  # why a complete-looking cache entry does not load
     if _is_complete(target, settings):
         try:
@@ -228,11 +265,20 @@ def cached_entry(
             damaged = data_cache.describe(err)
             log.warning("the cached dataset %s is damaged (%s); converting %s again", target, damaged, what)
     try:
-        with data_cache.temporary_sibling(target) as tmp:  # removes orphans of interrupted builds first
-            stats = convert_into(tmp)
-            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-            data_cache.publish(tmp, target, lambda t: _is_complete(t, settings), damaged=bool(damaged))
+        with data_cache.resumable_sibling(target) as partial:
+            if not damaged and _is_complete(target, settings):  # another process converted it while we waited
+                return _load_entry(target)
+            expected = json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n"
+            begun = partial / "config.json"
+            if begun.is_file() and begun.read_text() != expected:  # cannot happen short of a hash collision
+                shutil.rmtree(partial / "shards", ignore_errors=True)
+            if (partial / "shards").is_dir():
+                log.info("continuing the interrupted conversion of %s in %s", what, partial)
+            (partial / "stats.json").unlink(missing_ok=True)
+            begun.write_text(expected)
+            stats = convert_into(partial)
+            (partial / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")  # written last: complete
+            data_cache.publish(partial, target, lambda t: _is_complete(t, settings), damaged=bool(damaged))
         return _load_entry(target)
     except (ConfigError, *data_cache.LOAD_ERRORS) as err:
         if not damaged:
@@ -276,8 +322,17 @@ def _load_entry(target: Path) -> tuple[datasets.DatasetDict, dict]:
     """The splits and stats.json of a cache entry; raises one of `data_cache.LOAD_ERRORS` when a file is damaged."""
     stats = json.loads((target / "stats.json").read_text())
     stats["rows"]  # a stats.json without it is damaged (KeyError)
-    dsd = datasets.DatasetDict({s: datasets.Dataset.from_file(str(target / f"{s}.arrow")) for s in SPLITS})
-    return dsd, stats
+    splits = {}
+    for s, paths in entry_files(target, stats).items():
+        parts = [datasets.Dataset.from_file(str(path)) for path in paths]
+        splits[s] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return datasets.DatasetDict(splits), stats
+
+
+def entry_files(target: Path, stats: dict | None = None) -> dict[str, list[Path]]:
+    """The Arrow files of each split of a converted cache entry, in row order (from its stats.json)."""
+    stats = stats if stats is not None else json.loads((target / "stats.json").read_text())
+    return {s: [target / name for name in stats["files"][s]] for s in SPLITS}
 
 
 def convert_source(
@@ -296,6 +351,9 @@ def convert_source(
     bad_images: str,
     seed: int,
     image_size: int,
+    image_format: str = "jpeg",
+    jpeg_quality: int = 90,
+    num_proc: int | None = None,
 ) -> dict:
     """Convert the loaded source into the canonical splits under `tmp`; returns the stats."""
     chosen, carve = _select_splits(
@@ -312,17 +370,26 @@ def convert_source(
         bad_images,
         seed,
         source=repr(path),
+        image_format=image_format,
+        jpeg_quality=jpeg_quality,
+        num_proc=conversion_threads(num_proc),
     )
     return converter.convert(chosen, carve, tmp)
+
+
+def conversion_threads(num_proc: int | None) -> int:
+    """Threads converting images: `data.num_proc`, or every core this process may use (null)."""
+    return int(num_proc) if num_proc else len(os.sched_getaffinity(0))
 
 
 def _is_complete(directory: Path, settings: dict) -> bool:
     try:
         saved = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
+        files = json.loads((directory / "stats.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
     expected = json.loads(json.dumps(settings, sort_keys=True, default=str))
-    return saved == expected and all((directory / f"{s}.arrow").is_file() for s in SPLITS)
+    return saved == expected and all(files.get(s) and all((directory / f).is_file() for f in files[s]) for s in SPLITS)
 
 
 def read_stats(cache_dir: str | os.PathLike) -> dict:

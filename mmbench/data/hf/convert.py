@@ -1,10 +1,21 @@
-"""Converting the rows of a HF source into the canonical columns, one Arrow file per split: rows that share
-an image become one canonical row (its captions, questions with majority / all answers, caption labels,
-regions), val / test are carved from train when asked, and unreadable images are raised or skipped."""
+"""Converting the rows of a HF source into the canonical columns: rows that share an image become one
+canonical row (its captions, questions with majority / all answers, caption labels, regions), val / test
+are carved from train when asked, and unreadable images are raised or skipped.
+
+Images are read, resized and encoded (`data.source.image_format`) by `num_proc` threads (PIL releases the
+GIL while it decodes, resizes and encodes, so threads scale with the cores and need no pickling). Rows are
+written in shards of `SHARD_ROWS` source rows, each published complete (`shards/<source>-<k>/done.json`
+last), so an interrupted conversion continues from its last finished shard, and memory holds one shard's
+images at a time: peak memory grows with the text of the dataset only."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +39,17 @@ from mmbench.data.hf.roles import (
     _texts,
 )
 from mmbench.data.hf.splits import SPLITS
+from mmbench.data.image_codec import encode_image
 
 if TYPE_CHECKING:
     from datasets.arrow_writer import ArrowWriter
 
-CONVERTER_VERSION = 1  # bump when the converted data changes; part of the cache key
+CONVERTER_VERSION = 2  # bump when the converted data changes; part of the cache key (2: encoded images, shards)
 MAX_LISTED = 20  # skipped image paths kept in stats.json
+SHARD_ROWS = 1000  # source rows per shard: the unit of resumption (~25 MB of 224-px JPEGs)
+PROGRESS_EVERY_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,6 +195,9 @@ class _Converter:
     bad_images: str
     seed: int
     source: str = "the dataset"  # the path or hub id, for messages
+    image_format: str = "jpeg"  # how `pixels` are stored (`mmbench.data.image_codec`)
+    jpeg_quality: int = 90
+    num_proc: int = 1  # threads reading, resizing and encoding images
     skipped: dict = field(default_factory=dict)  # split -> [paths]
 
     def convert(self, source_splits: dict[str, Any], carve: dict[str, float], out: Path) -> dict:
@@ -203,30 +222,26 @@ class _Converter:
             feature = getattr(source_splits["train"], "features", None)
             label_feature = feature.get(self.cols.label) if feature is not None else None
             label_names, to_index = _label_index(grouped["train"], label_feature)
-        ids: dict[str, int] = {}
         plan = self._plan(grouped, carve)
-        writers = {s: _SplitWriter(out, s) for s in SPLITS}
-        try:
-            for source_name, split in source_splits.items():
+        ids = _image_ids(grouped, plan)
+        counts = {s: 0 for s in SPLITS}
+        files: dict[str, list[str]] = {s: [] for s in SPLITS}
+        progress = _Progress(sum(len(by) for by in plan.values()), self.source)
+        with ThreadPoolExecutor(max_workers=max(1, self.num_proc)) as pool:
+            for number, (source_name, split) in enumerate(source_splits.items()):
                 targets = plan[source_name]  # group key -> canonical split
                 by_row = {g.first_row: (key, g) for key, g in grouped[source_name].items() if key in targets}
-                cols = _role_columns(
-                    self.cols,
-                    ("image", "image_right", "region_feats", "boxes", "region_labels"),
-                    getattr(split, "column_names", None),
-                )
-                rows = _rows(split, cols) if cols else ({} for _ in range(max(by_row, default=-1) + 1))
-                for i, row in enumerate(rows):
-                    if i not in by_row:
-                        continue
-                    key, group = by_row[i]
-                    canonical = self._canonical(row, key, group, ids, to_index, targets[key])
-                    if canonical is not None:
-                        writers[targets[key]].write(canonical)
-        finally:
-            for w in writers.values():
-                w.close()
-        counts = {s: writers[s].rows for s in SPLITS}
+                end = max(by_row, default=-1) + 1
+                for k, start in enumerate(range(0, end, SHARD_ROWS)):
+                    name = f"{number:02d}-{k:05d}"
+                    window = (start, min(start + SHARD_ROWS, end))
+                    done = self._shard(out / "shards" / name, split, window, by_row, targets, ids, to_index, pool)
+                    for target, rows in done["rows"].items():
+                        counts[target] += rows
+                        files[target].append(f"shards/{name}/{target}.arrow")
+                    for target, paths in done["skipped"].items():
+                        self.skipped.setdefault(target, []).extend(paths)
+                    progress.add(sum(1 for i in range(*window) if i in by_row))
         for s in SPLITS:
             if counts[s] == 0:
                 skipped = len(self.skipped.get(s, []))
@@ -247,7 +262,83 @@ class _Converter:
             },  # rows counted from 1
             "label_names": label_names,
             "carved": carve,
+            "image_format": self.image_format,
+            "files": files,  # per split, its Arrow files in row order
         }
+
+    def _shard(self, directory: Path, split, window: tuple[int, int], by_row, targets, ids, to_index, pool) -> dict:
+        """Convert source rows [start, end) into `directory/<target split>.arrow`, unless a finished shard is
+        there (`done.json`, written last); returns its rows and skipped paths per target split."""
+        done = directory / "done.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        building = directory.with_name(f".{directory.name}.building")
+        shutil.rmtree(building, ignore_errors=True)  # what an interrupted run left of this shard
+        building.mkdir(parents=True)
+        start, end = window
+        wanted = _role_columns(
+            self.cols,
+            ("image", "image_right", "region_feats", "boxes", "region_labels"),
+            getattr(split, "column_names", None),
+        )
+        if not wanted:
+            source_rows: Any = ({} for _ in range(start, end))
+        elif isinstance(split, list):
+            source_rows = split[start:end]
+        else:
+            source_rows = _rows(split.select(range(start, end)), wanted)
+        rows = [(i, row) for i, row in zip(range(start, end), source_rows) if i in by_row]
+        images = pool.map(lambda item: self._encoded(item[1], self.cols.image), rows)
+        rights = (
+            pool.map(lambda item: self._encoded(item[1], self.cols.image_right), rows)
+            if self.cols.image_right
+            else None
+        )
+        writers = {target: _SplitWriter(building, target) for target in SPLITS}
+        skipped: dict[str, list[str]] = {}
+        try:
+            for (i, row), image, right in zip(rows, images, rights or (None for _ in rows)):
+                key, group = by_row[i]
+                target = targets[key]
+                pixels = self._checked(image, row, self.cols.image, target, skipped)
+                right_pixels = self._checked(right, row, self.cols.image_right, target, skipped) if rights else None
+                if pixels is None or (rights is not None and right_pixels is None):
+                    continue
+                writers[target].write(self._canonical(row, key, group, ids[key], to_index, pixels, right_pixels))
+        finally:
+            for w in writers.values():
+                w.close()
+        record = {"rows": {t: w.rows for t, w in writers.items() if w.rows}, "skipped": skipped}
+        (building / "done.json").write_text(json.dumps(record))
+        shutil.rmtree(directory, ignore_errors=True)
+        building.rename(directory)
+        return record
+
+    def _encoded(self, row, column: str | None) -> bytes | Exception:
+        """The stored bytes of a row's image (a blank image without an image column), or why it could not
+        be read (run in the conversion threads: the policy for a bad image is applied in row order)."""
+        try:
+            if not column:
+                pixels = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+            else:
+                pixels = read_image(_image_value(row, column), self.image_size, self.image_root)
+            return encode_image(pixels, self.image_format, self.jpeg_quality)
+        except (OSError, ValueError) as err:
+            return err
+
+    def _checked(self, image: bytes | Exception, row, column: str | None, split: str, skipped: dict) -> bytes | None:
+        """The image's bytes; None when it is unreadable and bad_images=skip (the path is counted), a
+        DataError naming the path otherwise."""
+        if not isinstance(image, Exception):
+            return image
+        path = _describe(_image_value(row, column), self.image_root) if column else "<blank image>"
+        if self.bad_images == "raise":
+            raise DataError(
+                f"unreadable image {path} (split '{split}'): {image}; set data.source.bad_images=skip "
+                f"to skip such images (they are counted and logged)"
+            ) from image
+        skipped.setdefault(split, []).append(path)
+        return None
 
     def _plan(self, grouped: dict[str, dict[str, _Group]], carve: dict[str, float]) -> dict[str, dict[str, str]]:
         """Canonical split of every group; val / test carved from train by a seeded fraction of images."""
@@ -269,24 +360,16 @@ class _Converter:
             start += n
         return plan
 
-    def _canonical(self, row, key, group: _Group, ids: dict, to_index, split: str) -> dict | None:
-        pixels = self._pixels(row, self.cols.image, split)
-        right = self._pixels(row, self.cols.image_right, split) if self.cols.image_right else None
-        if pixels is None or (self.cols.image_right and right is None):
-            return None
-        source_id = group.source_id
-        if isinstance(source_id, (int, np.integer)) and not isinstance(source_id, bool):
-            image_id = int(source_id)
-        else:
-            image_id = ids.setdefault(key, len(ids))
+    def _canonical(self, row, key, group: _Group, image_id: int, to_index, pixels: bytes, right: bytes | None) -> dict:
         out = {
             "image_id": image_id,
-            "pixels": pixels.tobytes(),
+            "pixels": pixels,
             "image_size": self.image_size,
+            "image_format": self.image_format,
             "captions": group.captions,
         }
         if right is not None:
-            out["pixels_right"] = right.tobytes()
+            out["pixels_right"] = right
         if self.cols.label:
             out["caption_labels"] = [to_index(v) for v in group.caption_labels]
         if self.cols.question:
@@ -300,24 +383,6 @@ class _Converter:
             if labels is not None:
                 out["labels"] = labels.tolist()
         return out
-
-    def _pixels(self, row, column: str | None, split: str):
-        """The square uint8 image of a row's image cell (blank without an image column); None when it is
-        unreadable and bad_images=skip (the path is counted), a DataError naming the path otherwise."""
-        if not column:
-            return np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-        value = _image_value(row, column)
-        try:
-            return read_image(value, self.image_size, self.image_root)
-        except (OSError, ValueError) as err:
-            path = _describe(value, self.image_root)
-            if self.bad_images == "raise":
-                raise DataError(
-                    f"unreadable image {path} (split '{split}'): {err}; set data.source.bad_images=skip "
-                    f"to skip such images (they are counted and logged)"
-                ) from err
-            self.skipped.setdefault(split, []).append(path)
-            return None
 
     def _regions(self, row, group: _Group, key: str):
         if self.region_dir is not None:
@@ -345,3 +410,44 @@ class _Converter:
             except region_io.RegionError as err:
                 raise DataError(str(err)) from err
         return None
+
+
+def _image_ids(grouped: dict[str, dict[str, _Group]], plan: dict[str, dict[str, str]]) -> dict[str, int]:
+    """image_id of every planned group: the source's integer id, else its index in conversion order (known
+    before any image is read, so a resumed conversion numbers images as an uninterrupted one)."""
+    ids: dict[str, int] = {}
+    counter = 0
+    for source_name, groups in grouped.items():
+        for key, group in groups.items():
+            if key not in plan[source_name]:
+                continue
+            source_id = group.source_id
+            if isinstance(source_id, (int, np.integer)) and not isinstance(source_id, bool):
+                ids[key] = int(source_id)
+            elif key not in ids:
+                ids[key] = counter
+                counter += 1
+    return ids
+
+
+class _Progress:
+    """Logs images converted, their rate and the time left, every `PROGRESS_EVERY_S` seconds."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done = total, what, 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            log.info(
+                "converting %s: %s / %s images (%.0f/s, %.0f s left)",
+                self.what,
+                f"{self.done:,}",
+                f"{self.total:,}",
+                rate,
+                (self.total - self.done) / max(rate, 1e-9),
+            )

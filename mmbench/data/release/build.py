@@ -14,7 +14,15 @@ import pyarrow.compute as pc
 
 from mmbench.data import columns as schema
 from mmbench.data.errors import DataError
-from mmbench.data.hf.build import cached_entry, convert_source, hf_config_hash, mapped_columns, report_stats
+from mmbench.data.hf.build import (
+    cached_entry,
+    convert_source,
+    hf_config_hash,
+    mapped_columns,
+    report_stats,
+    storage_problems,
+    storage_settings,
+)
 from mmbench.data.hf.convert import CONVERTER_VERSION
 from mmbench.data.hf.roles import Columns
 from mmbench.data.hf.splits import SPLITS
@@ -61,11 +69,11 @@ def layout_problems(benchmark: str, root) -> list[str]:
     ]
 
 
-def config_problems(*, benchmark: str, root=None, **_settings) -> list[str]:
+def config_problems(*, benchmark: str, root=None, **settings) -> list[str]:
     """What is wrong with a release source config, from the config and the file system (no file is read)."""
     if benchmark not in LAYOUTS:
         return [f"data.source.benchmark={benchmark!r}; release readers: {sorted(LAYOUTS)}"]
-    return layout_problems(benchmark, root)
+    return storage_problems(**settings) + layout_problems(benchmark, root)
 
 
 def provided_fields(*, benchmark: str, **_settings) -> frozenset[str]:
@@ -111,13 +119,19 @@ def build_release(
     val_fraction: float = 0.05,
     bad_images: str = "raise",
     seed: int = 0,
+    image_format: str = "jpeg",
+    jpeg_quality: int = 90,
+    num_proc: int | None = None,
 ) -> tuple[datasets.DatasetDict, Path]:
     """The benchmark's canonical splits (train / val / test), converted once into `<cache_dir>/<benchmark>-<hash>`.
 
     max_images: the first N images of every split (a quick look at real data). val_fraction: of train's
-    images, carved (seeded) when the benchmark has no public val answers (VQAv2).
+    images, carved (seeded) when the benchmark has no public val answers (VQAv2). image_format /
+    jpeg_quality: how images are stored; num_proc: conversion threads (null: every core).
     """
-    problems = config_problems(benchmark=benchmark, root=root)
+    problems = config_problems(
+        benchmark=benchmark, root=root, image_format=image_format, jpeg_quality=jpeg_quality, num_proc=num_proc
+    )
     if problems:
         raise DataError("; ".join(problems))
     layout = LAYOUTS[benchmark]
@@ -128,6 +142,7 @@ def build_release(
         "root": str(base),
         "identity": _identity(layout, base),
         "image_size": int(image_size),
+        **storage_settings(image_format, jpeg_quality),
         "max_images": max_images,
         "val_fraction": val_fraction,
         "bad_images": bad_images,
@@ -157,6 +172,9 @@ def build_release(
             bad_images=bad_images,
             seed=seed,
             image_size=int(image_size),
+            image_format=image_format,
+            jpeg_quality=jpeg_quality,
+            num_proc=num_proc,
         )
 
     dsd, stats = cached_entry(target, settings, convert_into, what=f"{benchmark} at {base}")

@@ -33,6 +33,7 @@ import functools
 import torch
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.decoder import Decoder, DecoderCache
 from mmbench.models.fusion.gated_cross_attention import GatedCrossAttentionBlock
 from mmbench.models.fusion.resampler import PerceiverResampler
@@ -54,6 +55,12 @@ class VisualContextCache:
 class GatedXAttnLMFusion(nn.Module):
     capabilities = Capabilities(joint_pooled=True, text_tokens=True, image_tokens=False, causal_text=True)
 
+    @classmethod
+    def setting_problems(cls, *, every: int = 1, **settings) -> list[str]:
+        """The constructor's check of `every`, also run by config validation (mmbench/checks.py)."""
+        meaning = "a layer interval n >= 1 (a gated block before every n-th language model layer)"
+        return problems_of(number_problem("every", every, meaning, low=1, integer=True))
+
     def __init__(
         self,
         lm: Decoder,
@@ -67,8 +74,7 @@ class GatedXAttnLMFusion(nn.Module):
         super().__init__()
         if lm is None:
             raise ValueError("fusion=gated_xattn_lm needs a language model: language_model=gpt or language_model=hf")
-        if every < 1:
-            raise ValueError(f"every={every}: a gated block before every n-th LM layer needs n >= 1")
+        raise_problems("GatedXAttnLMFusion", self.setting_problems(every=every))
         object.__setattr__(self, "lm", lm)  # a plain reference: the LM is registered once (fusion/prefix.py)
         self.resampler = resampler  # Flamingo's Perceiver resampler over the image tokens, if given
         self.every = every

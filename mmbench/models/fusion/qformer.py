@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.layers import MLP, Attention, Residual, attention_mask, causal_mask
 from mmbench.models.outputs import Capabilities, Features, Fused
 
@@ -81,6 +82,19 @@ class QFormerLayer(nn.Module):
 class QFormer(nn.Module):
     """Learned queries + `depth` Q-Former layers; cross-attention in layers 0, f, 2f, ..."""
 
+    @classmethod
+    def setting_problems(
+        cls, *, num_queries: int = 32, depth: int = 1, cross_attention_freq: int = 2, **settings
+    ) -> list[str]:
+        """The constructor's check of its counts, also run by config validation (mmbench/checks.py)."""
+        return problems_of(
+            number_problem("num_queries", num_queries, "a query count >= 1 (BLIP-2: 32)", low=1, integer=True),
+            number_problem("depth", depth, "a layer count >= 1", low=1, integer=True),
+            number_problem(
+                "cross_attention_freq", cross_attention_freq, "cross-attention every n >= 1 layers", low=1, integer=True
+            ),
+        )
+
     def __init__(
         self,
         dim: int,
@@ -94,11 +108,8 @@ class QFormer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if num_queries < 1 or depth < 1 or cross_attention_freq < 1:
-            raise ValueError(
-                f"num_queries, depth and cross_attention_freq must be >= 1, got {num_queries}, {depth}, "
-                f"{cross_attention_freq}"
-            )
+        settings = {"num_queries": num_queries, "depth": depth, "cross_attention_freq": cross_attention_freq}
+        raise_problems("QFormer", self.setting_problems(**settings))
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.layers = nn.ModuleList(
             QFormerLayer(dim, heads, i % cross_attention_freq == 0, image_dim, mlp_ratio, prenorm, dropout)

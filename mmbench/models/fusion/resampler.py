@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.layers import MLP, Attention
 from mmbench.models.outputs import Features
 
@@ -48,12 +49,19 @@ class ResamplerLayer(nn.Module):
 class PerceiverResampler(nn.Module):
     """Image tokens (B, V, D) -> `num_latents` tokens (B, N, D); see the module docstring."""
 
+    @classmethod
+    def setting_problems(cls, *, num_latents: int = 8, depth: int = 1, **settings) -> list[str]:
+        """The constructor's check of its counts, also run by config validation (mmbench/checks.py)."""
+        return problems_of(
+            number_problem("num_latents", num_latents, "a latent count >= 1 (Flamingo: 64)", low=1, integer=True),
+            number_problem("depth", depth, "a layer count >= 1", low=1, integer=True),
+        )
+
     def __init__(
         self, dim: int, num_latents: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0
     ):
         super().__init__()
-        if num_latents < 1 or depth < 1:
-            raise ValueError(f"num_latents and depth must be >= 1, got {num_latents} and {depth}")
+        raise_problems("PerceiverResampler", self.setting_problems(num_latents=num_latents, depth=depth))
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.layers = nn.ModuleList(ResamplerLayer(dim, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)

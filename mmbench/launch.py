@@ -1,0 +1,341 @@
+"""Every job of a multirun in a process of its own, so that a native crash or the OOM killer stops one job, not
+the sweep.
+
+Hydra's launchers run a job's task function in a process they share with other jobs: the sweep's own process
+(basic), a joblib worker (parallel) or submitit's job process (local, slurm). A job killed by a signal there
+takes that process with it: the sweep dies with a SIGKILL exit code (basic), or joblib raises
+`TerminatedWorkerError` and abandons the running jobs (parallel). mmbench's launchers (the classes in
+`hydra_plugins/mmbench_launcher/`, chosen by conf/hydra/launcher/{sequential,parallel,local,slurm}.yaml) are
+Hydra's with one change, `IsolatedJobs.setup`: the task function they receive is wrapped in `IsolatedTask`,
+which runs it in a child process started with multiprocessing's 'spawn' context and waits for it.
+
+- The child returns what the task returned; an exception it raises, or a `sys.exit` (Ctrl-C and SIGTERM:
+  exit code 130 / 143, which stop the sweep), is raised again in the waiting process, so the launcher
+  and Hydra see what they would have seen in-process.
+- A child that dies without returning (killed by a signal, or ended by a native library) is recorded in its
+  job's metrics.json as `failed` with the cause (`death_cause`: "killed by SIGKILL (signal 9): ..."); the
+  job returns NaN (a failed trial for sweepers, as a job that raises) and the sweep goes on. SweepSummary
+  lists it at the end, and rerunning the command resumes it from its last checkpoint (mmbench/sweep.py).
+- SIGTERM sent to the waiting process is forwarded to the child (SLURM, submitit and `kill` signal the
+  process they started); so is SIGINT, unless the waiting process is in its terminal's foreground process
+  group, where a Ctrl-C reaches the child directly. A child whose waiting process dies stops as if sent
+  SIGTERM, instead of training on unobserved.
+
+Why a process per job and not a hardened launcher: only a separate process survives a SIGKILL or a segfault,
+and one wrapper of the task function gives every launcher the same behaviour. Why 'spawn': the waiting
+process may be a joblib worker or hold threads, which fork does not copy safely; a fresh interpreter also
+hands every byte of a finished job's memory back to the system. Its cost: each job imports torch anew
+(a few seconds, docs/sweeps.md).
+
+Light imports only (no torch): Hydra imports this module when it scans its plugins.
+"""
+
+from __future__ import annotations
+
+import copy
+import faulthandler
+import functools
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, cast
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+EXIT_GRACE_S = 120.0  # a child that returned its value but has not exited after this long is killed
+STOPS = (signal.SIGINT, signal.SIGTERM)  # the job was asked to stop: an interruption, which stops the sweep
+CRASHES = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+
+
+class IsolatedJobs(Launcher):
+    """A Hydra launcher whose jobs run in child processes (`IsolatedTask`). Put it first among the bases of a
+    launcher: `class IsolatedBasicLauncher(IsolatedJobs, BasicLauncher)`."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        # train.main() tells Hydra's refusal of a command line (exit 1, turned into 2) from a sweep whose jobs
+        # failed (exit 1) by the run directories its own process started: jobs started here count as such
+        self._started = getattr(task_function, "__globals__", {}).get("_JOBS_STARTED")
+        super().setup(  # type: ignore[safe-super]
+            hydra_context=hydra_context, task_function=IsolatedTask(task_function), config=config
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = super().launch(job_overrides, initial_job_idx)  # type: ignore[safe-super]
+        if isinstance(self._started, list):
+            self._started.extend(str(r.hydra_cfg.hydra.runtime.output_dir) for r in returns if r.hydra_cfg)
+        return returns
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """Where a child process finds the task function: its module's import name and its name there. (The
+    function does not pickle by reference: `@hydra.main` put the decorated function under its name.)"""
+
+    module: str
+    qualname: str
+
+    @classmethod
+    def of(cls, function: Callable) -> TaskRef:
+        module = function.__module__
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if module == "__main__" and spec is not None:  # `python -m mmbench.train` runs mmbench.train as __main__
+            module = spec.name
+        # a script run by path stays "__main__": multiprocessing runs it again as the child's __main__
+        return cls(module, function.__qualname__)
+
+    def load(self) -> Callable:
+        found: Any = importlib.import_module(self.module)
+        try:
+            found = functools.reduce(getattr, self.qualname.split("."), found)
+        except AttributeError:
+            raise RuntimeError(
+                f"a job's process cannot find the task function {self.qualname} in {self.module}: run the sweep "
+                f"through an installed module (`mmbench-train`, `python -m mmbench.train`), or choose Hydra's "
+                f"in-process launcher with hydra/launcher=basic"
+            ) from None
+        return inspect.unwrap(found)  # the function under @hydra.main
+
+
+class IsolatedTask:
+    """A task function that runs `task_function(cfg)` in a child process and waits for it (module docstring)."""
+
+    def __init__(self, task_function: TaskFunction):
+        self.task = TaskRef.of(task_function)
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()  # this job's Hydra config, as run_job set it
+        out_dir = Path(str(hydra.runtime.output_dir))
+        # sent as plain containers: a plugin's config node (the launcher's, the sweeper's) does not pickle, as
+        # Hydra's plugin scan defines its class a second time
+        hydra_node = OmegaConf.to_container(cast(DictConfig, hydra), resolve=False)
+        if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # a joblib (loky) worker sets a start method of its own, which a spawned child cannot find
+            multiprocessing.set_start_method("spawn", force=True)
+        context = multiprocessing.get_context("spawn")
+        reader, writer = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_job_process, args=(writer, self.task, hydra_node, cfg), name=f"mmbench job {out_dir.name}"
+        )
+        started = time.time()
+        child.start()
+        writer.close()  # the child holds the only writer: the reader sees its end
+        with _forwarded_signals(child):
+            outcome = _wait(child, reader)
+        if outcome is not None:
+            kind, value = outcome
+            if kind == "return":
+                return value
+            if kind == "exit":
+                raise SystemExit(value)
+            raise value
+        # the child died before it returned: record why, then go on with the sweep (or stop it, if asked to)
+        assert child.exitcode is not None and child.pid is not None
+        cause = death_cause(child.exitcode, child.pid)
+        stopped = -child.exitcode in STOPS
+        try:
+            recorded = record_death(out_dir, cfg, cause, since=started, status="interrupted" if stopped else "failed")
+        except Exception as err:  # the sweep goes on all the same
+            log.warning(
+                "could not record the end of job %s in its metrics.json: %s: %s", out_dir.name, type(err).__name__, err
+            )
+            recorded = False
+        log.error(
+            "job %s %s%s",
+            out_dir.name,
+            cause,
+            "" if recorded else " (not recorded in its metrics.json, which holds another run or its own ending)",
+        )
+        if stopped:
+            raise SystemExit(128 - child.exitcode)
+        return float("nan")  # a failed trial, as a job that raises returns (train.py)
+
+
+def _wait(child: multiprocessing.process.BaseProcess, reader: Connection) -> tuple[str, Any] | None:
+    """The child's message ('return' | 'exit' | 'raise', value), or None if it ended without one."""
+    ready = wait([reader, child.sentinel])
+    message = None
+    if reader in ready or reader.poll():
+        with suppress(EOFError):  # ready because the child ended without writing
+            message = reader.recv()
+    child.join(EXIT_GRACE_S if message is not None else None)
+    if child.exitcode is None:  # returned, but stuck on its way out (a thread, an atexit hook)
+        log.warning("job process %s returned but did not exit within %.0f s: killed", child.pid, EXIT_GRACE_S)
+        child.kill()
+        child.join()
+    elif message is not None and child.exitcode != 0:
+        log.warning(
+            "job process %s ended after the job returned: %s", child.pid, death_cause(child.exitcode, child.pid or 0)
+        )
+    return message
+
+
+def _job_process(conn: Connection, task: TaskRef, hydra_node: dict, cfg: DictConfig) -> None:
+    """The child: Hydra's state for this job as run_job set it, then the task function; sends back its outcome."""
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import configure_log, setup_globals
+
+    faulthandler.enable()  # a native crash prints every thread's Python stack to stderr before the process dies
+    _stop_with_parent()
+    try:
+        setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...})
+        node = OmegaConf.structured(HydraConf)
+        OmegaConf.set_struct(node, False)  # Hydra's node holds keys beyond HydraConf's (env, ...)
+        node.merge_with(hydra_node)
+        config = copy.deepcopy(cfg)  # the job's whole config, as run_job holds it; the task gets `cfg`
+        with read_write(config), open_dict(config):
+            config.hydra = node
+        HydraConfig.instance().set_config(config)
+        function = task.load()  # imports the entry point, which registers its resolvers
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        value = function(cfg)
+    except SystemExit as stop:  # the job asks to stop the sweep (Ctrl-C, SIGTERM)
+        conn.send(("exit", stop.code))
+        raise
+    except KeyboardInterrupt:  # a Ctrl-C the job did not catch, e.g. while it imports
+        conn.send(("exit", 128 + signal.SIGINT))
+        sys.exit(128 + signal.SIGINT)
+    except Exception as err:
+        traceback.print_exc()  # the child's traceback; the waiting process raises the exception again
+        try:
+            conn.send(("raise", err))
+        except Exception:  # an exception that does not pickle
+            conn.send(("raise", RuntimeError(f"{type(err).__name__}: {err}")))
+    else:
+        conn.send(("return", value))
+
+
+def _stop_with_parent() -> None:
+    """In the child: if the process waiting for it dies, stop as if sent SIGTERM (recorded as interrupted
+    inside Lightning's loops; a rerun resumes the job) rather than train on with nobody waiting."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="mmbench-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _forwarded_signals(child: multiprocessing.process.BaseProcess) -> Iterator[None]:
+    """While waiting for `child`: SIGTERM, and SIGINT unless a terminal sent it to the child too, go to the
+    child, whose handlers record the interruption (the waiting process then stops with its exit code)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and _terminal_foreground():
+            return
+        with suppress(ProcessLookupError):
+            os.kill(child.pid, signum)  # type: ignore[arg-type]
+
+    previous = {signum: signal.signal(signum, forward) for signum in STOPS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminal_foreground() -> bool:
+    """Whether this process is in its terminal's foreground process group, to which a Ctrl-C goes."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:  # no controlling terminal
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def death_cause(exitcode: int, pid: int) -> str:
+    """One line: why a job's process `pid` ended without returning. `exitcode` as multiprocessing gives it
+    (-N: killed by signal N)."""
+    if exitcode >= 0:
+        return (
+            f"its process ({pid}) exited with code {exitcode} before the job returned (a native library's exit(), "
+            f"os._exit, or an error before the job started); the sweep's stderr says why"
+        )
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    head = f"killed by {name} (signal {-exitcode}), process {pid}"
+    if -exitcode == signal.SIGKILL:
+        return (
+            f"{head}: the kernel's OOM killer (out of memory) or `kill -9`. If it was the OOM killer, `dmesg` "
+            f"(or `journalctl -k`) has 'Out of memory: Killed process {pid}'; under SLURM, `sacct` says OUT_OF_MEMORY"
+        )
+    if -exitcode in CRASHES:
+        return (
+            f"{head}: a crash in native code (PyTorch, a CUDA driver, a C extension); the sweep's stderr has the "
+            f"Python stack of every thread at the crash (faulthandler)"
+        )
+    if -exitcode in STOPS:
+        return f"{head}: interrupted before it could record it"
+    return f"{head}: sent by another process"
+
+
+def record_death(out_dir: Path, cfg: DictConfig, cause: str, since: float, status: str = "failed") -> bool:
+    """Write `status` and `cause` into the metrics.json of a job whose process, started at `since` (time.time()),
+    died before it returned; unless its run completed, the job recorded its own end since then, or its directory
+    holds a run of another config (which its process refused). Returns whether it wrote."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mmbench.config import choices_of, register_resolvers
+    from mmbench.record import write_metrics
+    from mmbench.rundir import config_identity, read_identity
+    from mmbench.sweep import read_record
+
+    path = out_dir / "metrics.json"
+    record = read_record(out_dir)
+    if record and (record.get("status") == "completed" or path.stat().st_mtime >= since):
+        return False  # a completed run (being skipped), or one that died on its way out, after recording its end
+    register_resolvers()  # this config's ${mmbench.*} (a joblib worker resolves it here)
+    config_hash, config = config_identity(cfg)
+    held = read_identity(out_dir) or record
+    if held is not None and held.get("config_hash") != config_hash:
+        return False
+    write_metrics(
+        path,
+        {
+            "status": status,
+            "error": cause,
+            "config_hash": config_hash,
+            "choices": choices_of(cfg),
+            "overrides": list(HydraConfig.get().overrides.task),
+            "seed": cfg.get("seed"),
+            "metrics": {},
+            "complexity": {},
+            "wall_s": round(time.time() - since, 3),
+            "config": config,
+        },
+    )
+    return True
