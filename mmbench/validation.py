@@ -40,7 +40,7 @@ def validate(cfg: DictConfig) -> None:
     if problems:  # every model width interpolates the chosen size: nothing else can be read
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     problems = _value_problems(cfg)
-    if not problems:  # the parts' own checks import them (torch, Lightning: seconds), so a plain slip is refused at once
+    if not problems:  # these import the parts (torch, Lightning: seconds): a plain slip is refused before them
         problems = _constructor_problems(cfg)
     if not problems:  # the checks below read the values checked above
         problems = _pairing_problems(cfg)
