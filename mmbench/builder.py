@@ -122,6 +122,10 @@ def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
     model = MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
     if init is not None:
         init.load(model)
+    if cfg.model.get("gradient_checkpointing"):
+        from mmbench.models.checkpointing import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     return model
 
 

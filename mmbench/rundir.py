@@ -76,6 +76,7 @@ IGNORED = (
     "data.num_proc",
     "data.source.num_proc",  # conversion threads: the same cache entry
     "trainer.memory_check",  # a check before training; training is the same with or without it
+    "model.gradient_checkpointing",  # recomputes activations: the same gradients (tests/test_checkpointing.py)
     # an experiment's lookup table (arch_sweep_matched: model name -> size row): the row a run uses is
     # resolved into model.sizes and compared there; the other rows are not what this run computes
     "matched_sizes",

@@ -152,6 +152,11 @@ def _value_problems(cfg: DictConfig) -> list[str]:
                 f"settings under its name (conf/objective/itc.yaml starts with 'itc:')"
             )
             continue
+    if not isinstance(cfg.model.get("gradient_checkpointing", False), bool):
+        problems.append(
+            f"model.gradient_checkpointing={cfg.model.get('gradient_checkpointing')}: true (recompute each transformer "
+            f"layer in the backward pass) or false"
+        )
     monitor = cfg.get("monitor") or {}
     if monitor.get("mode") not in ("min", "max"):
         problems.append(f"monitor.mode={monitor.get('mode')} must be min or max")

@@ -61,6 +61,7 @@ def test_identity_ignores_how_a_run_is_executed_and_recorded_but_not_what_it_com
         "trainer.log_every_n_steps=1",
         "data.num_workers=2",
         "trainer.memory_check=false",
+        "model.gradient_checkpointing=true",
         f"paths.cache_dir={tmp_path / 'elsewhere'}",
     ]
     for override in how:
