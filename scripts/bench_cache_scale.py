@@ -110,14 +110,14 @@ def write_layout(root: Path, distinct: int, seed: int = 0) -> dict:
     }
 
 
-def convert_child(args) -> None:
-    """Child process: one conversion (timed inside, after imports); prints one JSON line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from mmbench.data import release
-    from mmbench.data.hf.build import entry_files
+def source(args):
+    """The conversion of the stand-in under the bench's settings, as the datamodule calls a source."""
+    import functools
 
-    t0 = time.perf_counter()
-    dsd, target = release.build_release(
+    from mmbench.data import release
+
+    return functools.partial(
+        release.build_release,
         args.cache,
         benchmark="coco_karpathy",
         root=args.root,
@@ -126,6 +126,15 @@ def convert_child(args) -> None:
         jpeg_quality=args.quality,
         num_proc=args.num_proc,
     )
+
+
+def convert_child(args) -> None:
+    """Child process: one conversion (timed inside, after imports); prints one JSON line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from mmbench.data.hf.build import entry_files
+
+    t0 = time.perf_counter()
+    dsd, target = source(args)()
     seconds = time.perf_counter() - t0
     images = sum(len(d) for d in dsd.values())
     files = sum(p.stat().st_size for ps in entry_files(target).values() for p in ps)
@@ -169,24 +178,14 @@ def run_child(argv: list[str], kill_after: float | None = None) -> dict:
 
 def load_child(args) -> None:
     """Child process: images/s of the training loader in this one process (= one loader worker)."""
-    import functools
 
     import torch
 
-    from mmbench.data import release
     from mmbench.data.datamodule import VLDataModule
 
-    source = functools.partial(
-        release.build_release,
-        args.cache,
-        benchmark="coco_karpathy",
-        root=args.root,
-        image_size=args.size,
-        max_images=args.max_images,
-        jpeg_quality=args.quality,
-        num_proc=args.num_proc,
+    dm = VLDataModule(
+        source(args), image_size=args.size, batch_size=64, num_workers=0, max_text_len=40, vocab_size=8000
     )
-    dm = VLDataModule(source, image_size=args.size, batch_size=64, num_workers=0, max_text_len=40, vocab_size=8000)
     dm.prepare_data()
     dm.setup("fit")
     torch.set_num_threads(1)

@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/bench_checkpointing.py [--model vilt] [--size base] [--batch 32] [--steps 3]
 
-Prints, per setting: the bytes the forward pass saved for the backward pass (autograd's saved tensors),
+Prints, per setting: the bytes the forward pass saved for the backward pass (`mmbench.memory.saved_tensors`:
+each storage once, parameters and buffers left out),
 the process's peak RSS growth over the steps, and seconds per step (after one warm-up step).
 """
 
@@ -26,6 +27,7 @@ def child(args) -> None:
     import torch
 
     from mmbench.builder import build_datamodule, build_module
+    from mmbench.memory import saved_tensors
     from tests.conftest import compose_cfg
     from tests.test_presets import supported_objectives
 
@@ -47,11 +49,8 @@ def child(args) -> None:
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(0)
     module = build_module(cfg, dm.info).train()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(
-        lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t
-    ):
-        module.shared_step(batch, "train").backward()  # warm-up, and the saved bytes
+    saved = [nbytes for nbytes, _ in saved_tensors(module, batch)]  # what the memory check's probe counts
+    module.shared_step(batch, "train").backward()  # warm-up
     module.zero_grad()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

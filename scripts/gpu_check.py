@@ -59,6 +59,10 @@ import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' tiny sizes and preset table (gpu_check.sh sets PYTHONPATH too)
+
+from tests.conftest import TINY  # noqa: E402
+
 PRESETS = tuple(sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))  # as tests/test_presets.py
 
 # Relative |bf16 - fp32| / |fp32| of the training loss. Step 1 (before any update): bf16 keeps 8 bits of
@@ -86,15 +90,7 @@ SYNC_MESSAGE = "called a synchronizing CUDA operation"
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__")
 # the --cpu mode's data and model: tests/conftest.py's TINY sizes, every run in seconds
 SMALL = (
-    "data.source.num_train=240",
-    "data.source.num_val=48",
-    "data.source.num_test=48",
-    "data.batch_size=32",
-    "data.eval_batch_size=64",
-    "model.sizes.tiny.dim=32",
-    "model.sizes.tiny.heads=2",
-    "model.sizes.tiny.fusion_depth=1",
-    "objective.itc.embed_dim=16",
+    *(o for o in TINY if o.startswith(("data.", "model.", "objective."))),
     "eval.protocols=[retrieval,vqa]",  # the suite's two cheapest protocols: enough to compare mmbench-eval
 )
 # the 20-step runs: no test and no checkpoints, only the steps (validation comes at the epoch's end, later)

@@ -8,22 +8,17 @@ import pytest
 import torch
 
 from mmbench.builder import build_datamodule, build_module
+from mmbench.memory import saved_tensors
 from tests.conftest import TINY, compose_cfg
 from tests.test_presets import PRESETS, supported_objectives
 
 
 def _saved_bytes(module, batch) -> tuple[torch.Tensor, int]:
-    """The training loss and the bytes of the tensors its forward pass saved for the backward pass."""
-    saved = []
-
-    def pack(t: torch.Tensor):
-        saved.append(t.numel() * t.element_size())
-        return t
-
+    """The training loss, and the bytes of the tensors a forward pass saves for the backward pass (the memory
+    check's probe, `mmbench.memory.saved_tensors`)."""
+    saved = sum(nbytes for nbytes, _ in saved_tensors(module, batch))
     torch.manual_seed(1)  # the same dropout masks for both modules
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = module.shared_step(batch, "train")
-    return loss, sum(saved)
+    return module.shared_step(batch, "train"), saved
 
 
 @pytest.mark.parametrize("model", PRESETS)
