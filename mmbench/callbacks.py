@@ -3,7 +3,7 @@
 - `LastCheckpoint` writes `checkpoints/last.ckpt`, the state a rerun resumes from, at every epoch end
   and every N steps / T minutes within an epoch.
 - `RNGState` and `MidEpochResume` add what an exact resume needs beyond Lightning's checkpoints: the
-  global RNGs; the train loader's position within the epoch (`mmbench.data.datamodule.ResumableLoader`)
+  global RNGs; the train loader's position within the epoch (`mmbench.data.loaders.ResumableLoader`)
   and the running sums of the epoch's training metrics. A checkpoint that cannot be resumed exactly is
   refused (`check_resumable`).
 """
@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
-from mmbench.sweep import CheckpointError
+from mmbench.checkpoints import CheckpointError
 
 if TYPE_CHECKING:
     from pytorch_lightning.loops.fetchers import _DataFetcher

@@ -2,8 +2,10 @@
 
 - `compose_train`: conf/train.yaml with overrides, for scripts and tests (the only composer outside the CLI);
 - `register_resolvers`: the `${mmbench.*:}` resolvers conf/ uses (run name and group here, the sweep's in
-  mmbench/sweep.py); `check_group_options`: the CLI's check of list choices (`objective=[itc,nope]`);
-- `choices_of` (the group choices of a run) and `language_model_node` (the language model part, if any);
+  mmbench/sweep.py, the W&B run id in mmbench/rundir.py); `check_group_options`: the CLI's check of list
+  choices (`objective=[itc,nope]`);
+- `choices_of` (the group choices of a run), `language_model_node` (the language model part, if any) and
+  `PART_KEYS` (each model part's config key);
 - `ConfigError`: a composed config that cannot be run. `validate` (mmbench/validation.py) raises it; so
   do the data sources and pipeline.py's W&B check, for what only they can know.
 """
@@ -19,6 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 
 class ConfigError(ValueError):
     """A composed config that cannot be run."""
+
+
+#: each model part's config key, the language model first (the builder builds it first: the parts that run it
+#: receive it)
+PART_KEYS = {
+    "language_model": "language_model",
+    "text_encoder": "encoder.text",
+    "vision_encoder": "encoder.vision",
+    "fusion": "fusion",
+}
 
 
 def language_model_node(cfg: DictConfig) -> DictConfig | None:
@@ -61,7 +73,7 @@ def _run_name() -> str:
 
     if not HydraConfig.initialized():
         return "default"
-    from mmbench.sweep import RUN_KEYS, override_key
+    from mmbench.overrides import RUN_KEYS, override_key
 
     # the experiment is the W&B group already; sweep_name/resume/torch_threads say how, not what
     skip = ("seed", "experiment", *RUN_KEYS)
@@ -70,14 +82,16 @@ def _run_name() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/ (`${mmbench.run_name:}`, `${mmbench.run_group:}`, and the sweep
-    directory / job directory / W&B id resolvers of mmbench.sweep); idempotent."""
+    """Resolvers used by conf/ (`${mmbench.run_name:}`, `${mmbench.run_group:}`, the sweep directory / job
+    directory resolvers of mmbench.sweep and the W&B run id of mmbench.rundir); idempotent."""
+    from mmbench.rundir import wandb_run_id
     from mmbench.sweep import RESOLVERS
 
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
         "mmbench.run_name": (_run_name, False),
         "mmbench.run_group": (_run_group, False),
         **RESOLVERS,
+        "mmbench.wandb_id": (wandb_run_id, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

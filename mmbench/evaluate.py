@@ -83,7 +83,9 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
     """The training run's `eval` settings with this command's `eval.<key>=...` overrides on top, so
     that a checkpoint is evaluated exactly as at the end of its training unless told otherwise;
     `eval=<option>` (or a run without an `eval` node) takes this command's `eval` config instead."""
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in task]
+    from mmbench.overrides import override_key
+
+    keys = [override_key(str(o)) for o in task]
     if "eval" in keys or train_cfg.get("eval") is None:
         return cast(dict, OmegaConf.to_container(eval_cfg.eval, resolve=True))  # a DictConfig becomes a dict
     settings = OmegaConf.create(OmegaConf.to_container(train_cfg.eval, resolve=False))
@@ -96,8 +98,8 @@ def eval_settings(train_cfg: DictConfig, eval_cfg: DictConfig, task: list[str]) 
 
 
 def read_weights(ckpt_path: str | Path) -> dict:
-    """The checkpoint's state_dict, loaded weights-only (mmbench.sweep.load_checkpoint)."""
-    from mmbench.sweep import CheckpointError, load_checkpoint
+    """The checkpoint's state_dict, loaded weights-only (mmbench.checkpoints.load_checkpoint)."""
+    from mmbench.checkpoints import CheckpointError, load_checkpoint
 
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -114,7 +116,6 @@ def load_weights(module, ckpt_path: str | Path) -> None:
 
 def run_eval(cfg: DictConfig) -> dict:
     import dataclasses
-    import json
 
     import torch
     from hydra.core.hydra_config import HydraConfig
@@ -123,7 +124,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from mmbench.builder import build_datamodule, build_module
     from mmbench.finish import close_wandb, evaluate_and_publish
     from mmbench.metrics.complexity import reset_peak_memory
-    from mmbench.record import git_sha, machine, versions, write_metrics
+    from mmbench.record import RunRecord, read_record
 
     start = time.time()
     reset_peak_memory()
@@ -158,8 +159,7 @@ def run_eval(cfg: DictConfig) -> dict:
 
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     settings = eval_settings(train_cfg, cfg, task)
-    previous = run_dir / "metrics.json"
-    choices = json.loads(previous.read_text()).get("choices") if previous.is_file() else None
+    choices = (read_record(run_dir) or {}).get("choices")  # the training run's, from its metrics.json
     ckpt = str(Path(cfg.ckpt_path).resolve())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     completed = False
@@ -177,26 +177,20 @@ def run_eval(cfg: DictConfig) -> dict:
         )
         assert eval_seconds is not None  # the suite ran
         server_file = _answer_server_questions(module, dm, server, out_dir, settings) if server else None
-        record = {
-            "status": "completed",
-            "mode": "eval",
-            "ckpt_path": ckpt,
-            "run_dir": str(run_dir),
-            "choices": choices,
-            "overrides": task,
-            "metrics": metrics,
-            "complexity": comp,
-            "versions": versions(),
-            "git": git_sha(),
-            "machine": machine(),
-            "eval_s": round(eval_seconds, 3),
-            "wall_s": round(time.time() - start, 3),
-        }
-        if server_file:
-            record["vqa_server_file"] = str(server_file)
-        write_metrics(out_dir / "metrics.json", record)
+        record = RunRecord.evaluation(
+            ckpt_path=ckpt,
+            run_dir=str(run_dir),
+            choices=choices,
+            overrides=task,
+            metrics=metrics,
+            complexity=comp,
+            eval_s=round(eval_seconds, 3),
+            wall_s=round(time.time() - start, 3),
+            vqa_server_file=str(server_file) if server_file else None,
+        )
+        record.write(out_dir)
         completed = True
-        return record
+        return record.as_dict()
     finally:
         close_wandb(completed)
 

@@ -17,12 +17,12 @@ from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmbench.checkpoints import CheckpointError, csv_history, load_checkpoint, restore_csv_history
 from mmbench.config import ConfigError, choices_of
 from mmbench.distributed import SavedLaunch, ddp_cleanup, ddp_single_run, global_rank
 from mmbench.finish import close_wandb, evaluate_and_publish
-from mmbench.record import Diverged, Interrupted, git_sha, machine, versions, write_metrics
+from mmbench.record import Diverged, Interrupted, RunRecord
 from mmbench.rundir import checkpoint_stamp, config_identity
-from mmbench.sweep import CheckpointError, csv_history, load_checkpoint, restore_csv_history
 from mmbench.validation import validate
 
 log = logging.getLogger(__name__)
@@ -35,49 +35,39 @@ def _overrides() -> list[str]:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train, test and write `metrics.json` into `cfg.paths.output_dir`. Returns the record."""
+    """Train, test and write `metrics.json` into `cfg.paths.output_dir`. Returns the record as written."""
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     config_hash, config = config_identity(cfg)  # what this run is (mmbench/rundir.py); also in every checkpoint
-    record: dict = {
-        "status": "running",
-        "config_hash": config_hash,
-        "choices": choices_of(cfg),
-        "overrides": _overrides(),
-        "seed": cfg.seed,  # an int once validate() has passed; a refused `seed=abc` is recorded as given
-        "metrics": {},
-        "complexity": {},
-        "versions": versions(),
-        "git": git_sha(),
-        "machine": machine(),
-        "wall_s": None,
-        "config": config,  # resolved, without the keys that say how to run (rundir.IGNORED)
-    }
+    record = RunRecord.training(
+        config_hash=config_hash, choices=choices_of(cfg), overrides=_overrides(), seed=cfg.seed, config=config
+    )
     launch = SavedLaunch()  # what a DDP job of a multirun changes for Lightning's launcher, undone below
     try:
         validate(cfg)
         check_wandb_reachable(cfg)
-        record["metrics"], record["complexity"] = _train(cfg, out_dir, config_hash, launch)
-        record["status"] = "completed"
-        return record
+        record.metrics, record.complexity = _train(cfg, out_dir, config_hash, launch)
+        record.status = "completed"
     except (ConfigError, CheckpointError) as err:
-        record.update(status="failed", error=str(err))
+        record.status, record.error = "failed", str(err)
         raise
     except Diverged as err:
-        record.update(status="diverged", error=str(err))
+        record.status, record.error = "diverged", str(err)
         raise
     except KeyboardInterrupt as err:  # Interrupted, or a Ctrl-C outside Lightning (e.g. in the evaluation suite)
-        record.update(status="interrupted", error=str(err) or "interrupted by SIGINT (Ctrl-C)")
+        record.status, record.error = "interrupted", str(err) or "interrupted by SIGINT (Ctrl-C)"
         raise
     except BaseException as err:  # record every failure, then re-raise
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        record.status, record.error = "failed", f"{type(err).__name__}: {err}"
+        record.traceback = traceback.format_exc()
         raise
     finally:
-        record["wall_s"] = round(time.time() - start, 3)
+        record.wall_s = round(time.time() - start, 3)
         if global_rank() == 0:  # under DDP every rank runs this; one metrics.json per run
-            write_metrics(out_dir / "metrics.json", record)
+            record.write(out_dir)
         ddp_cleanup(launch)  # the next job of a sweep starts its own process group
-        close_wandb(completed=record["status"] == "completed")
+        close_wandb(completed=record.status == "completed")
+    return record.as_dict()
 
 
 def check_wandb_reachable(cfg: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""metrics.json: the one file per run that reports and dashboards read (see docs/design.md).
+"""metrics.json: the one file per run that reports and dashboards read (see docs/design.md), written and
+read here: `RunRecord` (what `mmbench-train` and `mmbench-eval` write), `read_record`, `write_metrics`.
 
 Its `status` is `running` while the run lives, then one of
 - `completed`;
@@ -15,8 +16,12 @@ import math
 import os
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any, ClassVar
+
+RECORD_FILE = "metrics.json"
 
 _PACKAGES = (
     "mmbench",
@@ -159,3 +164,112 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+@dataclass
+class RunRecord:
+    """A run's metrics.json, for a training run (`training`: pipeline.run) and for a re-evaluation of a
+    checkpoint (`evaluation`: evaluate.run_eval). `as_dict` is what is written: the keys of its mode in the
+    order they have always had, then those of `WHEN_SET` that are set."""
+
+    mode: str  # "train" or "eval" (written for "eval" only: training records never had the key)
+    status: str  # "running", then "completed", "failed", "diverged" or "interrupted" (module docstring)
+    choices: dict | None  # the config-group choices (config.choices_of); an eval: those of the run it evaluates
+    overrides: list[str]  # the command line's task overrides
+    versions: dict[str, str | None]  # `versions()`
+    git: str | None  # `git_sha()`
+    machine: dict[str, str | int | None]  # `machine()`
+    metrics: dict[str, float] = field(default_factory=dict)
+    complexity: dict[str, Any] = field(default_factory=dict)  # metrics.complexity.complexity
+    wall_s: float | None = None
+    # a training run
+    config_hash: str | None = None  # mmbench.rundir.config_identity; also in every checkpoint
+    seed: Any = None  # as given: an int once validate() has passed, a refused `seed=abc` as it was written
+    config: dict | None = None  # resolved, without the keys that say how to run (rundir.IGNORED)
+    # an evaluation
+    ckpt_path: str | None = None
+    run_dir: str | None = None  # the training run the checkpoint is from
+    eval_s: float | None = None
+    vqa_server_file: str | None = None  # answers for the VQA evaluation server (`vqa_server.questions`)
+    # how a run that did not complete ended
+    error: str | None = None
+    traceback: str | None = None
+
+    # the keys written, per mode, in their order; then those of WHEN_SET that are set
+    # fmt: off
+    KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train": ("status", "config_hash", "choices", "overrides", "seed", "metrics", "complexity",
+                  "versions", "git", "machine", "wall_s", "config"),
+        "eval": ("status", "mode", "ckpt_path", "run_dir", "choices", "overrides", "metrics", "complexity",
+                 "versions", "git", "machine", "eval_s", "wall_s"),
+    }
+    # fmt: on
+    WHEN_SET: ClassVar[tuple[str, ...]] = ("error", "traceback", "vqa_server_file")
+
+    @classmethod
+    def training(cls, *, config_hash: str, choices: dict, overrides: list[str], seed: Any, config: dict) -> RunRecord:
+        """A training run's record as it starts (`running`), with this process's provenance."""
+        return cls(
+            mode="train",
+            status="running",
+            config_hash=config_hash,
+            choices=choices,
+            overrides=overrides,
+            seed=seed,
+            versions=versions(),
+            git=git_sha(),
+            machine=machine(),
+            config=config,
+        )
+
+    @classmethod
+    def evaluation(
+        cls,
+        *,
+        ckpt_path: str,
+        run_dir: str,
+        choices: dict | None,
+        overrides: list[str],
+        metrics: dict[str, float],
+        complexity: dict[str, Any],
+        eval_s: float,
+        wall_s: float,
+        vqa_server_file: str | None = None,
+    ) -> RunRecord:
+        """A completed evaluation's record, with this process's provenance."""
+        return cls(
+            mode="eval",
+            status="completed",
+            ckpt_path=ckpt_path,
+            run_dir=run_dir,
+            choices=choices,
+            overrides=overrides,
+            metrics=metrics,
+            complexity=complexity,
+            versions=versions(),
+            git=git_sha(),
+            machine=machine(),
+            eval_s=eval_s,
+            wall_s=wall_s,
+            vqa_server_file=vqa_server_file,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as metrics.json holds it (before `write_metrics` writes non-finite numbers as null)."""
+        if self.mode not in self.KEYS:
+            raise ValueError(f"RunRecord mode {self.mode!r}: one of {sorted(self.KEYS)}")
+        out = {key: getattr(self, key) for key in self.KEYS[self.mode]}
+        return out | {key: getattr(self, key) for key in self.WHEN_SET if getattr(self, key) is not None}
+
+    def write(self, run_dir: str | os.PathLike) -> None:
+        """`<run_dir>/metrics.json`, atomically (`write_metrics`)."""
+        write_metrics(Path(run_dir) / RECORD_FILE, self.as_dict())
+
+
+def read_record(run_dir: str | os.PathLike) -> dict | None:
+    """The metrics.json of a run directory as written (any mmbench's, or `launch.record_death`'s), None when
+    there is none or it does not parse."""
+    try:
+        return json.loads((Path(run_dir) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None

@@ -25,6 +25,9 @@
    (`hydra.output_subdir: null` in conf/train.yaml): Hydra writes it before the task function runs,
    so it would overwrite the config of the run that is there before anything could compare it.
 
+The run's identity also names its W&B run (`wandb_run_id`, the `${mmbench.wandb_id:}` resolver): a resumed run
+continues its W&B run, a new run in a path used before gets its own.
+
 One concept, the run directory's lifecycle (steps 1-4 above), in one file of a little over 400 lines: the
 identity code is here because it exists to make the decision of step 3 (and to stamp what that decision reads
 back), so splitting it off would put one decision in two files.
@@ -48,8 +51,8 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench.distributed import global_rank
-from mmbench.record import write_metrics
-from mmbench.sweep import RUN_KEYS, override_key, read_record
+from mmbench.overrides import RUN_KEYS, override_key
+from mmbench.record import read_record, write_metrics
 
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = ".lock"
@@ -194,6 +197,19 @@ def read_identity(run_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return identity if isinstance(identity, dict) else None
+
+
+def wandb_run_id(output_dir: str | None) -> str | None:
+    """`${mmbench.wandb_id:...}`: a W&B run id stable for the run in a run directory, so a resumed job resumes its
+    W&B run: from the directory and the run id in its identity.json, so a new run in a path used before (the old
+    directory deleted) gets a W&B run of its own. From the path alone for a directory without one. None without
+    a run directory: Hydra sets its runtime output dir only when a job runs, so a config printed with
+    `--cfg job --resolve` has none (and no W&B run)."""
+    if output_dir is None:
+        return None
+    run_id = (read_identity(output_dir) or {}).get("run_id")
+    key = str(Path(output_dir).resolve()) + (f"\n{run_id}" if run_id else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def checkpoint_stamp(config_hash: str):

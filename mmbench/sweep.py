@@ -8,13 +8,14 @@
 - `train.py` skips a job whose `metrics.json` says completed and resumes any other one (unfinished,
   interrupted, failed, diverged) from `checkpoints/last.ckpt` (pipeline.py), if its directory holds a run
   of the same config (mmbench/rundir.py); `RNGState` makes that resume bit-exact on CPU. Checkpoints are
-  read with `torch.load(weights_only=True)` only (`load_checkpoint`), so a file planted in a run
-  directory cannot run code.
+  read weights only (mmbench/checkpoints.py), so a file planted in a run directory cannot run code.
 - `SweepSummary` (a Hydra callback) prints the state of every job at the end of a multirun and makes
   the command exit non-zero when one of them failed, diverged or is unfinished, or when its run directory
-  refused it (busy with another process, or holding a run of another config: mmbench/rundir.py).
+  refused it (busy with another process, or holding a run of another config: `note_refusal`).
+- `torch_threads`: threads per job ('auto': the cores shared among the joblib launcher's parallel jobs).
 
-The DDP launch inside a multirun job (argv / environment for Lightning's launcher) is mmbench/distributed.py.
+The DDP launch inside a multirun job (argv / environment for Lightning's launcher) is mmbench/distributed.py;
+override strings are read by mmbench/overrides.py, metrics.json by mmbench/record.py.
 Kept free of torch/Lightning imports at module level: Hydra instantiates the callback before any job.
 """
 
@@ -33,17 +34,12 @@ from typing import Any, cast
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mmbench.distributed import global_rank
+from mmbench.overrides import RUN_KEYS, override_key
+from mmbench.record import RECORD_FILE, read_record
 
-# overrides that say how to run a sweep, not what a job is
-RUN_KEYS = ("sweep_name", "resume", "torch_threads")
 # the sweep's name and swept keys, set by SweepSummary.on_multirun_start for the resolvers (no module state)
 _SWEEP_ENV, _SWEPT_ENV = "MMBENCH_SWEEP_NAME", "MMBENCH_SWEPT_KEYS"
 _REFUSALS_ENV = "MMBENCH_SWEEP_REFUSALS"  # file where jobs note that their run directory refused them
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _digest(items: list[str]) -> str:
@@ -108,42 +104,19 @@ def _resolve_job_dir(overrides) -> str:
     return job_dirname(list(overrides or []), swept)
 
 
-def _resolve_wandb_id(output_dir: str | None) -> str | None:
-    """A W&B run id stable for the run in a run directory, so a resumed job resumes its W&B run: from the
-    directory and the run id in its identity.json (mmbench.rundir), so a new run in a path used before
-    (the old directory deleted) gets a W&B run of its own. From the path alone for a directory without one.
-    None without a run directory: Hydra sets its runtime output dir only when a job runs, so a config
-    printed with `--cfg job --resolve` has none (and no W&B run)."""
-    if output_dir is None:
-        return None
-    from mmbench.rundir import read_identity
-
-    run_id = (read_identity(output_dir) or {}).get("run_id")
-    key = str(Path(output_dir).resolve()) + (f"\n{run_id}" if run_id else "")
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
 def _resolve_optuna_direction(mode: str) -> str:
     """monitor.mode (min/max) -> optuna's direction (minimize/maximize)."""
     return {"min": "minimize", "max": "maximize"}[str(mode)]
 
 
-RESOLVERS: dict[str, tuple[Callable[..., Any], bool]] = {  # name -> (resolver, use_cache)
+RESOLVERS: dict[str, tuple[Callable[..., Any], bool]] = {  # name -> (resolver, use_cache); config.register_resolvers
     "mmbench.optuna_direction": (_resolve_optuna_direction, False),
     "mmbench.sweep_name": (_resolve_sweep_name, True),
     "mmbench.job_dir": (_resolve_job_dir, False),
-    "mmbench.wandb_id": (_resolve_wandb_id, False),
 }
 
 
 # ------------------------------------------------------------------------------------ job state
-
-
-def read_record(job_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(job_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -152,7 +125,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     if not sweep_dir.is_dir():
         return []
     return sorted(
-        p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").exists())
+        p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / RECORD_FILE).exists())
     )
 
 
@@ -260,7 +233,7 @@ def _take_refusals(path: Path) -> list[tuple[str, str, str]]:
     return [(n["job"], n["kind"], n["message"]) for n in notes]
 
 
-# ------------------------------------------------------------------------ torch-side helpers
+# ------------------------------------------------------------------------------------ threads
 
 
 def torch_threads(value: Any) -> int | None:
@@ -281,59 +254,3 @@ def torch_threads(value: Any) -> int | None:
     n_jobs = int(launcher.get("n_jobs") or -1)
     n_jobs = cores if n_jobs < 0 else n_jobs
     return max(1, cores // max(1, n_jobs))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that `torch.load(weights_only=True)` refuses or cannot read."""
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint, loaded on the CPU with `weights_only=True`: tensors and plain containers only, so
-    unpickling a file that someone else put in a run directory cannot run code. Lightning's and
-    mmbench's checkpoints need nothing more (`RNGState` saves plain types). Raises CheckpointError
-    naming the file when it is refused or unreadable."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        lines = str(err).splitlines() or [type(err).__name__]
-        reason = next((line for line in lines if "Unsupported" in line), lines[0])
-        # without torch's hint to allow-list the global
-        reason = reason.split(". Please use")[0].replace("WeightsUnpickler error: ", "").strip()
-        raise CheckpointError(
-            f"{path} is not a checkpoint that loads as weights only ({reason}). mmbench reads checkpoints with "
-            "torch.load(weights_only=True) and unpickles nothing else, since unpickling can run code; a checkpoint "
-            "written by mmbench-train always loads. If you did not write this file, delete it"
-        ) from None
-
-
-def csv_history(loggers, step: int | None) -> list[tuple[Any, list[dict]]]:
-    """Rows that the CSV loggers wrote before global step `step`, the checkpoint a run resumes from
-    (Lightning's CSV writer deletes metrics.csv when it starts); put back with `restore_csv_history`."""
-    if step is None or global_rank() != 0:  # only rank 0 writes the CSV log
-        return []
-    import csv
-
-    from pytorch_lightning.loggers import CSVLogger
-
-    saved = []
-    for lg in loggers:
-        path = Path(lg.log_dir) / "metrics.csv" if isinstance(lg, CSVLogger) else None
-        if path is None or not path.exists():
-            continue
-        with open(path, newline="") as f:  # rows logged after the checkpoint are logged again
-            rows = [
-                {k: v for k, v in r.items() if v != ""}
-                for r in csv.DictReader(f)
-                if r.get("step") and int(r["step"]) < step
-            ]
-        saved.append((lg, rows))
-    return saved
-
-
-def restore_csv_history(saved: list[tuple[Any, list[dict]]]) -> None:
-    for lg, rows in saved:
-        lg.experiment.metrics[:0] = rows  # written with the resumed run's rows at the next save

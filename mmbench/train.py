@@ -87,9 +87,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> float | None:
+    from mmbench.checkpoints import CheckpointError
     from mmbench.config import ConfigError
-    from mmbench.record import Diverged, Interrupted
-    from mmbench.sweep import CheckpointError, read_record, torch_threads
+    from mmbench.record import Diverged, Interrupted, read_record
+    from mmbench.sweep import torch_threads
 
     if run_dir.state == "completed":
         log.info(

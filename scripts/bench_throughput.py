@@ -17,7 +17,7 @@ goes, operator by operator (torch.profiler, self CPU time).
 (`REFERENCES`) with it at identical dims and identical weights: a random HF model is built from a
 config at the flags' sizes and saved with `save_pretrained`, mmbench imports it (`model.init_from`,
 mmbench/models/convert/), and both sides run the same train step on the same random inputs (the
-conventions of mmbench/models/convert/parity.py, also used by tests/test_weight_import.py): forward of
+conventions of mmbench/hub_parity.py, also used by tests/test_weight_import.py): forward of
 the encoder(s) and fusion, the loss `sum(pooled.float().pow(2).mean())` over the pooled outputs,
 backward, AdamW step. HF and mmbench alternate within each repeat (which goes first alternates too);
 the medians, their ratio and the max |difference| of the pooled outputs (eval mode, before training:
@@ -240,7 +240,7 @@ def reference_inputs(d: Dims, seed: int = 0) -> dict:
     others), pixels in [-1, 1] with their mask, region features with boxes and mask."""
     import torch
 
-    from mmbench.models.convert.parity import clip_text, pixel_inputs, region_inputs, text_inputs
+    from mmbench.hub_parity import clip_text, pixel_inputs, region_inputs, text_inputs
 
     ids, mask = text_inputs(d.batch, d.text_len, d.vocab, seed)
     return {
@@ -265,7 +265,7 @@ def _vilt_hf(ref, x: dict) -> tuple:
 def _clip_hf(ref, x: dict) -> tuple:
     """Both towers' pooled outputs (the projections belong to mmbench's ITC, so neither side runs them);
     the pixel normalisation mmbench's encoder does inside is done here too."""
-    from mmbench.models.convert.parity import clip_pixels
+    from mmbench.hub_parity import clip_pixels
 
     text = ref.text_model(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
     image = ref.vision_model(pixel_values=clip_pixels(x["pixel_values"]))
@@ -419,7 +419,7 @@ def compare_one(
     import transformers
 
     from mmbench.config import compose_train
-    from mmbench.models.convert.parity import build_imported
+    from mmbench.hub_parity import build_imported
 
     spec = REFERENCES[name]
     torch.manual_seed(0)

@@ -25,8 +25,8 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from mmbench.builder import build_datamodule, build_module
-    from mmbench.data.claims import claims_true
     from mmbench.evaluate import load_weights, training_config
+    from mmbench.objectives.claims import claims_true
     from mmbench.objectives.context import StepContext
     from mmbench.objectives.itm import negative_distribution, true_pairs
 

@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from mmbench.models.convert.parity import build_imported  # noqa: E402
+from mmbench.hub_parity import build_imported  # noqa: E402
 from mmbench.models.decoder import GPTDecoder, HFDecoder, causal_mask  # noqa: E402
 from tests.conftest import compose_cfg  # noqa: E402
 

@@ -46,7 +46,7 @@ def test_itc_known_answer_multi_positive():
 
 def test_itc_claim_positives_known_answer():
     """claim_positives: a text the data says is true of an image is one of its positives (i2t and t2i)."""
-    from mmbench.data.claims import claims_true
+    from mmbench.objectives.claims import claims_true
 
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     txt = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])

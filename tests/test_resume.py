@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from mmbench.callbacks import check_resumable
+from mmbench.checkpoints import CheckpointError
 from mmbench.data.datamodule import EpochShuffleSampler, ResumableLoader
 from mmbench.pipeline import run
-from mmbench.sweep import CheckpointError, read_record
+from mmbench.record import read_record
 from tests.conftest import ALL_OBJECTIVES, ROOT, TINY, compose_cfg
 
 RUN = [

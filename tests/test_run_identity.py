@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mmbench.rundir import IDENTITY_FILE, config_identity
-from mmbench.sweep import _resolve_wandb_id
+from mmbench.rundir import IDENTITY_FILE, config_identity, wandb_run_id
 from tests.conftest import ROOT, TINY, compose_cfg
 
 FAST = [*TINY, "test=false"]  # train + val only
@@ -97,13 +96,13 @@ def test_a_matched_size_row_is_part_of_its_own_runs_identity_only(tmp_path):
 
 def test_wandb_run_id_is_stable_for_a_run_and_new_for_a_new_run_in_the_same_path(tmp_path):
     run_dir = tmp_path / "run"
-    legacy = _resolve_wandb_id(str(run_dir))  # no identity.json: from the path, as before
+    legacy = wandb_run_id(str(run_dir))  # no identity.json: from the path, as before
     run_dir.mkdir()
     (run_dir / IDENTITY_FILE).write_text(json.dumps({"config_hash": "a", "run_id": "1234"}))
-    first = _resolve_wandb_id(str(run_dir))
-    assert first == _resolve_wandb_id(str(run_dir)) != legacy  # a resumed run keeps its W&B run
+    first = wandb_run_id(str(run_dir))
+    assert first == wandb_run_id(str(run_dir)) != legacy  # a resumed run keeps its W&B run
     (run_dir / IDENTITY_FILE).write_text(json.dumps({"config_hash": "a", "run_id": "5678"}))
-    assert _resolve_wandb_id(str(run_dir)) != first  # the directory deleted and reused: a new W&B run
+    assert wandb_run_id(str(run_dir)) != first  # the directory deleted and reused: a new W&B run
 
 
 # ------------------------------------------------------------------------------- a single run

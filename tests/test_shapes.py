@@ -539,8 +539,8 @@ def test_batches_mark_texts_true_of_other_images(tmp_path):
     """`claims_true(image_facts, text_claim)[i, j]`: caption j is true of image i, by the independent checker."""
     from functools import partial
 
-    from mmbench.data.claims import claims_true
     from mmbench.data.datamodule import VLDataModule
+    from mmbench.objectives.claims import claims_true
 
     dm = VLDataModule(partial(build_shapes, tmp_path, image_size=48, **SMALL), image_size=48, batch_size=64)
     dm.setup()

@@ -4,7 +4,7 @@ For each family a tiny random HF model is saved with `save_pretrained` to a temp
 preset is built from it through the real path (compose `model=<preset> model.init_from=<dir>`,
 `build_model`), and both models see the same inputs in eval mode: max abs difference <= 1e-4.
 The input conventions (padding, CLIP's BOS / EOS and pixel statistics, region boxes) are shared with
-`scripts/bench_throughput.py --hf` through mmbench/models/convert/parity.py.
+`scripts/bench_throughput.py --hf` through mmbench/hub_parity.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from mmbench.hub_parity import build_imported, clip_pixels, clip_text, region_inputs  # noqa: E402
+from mmbench.hub_parity import text_inputs as make_text_inputs  # noqa: E402
 from mmbench.models.convert import ImportConfigError  # noqa: E402
-from mmbench.models.convert.parity import build_imported, clip_pixels, clip_text, region_inputs  # noqa: E402
-from mmbench.models.convert.parity import text_inputs as make_text_inputs  # noqa: E402
 from mmbench.pipeline import run  # noqa: E402
 from tests.conftest import ROOT, compose_cfg  # noqa: E402
 

@@ -3,14 +3,13 @@
 A source may state, per caption, its canonical claim (`caption_claims`, "" = unknown) and, per image,
 every claim true of it (`image_facts`); Shapes does (`mmbench.data.shapes.claim_of` / `scene_facts`).
 Batches carry them as int64 codes (`text_claim` (B,), `image_facts` (B, F)), so that "text j is
-true of image i" is one tensor comparison, also against texts gathered from other DDP ranks.
+true of image i" is one tensor comparison, also against texts gathered from other DDP ranks
+(`mmbench.objectives.claims.claims_true`).
 """
 
 from __future__ import annotations
 
 import hashlib
-
-import torch
 
 
 def claim_code(claim: str) -> int:
@@ -19,12 +18,3 @@ def claim_code(claim: str) -> int:
     if not claim:
         return 0
     return int.from_bytes(hashlib.blake2b(claim.encode(), digest_size=8).digest(), "little") >> 1 or 1
-
-
-def claims_true(image_facts: torch.Tensor, text_claims: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool: text j is true of image i, i.e. its claim code is among the image's fact codes.
-
-    image_facts (B, F) int64 (0 = padding), text_claims (N,) int64 (0 = unknown claim: never true).
-    """
-    hit = (image_facts[:, :, None] == text_claims[None, None, :]).any(1)  # (B, N)
-    return hit & (text_claims != 0)[None, :]

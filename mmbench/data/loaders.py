@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmbench.sweep import CheckpointError
+from mmbench.checkpoints import CheckpointError
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A random permutation per epoch that depends on (seed, epoch) only; `set_epoch` picks the epoch."""
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch that depends on (seed, epoch) only; `set_epoch` picks the epoch. With
+    `keys`, it yields (epoch, index) pairs (for `mmbench.data.augment.AugmentedPairs`), else indices."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, keys: bool = False):
+        self.n, self.seed, self.epoch, self.keys = n, seed, 0, keys
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -28,7 +29,8 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def __iter__(self):
         (state,) = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)
         generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        return iter([(self.epoch, i) for i in order] if self.keys else order)
 
 
 class ResumableLoader(DataLoader):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmbench.data.datamodule import Collator, PairDataset
+from mmbench.data.collate import Collator
+from mmbench.data.dataset import PairDataset
 from mmbench.models.outputs import Features
 
 

@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
-from mmbench.data.claims import claims_true
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective, ObjectiveOutput
+from mmbench.objectives.claims import claims_true
 
 
 def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
-from mmbench.data.claims import claims_true
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
+from mmbench.objectives.claims import claims_true
 
 
 def true_pairs(image_ids: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:

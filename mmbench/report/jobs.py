@@ -7,15 +7,15 @@ outputs are gone, is reported from the small files that were committed."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from mmbench.record import machine_label
-from mmbench.sweep import SUMMARY_STATE, job_dirname, override_key, swept_keys
+from mmbench.overrides import override_key, override_values
+from mmbench.record import machine_label, read_record
+from mmbench.sweep import SUMMARY_STATE, job_dirname, swept_keys
 
 
 @dataclass
@@ -40,16 +40,6 @@ class Job:
         return self.known_keys is None or key in self.known_keys
 
 
-def _parse_overrides(items) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        item = str(item)
-        if "=" in item:
-            key, value = item.split("=", 1)
-            out[key.lstrip("+~")] = value
-    return out
-
-
 def _hydra_overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
@@ -68,26 +58,23 @@ def _number_or_none(v) -> float | int | None:
 
 
 def read_job(job_dir: Path) -> Job:
-    try:
-        rec = json.loads((job_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        rec = None
+    rec = read_record(job_dir)
     if rec is None:
         return Job(
             job_dir.name,
             job_dir,
             "unfinished",
-            _parse_overrides(_hydra_overrides(job_dir)),
+            override_values(_hydra_overrides(job_dir)),
             error="no final metrics.json (killed, or still running)",
         )
-    status = SUMMARY_STATE.get(rec.get("status"), "unfinished")  # as the sweep summary: diverged = failed
+    status = SUMMARY_STATE.get(str(rec.get("status")), "unfinished")  # as the sweep summary: diverged = failed
     error = (rec.get("error") or "").strip().splitlines()
     complexity = rec.get("complexity") or {}
     return Job(
         name=job_dir.name,
         path=job_dir,
         status=status,
-        overrides=_parse_overrides(rec.get("overrides") or _hydra_overrides(job_dir)),
+        overrides=override_values(rec.get("overrides") or _hydra_overrides(job_dir)),
         metrics={k: float(v) for k, v in (rec.get("metrics") or {}).items() if _is_number(v)},
         params=_number_or_none(complexity.get("params")),
         flops=_number_or_none(complexity.get("flops_per_sample")),
@@ -221,7 +208,7 @@ def _missing_jobs(sweep_dir: Path, present: set[Path]) -> list[Job]:
             for overrides in batch:
                 job_dir = sweep_dir / job_dirname(list(overrides), swept)
                 if job_dir.resolve() not in present:
-                    jobs.append(Job(job_dir.name, job_dir, "missing", _parse_overrides(overrides), error="not started"))
+                    jobs.append(Job(job_dir.name, job_dir, "missing", override_values(overrides), error="not started"))
         return jobs
     except Exception as err:  # a report on what exists is still useful
         print(f"mmbench-report: could not expand {path}: {err}", file=sys.stderr)

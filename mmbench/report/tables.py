@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmbench.overrides import RUN_KEYS
 from mmbench.report.jobs import Job
 from mmbench.report.stats import holm, lower_is_better, mean_std, t_ci, unit_range, welch_p
-from mmbench.sweep import RUN_KEYS
 
 # Job fields averaged per row (row.stats key) and shown beside every table's metrics, as (header of
 # table.md / table.tex, column of table.csv): a parameter-matched comparison is not FLOP-matched (the

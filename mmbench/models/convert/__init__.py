@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mmbench.config import PART_KEYS
 from mmbench.models.convert import bert, clip, gpt2, lxmert, vilt, visualbert
 from mmbench.models.convert.common import StateMap
 from mmbench.models.pretrained.hub import load_hf_config, load_hf_json, load_hf_model
@@ -37,12 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bert, vilt, clip, visualbert, lxmert, gpt2)}
-PART_CONFIGS = {
-    "text_encoder": "encoder.text",
-    "vision_encoder": "encoder.vision",
-    "fusion": "fusion",
-    "language_model": "language_model",
-}
 
 
 class ImportConfigError(ValueError):
@@ -71,9 +66,9 @@ class PretrainedInit:
 
         wrong = []
         for part, expected in self.family.PARTS.items():
-            target = OmegaConf.select(cfg, f"{PART_CONFIGS[part]}._target_")
+            target = OmegaConf.select(cfg, f"{PART_KEYS[part]}._target_")
             if target is None or not issubclass(get_class(target), expected):
-                wrong.append(f"{PART_CONFIGS[part]} is {target}, needs {expected.__module__}.{expected.__name__}")
+                wrong.append(f"{PART_KEYS[part]} is {target}, needs {expected.__module__}.{expected.__name__}")
         if wrong:
             raise ImportConfigError(
                 f"model.init_from={self.name} ({self.config.model_type}) cannot be loaded into this model: "

@@ -1,8 +1,9 @@
-"""Inputs on which an imported model and its HF reference compute the same function.
+"""Inputs on which a model imported from the HF hub (`model.init_from`) and its HF reference compute the
+same function, and the imported model built as a run builds it.
 
-Shared by tests/test_weight_import.py (numerical parity of every family) and
-`scripts/bench_throughput.py --hf` (speed at identical dims and weights), so that the input
-conventions are written once:
+Shared by tests/test_weight_import.py and tests/test_decoder.py (numerical parity of every family) and
+`scripts/bench_throughput.py --hf` (speed at identical dims and weights), so that the input conventions
+are written once:
 
 - text: ids drawn above the special ids (0..6, `DataInfo.of_vocab`) and below the CLIP BOS / EOS ids
   (vocab - 2, vocab - 1); the second sequence padded from two thirds of its length on;
@@ -11,6 +12,8 @@ conventions are written once:
   vision encoder does the same inside);
 - regions: precomputed features and (x0, y0, x1, y1) boxes in [0, 1]; the second example's regions
   padded from three fifths of their number on.
+
+It builds models with the builder, so it lives beside the builder, not in `models/` (which the builder imports).
 """
 
 from __future__ import annotations
