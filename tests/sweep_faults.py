@@ -1,9 +1,11 @@
-"""Fault injection for tests/test_sweep.py and tests/test_reliability.py: Lightning callbacks that
-signal their own process or poison the weights.
+"""Fault injection and test hooks for tests/test_sweep.py, tests/test_reliability.py, tests/test_crash_isolation.py
+and tests/test_slurm.py: Lightning callbacks that signal their own process, poison the weights, or wait at a
+known point so that a test can act on the job meanwhile.
 
 Added to a run with `+callbacks.kill._target_=tests.sweep_faults.KillAtEpoch +callbacks.kill.epoch=1`;
-KillAtEpoch and SignalAtStep only fire when MMBENCH_TEST_KILL=1 / MMBENCH_TEST_SIGNAL=1, so the same
-command (same overrides, same job directory) can be run once to be stopped and once more to resume.
+KillAtEpoch and SignalAtStep only fire when MMBENCH_TEST_KILL=1 / MMBENCH_TEST_SIGNAL=1 (WaitAtStart, HoldAtStep
+and MeetAtStart when their MMBENCH_TEST_* directory is set), so the same command (same overrides, same job
+directory) can be run once to be stopped and once more to resume.
 """
 
 from __future__ import annotations
@@ -66,4 +68,47 @@ class WaitAtStart(pl.Callback):
         (wait / "started").touch()
         deadline = time.time() + self.timeout
         while not (wait / "release").exists() and time.time() < deadline:
+            time.sleep(0.2)
+
+
+class HoldAtStep(pl.Callback):
+    """When MMBENCH_TEST_HOLD=<dir> is set, on a job's first attempt (SLURM_RESTART_COUNT unset or 0: a job that
+    SLURM requeued does not hold again): before training step `step` (after the steps before it, and the
+    last.ckpt they wrote), writes `<dir>/held` (the SLURM job id, or the process id) and waits until Lightning
+    has received SIGTERM (then the loop stops the run at the end of this batch) or `timeout` seconds passed."""
+
+    def __init__(self, step: int = 2, timeout: float = 300.0):
+        self.step, self.timeout = step, timeout
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        import time
+        from pathlib import Path
+
+        hold = os.environ.get("MMBENCH_TEST_HOLD")
+        if not hold or os.environ.get("SLURM_RESTART_COUNT", "0") != "0" or trainer.global_step != self.step:
+            return
+        (Path(hold) / "held").write_text(os.environ.get("SLURM_JOB_ID", str(os.getpid())))
+        deadline = time.time() + self.timeout
+        while not trainer.received_sigterm and time.time() < deadline:
+            time.sleep(0.2)
+
+
+class MeetAtStart(pl.Callback):
+    """When MMBENCH_TEST_MEET=<dir> is set: at the start of training, writes `<dir>/<pid>` holding the process's
+    CUDA_VISIBLE_DEVICES (`unset` if it has none) and waits (at most `timeout` seconds) until `parties` jobs have
+    written theirs, so that a test knows the jobs ran at the same time."""
+
+    def __init__(self, parties: int = 2, timeout: float = 180.0):
+        self.parties, self.timeout = parties, timeout
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+        from pathlib import Path
+
+        if not os.environ.get("MMBENCH_TEST_MEET"):
+            return
+        meet = Path(os.environ["MMBENCH_TEST_MEET"])
+        (meet / str(os.getpid())).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        deadline = time.time() + self.timeout
+        while len(list(meet.iterdir())) < self.parties and time.time() < deadline:
             time.sleep(0.2)

@@ -22,7 +22,10 @@ except ImportError:
 else:
 
     class IsolatedJoblibLauncher(launch.IsolatedJobs, JoblibLauncher):
-        """hydra/launcher=parallel: `n_jobs` jobs at a time, each joblib worker waiting for its job's process."""
+        """hydra/launcher=parallel: `n_jobs` jobs at a time, each joblib worker waiting for its job's process; on a
+        machine with GPUs each job sees one of them (`mmbench.launch.one_gpu_each`)."""
+
+        one_gpu_each = True
 
 
 try:
@@ -35,4 +38,5 @@ else:
         """hydra/launcher=local: submitit's local executor, each submitit job waiting for its job's process."""
 
     class IsolatedSlurmLauncher(launch.IsolatedJobs, SlurmLauncher):
-        """hydra/launcher=slurm: one sbatch job per job, each waiting for its job's process."""
+        """hydra/launcher=slurm: one sbatch job per job, each waiting for its job's process; SLURM's signal before
+        the time limit stops that process before submitit requeues the job (mmbench/launch.py)."""
