@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmbench.config import language_model_node
+from mmbench.config import PART_KEYS, language_model_node
 from mmbench.data.datamodule import DataInfo, VLDataModule
+from mmbench.models.lora import LoraSettings, apply_lora
 from mmbench.models.model import MultimodalModel
 from mmbench.module import MMBenchModule
 from mmbench.objectives.base import Objective
 from mmbench.objectives.context import run_order
+
+log = logging.getLogger(__name__)
 
 
 def _accepted(cfg: DictConfig, available: dict) -> dict:
@@ -60,14 +64,15 @@ def build_datamodule(cfg: DictConfig) -> VLDataModule:
 
 
 #: options every model part (encoder/text, encoder/vision, fusion, language_model) may carry besides its constructor's
-PART_OPTIONS = ("freeze", "lr_mult")
+PART_OPTIONS = ("freeze", "lr_mult", "lora")
 
 
-def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float]:
-    """(constructor config, freeze, lr_mult) of one part config; the options default to (False, 1.0)."""
+def split_part_options(cfg: DictConfig) -> tuple[DictConfig, bool, float, LoraSettings]:
+    """(constructor config, freeze, lr_mult, lora) of one part config; the options default to (False, 1.0, no LoRA)."""
     resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig becomes a dict
     ctor = OmegaConf.create({k: v for k, v in resolved.items() if k not in PART_OPTIONS})
-    return ctor, bool(cfg.get("freeze", False)), float(cfg.get("lr_mult", 1.0))
+    lora = LoraSettings.from_node(resolved.get("lora"))
+    return ctor, bool(cfg.get("freeze", False)), float(cfg.get("lr_mult", 1.0)), lora
 
 
 def pretrained_init(cfg: DictConfig):
@@ -98,19 +103,19 @@ def build_model(cfg: DictConfig, info: DataInfo) -> MultimodalModel:
 def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
     """`build_model` with the checkpoint already resolved and the config and data info adjusted to it."""
     overrides: dict[str, dict] = init.part_kwargs() if init is not None else {}
+    # the language model first: the parts that declare `lm` receive it
     parts = {
-        "language_model": language_model_node(cfg),  # first: the parts that declare `lm` receive it
-        "text_encoder": cfg.encoder.text,
-        "vision_encoder": cfg.encoder.vision,
-        "fusion": cfg.fusion,
+        name: language_model_node(cfg) if name == "language_model" else OmegaConf.select(cfg, key)
+        for name, key in PART_KEYS.items()
     }
     built: dict[str, Any] = {}
     frozen: list[str] = []
     lr_mult: dict[str, float] = {}
+    lora: dict[str, LoraSettings] = {}
     for name, part_cfg in parts.items():
         if part_cfg is None:  # no language model (the default)
             continue
-        ctor, freeze, mult = split_part_options(part_cfg)
+        ctor, freeze, mult, lora[name] = split_part_options(part_cfg)
         shared = _accepted(ctor, {"lm": built.get("language_model")})
         kwargs = {**data_kwargs(ctor, info), **shared, **overrides.get(name, {})}
         ctor = OmegaConf.create({k: v for k, v in ctor.items() if k not in kwargs})
@@ -122,11 +127,33 @@ def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
     model = MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
     if init is not None:
         init.load(model)
+    for name, settings in lora.items():  # after the pretrained weights: the adapters wrap the loaded layers
+        if settings.r:
+            _add_lora(model, name, settings)
     if cfg.model.get("gradient_checkpointing"):
         from mmbench.models.checkpointing import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
     return model
+
+
+def _add_lora(model: MultimodalModel, name: str, settings: LoraSettings) -> None:
+    """LoRA adapters on the model's part `name`, and a log line of what the model now trains."""
+    part = getattr(model, name)
+    frozen = sum(p.numel() for p in part.parameters())
+    adapters = apply_lora(part, settings, PART_KEYS[name])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "LoRA r=%d on %s: %s adapter parameters over its %s frozen ones; the model trains %s of %s (%.2f%%)",
+        settings.r,
+        PART_KEYS[name],
+        f"{adapters:,}",
+        f"{frozen:,}",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
 
 
 def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:

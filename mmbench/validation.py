@@ -23,7 +23,7 @@ from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
 from mmbench.checks import as_number
-from mmbench.config import ConfigError, language_model_node
+from mmbench.config import PART_KEYS, ConfigError, language_model_node
 
 if TYPE_CHECKING:
     from mmbench.objectives.base import Objective
@@ -173,10 +173,11 @@ def _constructor_problems(cfg: DictConfig) -> list[str]:
         check = getattr(get_class(ocfg._target_), "setting_problems", None)
         problems += [f"objective.{name}.{problem}" for problem in (check(**_ctor_kwargs(ocfg)) if check else [])]
     problems += _trainer_problems(cfg)
-    for key in PART_KEYS:
+    for key in PART_KEYS.values():
         node = OmegaConf.select(cfg, key)
         problems += _part_problems(cfg, node, key) if isinstance(node, DictConfig) else []
-    return problems + _optimizer_problems(cfg)
+        problems += _lora_problems(node, key) if isinstance(node, DictConfig) else []
+    return problems + _augment_problems(cfg) + _optimizer_problems(cfg)
 
 
 #: Lightning's batch limits (a fraction in [0, 1] or a whole number of batches), with what 0 would mean here
@@ -273,7 +274,6 @@ def _precision_problems(trainer) -> list[str]:
 
 
 #: the model part configs whose nodes (and nested nodes: a fusion's Q-Former, resampler) may declare checks
-PART_KEYS = ("encoder.text", "encoder.vision", "fusion", "language_model")
 
 
 def _part_problems(cfg: DictConfig, node: DictConfig, path: str) -> list[str]:
@@ -295,6 +295,51 @@ def _part_problems(cfg: DictConfig, node: DictConfig, path: str) -> list[str]:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not OmegaConf.is_missing(node, key):
             problems += _part_problems(cfg, node[key], f"{path}.{key!s}")
+    return problems
+
+
+def _lora_problems(part: DictConfig, path: str) -> list[str]:
+    """The part's `lora` node, by the check its constructor runs (mmbench/models/lora.py), and peft installed."""
+    import importlib.util
+
+    from mmbench.models.lora import LoraSettings
+
+    node = part.get("lora")
+    if node is None:
+        return []
+    if not isinstance(node, DictConfig):
+        return [f"{path}.lora={node}: a node (r, alpha, dropout, target_modules), e.g. {path}.lora.r=16"]
+    settings = cast(dict, OmegaConf.to_container(node, resolve=True))
+    unknown = sorted(set(settings) - {"r", "alpha", "dropout", "target_modules"})
+    if unknown:
+        return [f"{path}.lora: unknown setting(s) {unknown}; a lora node takes r, alpha, dropout and target_modules"]
+    problems = [f"{path}.lora.{problem}" for problem in LoraSettings.setting_problems(**settings)]
+    if not problems and settings.get("r") and importlib.util.find_spec("peft") is None:
+        problems.append(f"{path}.lora.r={settings['r']}: LoRA needs the peft library (pip install 'mmbench[hf]')")
+    return problems
+
+
+def _augment_problems(cfg: DictConfig) -> list[str]:
+    """`data.augment` by the check the data module runs (mmbench/data/augment.py), and no flip on Shapes, whose
+    captions, questions and claims state left / right relations that a mirrored image makes false."""
+    from mmbench.data.augment import Augment
+
+    node = OmegaConf.select(cfg, "data.augment")
+    if node is None:
+        return []
+    if not isinstance(node, DictConfig):
+        return [f"data.augment={node}: a node (crop_scale, crop_ratio, flip), e.g. data.augment.crop_scale=[0.5,1.0]"]
+    settings = cast(dict, OmegaConf.to_container(node, resolve=True))
+    unknown = sorted(set(settings) - {"crop_scale", "crop_ratio", "flip"})
+    if unknown:
+        return [f"data.augment: unknown setting(s) {unknown}; it takes crop_scale, crop_ratio and flip"]
+    problems = [f"data.augment.{problem}" for problem in Augment.setting_problems(**settings)]
+    source = str(OmegaConf.select(cfg, "data.source._target_") or "")
+    if settings.get("flip") is True and source.startswith("mmbench.data.shapes."):
+        problems.append(
+            "data.augment.flip=true on Shapes: its captions, questions and claims say which object is left of "
+            "which, and a mirrored image makes them false; crop only (data.augment.crop_scale=[0.5,1.0])"
+        )
     return problems
 
 
