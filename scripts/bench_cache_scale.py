@@ -177,45 +177,38 @@ def run_child(argv: list[str], kill_after: float | None = None) -> dict:
 
 
 def load_child(args) -> None:
-    """Child process: images/s of the training loader in this one process (= one loader worker)."""
+    """Child process: images/s of the training loader in this one process (= one loader worker), without and
+    with the training-image augmentation (`data.augment`: random-resized crop of 50-100% + flip), their batches
+    drawn in turn so that both see the same machine load."""
 
     import torch
 
     from mmbench.data.datamodule import VLDataModule
 
-    dm = VLDataModule(
-        source(args), image_size=args.size, batch_size=64, num_workers=0, max_text_len=40, vocab_size=8000
-    )
-    dm.prepare_data()
-    dm.setup("fit")
     torch.set_num_threads(1)
-    out = {}
-    for augment in (False, True):
-        loader = iter(dm.train_dataloader())
-        next(loader)  # warm-up
-        t0, n = time.perf_counter(), 0
-        for _ in range(args.batches):
-            batch = next(loader)
-            if augment:
-                batch["pixel_values"] = crop_and_flip(batch["pixel_values"])
-            n += batch["pixel_values"].shape[0]
-        out["augmented" if augment else "plain"] = n / (time.perf_counter() - t0)
-    print("RESULT " + json.dumps({"loader_images_per_s": out}), flush=True)
-
-
-def crop_and_flip(pixels):
-    """What a random-resized-crop + horizontal-flip augmentation adds per batch (not in mmbench's loader)."""
-    import torch
-    import torch.nn.functional as F
-
-    B, _, H, W = pixels.shape
-    out = torch.empty_like(pixels)
-    for i in range(B):  # per image: each has its own crop
-        h, w = int(H * np.random.uniform(0.6, 1.0)), int(W * np.random.uniform(0.6, 1.0))
-        y, x = np.random.randint(0, H - h + 1), np.random.randint(0, W - w + 1)
-        crop = F.interpolate(pixels[i : i + 1, :, y : y + h, x : x + w], size=(H, W), mode="bilinear")
-        out[i] = crop[0].flip(-1) if np.random.random() < 0.5 else crop[0]
-    return out
+    settings = {"plain": None, "augmented": {"crop_scale": [0.5, 1.0], "flip": True}}
+    loaders = {}
+    for name, augment in settings.items():
+        dm = VLDataModule(
+            source(args),
+            image_size=args.size,
+            batch_size=64,
+            num_workers=0,
+            max_text_len=40,
+            vocab_size=8000,
+            augment=augment,
+        )
+        dm.prepare_data()
+        dm.setup("fit")
+        loaders[name] = iter(dm.train_dataloader())
+        next(loaders[name])  # warm-up
+    seconds, images = dict.fromkeys(settings, 0.0), dict.fromkeys(settings, 0)
+    for _ in range(args.batches):
+        for name, loader in loaders.items():
+            t0 = time.perf_counter()
+            images[name] += next(loader)["pixel_values"].shape[0]
+            seconds[name] += time.perf_counter() - t0
+    print("RESULT " + json.dumps({"loader_images_per_s": {k: images[k] / seconds[k] for k in settings}}), flush=True)
 
 
 def main() -> None:

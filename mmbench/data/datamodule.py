@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmbench.data import tokenizer as tokenization
+from mmbench.data.augment import Augment, AugmentedPairs
 from mmbench.data.collate import Collator
 from mmbench.data.dataset import EAGER_PIXEL_BYTES, PairDataset
 from mmbench.data.errors import DataError
@@ -136,9 +137,14 @@ class VLDataModule(pl.LightningDataModule):
         zeroshot_classes: Callable | None = None,
         root: str | None = None,
         num_proc: int | None = None,
+        augment: dict | None = None,
     ):
         super().__init__()
         self.source = source
+        try:  # training images only (mmbench/data/augment.py); None when it changes nothing
+            self.augment = Augment.from_node(augment)
+        except ValueError as err:
+            raise DataError(str(err)) from None
         # what the data offers the diagnostics protocol: render(columns, positive, negative, kind,
         # image_size) -> counterfactual (image, boxes, labels) | None (Shapes: mmbench/data/counterfactual.py)
         self.counterfactuals = counterfactuals
@@ -321,9 +327,11 @@ class VLDataModule(pl.LightningDataModule):
         # checkpoint continues with the next epoch's order (Lightning calls sampler.set_epoch), and one
         # resumed mid-epoch with the rest of that epoch's order (ResumableLoader);
         # the loader's own generator only seeds workers, from the seed as well
-        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed) if shuffle else None
+        augment = self.augment if shuffle else None  # the training split's images only
+        dataset = self.datasets[split] if augment is None else AugmentedPairs(self.datasets[split], augment, self.seed)
+        sampler = EpochShuffleSampler(len(dataset), self.seed, keys=augment is not None) if shuffle else None
         return (ResumableLoader if shuffle else DataLoader)(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             sampler=sampler,
             generator=torch.Generator().manual_seed(self.seed),
