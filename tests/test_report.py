@@ -107,7 +107,7 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     )
     assert rows[("model=clip",)].stats["test/loss"]["best"] and not rows[("model=vilt",)].stats["test/loss"]["best"]
 
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     # 3 vs 2 seeds: Welch p = 0.050 (acc) and 0.031 (loss), Holm over the 2 -> 0.062 both: not distinguishable
     assert "| vilt | 3 | 1k | 38M | <u>1.9 ± 0.1</u> [" in md and "**0.85 ± 0.05**" in md and "**1.1 ± 0.1414**" in md
     # clip's loss 1.0, 1.2: 1.1 ± 12.706 * 0.1414 / sqrt(2) = 1.1 ± 1.2706
@@ -121,7 +121,7 @@ def test_report_statistics_bold_and_job_states(tmp_path):
     assert "**failed** `model=clip,seed=2`" in md and "RuntimeError: boom" in md
     assert "**unfinished** `model=albef,seed=0`" in md
     assert "**missing** `model=albef,seed=1`" in md and "**missing** `model=albef,seed=2`" in md
-    tex = (tmp_path / "rep" / "table.tex").read_text()
+    tex = (tmp_path / "rep" / "table_detail.tex").read_text()
     assert "\\textbf{0.85 $\\pm$ 0.05} {\\scriptsize [0.7258, 0.9742]}" in tex and "test/vqa/acc" in tex.replace(
         "\\_", "_"
     )
@@ -160,8 +160,54 @@ def test_report_statistics_bold_and_job_states(tmp_path):
 
     # deterministic: the same report twice
     again = report.report([tmp_path / "sweep"], out=tmp_path / "rep2", metrics=["test/*"], plots=False)
-    assert (tmp_path / "rep2" / "table.md").read_text().split("\n", 1)[1] == md.split("\n", 1)[1]
+    assert (tmp_path / "rep2" / "table_detail.md").read_text().split("\n", 1)[1] == md.split("\n", 1)[1]
     assert again["rows"][0].stats == out["rows"][0].stats
+
+
+def test_the_paper_table_prints_percent_with_one_decimal_and_keeps_the_marks(tmp_path):
+    """table.md / table.tex: mean ± std, accuracies in percent, `--digits` decimals, no interval; the detail
+    table and the CSV keep full precision (the values of test_report_statistics_bold_and_job_states)."""
+    sweep = _sweep(tmp_path)
+    report.report([sweep], out=tmp_path / "rep", metrics=["test/*"], plots=False)
+    md = (tmp_path / "rep" / "table.md").read_text()
+    # vilt: loss 2.0, 1.8, 1.9 (tied with the best), acc 0.80, 0.90, 0.85 (best); clip: loss 1.0, 1.2, acc 0.5, 0.6
+    assert "| vilt | 3 | 1k | 38M | <u>1.9 ± 0.1</u> | **85.0 ± 5.0** |" in md
+    assert "| clip | 2 | 1.1k | 10.5M | **1.1 ± 0.1** | <u>55.0 ± 7.1</u> |" in md
+    assert "in percent" in md and "table_detail.md" in md and "[0.7258" not in md
+    tex = (tmp_path / "rep" / "table.tex").read_text()
+    assert "vilt & 3 & 1k & 38M & \\underline{1.9 $\\pm$ 0.1} & \\textbf{85.0 $\\pm$ 5.0} \\\\" in tex
+    assert "[0.7258, 0.9742]" in (tmp_path / "rep" / "table_detail.md").read_text()
+
+    assert (
+        report.main(
+            [
+                str(sweep),
+                "--out",
+                str(tmp_path / "frac"),
+                "--metrics",
+                "test/*",
+                "--no-plots",
+                "--digits",
+                "3",
+                "--no-percent",
+            ]
+        )
+        == 0
+    )
+    md = (tmp_path / "frac" / "table.md").read_text()
+    assert "| vilt | 3 | 1k | 38M | <u>1.900 ± 0.100</u> | **0.850 ± 0.050** |" in md and "in percent" not in md
+    with pytest.raises(SystemExit) as refused:  # argparse's error: exit 2
+        report.main([str(sweep), "--digits", "9"])
+    assert refused.value.code == 2
+
+
+def test_paper_cells_of_one_seed_small_values_and_fewer_seeds():
+    style = report.PaperStyle(digits=1)
+    one = {"mean": 0.7, "std": 0.0, "n": 1, "ci_lo": None, "ci_hi": None, "vs_best": "untestable"}
+    assert style.cell(one, "test/acc", 1, {"untestable": ("", "†")}) == "70.0†"
+    few = {"mean": 0.00123, "std": 0.0004, "n": 2, "ci_lo": 0.0, "ci_hi": 0.01, "vs_best": "worse"}
+    assert style.cell(few, "test/loss", 3, {}) == "0.001 ± 0.0004 (n=2)"  # below 0.1: significant digits
+    assert style.number(12.345, "test/lm/ppl") == "12.3" and style.number(0.5, "test/itc/i2t_r1") == "50.0"
 
 
 def test_t_ci_known_values():
@@ -368,7 +414,7 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
                 assert s["p"] is None and s["p_adj"] is None
     assert adjusted["test/acc", "b"] > 0.3 and adjusted["test/acc", "c"] < 1e-4  # far from the 0.05 boundary
 
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     assert "| a | 3 | - | - | **0.91 ± 0.01** [" in md  # best stays bold; no complexity recorded: "-"
     assert "| b | 3 | - | - | <u>0.9 ± 0.02</u> [" in md and "<u>0.53 ± 0.04</u>" in md and "<u>0.8 ± 0.1</u>" in md
     assert "| c | 3 | - | - | 0.51 ± 0.01 [" in md and "| 1.01 ± 0.01 [" in md  # clearly worse: plain
@@ -380,7 +426,7 @@ def test_report_marks_cells_not_distinguishable_from_the_best(tmp_path):
     assert "not tested (4 cells)" in md and "n column" in md
     assert f"n < 3 seeds in 1 of 4 rows (model=d): {FEW_SEEDS_NOTE}." in md
 
-    tex = (tmp_path / "rep" / "table.tex").read_text()
+    tex = (tmp_path / "rep" / "table_detail.tex").read_text()
     assert "\\underline{0.9 $\\pm$ 0.02}" in tex and "\\textbf{0.91 $\\pm$ 0.01}" in tex
     assert "0.7$^\\dagger$ {\\scriptsize (n=1, no CI)}" in tex and "0.7 $\\pm$" not in tex
     assert tex.count("\\underline{") == 3 and f"$n < 3$ seeds in 1 of 4 rows (model=d): {FEW_SEEDS_NOTE}." in tex
@@ -432,10 +478,10 @@ def test_holm_within_each_metric(tmp_path, capsys):
             assert s["p_adj"] == pytest.approx(expected, rel=1e-9)
             assert s["p_adj"] <= wide[m, r.group[0]]["p_adj"]  # a smaller family never adjusts more
             assert s["vs_best"] == ("tied" if expected >= 0.05 else "worse")
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     assert "Holm-corrected within each column (at most 2 comparisons per column, 5 in the table)" in md
-    assert "within each column" in (tmp_path / "rep" / "table.tex").read_text()
-    assert "within each column" not in (tmp_path / "wide" / "table.md").read_text()
+    assert "within each column" in (tmp_path / "rep" / "table_detail.tex").read_text()
+    assert "within each column" not in (tmp_path / "wide" / "table_detail.md").read_text()
     with pytest.raises(ValueError, match="holm_over must be one of table, metric"):
         report.report([sweep], out=tmp_path / "bad", plots=False, holm_over="column")
 
@@ -447,7 +493,7 @@ def test_cli_alpha(tmp_path, capsys):
     with open(tmp_path / "rep" / "table.csv", newline="") as f:
         by_group = {r["model"]: r for r in csv.DictReader(f)}
     assert by_group["c"]["test/exact/vs_best"] == "worse" and by_group["b"]["test/acc/vs_best"] == "tied"
-    assert "alpha = 0.5;" in (tmp_path / "rep" / "table.md").read_text()
+    assert "alpha = 0.5;" in (tmp_path / "rep" / "table_detail.md").read_text()
     assert f"n < 3 seeds in 1 of 4 rows (model=d): {FEW_SEEDS_NOTE}." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report.main([str(sweep), "--alpha", "0"])
@@ -458,7 +504,7 @@ def test_no_few_seeds_note_with_3_seeds_everywhere(tmp_path, capsys):
     sweep = _known_sweep(tmp_path, models="abc")
     assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "rep")]) == 0
     assert "warning" not in capsys.readouterr().err
-    for name in ("table.md", "table.tex"):
+    for name in ("table_detail.md", "table_detail.tex"):
         text = (tmp_path / "rep" / name).read_text()
         assert FEW_SEEDS_NOTE not in text and "no CI" not in text
 
@@ -500,15 +546,15 @@ def test_note_when_retrieval_galleries_differ(tmp_path, capsys):
         "test": {"images": (32.0, 1000.0), "texts": (160.0, 5000.0)}
     }
     note = f"Retrieval galleries differ (test: 32-1000 images, 160-5000 texts): {GALLERIES_NOTE}; ‡: {OTHER_GALLERY}."
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     assert note in md and FEW_SEEDS_NOTE not in md
-    tex = (tmp_path / "rep" / "table.tex").read_text()
+    tex = (tmp_path / "rep" / "table_detail.tex").read_text()
     tex_note = f"Retrieval galleries differ (test: 32--1000 images, 160--5000 texts): {GALLERIES_NOTE}; "
     assert tex_note + f"$^\\ddagger$: {OTHER_GALLERY}." in tex
     # every metric: val's galleries agree (100 images everywhere), so the note still names only test
     assert report.main([str(sweep), "--no-plots", "--all-metrics", "--out", str(tmp_path / "all")]) == 0
     assert capsys.readouterr().err.strip().splitlines() == [f"mmbench-report: warning: {note}"]
-    assert note in (tmp_path / "all" / "table.md").read_text()
+    assert note in (tmp_path / "all" / "table_detail.md").read_text()
 
 
 def test_a_smaller_gallery_is_never_the_best_nor_tested(tmp_path):
@@ -529,7 +575,7 @@ def test_a_smaller_gallery_is_never_the_best_nor_tested(tmp_path):
     assert report.other_gallery_rows(out["rows"], "test/vqa/acc") == []
     assert report.other_gallery_rows(out["rows"], "val/retrieval/rmean") == []  # val: 100 images everywhere
     assert rows["itm"]["val/retrieval/rmean"]["best"]
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     itm_line = next(line for line in md.splitlines() if line.startswith("| itm "))
     assert itm_line.count("‡") == 2 and itm_line.count("**") == 4  # test recalls marked; VQA, val rmean bold
     assert "over the 6 comparisons of this table" in md  # vqa, val rmean: 2 each; test rmean, i2t_r1: 1 each
@@ -543,7 +589,7 @@ def test_no_galleries_note_when_sizes_agree(tmp_path, capsys):
     sweep = _gallery_sweep(tmp_path, {"itc": 1000, "itm": 1000})
     assert report.main([str(sweep), "--no-plots", "--all-metrics", "--out", str(tmp_path / "rep")]) == 0
     assert "warning" not in capsys.readouterr().err
-    for name in ("table.md", "table.tex"):
+    for name in ("table_detail.md", "table_detail.tex"):
         text = (tmp_path / "rep" / name).read_text()
         assert "rmean" in text and "Retrieval galleries" not in text and GALLERIES_NOTE not in text
 
@@ -555,7 +601,7 @@ def test_no_galleries_note_without_a_retrieval_metric_shown(tmp_path, capsys):
         out = report.report([sweep], out=tmp_path / "rep", metrics=metrics, plots=False)
         assert not any("rmean" in m or "r1" in m for m in out["metrics"])
         assert report.galleries_note(out["rows"], out["metrics"]) == ""
-        for name in ("table.md", "table.tex"):
+        for name in ("table_detail.md", "table_detail.tex"):
             assert "Retrieval galleries" not in (tmp_path / "rep" / name).read_text()
     assert report.main([str(sweep), "--no-plots", "--metrics", "test/vqa/*", "--out", str(tmp_path / "cli")]) == 0
     assert "warning" not in capsys.readouterr().err
@@ -653,7 +699,7 @@ def test_default_metrics_are_the_headline_ones_present(tmp_path, capsys):
 
     assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "rep")]) == 0
     assert f"8 metrics (default set, of {len(SUITE)};" in capsys.readouterr().out
-    md = (tmp_path / "rep" / "table.md").read_text()
+    md = (tmp_path / "rep" / "table_detail.md").read_text()
     assert "| model | n | params | FLOPs/sample | " + " | ".join(HEADLINE_PRESENT) + " |" in md
     assert "| a | 2 | 1M | 40M | " in md and "| b | 2 | 1M | 10M | " in md
     for flag in (["--metrics", "*"], ["--all-metrics"]):
@@ -818,7 +864,7 @@ def test_note_when_runs_come_from_two_machines(tmp_path, capsys):
     # one machine (and runs that did not record theirs): no note
     assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "one")]) == 0
     assert "machines" not in capsys.readouterr().err
-    assert "machines" not in (tmp_path / "one" / "table.md").read_text()
+    assert "machines" not in (tmp_path / "one" / "table_detail.md").read_text()
 
     _set_machine(sweep / "model=clip,seed=1", MACHINE_B)
     assert report.main([str(sweep), "--no-plots", "--out", str(tmp_path / "two")]) == 0
@@ -827,8 +873,8 @@ def test_note_when_runs_come_from_two_machines(tmp_path, capsys):
         "numbers on different machines, so a difference between rows may include the machine."
     )
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"mmbench-report: warning: {note}"
-    assert note in (tmp_path / "two" / "table.md").read_text()
-    assert "Runs from 2 machines" in (tmp_path / "two" / "table.tex").read_text()
+    assert note in (tmp_path / "two" / "table_detail.md").read_text()
+    assert "Runs from 2 machines" in (tmp_path / "two" / "table_detail.tex").read_text()
     again = report.report([tmp_path / "two" / "runs.csv"], out=tmp_path / "again", plots=False)
     assert {j.name: j.machine for j in again["jobs"]} == {
         "model=vilt,seed=0": LABEL_A,

@@ -41,7 +41,9 @@ offline, on a sweep that is still running, and on one whose jobs partly failed:
   others, so a sweep run in parts on machines whose outputs are gone is reported from the committed
   files. A job given twice (same group and seed) is refused: it would count as two seeds.
 
-Outputs in `--out` (default `<first DIR>/report`): `table.md`, `table.csv`, `table.tex` (with a
+Outputs in `--out` (default `<first DIR>/report`): `table.md` and `table.tex`, the paper table
+(`79.8 ± 2.5`: mean ± std, fractions in percent, `--digits` decimals, `--no-percent`), `table_detail.md`,
+`table.csv` and `table_detail.tex` with the intervals (with a
 caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
 `p_adj` and `vs_best` = best | tied | worse | untestable | other_gallery; `ci_lo`, `ci_hi` are empty for one seed),
 `runs.csv` (one row per job, with its params, FLOPs per sample, peak memory and wall time), `runs.md`
@@ -67,6 +69,7 @@ from mmbench.report.formats import (
     MD_MARKS,
     SI_PREFIXES,
     TEX_MARKS,
+    PaperStyle,
     write_csv,
     write_latex,
     write_markdown,
@@ -166,6 +169,7 @@ __all__ = [
     "t_ci",
     "table",
     "welch_p",
+    "PaperStyle",
     "write_csv",
     "write_latex",
     "write_markdown",
@@ -182,6 +186,8 @@ def report(
     plots: bool = True,
     alpha: float = 0.05,
     holm_over: str = "table",
+    digits: int = 1,
+    percent: bool = True,
 ) -> dict:
     """Write the report of the jobs under `dirs`; returns what it wrote and the job states."""
     dirs = [Path(d) for d in dirs]
@@ -204,9 +210,12 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     names = select_metrics(jobs, metrics)
     rows = table(jobs, names, keys, alpha=alpha, holm_over=holm_over)
-    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha, holm_over)
+    paper = PaperStyle(digits=digits, percent=percent)
+    write_markdown(out / "table.md", rows, jobs, names, keys, dirs, alpha, holm_over, paper=paper)
+    write_markdown(out / "table_detail.md", rows, jobs, names, keys, dirs, alpha, holm_over)
     write_csv(out / "table.csv", rows, names, keys)
-    write_latex(out / "table.tex", rows, names, keys, alpha, holm_over)
+    write_latex(out / "table.tex", rows, names, keys, alpha, holm_over, paper=paper)
+    write_latex(out / "table_detail.tex", rows, names, keys, alpha, holm_over)
     write_runs_csv(out / "runs.csv", jobs, names, keys)
     write_runs_markdown(out / "runs.md", jobs, names, keys)
     files = []
@@ -257,7 +266,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the family of the Holm correction: every comparison of the table together (default) or "
         "each metric's column on its own",
     )
+    parser.add_argument(
+        "--digits",
+        type=int,
+        default=1,
+        help="decimals of the paper table (table.md, table.tex; default 1: 79.8 ± 2.5); table_detail.* and "
+        "table.csv keep full precision",
+    )
+    parser.add_argument(
+        "--no-percent",
+        dest="percent",
+        action="store_false",
+        help="the paper table's accuracies, recalls and scores as fractions (0.798 ± 0.025) instead of percent",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.digits <= 6:
+        parser.error(f"--digits must be 0-6 decimals, got {args.digits}")
     if not 0.0 < args.alpha < 1.0:
         parser.error(f"--alpha must be between 0 and 1 (e.g. 0.05 or 0.01), got {args.alpha}")
     missing = [d for d in args.dirs if not d.exists()]
@@ -267,7 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     patterns = ["*"] if args.all_metrics else args.metrics
     try:
         res = report(
-            args.dirs, args.out, patterns, args.curves, not args.no_plots, alpha=args.alpha, holm_over=args.holm_over
+            args.dirs,
+            args.out,
+            patterns,
+            args.curves,
+            not args.no_plots,
+            alpha=args.alpha,
+            holm_over=args.holm_over,
+            digits=args.digits,
+            percent=args.percent,
         )
     except ValueError as err:  # no runs, a file that is not a runs.csv, the same job twice
         print(f"mmbench-report: {err}", file=sys.stderr)
@@ -282,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         if j.status != "completed":
             print(f"  {j.status}: {j.name}: {j.error}")
     print(
-        f"  wrote {res['out'] / 'table.md'}, table.csv, table.tex, runs.csv, runs.md and {len(res['plots'])} plots in {res['out'] / 'plots'}"
+        f"  wrote {res['out'] / 'table.md'} (the paper table), table_detail.md (with 95% CIs), table.csv, table.tex, "
+        f"table_detail.tex, runs.csv, runs.md and {len(res['plots'])} plots in {res['out'] / 'plots'}"
     )
     for note in table_notes(res["rows"], res["metrics"]):
         print(f"mmbench-report: warning: {note}", file=sys.stderr)

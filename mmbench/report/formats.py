@@ -1,12 +1,15 @@
-"""The files of `mmbench-report`'s table: `table.md`, `table.csv`, `table.tex` and `runs.csv`, and how
-a cell is written (mean ± std with its mark, the CI; params and FLOPs with an SI prefix)."""
+"""The files of `mmbench-report`'s table: `table.md` / `table.tex` (the paper table: `79.8 ± 2.5`),
+`table_detail.md` / `table_detail.tex` (mean ± std with the CI), `table.csv` (full precision) and `runs.csv`,
+and how a cell is written (params and FLOPs with an SI prefix)."""
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmbench.report.jobs import RUNS_CSV_COMPLEXITY, RUNS_CSV_HEAD, Job
+from mmbench.report.stats import unit_range
 from mmbench.report.tables import COMPLEXITY, Row, _tex, significance_caption
 
 
@@ -55,6 +58,39 @@ def _cell(
     return f"{before}{_fmt(s['mean'])} {pm} {_fmt(s['std'])}{after}{n} " + ci.format(_fmt(s["ci_lo"]), _fmt(s["ci_hi"]))
 
 
+@dataclass(frozen=True)
+class PaperStyle:
+    """The paper table's cells: mean ± std with `digits` decimals, fractions (`stats.unit_range`: accuracies,
+    recalls, scores) in percent when `percent`; no interval (the detail table has it)."""
+
+    digits: int = 1
+    percent: bool = True
+
+    def number(self, x: float, metric: str) -> str:
+        if self.percent and unit_range(metric):
+            return f"{100 * x:.{self.digits}f}"
+        if x != 0 and abs(x) < 10**-self.digits:  # too small for the decimals: significant digits instead
+            return f"{x:.{max(self.digits, 1)}g}"
+        return f"{x:.{self.digits}f}"
+
+    def cell(self, s: dict, metric: str, row_n: int, marks: dict[str, tuple[str, str]], pm: str = "±") -> str:
+        """`mean ± std` with its mark and `(n=k)` when this metric has fewer seeds than the row; one seed: the mean."""
+        before, after = marks.get(s["vs_best"], ("", ""))
+        if s["ci_lo"] is None:
+            return f"{before}{self.number(s['mean'], metric)}{after}"
+        n = f" (n={s['n']})" if s["n"] != row_n else ""
+        return f"{before}{self.number(s['mean'], metric)} {pm} {self.number(s['std'], metric)}{after}{n}"
+
+    def caption(self, metrics: list[str], tex: bool = False) -> str:
+        fractions = [m for m in metrics if unit_range(m)]
+        pm = "$\\pm$" if tex else "±"
+        unit = " (accuracies, recalls and scores in percent)" if self.percent and fractions else ""
+        return (
+            f"cells are mean {pm} std over seeds{unit}, {self.digits} decimal(s); one seed: the mean alone. 95% "
+            f"confidence intervals: table_detail"
+        )
+
+
 def write_markdown(
     path: Path,
     rows: list[Row],
@@ -64,15 +100,21 @@ def write_markdown(
     dirs: list[Path],
     alpha: float = 0.05,
     holm_over: str = "table",
+    paper: PaperStyle | None = None,
 ) -> None:
+    """table_detail.md, or the paper table (table.md) with `paper`."""
     lines = [f"# mmbench report: {', '.join(str(d) for d in dirs)}", ""]
     counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "unfinished", "missing")}
     lines.append(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
+    cells_are = (
+        paper.caption(metrics) + ".md"
+        if paper
+        else "cells are mean ± std over seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n, clipped to [0, 1] for "
+        "accuracies, recalls and scores; none for n=1]"
+    )
     lines.append(
-        f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; cells are mean ± std over "
-        "seeds [95% CI of the mean, mean ± t(0.975, n-1)·std/√n, clipped to [0, 1] for accuracies, recalls and "
-        "scores; none for n=1]; best per column in bold "
-        "(lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
+        f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; {cells_are}; best per column "
+        "in bold (lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
         "`complexity.flops_per_sample` (one forward pass) over the row's runs."
     )
     lines.append(significance_caption(rows, metrics, alpha, holm_over=holm_over))
@@ -82,7 +124,14 @@ def write_markdown(
     lines.append("|" + "---|" * len(header))
     for r in rows:
         group = [g.split("=", 1)[1] for g in r.group] or ["all"]
-        cells = [_cell(r.stats[m], len(r.jobs), MD_MARKS) if m in r.stats else "-" for m in metrics]
+        cells = [
+            "-"
+            if m not in r.stats
+            else paper.cell(r.stats[m], m, len(r.jobs), MD_MARKS)
+            if paper
+            else _cell(r.stats[m], len(r.jobs), MD_MARKS)
+            for m in metrics
+        ]
         lines.append("| " + " | ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "-"), *cells]) + " |")
     bad = [j for j in jobs if j.status != "completed"]
     lines += ["", "## Failed, unfinished and missing jobs", ""]
@@ -177,13 +226,24 @@ def _per_run(x: float) -> str:
 
 
 def write_latex(
-    path: Path, rows: list[Row], metrics: list[str], keys: list[str], alpha: float = 0.05, holm_over: str = "table"
+    path: Path,
+    rows: list[Row],
+    metrics: list[str],
+    keys: list[str],
+    alpha: float = 0.05,
+    holm_over: str = "table",
+    paper: PaperStyle | None = None,
 ) -> None:
+    """table_detail.tex, or the paper table (table.tex) with `paper`."""
     cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
+    cells_are = (
+        paper.caption(metrics, tex=True) + ".tex"
+        if paper
+        else "mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
+        "$t_{0.975,n-1}\\,s/\\sqrt{n}$, clipped to [0, 1] for accuracies, recalls and scores; none for n=1)"
+    )
     lines = [
-        "% mmbench-report: mean $\\pm$ std over seeds, 95% t-CI of the mean in brackets (mean $\\pm$ "
-        "$t_{0.975,n-1}\\,s/\\sqrt{n}$, clipped to [0, 1] for accuracies, recalls and scores; none for n=1), "
-        "best per column in bold; params and FLOPs/sample "
+        f"% mmbench-report: {cells_are}, best per column in bold; params and FLOPs/sample "
         "(one forward pass): means over the row's runs.",
         "% Caption text for this table (a bare tabular: put it in your table's \\caption):",
         "% " + significance_caption(rows, metrics, alpha, tex=True, holm_over=holm_over),
@@ -199,6 +259,9 @@ def write_latex(
             s = r.stats.get(m)
             if not s:
                 cells.append("--")
+                continue
+            if paper:
+                cells.append(paper.cell(s, m, len(r.jobs), TEX_MARKS, pm="$\\pm$"))
                 continue
             cells.append(
                 _cell(
