@@ -75,13 +75,16 @@ def shape_count_text(shape: str, n: int) -> str:
 
 
 def inventory_text(scene: Scene) -> str:
-    """Every object by shape, e.g. "two circles and a square" (shapes in `SHAPES` order)."""
+    """Every object by shape, e.g. "two circles and a square" (shapes in `SHAPES` order); "nothing" for an empty
+    scene (never generated; a generated image read back by the t2i oracle can be one)."""
     parts = []
     for shape in SHAPES:
         n = count_objects(scene, shape)
         if n:
             parts.append(f"a {shape}" if n == 1 else f"{number_word(n)} {PLURALS[shape]}")
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if len(parts) <= 1:
+        return parts[0] if parts else "nothing"
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def relation_text(a: Description, relation: str, b: Description, template: int = 0) -> str:
