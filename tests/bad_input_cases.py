@@ -132,6 +132,24 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["model=blip2", "fusion.qformer.cross_attention_freq=0"], REFUSED, ("cross_attention_freq=0",)),
     (["model=flamingo", "fusion.resampler.num_latents=0"], REFUSED, ("fusion.resampler.num_latents=0",)),
     (["model=llava", "fusion=gated_xattn_lm", "fusion.every=0"], REFUSED, ("fusion.every=0", ">= 1")),
+    # training-image augmentation (mmbench/data/augment.py)
+    (["data.augment.crop_scale=[0.5,1.5]"], REFUSED, ("data.augment.crop_scale=1.5", "<= 1")),
+    (["data.augment.crop_scale=[0.9,0.5]"], REFUSED, ("data.augment.crop_scale=[0.9, 0.5]", "low <= high")),
+    (["data.augment.crop_scale=0.5"], REFUSED, ("data.augment.crop_scale=0.5", "a range")),
+    (["data.augment.flip=true"], REFUSED, ("data.augment.flip=true on Shapes", "crop_scale")),
+    (["data.augment.flip=yes"], REFUSED, ("data.augment.flip",)),
+    (["data.augment.crop_scale=[0.5,1.0]"], ACCEPTED, ()),
+    # LoRA (mmbench/models/lora.py)
+    (["model=llava", "language_model.lora.r=-4"], REFUSED, ("language_model.lora.r=-4", "rank >= 0")),
+    (["model=llava", "language_model.lora.r=2.5"], REFUSED, ("language_model.lora.r=2.5", "not an integer")),
+    (["model=llava", "language_model.lora.r=8", "language_model.lora.dropout=1"], REFUSED, ("lora.dropout=1",)),
+    (
+        ["model=llava", "language_model.lora.r=8", "language_model.lora.alpha=0"],
+        REFUSED,
+        ("lora.alpha=0", "integer > 0"),
+    ),
+    (["model=llava", "language_model.lora.r=8", "language_model.lora.target_modules=[]"], REFUSED, ("target_modules",)),
+    (["model=llava", "language_model.lora.r=16", "language_model.freeze=true"], ACCEPTED, ()),
     # a batch larger than the training split (Shapes: scenes x captions per image (image, caption) examples)
     (["data.batch_size=100000"], REFUSED, ("data.batch_size=100000", "32000 (image, caption) examples", "<= 32000")),
     (["data.source.num_train=10", "data.batch_size=64"], REFUSED, ("40 (image, caption) examples",)),
