@@ -119,7 +119,7 @@ def identity_config(cfg: DictConfig, resolve: bool = True) -> dict:
             except Exception:  # an interpolation that does not resolve: validate() refuses it later
                 pass
         out[key] = value
-    out = _drop_ignored(out)
+    out = _drop_inert(_drop_ignored(out))
     return _placeholders(out, _path_roots(cfg)) if resolve else out
 
 
@@ -130,6 +130,27 @@ def _drop_ignored(tree: dict) -> dict:
         if isinstance(node, dict):
             node.pop(leaf, None)
     return tree
+
+
+# Options that compute nothing when switched off: dropped from the identity while off, so a run started before
+# the option existed keeps its identity and resumes after an upgrade. `data.augment` (no crop, no flip) and
+# every model part's `lora` node (r = 0).
+def _drop_inert(tree: dict) -> dict:
+    augment = _get(tree, "data.augment")
+    if isinstance(augment, dict) and augment.get("crop_scale") is None and not augment.get("flip"):
+        tree["data"].pop("augment")
+    for node in _dicts(tree):
+        if isinstance(node.get("lora"), dict) and not node["lora"].get("r"):
+            node.pop("lora")
+    return tree
+
+
+def _dicts(tree: dict):
+    """`tree` and every dict nested in it."""
+    yield tree
+    for value in list(tree.values()):
+        if isinstance(value, dict):
+            yield from _dicts(value)
 
 
 def _path_roots(cfg: DictConfig) -> list[tuple[str, str]]:

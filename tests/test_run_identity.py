@@ -94,6 +94,21 @@ def test_a_matched_size_row_is_part_of_its_own_runs_identity_only(tmp_path):
     assert changed != base and config["model"]["sizes"]["matched"]["dim"] == 64
 
 
+def test_options_switched_off_leave_the_identity_of_a_run_from_before_they_existed():
+    """`data.augment` with no crop and no flip, and a part's `lora` with r=0, compute nothing: a config without
+    the nodes (a run started before they existed) has the same identity, so it resumes after an upgrade;
+    switched on, they change it."""
+    for preset in ([], ["model=llava"]):
+        today = config_identity(compose_cfg(preset))[0]
+        before = ["~data.augment", *(["~language_model.lora"] if preset else [])]
+        assert config_identity(compose_cfg([*preset, *before]))[0] == today
+        assert config_identity(compose_cfg([*preset, "data.augment.crop_scale=[0.5,1.0]"]))[0] != today
+    assert (
+        config_identity(compose_cfg(["model=llava", "language_model.lora.r=8"]))[0]
+        != config_identity(compose_cfg(["model=llava"]))[0]
+    )
+
+
 def test_wandb_run_id_is_stable_for_a_run_and_new_for_a_new_run_in_the_same_path(tmp_path):
     run_dir = tmp_path / "run"
     legacy = wandb_run_id(str(run_dir))  # no identity.json: from the path, as before
