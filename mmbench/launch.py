@@ -1,39 +1,15 @@
 """Every job of a multirun in a process of its own, so that a native crash or the OOM killer stops one job, not
 the sweep.
 
-Hydra's launchers run a job's task function in a process they share with other jobs: the sweep's own process
-(basic), a joblib worker (parallel) or submitit's job process (local, slurm). A job killed by a signal there
-takes that process with it: the sweep dies with a SIGKILL exit code (basic), or joblib raises
-`TerminatedWorkerError` and abandons the running jobs (parallel). mmbench's launchers (the classes in
-`hydra_plugins/mmbench_launcher/`, chosen by conf/hydra/launcher/{sequential,parallel,local,slurm}.yaml) are
-Hydra's with one change, `IsolatedJobs.setup`: the task function they receive is wrapped in `IsolatedTask`,
-which runs it in a child process started with multiprocessing's 'spawn' context and waits for it.
-
-- The child returns what the task returned; an exception it raises, or a `sys.exit` (Ctrl-C and SIGTERM:
-  exit code 130 / 143, which stop the sweep), is raised again in the waiting process, so the launcher
-  and Hydra see what they would have seen in-process.
-- A child that dies without returning (killed by a signal, or ended by a native library) is recorded in its
-  job's metrics.json as `failed` with the cause (`death_cause`: "killed by SIGKILL (signal 9): ..."); the
-  job returns NaN (a failed trial for sweepers, as a job that raises) and the sweep goes on. SweepSummary
-  lists it at the end, and rerunning the command resumes it from its last checkpoint (mmbench/sweep.py).
-- SIGTERM sent to the waiting process is forwarded to the child (SLURM, submitit and `kill` signal the
-  process they started); so is SIGINT, unless the waiting process is in its terminal's foreground process
-  group, where a Ctrl-C reaches the child directly. A child whose waiting process dies stops as if sent
-  SIGTERM, instead of training on unobserved.
-- SLURM's warning before a job's time limit (submitit's `--signal=USR2@<signal_delay_s>`; one that comes early
-  is a preemption to submitit) goes to every process of the job. The child ignores it; in the waiting process,
-  submitit's handler, which requeues the job, runs only once the child has stopped (SIGTERM: it records
-  `interrupted`, its checkpoints stay), so the requeued job resumes from last.ckpt. A job not requeued (it timed
-  out more often than `hydra.launcher.max_num_timeout`) is recorded as failed with that cause, and the sweep
-  goes on. A job that SLURM requeues itself (`scontrol requeue`, a preemption) gets SIGTERM: forwarded, above.
-- Under `hydra/launcher=parallel` on a machine with GPUs, each job's process sees one GPU
-  (CUDA_VISIBLE_DEVICES, `one_gpu_each`): the least used one among those the running jobs hold.
-
-Why a process per job and not a hardened launcher: only a separate process survives a SIGKILL or a segfault,
-and one wrapper of the task function gives every launcher the same behaviour. Why 'spawn': the waiting
-process may be a joblib worker or hold threads, which fork does not copy safely; a fresh interpreter also
-hands every byte of a finished job's memory back to the system. Its cost: each job imports torch anew
-(a few seconds, docs/sweeps.md).
+mmbench's launchers (the classes in `hydra_plugins/mmbench_launcher/`, chosen by
+conf/hydra/launcher/{sequential,parallel,local,slurm}.yaml) are Hydra's with one change, `IsolatedJobs.setup`:
+the task function is wrapped in `IsolatedTask`, which runs it in a child process started with multiprocessing's
+'spawn' context and waits for it. What the child returns, raises or exits with reaches the launcher as it would
+in-process; a child that dies without returning is recorded in its job's metrics.json as `failed` with the
+cause (`death_cause`) and the job returns NaN, so the sweep goes on. SIGTERM (and SIGINT outside the terminal's
+foreground process group) is forwarded to the child; SLURM's time-limit signal requeues the job only once the
+child has stopped. Under `hydra/launcher=parallel` with GPUs each job sees one GPU (`one_gpu_each`).
+The behaviour, its measured cost and why a process per job and 'spawn': docs/sweeps.md §3 and §4.
 
 Light imports only (no torch): Hydra imports this module when it scans its plugins.
 """

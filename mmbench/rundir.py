@@ -1,36 +1,15 @@
 """A run directory holds one run of one config, and one process trains it at a time.
 
-`mmbench-train` claims its run directory (`claim`, called by train.py) before anything in it is written:
+`claim` (called by train.py) decides before anything in the directory is written: it locks `<dir>/.lock`
+(`fcntl.flock`, global rank 0 only), compares the config's identity (`config_identity`: the resolved config
+without the keys in IGNORED, and its hash, stamped in identity.json, metrics.json and every checkpoint) with
+the run already there, and starts, resumes, skips or refuses it (`RunDirError`: another config, or
+`resume=false` on a directory that holds a run). `RunDir.start()` writes identity.json and `.hydra/` (Hydra's
+own writer of `.hydra/` is off). The identity also names the run's W&B run (`wandb_run_id`).
+The rules, the refusals and why: docs/sweeps.md §8.
 
-1. Lock. `<dir>/.lock` is locked with `fcntl.flock` (exclusive, non-blocking). The kernel drops the lock
-   when the process ends, however it ends, so a killed run leaves no stale lock; the file stays (deleting
-   a lock file races with the next process opening it). A second process is refused: "run directory ...
-   is being trained by process PID (started ...)". Only global rank 0 locks: the other ranks of a DDP run
-   are started by it (or by SLURM beside it) and share its directory.
-2. Identity. `config_identity(cfg)` is the resolved config without the keys in IGNORED (how a run is
-   executed or recorded, not what it computes), with the run's own paths as placeholders, and its hash.
-   `identity.json` (written when a run starts), `metrics.json` and every checkpoint carry the hash;
-   identity.json and metrics.json also the hashed config, so a refusal can name the keys that differ.
-3. Decision, still before writing:
-   - nothing there: a new run;
-   - the same config: a completed run is skipped, any other resumed (docs/sweeps.md §2);
-   - another config: refused (`RunDirError`: exit 2, or a "refused" job in a sweep), naming the keys
-     that differ and what to do;
-   - `resume=false` on a directory that holds a run, of any config: refused too. Starting afresh there
-     would overwrite a finished run's metrics.json, report and logs, leave its last.ckpt for a later
-     resume and reuse its W&B run; a new run belongs in a new directory.
-   A directory written before identity files existed is compared through its `.hydra/config.yaml`
-   (unresolved, as Hydra saved it); one with neither (a bare `checkpoints/`) is taken over as before.
-4. `RunDir.start()` writes identity.json and `.hydra/`. Hydra's own writer of `.hydra/` is off
-   (`hydra.output_subdir: null` in conf/train.yaml): Hydra writes it before the task function runs,
-   so it would overwrite the config of the run that is there before anything could compare it.
-
-The run's identity also names its W&B run (`wandb_run_id`, the `${mmbench.wandb_id:}` resolver): a resumed run
-continues its W&B run, a new run in a path used before gets its own.
-
-One concept, the run directory's lifecycle (steps 1-4 above), in one file of a little over 400 lines: the
-identity code is here because it exists to make the decision of step 3 (and to stamp what that decision reads
-back), so splitting it off would put one decision in two files.
+The identity code is here because it exists to make that decision (and to stamp what the decision reads
+back): splitting it off would put one decision in two files.
 
 Light imports only (no torch): a refused or skipped job must stay fast.
 """
@@ -70,6 +49,7 @@ IGNORED = (
     "callbacks.progress_bar",
     "callbacks.progress_log",
     "callbacks.lr_monitor",  # observers
+    "callbacks.step_flops",
     "callbacks.last_checkpoint",
     "callbacks.model_checkpoint.save_last",  # how and when last.ckpt is written
     "trainer.enable_progress_bar",

@@ -237,11 +237,14 @@ def _take_refusals(path: Path) -> list[tuple[str, str, str]]:
 
 
 def torch_threads(value: Any) -> int | None:
-    """Threads per job: an int, or 'auto' = cores / parallel jobs under the joblib launcher."""
+    """Threads per job: an int, or 'auto' = the CPUs of a SLURM job's task (`SLURM_CPUS_PER_TASK`, whether or not
+    the cluster pins the task to them), or cores / parallel jobs under the joblib launcher."""
     if value in (None, "null", ""):
         return None
     if str(value) != "auto":
         return int(value)
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmbench import report
-from mmbench.sweep import job_dirname, sweep_name, swept_keys
+from mmbench.sweep import job_dirname, sweep_name, swept_keys, torch_threads
 from tests.conftest import ROOT, TINY
 
 CLI = [sys.executable, "-m", "mmbench.train"]
@@ -219,3 +219,12 @@ def test_every_value_an_experiment_sweeps_passes_config_validation(name):
                 validate(job_cfg)
         else:
             validate(job_cfg)
+
+
+def test_auto_threads_in_a_slurm_job_are_its_task_cpus(monkeypatch):
+    """torch_threads=auto inside a SLURM job: SLURM_CPUS_PER_TASK (a cluster that does not pin tasks to their
+    cores would otherwise give each job torch's default, every core of the node); outside one, no setting."""
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert torch_threads("auto") is None and torch_threads(3) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert torch_threads("auto") == 6 and torch_threads(2) == 2  # an explicit number wins

@@ -1,45 +1,13 @@
 """ITC: image-text contrastive loss (CLIP / ALBEF).
 
-Pooled unimodal features are projected to a shared space and L2-normalised; logits are cosine
-similarities divided by a learnable temperature (initialised at 0.07, clamped to
-[min_temperature, max_temperature] = [0.01, 0.5] by default: 0.01 is CLIP's logit-scale cap of 100,
-0.5 ALBEF's upper bound). The loss is the symmetric cross-entropy where every pair that shares an
-`image_id` is a positive: the target of a row is uniform over its positives, so captions of the
-same image are never pushed apart. With `claim_positives=True` (off by default: the published recipe),
-a text whose claim the data states is true of an image is a positive of it too (`claims_true`; on
-Shapes "there are two objects" is true of a third of all images): the control that tells whether
-the data's truth alone, without ITM, closes a gap.
-
-Under DDP the embeddings of all ranks are gathered *with gradient*
-(`torch.distributed.nn.functional.all_gather`) and each rank computes its local rows against all
-columns (the scalable form of open_clip's `local_loss=True, gather_with_grad=True`). Since DDP
-averages gradients over ranks, loss and gradients equal those of one process over the whole batch.
-
-**Word-order hard negatives** (`text_negatives=True`, off by default; NegCLIP, Yuksekgonul et al.,
-ICLR 2023): each image's image-to-text softmax gets one more column, its own caption's hard negative
-from the data (`negative_ids`: on Shapes the relation caption with its objects swapped, verified false
-of that image), which is never a positive. NegCLIP adds the negatives as columns for every image; here
-each counts only against the image it was made from, because another image in the batch may show what
-the swapped caption says. The text-to-image direction is unchanged. Not with the queue.
-
-**ALBEF's momentum encoder, queue and distillation** (Li et al., 2021, sec. 3.2-3.3; off by default,
-`queue_size > 0` turns it on; ALBEF: 65,536, momentum 0.995, alpha 0.4 ramped over its first epoch).
-Momentum copies of the text and vision encoders and of the two projections follow the online ones as
-an exponential moving average (`torch.optim.swa_utils.get_ema_multi_avg_fn`), updated at the start of
-every training step. A queue keeps the momentum embeddings (and image ids) of the last `queue_size`
-examples. In training, with m = momentum embeddings of the step (gathered over ranks, no gradient):
-
-    columns   = [m of this step; queue]                                      (N + K, E)
-    logits    = online_local @ columns.T / t                                 (B, N + K)
-    targets   = alpha * softmax(m_local @ columns.T / t) + (1 - alpha) * positives / |positives|
-    loss      = 0.5 * (CE(logits_i2t, targets_i2t) + CE(logits_t2i, targets_t2i))
-
-then the step's m are enqueued (oldest out). Positives are the columns with the row's image id, as above;
-the queue starts as random unit vectors with id -1. alpha = `alpha` x min(1, progress / `alpha_ramp`)
-(progress = fraction of training done). The in-batch columns are momentum embeddings, as in ALBEF, so
-the gradient flows through the rows only. Validation and test use the plain in-batch loss above (a queue
-that depends on the training history would make validation losses incomparable). Every rank enqueues the
-same gathered rows, so the queues stay identical across ranks.
+Pooled unimodal features, projected and L2-normalised; cosine logits over a learnable temperature (init 0.07,
+clamped to [0.01, 0.5]); the symmetric cross-entropy with every pair that shares an `image_id` a positive
+(a row's target is uniform over its positives). Under DDP the embeddings are gathered with gradient, so loss
+and gradients equal those of one process over the whole batch. Options, all off by default:
+`claim_positives` (texts the data states are true of an image are its positives too), `text_negatives`
+(NegCLIP, Yuksekgonul et al., ICLR 2023: each image's own caption's word-order negative as one more column)
+and `queue_size > 0` (ALBEF, Li et al., 2021, sec. 3.2-3.3: momentum encoders, a queue of their embeddings and
+momentum distillation, in training only). The formulas and the reasons: docs/objectives.md (ITC).
 """
 
 from __future__ import annotations

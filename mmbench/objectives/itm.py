@@ -1,34 +1,12 @@
 """ITM: image-text matching, a binary classifier on the fused pooled vector.
 
-For each image one negative text and for each text one negative image are drawn among the
-pairs of *other* images (same `image_id` is never a negative, nor is a text identical to one of
-the image's captions: `true_pairs`, nor, when the data states what its texts claim, a text whose
-claim is true of the image: `claims_true` of the batch's `image_facts` and `text_claim`, e.g.
-"a red circle" of another Shapes image that also shows a red circle; together `known_true`). When ITC ran earlier in the step,
-negatives are sampled in proportion to softmax of its similarities (ALBEF/BLIP hard negatives);
-otherwise uniformly. Sampling is one `torch.multinomial` call per direction, no loop over the
-batch. A row with no valid negative (every other item shows the same image) is dropped.
-
-Hard-negative warm-up. ALBEF/BLIP start from pretrained towers; trained from scratch, an ITC that
-quickly ranks captions with the same words first hands ITM only negatives it cannot yet tell
-apart, and the head settles on the prior (always "no match", accuracy 2/3) for good: on Shapes,
-ViLT-tiny `[itc,itm]` stayed at 0.667 for 500 steps with hard negatives from step 0, and left it
-after ~150 steps with uniform ones. So negatives are drawn from the mixture
-`(1 - a) * uniform + a * softmax(ITC similarity)`, with `a` ramping linearly from 0 to 1 over the
-first `hard_negative_warmup` fraction of training (the LightningModule puts the fraction of
-training done into `context.progress`; outside training it is 1, i.e. pure hard negatives).
-`hard_negative_warmup=0` is the ALBEF recipe as published.
-
-Text hard negatives (`text_negatives=True`, off by default). Negatives drawn from the batch differ from
-the true text in *what* they say; a model can match them as a bag of words and never read word
-order, and on Shapes every model then sat at chance on the relation-swap diagnostic. NegCLIP
-(Yuksekgonul et al., ICLR 2023) adds, for each caption, a negative made of its own words reordered.
-With this switch, each image is also paired with its caption's hard negative from the data (batch
-field `negative_ids`: Shapes' `caption_negatives`, the relation caption with its objects swapped,
-verified false of the image), labelled "no match", in the same fusion call: (image, swapped caption) is
-one more row per caption that has a negative (`has_negative`). Data without that column is refused by
-config validation. The metric `swap_acc` is the share of those captions whose match log-odds exceed
-their negative's (logged per split, e.g. `train/itm/swap_acc`): whether a run fits word order at all.
+For each image one negative text and for each text one negative image, drawn among the pairs of other
+images and never a pair known to be true (`known_true`: the same image, an identical caption, or a claim
+among the image's facts); in proportion to ITC's similarities when ITC ran earlier in the step (ALBEF/BLIP
+hard negatives, phased in over the first `hard_negative_warmup` of training), else uniformly.
+`text_negatives=True` adds each caption's word-order negative from the data (NegCLIP, Yuksekgonul et al.,
+ICLR 2023) as one more "no match" row and logs `swap_acc`.
+The details and the reasons: docs/objectives.md (ITM); why the warm-up: docs/results/itm.md.
 """
 
 from __future__ import annotations

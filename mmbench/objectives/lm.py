@@ -1,33 +1,13 @@
 """LM: image-conditioned causal language modeling (captioning), as BLIP's image-grounded text decoder
 (Li et al., 2022), SimVLM's prefix-LM (Wang et al., 2022) and Flamingo (Alayrac et al., 2022).
 
-Training is teacher forcing on the caption of the batch. The tokenizer wraps every caption as
-"[CLS] caption [SEP]"; the LM reads [CLS] as begin-of-sequence and [SEP] as end-of-sequence, so no
-extra tokens are needed and the same batches serve ITC / ITM / MLM and LM. (The tokenizer's own
-[BOS] / [EOS] ids, `DataInfo.bos_id` / `eos_id`, never occur in the captions, which is why
-`generate` takes `bos_id` / `eos_id` explicitly: pass the [CLS] and [SEP] ids.)
-
-The caption is re-encoded *causally*: `model.encode_text(ids, mask, causal=True)` then
-`model.fuse(text, image, causal_text=True)`. The step's shared `text` features are bidirectional
-(every token has seen the whole caption) and would leak the answer, so they are not used. A head on
-`joint.text_tokens` predicts token t+1 from position t; it is MLM's head (`MLMHead`: dense, GELU,
-LayerNorm, decoder tied to the input word embeddings, own bias). A model with a language model part
-(`model.language_model`, LLaVA / Frozen) predicts with that LM's own head instead,
-`language_model.logits(h)` (tied or not, pretrained or not: the head the LM was trained with); the
-builder then gives the objective the LM (`lm`) and no `MLMHead` is built (an unused head would be
-parameters without gradients, which DDP refuses). Loss: cross-entropy over the real
-next tokens (targets at padding positions are ignored; the [SEP] target, i.e. "stop", counts), with
-optional label smoothing. Metrics: `ppl` = exp(unsmoothed cross-entropy of the batch) (Lightning's
-epoch value is the mean of the batch perplexities) and `acc` = next-token accuracy.
-
-Generation (`LM.generate`) is greedy (`num_beams=1`) or beam search. The image is encoded once and
-repeated for the B*K rows of the beams. With a decoder language model behind a connector that can
-continue a cached run (`fusion.start_decoding` / `continue_decoding`, fusion/prefix.py) and a text part
-that embeds each token alone (`text_encoder.per_token`, text_lm.py), the prefix and [CLS] run once and
-every later step runs only the newest token against the LM's key/value cache: O(L) per step. Any other
-fusion re-runs `encode_text(causal=True)` + `fuse` over the whole sequence and reads its last position:
-O(L^2) per caption, which keeps every fusion usable unchanged (no fusion needs a cache API). Both paths
-give the same tokens (tested).
+Teacher forcing on "[CLS] caption [SEP]" ([CLS] begins, [SEP] ends: `generate` takes their ids as `bos_id` /
+`eos_id`). The caption is re-encoded causally (`encode_text(..., causal=True)`, `fuse(..., causal_text=True)`:
+the step's shared text features are bidirectional and would leak), and MLM's tied head, or the language model
+part's own head, predicts token t+1 at position t. Loss: cross-entropy over the real next tokens, optional
+label smoothing; metrics `ppl` and `acc`. `LM.generate` is greedy or beam search: O(L) per step over a
+connector's key/value cache, else a re-run of the whole sequence (the same tokens).
+The details and the reasons: docs/objectives.md (LM).
 """
 
 from __future__ import annotations

@@ -1,54 +1,17 @@
 """MRM: masked region / patch modeling conditioned on the text (UNITER, LXMERT).
 
-One modality is masked at a time (UNITER's *conditional masking*): about `mask_prob` of the real
-image tokens of the step are hidden, the masked image is fused with the UNMASKED text of the step,
-and the text-conditioned image tokens `joint.image_tokens` predict, at the hidden positions, the two
-published targets.
+UNITER's conditional masking: about `mask_prob` of the step's real image tokens (never token 0 nor padding;
+at least one in every sample that has one) are hidden at the vision encoder's INPUT, in a second encoding
+`model.encode_image(batch, hide=InputMask(selected, mask_embedding))`, so no vision block sees them. The masked
+image is fused with the unmasked text, and `joint.image_tokens` at the hidden positions predict
 
-Masking happens at the INPUT of the vision encoder, as in UNITER / LXMERT (they mask the detector
-features before any layer): MRM encodes the image a second time with
-`model.encode_image(batch, hide=InputMask(selected, mask_embedding))`, which replaces the content
-embedding of each hidden token (projected region feature, patch or grid cell) by the learned mask
-embedding before the encoder's first block and keeps its position / box embedding (so the model
-knows *where* to predict). No vision block, hence no visible token, ever sees a hidden input: with
-unimodal vision layers (`model.vision_depth > 0`: LXMERT, ViLBERT) masking the step's output
-tokens instead would let the visible neighbours carry the answer. The second encoding is the price
-of that; MRM always pays it, also at depth 0 where, tokens not mixing, the masked encoding is the
-step's encoding with the hidden tokens replaced (tests/test_mrm_classify.py checks it) -- a single
-pass would need the encoder's position / box embedding of the mask token, i.e. the encoder itself.
-Vision encoders that can hide inputs declare `maskable_inputs` (patch, vit, conv, region,
-region_feats); the pretrained hf / timm wrappers cannot, and config validation refuses them. With
-CNN inputs (conv grid, end-to-end regions) the CNN itself still sees the whole image, so visible
-cells / regions may have seen a hidden one's pixels through its receptive field -- as the
-Faster R-CNN features that UNITER / LXMERT mask have; precomputed region features and patches are
-fully separable.
+* MRFR: the hidden token's input feature (`Features.inputs`, detached), by mean squared error;
+* MRC: the object label (`batch["region_labels"]`), by cross-entropy; region tokens only (config validation
+  refuses `classification_weight > 0` with patch / grid tokens; with weight 0 no head is built).
 
-* MRFR, masked region feature regression (UNITER; LXMERT's "RoI-feature regression"): a Linear
-  head regresses the hidden token's INPUT feature, `Features.inputs` of the masked encoding, detached
-  (a target, not something to move): for region inputs the region's appearance feature as it enters
-  the encoder (`region_feats`, e.g. the 2048-d detector feature, or the RoI-pooled CNN feature of
-  encoder/vision=region); for patch inputs (patch, vit) the patch's pixels as the patch projection
-  sees them, flattened in (C, p, p) order (ViLT's masked patch prediction, MAE without its per-patch
-  normalisation: on Shapes a patch's flat colour is what matters, and per-patch normalisation would
-  map every flat patch to zero); for grid inputs (conv) the cell's CNN feature. Width
-  `vision_input_dim`, taken from the built vision encoder (`input_dim`), never written in a config.
-  Loss: mean squared error over hidden tokens and feature dimensions (UNITER uses L2 regression).
-* MRC, masked region classification (UNITER's MRC with hard labels; LXMERT's detected-label
-  classification): a Linear head over `num_region_labels` classes predicts the object label.
-  Labels exist only for region tokens: region encoders (encoder/vision=region, region_feats) produce
-  tokens [IMG, region_1..region_R] aligned with `batch["region_labels"]` (B, R) (-1 = padding).
-  `classification_weight > 0` with patch / grid tokens, or with data without region labels, is
-  refused by config validation before anything is built (set `objective.mrm.classification_weight=0`
-  for regression only, or use encoder/vision=region / region_feats); with weight 0 no head is built.
-
-Masking never selects token 0 (the [CLS] / [IMG] token every vision encoder puts first) nor
-padding (`image.mask` False). As in UNITER's `_get_img_mask`, every sample that has a maskable
-token gets at least one masked token (one extra token drawn at random for samples where the
-Bernoulli draw selected none; vectorised, no loop over the batch). With few tokens per image
-(Shapes has 1-3 objects) the effective rate is therefore higher than `mask_prob`.
-
-Metrics: `mse` (the regression loss), and with classification `mrc` and `acc` (label accuracy over
-the masked real regions). loss = regression_weight * mrfr + classification_weight * mrc.
+loss = regression_weight * mrfr + classification_weight * mrc; metrics `mse`, and with MRC `mrc` and `acc`.
+Vision encoders that can hide inputs declare `maskable_inputs` (patch, vit, conv, region, region_feats).
+Why masking at the input, and what the target is for each vision input: docs/objectives.md (MRM).
 """
 
 from __future__ import annotations

@@ -1,62 +1,18 @@
 """`mmbench-report DIR [DIR ...]`: sweeps -> paper table (Markdown, CSV, LaTeX) and plots (PNG).
 
-Reads only each job's `metrics.json` (and `csv/metrics.csv` for training curves), so it works
-offline, on a sweep that is still running, and on one whose jobs partly failed:
-
-- jobs are grouped by the *swept keys*: the overrides whose value differs between jobs, seed
-  excluded (seeds are the repetitions);
-- the metrics shown are by default the headline ones (HEADLINE_METRICS: VQA accuracy overall and per
-  question type, the matching diagnostics, Winoground group score, retrieval mean recall, zero-shot
-  top-1, CIDEr) that the runs recorded, or every `test/*` metric when they recorded none of them;
-  `--metrics` picks others by glob, `--all-metrics` (= `--metrics '*'`) shows every one;
-- every row shows the mean `complexity.params` and `complexity.flops_per_sample` of its runs: a
-  parameter-matched comparison is not FLOP-matched;
-- every metric gets n (the seeds that recorded it), mean ± std over seeds (sample std, ddof=1) and
-  the 95% Student-t confidence interval of the mean, mean ± t_{0.975, n-1} * std / sqrt(n): wide, as
-  it should be, with 2 or 3 seeds; for fractions (accuracies, recalls, scores: `stats.unit_range`) it
-  is clipped to [0, 1]. One seed has no interval: the cell says "n=1, no CI" and its bar
-  has no error bar;
-- the best group per column is bold: higher is better, except for names ending in `loss`, `ppl`
-  or `perplexity` (lower is better); ties are all bold;
-- every other cell is compared with the best of its column (the first bold one if several tie) by a
-  two-sided Welch's t-test over the per-seed values, and the p-values of all comparisons of the table
-  (every metric x every non-best group) are Holm-corrected together (`--holm-over table`, the default)
-  or within each metric's column (`--holm-over metric`: one question per metric, the family-wise
-  error held per column; more power at 3 seeds, where a table-wide family of ~100 comparisons
-  leaves almost every difference "not distinguishable"). Adjusted p >= `--alpha`
-  (default 0.05): "not distinguishable from the best", underlined; below: significantly worse,
-  unmarked. A cell is *untestable* (marked †, never underlined, no difference claimed) when it or
-  the best has fewer than 2 seeds, or when every seed gave the same value in both (Welch's t is 0/0
-  or x/0 then); untestable cells are not counted in the Holm correction;
-- when any cell has n < 3 seeds the captions say so (intervals are wide and the test has little
-  power) and the CLI prints a one-line warning to stderr;
-- likewise when the table shows a retrieval metric of a split (`<split>/retrieval/*`, recalls and
-  rmean) and the rows' runs searched galleries of different sizes (`<split>/retrieval/num_images`,
-  `num_texts`, read from every run even when not shown): those retrieval metrics are not comparable,
-  and the cells of rows that searched a smaller gallery than the largest are marked ‡, never bold and
-  not tested (an ITM-only run scores every pair, so the protocol caps its gallery);
-- failed jobs (with their error) and unfinished or never-started jobs are listed, never dropped;
-- a DIR that is a file is read as the `runs.csv` of an earlier report: its completed and failed jobs
-  (group keys, seed, params, FLOPs, peak memory, the metrics it showed; no training curves) join the
-  others, so a sweep run in parts on machines whose outputs are gone is reported from the committed
-  files. A job given twice (same group and seed) is refused: it would count as two seeds.
-
-Outputs in `--out` (default `<first DIR>/report`): `table.md` and `table.tex`, the paper table
-(`79.8 ± 2.5`: mean ± std, fractions in percent, `--digits` decimals, `--no-percent`), `table_detail.md`,
-`table.csv` and `table_detail.tex` with the intervals (with a
-caption stating the test, the number of comparisons, alpha and n; the CSV adds per metric `p`,
-`p_adj` and `vs_best` = best | tied | worse | untestable | other_gallery; `ci_lo`, `ci_hi` are empty for one seed),
-`runs.csv` (one row per job, with its params, FLOPs per sample, peak memory and wall time), `runs.md`
-(the same rows as a Markdown table: the per-seed values behind each cell), `plots/bar_<metric>.png`
-(mean per group, error bars = the 95% t-CI of the table, a dot per seed, best orange, tied with it
-hatched, and the baselines of BASELINES as dashed lines) and `plots/curve_<column>.png` (training
-curves: the mean over the seeds of each group with their range shaded, one colour and line style per
-group).
+Reads only each job's `metrics.json` (and `csv/metrics.csv` for training curves), so it works offline, on a
+sweep that is still running and on one whose jobs partly failed; a DIR that is a file is read as the
+`runs.csv` of an earlier report. Jobs are grouped by their swept keys (seed excluded); each cell is mean ± std
+over the seeds with its 95% t-interval, the best of its column bold, every other cell compared with it by a
+two-sided Welch's t-test, Holm-corrected (`--holm-over table|metric`). Failed, unfinished and missing jobs are
+listed, never dropped. Writes to `--out` (default `<first DIR>/report`): `table.md|tex`, `table_detail.md|tex`,
+`table.csv`, `runs.csv`, `runs.md`, `plots/bar_<metric>.png`, `plots/curve_<column>.png`.
 
 Modules: `jobs` (Job, reading a job directory, find_jobs, missing jobs of a sweep), `stats` (mean_std,
 t_ci, welch_p, holm, lower_is_better), `tables` (metric selection, groups, Row, table,
 compare_to_best, captions), `formats` (table.md, table.csv, table.tex, runs.csv, runs.md and their cells),
 `plots` (bar charts, baselines, training curves); this file: `report` and the CLI `main`.
+What each output holds and how to read it: docs/sweeps.md §7.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from mmbench.data.shapes import (
     layout,
     render,
 )
-from mmbench.data.shapes.sampling import _draw_key, _place, _triples
+from mmbench.data.shapes.sampling import draw_key, place, triples
 from mmbench.t2i.scores import single_thread
 
 log = logging.getLogger(__name__)
@@ -279,11 +279,11 @@ def random_scenes(n: int, *, image_size: int, grid: int, seed: Sequence[int]) ->
     colour, size) over every combination; the renderer's jitter) and rendered: ((n, S, S, 3) uint8, scenes)."""
     lay = layout(image_size, grid)
     rs = RandomStream(np.random.default_rng(list(seed)))
-    options = _triples([(color, shape) for shape in SHAPES for color in COLORS])
+    options = triples([(color, shape) for shape in SHAPES for color in COLORS])
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     scenes = []
     for i in range(n):
-        scene = _place(_draw_key(rs, grid, 0, grid * grid, options, None), rs, lay)
+        scene = place(draw_key(rs, grid, 0, grid * grid, options, None), rs, lay)
         images[i] = render(scene, image_size, grid)[0]
         scenes.append(scene)
     return images, scenes

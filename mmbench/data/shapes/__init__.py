@@ -1,38 +1,9 @@
 """The built-in "Shapes" benchmark: procedurally generated scenes with captions, VQA and hard negatives.
 
-Every scene is a small RGB image (default 64x64) on a light-gray background holding 1-3 objects
-placed on a 3x3 grid (at most one object per cell). An object has a shape (`SHAPES`), a colour
-(`COLORS`) and a size (`SIZES`); its centre is jittered by a few pixels inside its cell. Everything
-said about a scene is derived from this symbolic description, so all text is true by construction:
-
-* captions   - template captions with paraphrases: attributes ("a small red circle"), relations
-               ("a red circle left of a blue square", derived from the grid cells and only stated
-               when strictly true) and counts ("there are two objects", "two circles and a square");
-* VQA        - questions of types color / shape / count / exist / relation ("which is further left,
-               the red circle or the blue square?" -> "circle"), answers balanced so that no answer
-               dominates;
-* matching   - one true statement per scene (`match_text`) and Winoground-style hard negatives
-               built from the same words (`attribute_swap`, `relation_swap`) or a wrong count
-               (`count_change`); a bag-of-words model cannot tell them apart. Each negative has
-               its true counterpart of the same template in `match_positives` (the match text, or
-               the true count for `count_change`), so a score compares like with like;
-* regions    - a normalised box and a label (shape_index * len(COLORS) + color_index) per object;
-* claims     - what each caption asserts in canonical form (`caption_claims`, from `claim_of`) and
-               every claim true of the scene (`image_facts`, from `scene_facts`), so that a text
-               of another image is known to be true of this one when its claim is among the facts
-               ("there are two objects" describes a third of all scenes);
-* negatives  - per caption its word-order hard negative (`caption_negatives`, from `order_swapped`: a
-               relation caption with its objects swapped, verified false; "" for other captions), for
-               ITM's `text_negatives` (NegCLIP-style training against a bag of words).
-
-A compositional hold-out (`holdout=[[colour, shape], ...]`) removes those colour x shape
-combinations from train/val/test and adds a `test_holdout` split whose scenes all contain one.
-Splits are disjoint as scenes (see `scene_key`). Generation is deterministic from `seed`
-(numpy Generators seeded with [seed, split index]; no global RNG state) and fast: rendering
-pastes precomputed numpy masks, so tens of thousands of scenes take a few seconds.
-
-`build_shapes` generates the splits once and caches them as Arrow (HF `datasets`) under
-`<cache_dir>/shapes-<config hash>`; later calls load the cache.
+A scene holds 1-3 objects (shape, colour, size) on a 3x3 grid; every caption, question, matching statement,
+box and claim is derived from that symbolic description, so all text is true by construction. Generation is
+deterministic from `seed`; `build_shapes` caches the splits as Arrow under `<cache_dir>/shapes-<config hash>`.
+What each column holds, the hold-out and the splits: docs/shapes.md.
 
 One concept per module; every public name is also importable from here (`mmbench.data.shapes.X`,
 as `conf/data/shapes.yaml` names `build_shapes`):

@@ -18,7 +18,7 @@ import numpy as np
 from mmbench.data import columns as schema
 from mmbench.data.shapes.grammar import claim_of, order_swapped, scene_facts
 from mmbench.data.shapes.rendering import BACKGROUND, layout, paint
-from mmbench.data.shapes.sampling import RandomStream, _draw_key, _place, _triples
+from mmbench.data.shapes.sampling import RandomStream, draw_key, place, triples
 from mmbench.data.shapes.scene import COLORS, SHAPES, SceneKey
 from mmbench.data.shapes.settings import SceneSettings, ShapesSettings, _check_int
 from mmbench.data.shapes.text import make_captions, make_match, make_questions
@@ -113,8 +113,8 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene_args) -> dict[
         raise ValueError("split 'test_holdout' needs a non-empty holdout")
 
     all_pairs = [(c, s) for s in SHAPES for c in COLORS]
-    options = _triples(all_pairs if split == "test_holdout" else [p for p in all_pairs if p not in held])
-    forced = _triples(held) if split == "test_holdout" else None
+    options = triples(all_pairs if split == "test_holdout" else [p for p in all_pairs if p not in held])
+    forced = triples(held) if split == "test_holdout" else None
     banned = frozenset() if split == "test_holdout" else frozenset(held)
     lay = layout(image_size, grid)
     rs = RandomStream(np.random.default_rng([seed, SPLIT_INDEX[split]]))
@@ -123,7 +123,7 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene_args) -> dict[
     columns: dict[str, list] = {name: [] for name in FEATURES}
     for i in range(n):
         for _ in range(MAX_ATTEMPTS):
-            key = _draw_key(rs, grid, min_objects, max_objects, options, forced)
+            key = draw_key(rs, grid, min_objects, max_objects, options, forced)
             if split == "test_holdout" or split_of(key) == split:
                 break
         else:
@@ -131,7 +131,7 @@ def generate_split(split: str, n: int, *, id_offset: int, **scene_args) -> dict[
                 f"split {split!r}: no scene of this split after {MAX_ATTEMPTS} draws; the scene space "
                 f"(grid={grid}, objects {min_objects}..{max_objects}) is nearly exhausted"
             )
-        scene = _place(key, rs, lay)
+        scene = place(key, rs, lay)
         image.fill(BACKGROUND)
         boxes = paint(image, scene, lay)
         captions = make_captions(scene, settings.captions_per_image, rs, settings.caption_relation_directions)

@@ -53,12 +53,12 @@ class RandomStream:
         return pool[:k]
 
 
-def _triples(pairs: Iterable[Description]) -> list[tuple[str, str, str]]:
+def triples(pairs: Iterable[Description]) -> list[tuple[str, str, str]]:
     """(shape, colour, size) options for objects whose (colour, shape) is in pairs."""
     return [(shape, color, size) for color, shape in pairs for size in SIZES]
 
 
-def _draw_key(
+def draw_key(
     rs: RandomStream,
     grid: int,
     min_objects: int,
@@ -75,7 +75,7 @@ def _draw_key(
     return tuple(sorted(objects))
 
 
-def _place(key: SceneKey, rs: RandomStream, lay: Layout) -> Scene:
+def place(key: SceneKey, rs: RandomStream, lay: Layout) -> Scene:
     """Objects of a scene key with jittered centres."""
     objects = []
     for cell, shape, color, size in key:

@@ -1,38 +1,16 @@
 """Prefix connector: image tokens projected into a decoder LM's input embeddings, prepended to the text.
 
-LLaVA (Liu et al., 2023, "Visual Instruction Tuning"): every patch token of the vision encoder goes
-through a projector (linear in LLaVA v1; a 2-layer MLP with GELU, `MLPProjector`, in LLaVA-1.5) into
-the LM's embedding space. Frozen (Tsimpoukelli et al., 2021, "Multimodal Few-Shot Learning with
-Frozen Language Models"): the vision encoder's pooled output is mapped linearly to `num_prefix` (2)
-embeddings. Then, for both,
+LLaVA (Liu et al., 2023) projects every patch token (`projector`: `torch.nn.Linear`, or `MLPProjector` as in
+LLaVA-1.5); Frozen (Tsimpoukelli et al., 2021) maps the pooled image to `num_prefix` embeddings. Then
 
     x    = cat[proj(image), text.tokens]          (B, N+T, H)   text.tokens = lm.embed(ids)
-    mask = cat[image mask, text.mask]             (B, N+T)
-    h    = lm.run(x, mask)                        causal over the whole sequence, positions 0..N+T-1
+    h    = lm.run(x, mask)                        causal over the whole sequence
 
-and the LM's next-token head (read by the LM objective) predicts the text; its loss is on text
-tokens only (the objective scores `text_tokens`). Returned: `text_tokens = h[:, N:]`, `image_tokens
-= h[:, :N]` (LM states at the prefix, which have seen only the image: not text-conditioned, so
-`image_tokens` is not a capability, and MRM is refused), and `pooled` = the state at the last real
-text token: in a causal LM it is the only state that has read the whole image prefix and the whole
-text, which is why GPT-style classification reads it (Radford et al., 2018); ITM and VQA heads use it.
-
-Honest about leakage: the run is always causal, so text token t never attends to text tokens > t, and
-the image tokens come before all text. `causal_text=True` and `False` therefore give the same output
-(the flag has nothing to switch); MLM through this fusion predicts a masked token from its left context
-and the image only.
-
-The projector is passed as a class (`projector(in_dim, out_dim) -> nn.Module`): `torch.nn.Linear`
-(LLaVA v1, Frozen) or `MLPProjector` (LLaVA-1.5), or any module with that constructor.
-
-Generation continues a cached run (`start_decoding` / `continue_decoding`, a `DecoderCache` of the LM's
-keys and values): the prefix and the first text tokens run once, then each new token alone, O(L) per
-step instead of re-running the whole sequence (tested equal to the full run).
-
-An optional `connector` first maps the image tokens to a fixed number of tokens (`Features -> Features`):
-BLIP-2's second stage passes the image through the Q-Former's queries (`qformer.QueryConnector`, then a
-linear projector: `model=blip2_lm`); a Perceiver resampler fits the same slot. `image_dim` is then the
-connector's output width.
+Returned: `text_tokens = h[:, N:]`, `image_tokens = h[:, :N]` (not text-conditioned, so not a capability),
+`pooled` = the state at the last real text token. The run is always causal, so `causal_text` switches
+nothing. An optional `connector` (BLIP-2's queries, a resampler) first maps the image to a fixed number of
+tokens. Generation continues a cached run (`start_decoding` / `continue_decoding`).
+The details and the reasons: docs/models.md (The prefix connector).
 """
 
 from __future__ import annotations

@@ -1,40 +1,16 @@
 """Region (object) vision inputs: LXMERT / ViLBERT / VisualBERT / UNITER style.
 
-Each object box becomes one image token. As in LXMERT's visual feature encoder (Tan & Bansal,
-2019, sec. 2.1) a region's token is the average of two LayerNorm'd projections, one of its
-appearance feature and one of its box geometry:
+One image token per object box, the average of two LayerNorm'd projections of its appearance feature and its
+box geometry (LXMERT's visual feature encoder, Tan & Bansal, 2019, sec. 2.1), after an optional learned [IMG]
+token, then `depth` transformer blocks over [IMG; regions] with the key padding mask:
 
     token_r = (LN(W_f f_r) + LN(W_b g(box_r))) / 2
-
-Two ways to get the appearance features f_r:
-
-* `RegionFeatureEncoder` reads them precomputed from the batch (`region_feats` (B, R, F)), the
-  Faster R-CNN features of LXMERT / ViLBERT / VisualBERT (F = 2048).
-* `RegionEncoder` computes them end to end: one CNN pass over `pixel_values`, RoIAlign (He et al.,
-  2017) at `region_boxes` and an average over each RoI's bins. Gradients reach the CNN.
-
-A learned [IMG] token is prepended (ViLBERT starts the image stream with an IMG token too). Its mask
-is always True, so an image without objects still has one valid token and no attention row is
-ever fully masked. Then `depth` transformer blocks attend over [IMG; regions] with the key padding
-mask (LXMERT's object-relationship encoder; `prenorm=False` gives its post-norm BERT layout).
-
     Features(tokens (B, 1 + R, D), mask (B, 1 + R) = [True] + region_mask, pooled (B, D))
 
-Options for the reference models: LXMERT and VisualBERT have no [IMG] token (`img_token=False`);
-VisualBERT has no box embedding (`boxes=False`: a region's token is LN(W_f f_r), its token-type and
-visual-position embeddings folded into the bias of W_f on import); `norm_eps` is BERT's 1e-12.
-
-Padded regions (region_mask False) may hold anything, even NaN: their boxes and features are
-zeroed before use, so they never change the outputs of real regions or the pooled vector.
-
-Masked region modeling (UNITER, LXMERT): `forward(batch, hide=InputMask(...))` replaces the
-appearance embedding LN(W_f f_r) of the selected regions by the mask embedding before the blocks
-and keeps their box embedding (UNITER zeroes the feature and keeps the box), so no
-object-relationship block ever sees a hidden region's feature. `Features.inputs` (B, E + R, F) holds
-each region's appearance feature f_r as it enters the encoder (`region_feats`, or the RoI-pooled
-CNN feature of `RegionEncoder`), zeros for [IMG] and padding. With `RegionEncoder` the CNN runs over
-the whole image, so the RoI features of visible regions may have seen a hidden object's pixels
-(overlapping boxes, receptive field), as the detector features of UNITER / LXMERT have.
+`RegionFeatureEncoder` reads f_r precomputed (`region_feats` (B, R, F)); `RegionEncoder` computes them end to
+end (one CNN pass, RoIAlign at `region_boxes`). Padded regions may hold anything, even NaN: they are zeroed
+before use. `forward(batch, hide=InputMask(...))` hides regions' appearance embeddings for MRM and keeps their
+boxes. The reference models' options and the reasons: docs/models.md (Region inputs).
 """
 
 from __future__ import annotations
