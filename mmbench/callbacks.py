@@ -26,6 +26,8 @@ from mmbench.checkpoints import CheckpointError
 if TYPE_CHECKING:
     from pytorch_lightning.loops.fetchers import _DataFetcher
 
+    from mmbench.module import MMBenchModule
+
 log = logging.getLogger(__name__)
 
 
@@ -258,6 +260,8 @@ class ProgressLog(pl.Callback):
 
         self.active = self.every_n_steps > 0 and not (self.only_without_tty and sys.stdout.isatty())
         self.t0, self.step0, self.samples = time.perf_counter(), trainer.global_step, 0
+        self._peak: float | None = None
+        self._peak_known = False  # the device's peak is read once, when the first line with an MFU is written
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
@@ -273,15 +277,98 @@ class ProgressLog(pl.Callback):
         eta = (total - step) * elapsed / (step - self.step0)
         loss = trainer.callback_metrics.get("train/loss_step")
         log.info(
-            "step %d/%d  epoch %d  loss %s  %.1f samples/s  ETA %dm%02ds",
+            "step %d/%d  epoch %d  loss %s  %.1f samples/s%s  ETA %dm%02ds",
             step,
             total,
             trainer.current_epoch,
             f"{float(loss):.4f}" if loss is not None else "-",
             self.samples / elapsed,
+            self._mfu(pl_module, self.samples / elapsed),
             eta // 60,
             eta % 60,
         )
+
+    def _mfu(self, pl_module: pl.LightningModule, samples_per_s: float) -> str:
+        """ "  MFU 41%": the wall-clock model FLOPs utilisation so far (data loading and validation included), once
+        StepFlops has counted a step and the device has a known peak."""
+        flops = _step_cost(pl_module).get("flops_per_sample")
+        if flops is None:
+            return ""
+        if not self._peak_known:
+            from mmbench.metrics.peak import peak_flops
+
+            self._peak, self._peak_known = peak_flops(pl_module.device)[0], True
+        return f"  MFU {100 * flops * samples_per_s / self._peak:.0f}%" if self._peak else ""
+
+
+class StepFlops(pl.Callback):
+    """The cost of a training step, for model FLOPs utilisation (`complexity.mfu`, mmbench/metrics/peak.py).
+
+    - FLOPs: torch's `FlopCounterMode` around one whole training step of this process (its first; the second
+      when parts are compiled, so that compilation is not inside it): the forward and backward passes of every
+      objective, ITM's negative passes and MLM / MRM's own passes included; matmul-like ops only, 2 per
+      multiply-add; the optimizer's elementwise updates are not model FLOPs. Per sample of the local batch.
+    - Time: every other training step of this process, from batch start to batch end (forward, backward,
+      optimizer; not the data loading or validation between them), timed with CUDA events on a GPU, so nothing
+      waits for the device inside the loop.
+    Results go to the LightningModule's `step_cost` (flops_per_sample, seconds, samples, steps); counting
+    runs the step unchanged, so a counted run equals an uncounted one.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._cuda = pl_module.device.type == "cuda"
+        compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules())
+        self._count_at = 1 if compiled else 0  # the batch of this process that is counted
+        self._batches, self._samples = 0, 0
+        self._counter: Any = None  # the FlopCounterMode of the counted step, while it runs
+        self._start: Any = None  # the step's start: a CUDA event, or perf_counter seconds
+        self._timed: list = []  # (start, end) CUDA event pairs, or seconds
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self._batches == self._count_at:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+        elif self._cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        size = int(batch["input_ids"].shape[0])
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            _step_cost(pl_module)["flops_per_sample"] = self._counter.get_total_flops() / size
+            self._counter = None
+        elif self._start is not None:
+            if self._cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self._timed.append((self._start, end))
+            else:
+                self._timed.append(time.perf_counter() - self._start)
+            self._samples += size
+            self._start = None
+        self._batches += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._cuda and self._timed:
+            torch.cuda.synchronize(pl_module.device)  # once, after the loop
+        seconds = sum(a.elapsed_time(b) / 1000 for a, b in self._timed) if self._cuda else sum(self._timed)
+        _step_cost(pl_module).update(seconds=seconds, samples=self._samples, steps=len(self._timed))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._counter is not None:  # the counted step raised: leave torch's dispatch as it was
+            self._counter.__exit__(None, None, None)
+            self._counter = None
+
+
+def _step_cost(pl_module: pl.LightningModule) -> dict[str, float]:
+    return cast("MMBenchModule", pl_module).step_cost
 
 
 class MatmulPrecision(pl.Callback):

@@ -70,6 +70,9 @@ class MMBenchModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
+        # a training step's FLOPs per sample and the training steps' time and samples in this process, written
+        # by mmbench.callbacks.StepFlops; `complexity` turns them into MFU
+        self.step_cost: dict[str, float] = {}
 
     def compile_parts(self) -> None:
         """`torch.compile` the encoders, the fusion and the objectives, in place (`nn.Module.compile`), so

@@ -201,6 +201,21 @@ def test_the_paper_table_prints_percent_with_one_decimal_and_keeps_the_marks(tmp
     assert refused.value.code == 2
 
 
+def test_mfu_gets_a_column_when_the_runs_recorded_it_and_survives_runs_csv(tmp_path):
+    sweep = tmp_path / "sweep"
+    for model, mfus in (("vilt", (0.58, 0.60)), ("albef", (0.41, 0.43))):
+        for seed, mfu in enumerate(mfus):
+            record = {"status": "completed", "metrics": {"test/acc": 0.5 + seed / 10}, "complexity": {"mfu": mfu}}
+            _job(sweep, ["model", "seed"], model, seed, record)
+    report.report([sweep], out=tmp_path / "rep", metrics=["test/*"], plots=False)
+    md = (tmp_path / "rep" / "table.md").read_text()
+    assert "| model | n | params | FLOPs/sample | MFU | test/acc |" in md
+    assert "| vilt | 2 | - | - | 59% |" in md and "| albef | 2 | - | - | 42% |" in md
+    # a report of the runs.csv alone keeps it
+    report.report([tmp_path / "rep" / "runs.csv"], out=tmp_path / "again", metrics=["test/*"], plots=False)
+    assert "| vilt | 2 | - | - | 59% |" in (tmp_path / "again" / "table.md").read_text()
+
+
 def test_paper_cells_of_one_seed_small_values_and_fewer_seeds():
     style = report.PaperStyle(digits=1)
     one = {"mean": 0.7, "std": 0.0, "n": 1, "ci_lo": None, "ci_hi": None, "vs_best": "untestable"}

@@ -4,6 +4,8 @@
   image, fuse) on a real batch, divided by the batch size (matmul FLOPs, 2 per multiply-add).
 * Training samples/s: samples seen by the optimiser / wall time of `trainer.fit` (validation and
   checkpointing included), measured by the caller.
+* MFU (`utilisation`): the FLOPs of one whole training step (forward and backward of every objective) x the
+  samples of the timed training steps / their time / the device's peak FLOP/s (mmbench/metrics/peak.py).
 * Inference samples/s: the same three calls in eval mode without gradient, timed over a few batches.
 * Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on CPU the peak resident set size
   (data included). Each run starts with `reset_peak_memory`, so a run's figure is its own even when
@@ -98,6 +100,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def utilisation(step_cost: dict[str, float], device: torch.device) -> dict:
+    """`train_flops_per_sample` (a whole training step, mmbench.callbacks.StepFlops), the training steps' FLOP/s
+    and their model FLOPs utilisation `mfu` = FLOP/s / the device's peak (`peak_flops`, mmbench/metrics/peak.py);
+    empty for a run that trained no step here (mmbench-eval)."""
+    flops = step_cost.get("flops_per_sample")
+    if flops is None:
+        return {}
+    from mmbench.metrics.peak import peak_flops
+
+    out: dict = {"train_flops_per_sample": flops}
+    if step_cost.get("seconds"):
+        achieved = flops * step_cost["samples"] / step_cost["seconds"]
+        peak, source = peak_flops(device)
+        out.update(
+            train_flops_per_s=achieved, peak_flops=peak, peak_flops_source=source, mfu=achieved / peak if peak else None
+        )
+    return out
+
+
 def complexity(
     module, batch: dict, train_seconds: float | None, train_samples: int, measure_inference: bool = True
 ) -> dict:
@@ -113,6 +134,7 @@ def complexity(
     finally:
         model.train(was_training)
     out["train_samples_per_s"] = (train_samples / train_seconds) if train_seconds else None
+    out.update(utilisation(module.step_cost, module.device))
     out["peak_memory_mb"] = peak_memory_mb(module.device)
     out["peak_memory_scope"] = "run" if module.device.type == "cuda" else _PEAK_SCOPE["scope"]
     return out

@@ -27,8 +27,21 @@ def _si(x: float) -> str:
     return f"{x / 10 ** (3 * k):.3g}{SI_PREFIXES[k]}"
 
 
-def _complexity_cells(row: Row, missing: str) -> list[str]:
-    return [_si(row.stats[k]["mean"]) if k in row.stats else missing for k in COMPLEXITY]
+def complexity_columns(rows: list[Row]) -> dict[str, tuple[str, str]]:
+    """The complexity columns of a table: params and FLOPs/sample always, MFU when a row's runs recorded it."""
+    return {k: v for k, v in COMPLEXITY.items() if k != "mfu" or any("mfu" in r.stats for r in rows)}
+
+
+def _complexity_cells(row: Row, missing: str, columns: dict[str, tuple[str, str]]) -> list[str]:
+    """params and FLOPs with an SI prefix, MFU in percent."""
+    return [
+        missing
+        if k not in row.stats
+        else f"{100 * row.stats[k]['mean']:.0f}%"
+        if k == "mfu"
+        else _si(row.stats[k]["mean"])
+        for k in columns
+    ]
 
 
 # vs_best -> (before, after) the "mean ± std" of a cell; worse cells are left plain
@@ -119,7 +132,8 @@ def write_markdown(
     )
     lines.append(significance_caption(rows, metrics, alpha, holm_over=holm_over))
     lines.append("")
-    header = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
+    columns = complexity_columns(rows)
+    header = [*(keys or ["group"]), "n", *(title for title, _ in columns.values()), *metrics]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for r in rows:
@@ -132,7 +146,7 @@ def write_markdown(
             else _cell(r.stats[m], len(r.jobs), MD_MARKS)
             for m in metrics
         ]
-        lines.append("| " + " | ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "-"), *cells]) + " |")
+        lines.append("| " + " | ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "-", columns), *cells]) + " |")
     bad = [j for j in jobs if j.status != "completed"]
     lines += ["", "## Failed, unfinished and missing jobs", ""]
     if not bad:
@@ -149,7 +163,8 @@ def _blank(x):
 def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        head = [*(keys or ["group"]), "n", *(column for _, column in COMPLEXITY.values())]
+        columns = complexity_columns(rows)
+        head = [*(keys or ["group"]), "n", *(column for _, column in columns.values())]
         for m in metrics:
             head += [
                 f"{m}/mean",
@@ -165,7 +180,7 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
         w.writerow(head)
         for r in rows:
             out: list[object] = [g.split("=", 1)[1] for g in r.group] or ["all"]
-            out += [len(r.jobs), *(r.stats.get(k, {}).get("mean", "") for k in COMPLEXITY)]
+            out += [len(r.jobs), *(r.stats.get(k, {}).get("mean", "") for k in columns)]
             for m in metrics:
                 s = r.stats.get(m)
                 if not s:
@@ -193,6 +208,7 @@ def write_runs_csv(path: Path, jobs: list[Job], metrics: list[str], keys: list[s
                     j.peak_memory_scope,
                     _blank(j.wall_s),
                     j.machine,
+                    _blank(j.mfu),
                     *(j.metrics.get(m, "") for m in metrics),
                     j.error,
                 ]
@@ -235,7 +251,8 @@ def write_latex(
     paper: PaperStyle | None = None,
 ) -> None:
     """table_detail.tex, or the paper table (table.tex) with `paper`."""
-    cols = [*(keys or ["group"]), "n", *(title for title, _ in COMPLEXITY.values()), *metrics]
+    columns = complexity_columns(rows)
+    cols = [*(keys or ["group"]), "n", *(title for title, _ in columns.values()), *metrics]
     cells_are = (
         paper.caption(metrics, tex=True) + ".tex"
         if paper
@@ -273,6 +290,6 @@ def write_latex(
                     no_ci="{\\scriptsize (n=1, no CI)}",
                 )
             )
-        lines.append(" & ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "--"), *cells]) + " \\\\")
+        lines.append(" & ".join([*group, str(len(r.jobs)), *_complexity_cells(r, "--", columns), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     path.write_text("\n".join(lines) + "\n")

@@ -27,6 +27,7 @@ class Job:
     metrics: dict[str, float] = field(default_factory=dict)
     params: float | None = None  # complexity.params
     flops: float | None = None  # complexity.flops_per_sample: a forward pass, FLOPs per sample
+    mfu: float | None = None  # complexity.mfu: the training steps' model FLOPs utilisation
     peak_memory_mb: float | None = None  # complexity.peak_memory_mb
     peak_memory_scope: str = ""  # complexity.peak_memory_scope: "run" (this run's own peak) or "process"
     wall_s: float | None = None  # the run's own wall time (metrics.json wall_s; a resumed run: its last part)
@@ -78,6 +79,7 @@ def read_job(job_dir: Path) -> Job:
         metrics={k: float(v) for k, v in (rec.get("metrics") or {}).items() if _is_number(v)},
         params=_number_or_none(complexity.get("params")),
         flops=_number_or_none(complexity.get("flops_per_sample")),
+        mfu=_number_or_none(complexity.get("mfu")),
         peak_memory_mb=_number_or_none(complexity.get("peak_memory_mb")),
         peak_memory_scope=str(complexity.get("peak_memory_scope") or ""),
         wall_s=_number_or_none(rec.get("wall_s")),
@@ -96,6 +98,7 @@ RUNS_CSV_COMPLEXITY = (
     "peak_memory_scope",
     "wall_s",
     "machine",
+    "mfu",
 )
 # a runs.csv row in another state was a snapshot (a job still running or not started then): not read
 RUNS_CSV_STATES = ("completed", "failed")
@@ -115,7 +118,7 @@ def read_runs_csv(path: Path) -> list[Job]:
         seed_at = header.index("seed")
         keys = header[2:seed_at]
         # the columns after seed, up to the first metric; a runs.csv written before 2026-12-05 has no
-        # wall_s, one written before 2026-12-05 20:30 UTC no machine
+        # wall_s, one written before 2026-12-05 20:30 UTC no machine, one before 2026-12-07 no mfu
         known = [h for h in RUNS_CSV_COMPLEXITY[1:] if h in header[seed_at + 1 : seed_at + len(RUNS_CSV_COMPLEXITY)]]
         metrics_at = seed_at + 1 + len(known)
         jobs = []
@@ -139,6 +142,7 @@ def read_runs_csv(path: Path) -> list[Job]:
                     peak_memory_scope=cell["peak_memory_scope"],
                     wall_s=_float_or_none(cell.get("wall_s", "")),
                     machine=cell.get("machine", ""),
+                    mfu=_float_or_none(cell.get("mfu", "")),
                     error=cell["error"],
                     known_keys=(*keys, "seed"),
                 )

@@ -20,7 +20,12 @@ from mmbench.report.stats import holm, lower_is_better, mean_std, t_ci, unit_ran
 # Job fields averaged per row (row.stats key) and shown beside every table's metrics, as (header of
 # table.md / table.tex, column of table.csv): a parameter-matched comparison is not FLOP-matched (the
 # architectures' FLOPs per sample differ several-fold at equal params)
-COMPLEXITY = {"params": ("params", "params"), "flops": ("FLOPs/sample", "flops_per_sample")}
+# a row's complexity columns: (title, CSV column); MFU only in tables whose runs recorded it (formats.complexity_columns)
+COMPLEXITY = {
+    "params": ("params", "params"),
+    "flops": ("FLOPs/sample", "flops_per_sample"),
+    "mfu": ("MFU", "mfu"),
+}
 NOT_GROUPED = ("seed", *RUN_KEYS)
 
 
