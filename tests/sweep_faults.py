@@ -87,7 +87,9 @@ class HoldAtStep(pl.Callback):
         hold = os.environ.get("MMBENCH_TEST_HOLD")
         if not hold or os.environ.get("SLURM_RESTART_COUNT", "0") != "0" or trainer.global_step != self.step:
             return
-        (Path(hold) / "held").write_text(os.environ.get("SLURM_JOB_ID", str(os.getpid())))
+        tmp = Path(hold) / f".held.{os.getpid()}"
+        tmp.write_text(os.environ.get("SLURM_JOB_ID", str(os.getpid())))
+        tmp.replace(Path(hold) / "held")  # atomic: a test polling for the file never reads it half written
         deadline = time.time() + self.timeout
         while not trainer.received_sigterm and time.time() < deadline:
             time.sleep(0.2)

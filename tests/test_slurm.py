@@ -196,7 +196,10 @@ def _submitit_log(job: Path) -> str:
 def _shorten_time_limit(job_id: str, env: dict) -> None:
     """Bring a running job's time limit to 1-2 min from now: SLURM's warning signal (submitit's --signal=USR2@90)
     then comes at its next time-limit check (every 30 s), instead of ~3 min after the start."""
-    elapsed = _squeue(env, "-j", job_id, "-o", "%M")  # [H:]M:SS
+    deadline = time.time() + 30
+    while not re.fullmatch(r"[\d:-]+", elapsed := _squeue(env, "-j", job_id, "-o", "%M")):  # [H:]M:SS
+        assert time.time() < deadline, f"squeue lists no elapsed time for job {job_id!r}: {elapsed!r}"
+        time.sleep(0.5)
     parts = [int(p) for p in re.split(r"[:-]", elapsed)]
     minutes = (parts[-3] * 60 if len(parts) >= 3 else 0) + parts[-2]
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes + 2}"], env=env, check=True)
