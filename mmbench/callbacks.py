@@ -315,12 +315,15 @@ class StepFlops(pl.Callback):
     runs the step unchanged, so a counted run equals an uncounted one.
     """
 
+    def __init__(self) -> None:
+        self._counter: Any = None  # the FlopCounterMode of the counted step, while it runs
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._cuda = pl_module.device.type == "cuda"
         compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules())
         self._count_at = 1 if compiled else 0  # the batch of this process that is counted
         self._batches, self._samples = 0, 0
-        self._counter: Any = None  # the FlopCounterMode of the counted step, while it runs
+        self._counter = None
         self._start: Any = None  # the step's start: a CUDA event, or perf_counter seconds
         self._timed: list = []  # (start, end) CUDA event pairs, or seconds
 
