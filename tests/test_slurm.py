@@ -216,6 +216,11 @@ def _restore_time_limit_once_requeued(job_id: str, env: dict, sweep: Sweep, minu
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], env=env, check=True)
 
 
+@pytest.mark.skipif(
+    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1,
+    reason="run alone (pytest tests/test_slurm.py): under pytest-xdist, with another worker's SLURM cluster on the same "
+    "host, squeue did not list the held job in 2 of 3 CI runs (2026-12-07; cause not found yet)",
+)
 def test_a_job_past_its_time_limit_is_resubmitted_and_resumes(slurm, cache_dir, uninterrupted, tmp_path):
     """Two sweeps of the held job side by side: with max_num_timeout=1 submitit resubmits it once and it resumes
     from last.ckpt; with max_num_timeout=0 (the default) it is not resubmitted: recorded as failed with the cause,
