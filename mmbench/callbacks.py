@@ -260,8 +260,6 @@ class ProgressLog(pl.Callback):
 
         self.active = self.every_n_steps > 0 and not (self.only_without_tty and sys.stdout.isatty())
         self.t0, self.step0, self.samples = time.perf_counter(), trainer.global_step, 0
-        self._peak: float | None = None
-        self._peak_known = False  # the device's peak is read once, when the first line with an MFU is written
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
@@ -291,14 +289,9 @@ class ProgressLog(pl.Callback):
     def _mfu(self, pl_module: pl.LightningModule, samples_per_s: float) -> str:
         """ "  MFU 41%": the wall-clock model FLOPs utilisation so far (data loading and validation included), once
         StepFlops has counted a step and the device has a known peak."""
-        flops = _step_cost(pl_module).get("flops_per_sample")
-        if flops is None:
-            return ""
-        if not self._peak_known:
-            from mmbench.metrics.peak import peak_flops
-
-            self._peak, self._peak_known = peak_flops(pl_module.device)[0], True
-        return f"  MFU {100 * flops * samples_per_s / self._peak:.0f}%" if self._peak else ""
+        cost = _step_cost(pl_module)
+        flops, peak = cost.get("flops_per_sample"), cost.get("peak_flops")
+        return f"  MFU {100 * flops * samples_per_s / peak:.0f}%" if flops is not None and peak else ""
 
 
 class StepFlops(pl.Callback):
@@ -311,14 +304,22 @@ class StepFlops(pl.Callback):
     - Time: every other training step of this process, from batch start to batch end (forward, backward,
       optimizer; not the data loading or validation between them), timed with CUDA events on a GPU, so nothing
       waits for the device inside the loop.
-    Results go to the LightningModule's `step_cost` (flops_per_sample, seconds, samples, steps); counting
-    runs the step unchanged, so a counted run equals an uncounted one.
+    - The device's peak FLOP/s (mmbench/metrics/peak.py: a GPU's spec, or the CPU's GEMM rate measured once and
+      cached in `cache_dir`), before the first step.
+    Results go to the LightningModule's `step_cost` (flops_per_sample, seconds, samples, steps, peak_flops,
+    peak_flops_source); counting runs the step unchanged, so a counted run equals an uncounted one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = cache_dir
         self._counter: Any = None  # the FlopCounterMode of the counted step, while it runs
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mmbench.metrics.peak import peak_flops
+
+        _step_cost(pl_module)["peak_flops"], _step_cost(pl_module)["peak_flops_source"] = peak_flops(
+            pl_module.device, self.cache_dir
+        )
         self._cuda = pl_module.device.type == "cuda"
         compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules())
         self._count_at = 1 if compiled else 0  # the batch of this process that is counted
@@ -370,7 +371,7 @@ class StepFlops(pl.Callback):
             self._counter = None
 
 
-def _step_cost(pl_module: pl.LightningModule) -> dict[str, float]:
+def _step_cost(pl_module: pl.LightningModule) -> dict[str, Any]:
     return cast("MMBenchModule", pl_module).step_cost
 
 

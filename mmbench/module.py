@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -72,7 +72,7 @@ class MMBenchModule(pl.LightningModule):
         self.weight_decay = weight_decay
         # a training step's FLOPs per sample and the training steps' time and samples in this process, written
         # by mmbench.callbacks.StepFlops; `complexity` turns them into MFU
-        self.step_cost: dict[str, float] = {}
+        self.step_cost: dict[str, Any] = {}
 
     def compile_parts(self) -> None:
         """`torch.compile` the encoders, the fusion and the objectives, in place (`nn.Module.compile`), so

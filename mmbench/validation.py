@@ -310,9 +310,6 @@ def _lora_problems(part: DictConfig, path: str) -> list[str]:
     if not isinstance(node, DictConfig):
         return [f"{path}.lora={node}: a node (r, alpha, dropout, target_modules), e.g. {path}.lora.r=16"]
     settings = cast(dict, OmegaConf.to_container(node, resolve=True))
-    unknown = sorted(set(settings) - {"r", "alpha", "dropout", "target_modules"})
-    if unknown:
-        return [f"{path}.lora: unknown setting(s) {unknown}; a lora node takes r, alpha, dropout and target_modules"]
     problems = [f"{path}.lora.{problem}" for problem in LoraSettings.setting_problems(**settings)]
     if not problems and settings.get("r") and importlib.util.find_spec("peft") is None:
         problems.append(f"{path}.lora.r={settings['r']}: LoRA needs the peft library (pip install 'mmbench[hf]')")
@@ -330,9 +327,6 @@ def _augment_problems(cfg: DictConfig) -> list[str]:
     if not isinstance(node, DictConfig):
         return [f"data.augment={node}: a node (crop_scale, crop_ratio, flip), e.g. data.augment.crop_scale=[0.5,1.0]"]
     settings = cast(dict, OmegaConf.to_container(node, resolve=True))
-    unknown = sorted(set(settings) - {"crop_scale", "crop_ratio", "flip"})
-    if unknown:
-        return [f"data.augment: unknown setting(s) {unknown}; it takes crop_scale, crop_ratio and flip"]
     problems = [f"data.augment.{problem}" for problem in Augment.setting_problems(**settings)]
     source = str(OmegaConf.select(cfg, "data.source._target_") or "")
     if settings.get("flip") is True and source.startswith("mmbench.data.shapes."):

@@ -13,7 +13,8 @@
 # workers) can run side by side on free ports. A shell script rather than a Python module: CI, the tests and a
 # person at a terminal run the same steps.
 #
-# The cluster: one node (this host, all its cores, 90% of its memory), partition `debug` (default, no time
+# The cluster: one node (this host, all its cores, or MMBENCH_SLURM_CPUS to run more jobs at once than there are
+# cores (the tests: two pytest workers share one cluster), 90% of its memory), partition `debug` (default, no time
 # limit), cores as the consumable resource (select/cons_tres, CR_Core: a job with cpus_per_task=1 takes one core,
 # so on 2 cores 2 jobs run at once), no accounting database (sacct answers "accounting storage is disabled";
 # submitit then waits for its result files, and its "Bypassing sacct error" warnings are expected here).
@@ -60,10 +61,15 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+host_cpus() {
+  # the cores this process may use; not OMP_NUM_THREADS, which nproc also obeys (pytest workers set it to 1)
+  env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc
+}
+
 write_conf() {
   local dir=$1 host cpus mem_mb ctld_port slurmd_port
   host="$(hostname -s)"
-  cpus="$(nproc)"
+  cpus="${MMBENCH_SLURM_CPUS:-$(host_cpus)}"
   mem_mb="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
   ctld_port="$(free_port)"
   slurmd_port="$(free_port)"
@@ -106,6 +112,7 @@ ReturnToService=2
 KillWait=10
 InactiveLimit=0
 Waittime=0
+$([ "$cpus" = "$(host_cpus)" ] || echo "SlurmdParameters=config_overrides # CPUs=$cpus: not the host's $(host_cpus)")
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -139,6 +139,7 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["data.augment.flip=true"], REFUSED, ("data.augment.flip=true on Shapes", "crop_scale")),
     (["data.augment.flip=yes"], REFUSED, ("data.augment.flip",)),
     (["data.augment.crop_scale=[0.5,1.0]"], ACCEPTED, ()),
+    (["+data.augment.rotate=15"], REFUSED, ("data.augment.rotate: unknown setting", "crop_scale, crop_ratio and flip")),
     # LoRA (mmbench/models/lora.py)
     (["model=llava", "language_model.lora.r=-4"], REFUSED, ("language_model.lora.r=-4", "rank >= 0")),
     (["model=llava", "language_model.lora.r=2.5"], REFUSED, ("language_model.lora.r=2.5", "not an integer")),
@@ -150,6 +151,11 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     ),
     (["model=llava", "language_model.lora.r=8", "language_model.lora.target_modules=[]"], REFUSED, ("target_modules",)),
     (["model=llava", "language_model.lora.r=16", "language_model.freeze=true"], ACCEPTED, ()),
+    (
+        ["model=llava", "+language_model.lora.rank=8"],
+        REFUSED,
+        ("language_model.lora.rank: unknown setting", "r, alpha"),
+    ),
     # a batch larger than the training split (Shapes: scenes x captions per image (image, caption) examples)
     (["data.batch_size=100000"], REFUSED, ("data.batch_size=100000", "32000 (image, caption) examples", "<= 32000")),
     (["data.source.num_train=10", "data.batch_size=64"], REFUSED, ("40 (image, caption) examples",)),

@@ -76,3 +76,21 @@ def tiny_cfg(cache_dir, tmp_path):
         return compose_cfg([ALL_OBJECTIVES, *TINY, *extra], tmp_path / "run")
 
     return make
+
+
+STOP_AT = "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep"  # SIGINT (Ctrl-C) before step `step`
+
+
+def stopped_then_resumed(args: list[str], out: Path, step: int, monkeypatch) -> dict:
+    """Run `args` in `out`, stopped by Ctrl-C before training step `step` (tests/sweep_faults.py SignalAtStep),
+    then the same command again, which resumes from out/checkpoints/last.ckpt: the resumed run's record."""
+    import pytest
+
+    from mmbench.pipeline import run
+
+    command = [*args, STOP_AT, f"+callbacks.signal.step={step}"]
+    monkeypatch.setenv("MMBENCH_TEST_SIGNAL", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(command, out))
+    monkeypatch.delenv("MMBENCH_TEST_SIGNAL")
+    return run(compose_cfg(command, out))

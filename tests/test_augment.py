@@ -10,7 +10,7 @@ import torch
 
 from mmbench.data.augment import Augment, AugmentedPairs
 from mmbench.pipeline import run
-from tests.conftest import ALL_OBJECTIVES, TINY, compose_cfg
+from tests.conftest import ALL_OBJECTIVES, TINY, compose_cfg, stopped_then_resumed
 
 
 def _gradient(h: int = 48, w: int = 48) -> np.ndarray:
@@ -100,11 +100,6 @@ def test_an_augmented_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics
         "test=false",
     ]
     reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
-    stop = [*args, "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep", "+callbacks.signal.step=7"]
-    monkeypatch.setenv("MMBENCH_TEST_SIGNAL", "1")
-    with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg(stop, tmp_path / "stopped"))
-    monkeypatch.delenv("MMBENCH_TEST_SIGNAL")
-    resumed = run(compose_cfg(stop, tmp_path / "stopped"))
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 7, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU, epoch 1's crops included

@@ -16,7 +16,7 @@ from mmbench.models.lora import LoraSettings, apply_lora, merge_lora
 from mmbench.models.text_hf import HFTextEncoder
 from mmbench.pipeline import run
 from mmbench.validation import validate
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, stopped_then_resumed
 
 TINY_PARTS = [o for o in TINY if not o.startswith("objective.")]
 DIM, DEPTH, R = 32, 2, 4
@@ -145,11 +145,6 @@ def test_llava_lora_starts_from_stage_one_and_trains_the_projector_and_the_adapt
 def test_a_lora_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(stage1, monkeypatch, tmp_path):
     args = _lora_args(stage1)
     reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
-    stop = [*args, "+callbacks.signal._target_=tests.sweep_faults.SignalAtStep", "+callbacks.signal.step=5"]
-    monkeypatch.setenv("MMBENCH_TEST_SIGNAL", "1")
-    with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg(stop, tmp_path / "stopped"))
-    monkeypatch.delenv("MMBENCH_TEST_SIGNAL")
-    resumed = run(compose_cfg(stop, tmp_path / "stopped"))
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 5, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU

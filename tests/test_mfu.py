@@ -35,10 +35,15 @@ class _MLP(pl.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=B)
 
 
-def test_a_training_step_counts_forward_and_backward_flops_by_hand():
+def test_a_training_step_counts_forward_and_backward_flops_by_hand(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMBENCH_PEAK_FLOPS", "1e10")
     module = _MLP()
     trainer = pl.Trainer(
-        max_steps=4, callbacks=[StepFlops()], logger=False, enable_checkpointing=False, enable_progress_bar=False
+        max_steps=4,
+        callbacks=[StepFlops(str(tmp_path))],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     trainer.fit(module)
     # per sample, 2 FLOPs per multiply-add: forward 2(IN*H + H*OUT); backward: the second layer's weight and
@@ -47,13 +52,15 @@ def test_a_training_step_counts_forward_and_backward_flops_by_hand():
     assert module.step_cost["flops_per_sample"] == forward + 4 * HIDDEN * OUT + 2 * IN * HIDDEN == 57344
     assert module.step_cost["steps"] == 3 and module.step_cost["samples"] == 3 * B  # the counted step not timed
     assert module.step_cost["seconds"] > 0
+    assert (module.step_cost["peak_flops"], module.step_cost["peak_flops_source"]) == (1e10, "MMBENCH_PEAK_FLOPS")
 
 
-def test_mfu_is_achieved_flops_over_the_peak(monkeypatch):
-    monkeypatch.setenv("MMBENCH_PEAK_FLOPS", "1e10")
-    out = utilisation({"flops_per_sample": 1e9, "seconds": 2.0, "samples": 10}, torch.device("cpu"))
-    assert out["train_flops_per_s"] == 5e9 and out["mfu"] == 0.5 and out["peak_flops_source"] == "MMBENCH_PEAK_FLOPS"
-    assert utilisation({}, torch.device("cpu")) == {}  # nothing trained here (mmbench-eval)
+def test_mfu_is_achieved_flops_over_the_peak():
+    cost = {"flops_per_sample": 1e9, "seconds": 2.0, "samples": 10, "peak_flops": 1e10, "peak_flops_source": "spec"}
+    out = utilisation(cost)
+    assert out["train_flops_per_s"] == 5e9 and out["mfu"] == 0.5 and out["peak_flops_source"] == "spec"
+    assert utilisation({**cost, "peak_flops": None})["mfu"] is None  # a device with no known peak
+    assert utilisation({}) == {}  # nothing trained here (mmbench-eval)
 
 
 def test_the_cpu_peak_is_measured_once_per_machine_and_threads(monkeypatch, tmp_path):
@@ -77,7 +84,7 @@ def test_the_real_cpu_gemm_rate_is_plausible():
 def test_a_gpu_peak_comes_from_its_spec(name, expected, monkeypatch):
     monkeypatch.delenv("MMBENCH_PEAK_FLOPS", raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    value, source = peak.peak_flops(torch.device("cuda"))
+    value, source = peak.peak_flops(torch.device("cuda"), "unused")
     assert value == expected and (name in source)
 
 

@@ -20,7 +20,7 @@ from mmbench.checkpoints import CheckpointError
 from mmbench.data.datamodule import EpochShuffleSampler, ResumableLoader
 from mmbench.pipeline import run
 from mmbench.record import read_record
-from tests.conftest import ALL_OBJECTIVES, ROOT, TINY, compose_cfg
+from tests.conftest import ALL_OBJECTIVES, ROOT, STOP_AT, TINY, compose_cfg
 
 RUN = [
     ALL_OBJECTIVES,
@@ -29,7 +29,6 @@ RUN = [
     "callbacks.last_checkpoint.every_n_train_steps=3",
     "trainer.log_every_n_steps=1",
 ]
-STOP = ["+callbacks.signal._target_=tests.sweep_faults.SignalAtStep"]  # SIGINT (Ctrl-C) before step `step`
 
 
 def ckpt_step(path: Path) -> int:
@@ -57,7 +56,7 @@ def test_stopped_run_resumes_to_identical_metrics(stop, workers, resume_from, un
     best.ckpt, evaluation suite) and every row of the CSV log equal the uninterrupted run's."""
     ref_dir, ref = uninterrupted
     out = tmp_path / "run"
-    args = [*RUN, *STOP, f"+callbacks.signal.step={stop}", f"data.num_workers={workers}"]
+    args = [*RUN, STOP_AT, f"+callbacks.signal.step={stop}", f"data.num_workers={workers}"]
     monkeypatch.setenv("MMBENCH_TEST_SIGNAL", "1")
     with pytest.raises(KeyboardInterrupt):
         run(compose_cfg(args, out))
@@ -90,7 +89,7 @@ def test_stopped_run_resumes_to_identical_metrics(stop, workers, resume_from, un
 def test_sigkill_within_an_epoch_and_the_same_command_again_give_the_uninterrupted_run(cache_dir, tmp_path):
     """SIGKILL (no cleanup, like a node failure) before step 7 of a CLI run; rerunning the command resumes
     from step 6 and ends with the metrics.json and CSV log of an uninterrupted run of the same command."""
-    args = [*RUN, "test=false", *STOP, "+callbacks.signal.step=7", "+callbacks.signal.signum=SIGKILL"]
+    args = [*RUN, "test=false", STOP_AT, "+callbacks.signal.step=7", "+callbacks.signal.signum=SIGKILL"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
 
     def cli(run_dir: Path, **extra: str) -> subprocess.CompletedProcess:

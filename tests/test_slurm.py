@@ -1,10 +1,11 @@
 """Sweeps on a real scheduler, and GPUs under the parallel launcher.
 
 SLURM: a single-node cluster (munged, slurmctld, slurmd from Debian's packages; scripts/slurm_cluster.sh) started
-once per session (per pytest-xdist worker) in a temporary directory; skipped with the reason where the packages
+once per test session (shared by its pytest-xdist workers) in a temporary directory, with a node of twice the
+host's cores (the two workers' jobs run side by side, as a sweep's do); skipped with the reason where the packages
 are missing (`bash scripts/slurm_cluster.sh install` as root installs them) or the daemons cannot start. Each
 test runs the real CLI, `python -m mmbench.train -m ... hydra/launcher=slurm`: submitit submits one sbatch job
-per job, and the jobs run on this machine's cores (cpus_per_task=1: two at a time on two cores).
+per job, and the jobs run on this machine's cores (cpus_per_task=1).
 
 - a 4-job sweep completes, its summary is printed and mmbench-report reads it;
 - a job requeued mid-run (`scontrol requeue`) resumes from its last.ckpt to the metrics of an uninterrupted run;
@@ -18,7 +19,9 @@ count is faked with MMBENCH_GPU_COUNT, and each job writes the CUDA_VISIBLE_DEVI
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import re
@@ -105,23 +108,52 @@ def _wait_for(path: Path, sweep: Sweep, timeout: float = 240) -> str:
     return path.read_text()
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory) -> dict:
-    """The environment of a running single-node SLURM cluster (SLURM_CONF names it), stopped after the session."""
+def slurm(tmp_path_factory, worker_id) -> dict:
+    """The environment of a running single-node SLURM cluster (SLURM_CONF names it). One cluster for the whole
+    test session, shared by its pytest-xdist workers: the first worker to need it starts it, the last to finish
+    stops it (a count of users in a file, under a file lock)."""
     if not shutil.which("slurmctld", path=os.environ.get("PATH", "") + ":/usr/sbin"):
         pytest.skip("slurmctld not installed: run `bash scripts/slurm_cluster.sh install` as root")
     if os.geteuid() != 0:
         pytest.skip("a SLURM test cluster needs root (slurmd starts jobs as their user); this session is not root")
-    directory = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(
-        ["bash", str(CLUSTER), "start", str(directory)], capture_output=True, text=True, timeout=120
-    )
-    if started.returncode != 0:
-        pytest.skip(f"the SLURM test cluster did not start: {started.stderr.strip()[-2000:]}")
+    # the session's own temporary root: shared by its workers (popen-gw0, popen-gw1, ... are its folders)
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    lock, users, current = shared / "slurm.lock", shared / "slurm.users", shared / "slurm.current"
+    with _locked(lock):
+        count = int(users.read_text()) if users.exists() else 0
+        if count == 0:  # none running: start one (a new folder each time, the last one's logs kept)
+            directory = shared / f"slurm{len(list(shared.glob('slurm[0-9]*')))}"
+            started = subprocess.run(
+                ["bash", str(CLUSTER), "start", str(directory)],
+                env={**os.environ, "MMBENCH_SLURM_CPUS": str(2 * (os.cpu_count() or 1))},  # 2 jobs per core
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if started.returncode != 0:
+                pytest.skip(f"the SLURM test cluster did not start: {started.stderr.strip()[-2000:]}")
+            current.write_text(str(directory))
+        directory = Path(current.read_text())
+        users.write_text(str(count + 1))
     try:
         yield _env({"SLURM_CONF": str(directory / "slurm.conf")})
     finally:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(directory)], capture_output=True, timeout=120)
+        with _locked(lock):
+            count = int(users.read_text()) - 1
+            users.write_text(str(count))
+            if count == 0:
+                subprocess.run(["bash", str(CLUSTER), "stop", str(directory)], capture_output=True, timeout=120)
 
 
 def _squeue(env: dict, *args: str) -> str:
@@ -198,11 +230,21 @@ def _shorten_time_limit(job_id: str, env: dict) -> None:
     then comes at its next time-limit check (every 30 s), instead of ~3 min after the start."""
     deadline = time.time() + 30
     while not re.fullmatch(r"[\d:-]+", elapsed := _squeue(env, "-j", job_id, "-o", "%M")):  # [H:]M:SS
-        assert time.time() < deadline, f"squeue lists no elapsed time for job {job_id!r}: {elapsed!r}"
+        assert time.time() < deadline, f"squeue lists no elapsed time for job {job_id!r}: {elapsed!r}\n" + _diagnosis(
+            env
+        )
         time.sleep(0.5)
     parts = [int(p) for p in re.split(r"[:-]", elapsed)]
     minutes = (parts[-3] * 60 if len(parts) >= 3 else 0) + parts[-2]
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes + 2}"], env=env, check=True)
+
+
+def _diagnosis(env: dict) -> str:
+    """What the cluster says about its jobs, and its controller's last log lines: for a failure's message."""
+    queue = subprocess.run(["squeue", "-a", "-o", "%i %T %M %l %R"], env=env, capture_output=True, text=True)
+    conf = Path(env["SLURM_CONF"])
+    log = (conf.parent / "slurmctld.log").read_text().splitlines()[-30:]
+    return f"squeue: {queue.stdout}{queue.stderr}\nslurmctld.log (last lines):\n" + "\n".join(log)
 
 
 def _restore_time_limit_once_requeued(job_id: str, env: dict, sweep: Sweep, minutes: int = 5) -> None:
@@ -216,11 +258,6 @@ def _restore_time_limit_once_requeued(job_id: str, env: dict, sweep: Sweep, minu
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], env=env, check=True)
 
 
-@pytest.mark.skipif(
-    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1,
-    reason="run alone (pytest tests/test_slurm.py): under pytest-xdist, with another worker's SLURM cluster on the same "
-    "host, squeue did not list the held job in 2 of 3 CI runs (2026-12-07; cause not found yet)",
-)
 def test_a_job_past_its_time_limit_is_resubmitted_and_resumes(slurm, cache_dir, uninterrupted, tmp_path):
     """Two sweeps of the held job side by side: with max_num_timeout=1 submitit resubmits it once and it resumes
     from last.ckpt; with max_num_timeout=0 (the default) it is not resubmitted: recorded as failed with the cause,

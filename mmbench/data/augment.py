@@ -44,7 +44,9 @@ class Augment:
     flip: bool = False
 
     @classmethod
-    def setting_problems(cls, crop_scale=None, crop_ratio=(3 / 4, 4 / 3), flip=False) -> list[str]:
+    def setting_problems(cls, crop_scale=None, crop_ratio=(3 / 4, 4 / 3), flip=False, **unknown) -> list[str]:
+        if unknown:
+            return [f"{key}: unknown setting; data.augment takes crop_scale, crop_ratio and flip" for key in unknown]
         problems = (
             []
             if crop_scale is None
@@ -61,9 +63,6 @@ class Augment:
         if OmegaConf.is_config(node):  # as Hydra's instantiate passes it
             node = OmegaConf.to_container(node, resolve=True)
         values = dict(cast(dict, node) or {})
-        unknown = sorted(set(values) - {"crop_scale", "crop_ratio", "flip"})
-        if unknown:
-            raise ValueError(f"data.augment: unknown setting(s) {unknown}; it takes crop_scale, crop_ratio and flip")
         raise_problems("data.augment", cls.setting_problems(**values))
         scale, ratio = values.get("crop_scale"), values.get("crop_ratio", (3 / 4, 4 / 3))
         augment = cls(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -100,19 +101,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def utilisation(step_cost: dict[str, float], device: torch.device) -> dict:
-    """`train_flops_per_sample` (a whole training step, mmbench.callbacks.StepFlops), the training steps' FLOP/s
-    and their model FLOPs utilisation `mfu` = FLOP/s / the device's peak (`peak_flops`, mmbench/metrics/peak.py);
-    empty for a run that trained no step here (mmbench-eval)."""
+def utilisation(step_cost: dict[str, Any]) -> dict:
+    """`train_flops_per_sample` (a whole training step), the training steps' FLOP/s and their model FLOPs
+    utilisation `mfu` = FLOP/s / the device's peak, from what mmbench.callbacks.StepFlops recorded; empty for a
+    run that trained no step here (mmbench-eval)."""
     flops = step_cost.get("flops_per_sample")
     if flops is None:
         return {}
-    from mmbench.metrics.peak import peak_flops
-
     out: dict = {"train_flops_per_sample": flops}
     if step_cost.get("seconds"):
         achieved = flops * step_cost["samples"] / step_cost["seconds"]
-        peak, source = peak_flops(device)
+        peak, source = step_cost.get("peak_flops"), step_cost.get("peak_flops_source")
         out.update(
             train_flops_per_s=achieved, peak_flops=peak, peak_flops_source=source, mfu=achieved / peak if peak else None
         )
@@ -134,7 +133,7 @@ def complexity(
     finally:
         model.train(was_training)
     out["train_samples_per_s"] = (train_samples / train_seconds) if train_seconds else None
-    out.update(utilisation(module.step_cost, module.device))
+    out.update(utilisation(module.step_cost))
     out["peak_memory_mb"] = peak_memory_mb(module.device)
     out["peak_memory_scope"] = "run" if module.device.type == "cuda" else _PEAK_SCOPE["scope"]
     return out

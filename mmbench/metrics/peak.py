@@ -34,7 +34,7 @@ GPU_PEAK_BF16: dict[str, float] = {
 GEMM_SIZE = 1024
 
 
-def peak_flops(device: torch.device, cache_dir: str | os.PathLike | None = None) -> tuple[float | None, str]:
+def peak_flops(device: torch.device, cache_dir: str | os.PathLike) -> tuple[float | None, str]:
     """(peak FLOP/s or None, where it comes from) of `device`: see the module docstring."""
     override = os.environ.get("MMBENCH_PEAK_FLOPS")
     if override:
@@ -47,7 +47,7 @@ def peak_flops(device: torch.device, cache_dir: str | os.PathLike | None = None)
         return None, f"no peak known for a {device.type} device (set MMBENCH_PEAK_FLOPS)"
     threads = torch.get_num_threads()
     key = f"{cpu_model()}|threads={threads}|torch={torch.__version__}"
-    path = Path(cache_dir or os.environ.get("MMBENCH_CACHE", ".cache/mmbench")) / "peak_flops.json"
+    path = Path(cache_dir) / "peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -39,7 +39,11 @@ class LoraSettings:
     target_modules: tuple[str, ...] | None = None
 
     @classmethod
-    def setting_problems(cls, r=0, alpha=None, dropout=0.0, target_modules=None) -> list[str]:
+    def setting_problems(cls, r=0, alpha=None, dropout=0.0, target_modules=None, **unknown) -> list[str]:
+        if unknown:
+            return [
+                f"{key}: unknown setting; a lora node takes r, alpha, dropout and target_modules" for key in unknown
+            ]
         problems = problems_of(
             number_problem("r", r, "a rank >= 0 (0: no LoRA), e.g. 8 or 16", low=0, integer=True),
             None
@@ -61,9 +65,6 @@ class LoraSettings:
     def from_node(cls, node: Mapping | None) -> LoraSettings:
         """The settings of a part's `lora` node (absent or null: no LoRA); refused as validation refuses them."""
         values = dict(node or {})
-        unknown = sorted(set(values) - {"r", "alpha", "dropout", "target_modules"})
-        if unknown:
-            raise ValueError(f"lora: unknown setting(s) {unknown}; a lora node takes r, alpha, dropout, target_modules")
         raise_problems("lora", cls.setting_problems(**values))
         targets = values.get("target_modules")
         return cls(
