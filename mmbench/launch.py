@@ -380,7 +380,7 @@ def record_death(
     from hydra.core.hydra_config import HydraConfig
 
     from mmbench.config import choices_of, register_resolvers
-    from mmbench.record import read_record, write_metrics
+    from mmbench.record import RunRecord, read_record
     from mmbench.rundir import config_identity, read_identity
 
     path = out_dir / "metrics.json"
@@ -392,21 +392,15 @@ def record_death(
     held = read_identity(out_dir) or record
     if held is not None and held.get("config_hash") != config_hash:
         return False
-    write_metrics(
-        path,
-        {
-            "status": status,
-            "error": cause,
-            "config_hash": config_hash,
-            "choices": choices_of(cfg),
-            "overrides": list(HydraConfig.get().overrides.task),
-            "seed": cfg.get("seed"),
-            "metrics": {},
-            "complexity": {},
-            "wall_s": round(time.time() - since, 3),
-            "config": config,
-        },
+    dead = RunRecord.training(
+        config_hash=config_hash,
+        choices=choices_of(cfg),
+        overrides=list(HydraConfig.get().overrides.task),
+        seed=cfg.get("seed"),
+        config=config,
     )
+    dead.status, dead.error, dead.wall_s = status, cause, round(time.time() - since, 3)
+    dead.write(out_dir)  # with this process's provenance (versions, git, machine)
     return True
 
 

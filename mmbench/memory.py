@@ -33,11 +33,15 @@ from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from mmbench.config import ConfigError
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +142,7 @@ def _no_trace(module: torch.nn.Module):
         np.random.set_state(numpy_rng)
 
 
-def saved_tensors(module, batch: dict, autocast_dtype: torch.dtype | None = None) -> list[tuple[int, tuple]]:
+def saved_tensors(module, batch: Batch, autocast_dtype: torch.dtype | None = None) -> list[tuple[int, tuple]]:
     """(bytes, shape) of every storage autograd saves in one training forward pass of `module` on `batch`, in
     order of first use; the module's own parameters and buffers are left out."""
     resident = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
@@ -162,7 +166,7 @@ def saved_tensors(module, batch: dict, autocast_dtype: torch.dtype | None = None
     return list(seen.values())
 
 
-def probe_batches(dataset, collate, batch_size: int, sizes=PROBE_SIZES) -> list[dict] | None:
+def probe_batches(dataset, collate, batch_size: int, sizes=PROBE_SIZES) -> list[Batch] | None:
     """Batches of `sizes` examples spread over the split, padded alike: rows of one collated sample of up to
     PAD_SAMPLE examples (as many as a real batch, at most), so the texts are as long as a real batch pads them."""
     n = min(len(dataset), max(batch_size, max(sizes)), PAD_SAMPLE)
@@ -173,10 +177,10 @@ def probe_batches(dataset, collate, batch_size: int, sizes=PROBE_SIZES) -> list[
     rows = lambda b: {
         k: v[:b].clone() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for k, v in batch.items()
     }
-    return [rows(b) for b in sizes]
+    return [cast("Batch", rows(b)) for b in sizes]
 
 
-def estimate_step(module, batches: list[dict], *, optimizer_copies: int, on_gpu: bool, autocast_dtype=None):
+def estimate_step(module, batches: list[Batch], *, optimizer_copies: int, on_gpu: bool, autocast_dtype=None):
     """The `StepEstimate` of `module` from forward passes on `batches` (of PROBE_SIZES examples)."""
     saved = []
     with _no_trace(module):

@@ -26,6 +26,8 @@ from mmbench.record import Diverged
 if TYPE_CHECKING:
     from pytorch_lightning.utilities.types import OptimizerLRScheduler
 
+    from mmbench.data.batch import Batch
+
 _DIVERGED_HINT = "A lower optimizer.lr or a longer warm-up (scheduler.warmup_ratio) usually helps."
 
 
@@ -83,7 +85,7 @@ class MMBenchModule(pl.LightningModule):
         for part in (self.model.text_encoder, self.model.vision_encoder, self.model.fusion, *self.objectives.values()):
             part.compile()
 
-    def shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+    def shared_step(self, batch: Batch, split: str) -> torch.Tensor:
         text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # once per step
         image = self.model.encode_image(batch)  # once per step
         # objectives read the fraction of training done (e.g. ITM's hard-negative warm-up); 1 outside training

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmbench.data import columns as schema
 from mmbench.data import hf, shapes
+from mmbench.data.batch import Batch
 from mmbench.data.datamodule import VLDataModule
 
 SMALL = dict(num_train=60, num_val=20, num_test=20)
@@ -27,6 +28,13 @@ def check_against_schema(batch: dict[str, torch.Tensor], declared: frozenset[str
         assert tensor.dtype == field.dtype, name
         assert tensor.dim() == len(field.shape), name
         assert tensor.shape[0] == batch["image_id"].shape[0], name
+
+
+def test_the_batch_type_names_every_field_and_only_those():
+    """`Batch` (the type mypy checks every `batch[...]` against) and `FIELDS` (what the collator makes) list
+    the same tensors: a field added to one and not the other fails here."""
+    assert list(Batch.__annotations__) == list(schema.FIELDS)
+    assert Batch.__required_keys__ == frozenset()  # which fields a batch has follows from its data
 
 
 def shapes_module(tmp_path, **settings) -> VLDataModule:

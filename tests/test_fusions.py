@@ -74,10 +74,30 @@ def test_no_fusion_returns_nothing():
 
 
 @pytest.mark.parametrize("cls", TOKEN_FUSIONS)
-def test_capabilities(cls):
-    caps = cls.capabilities
-    assert caps.joint_pooled and caps.text_tokens
-    assert caps.causal_text == (cls in (TextCrossAttentionFusion, GatedCrossAttentionFusion))
+def test_declared_capabilities_match_what_the_fusion_does(cls):
+    """`causal_text` (which validation reads to allow the LM objective): run with causal_text=True, no text
+    output depends on a later text token; a fusion without it refuses causal_text=True (its image stream
+    would carry later tokens back). Bidirectional by default either way. `text_tokens` / `joint_pooled`:
+    it returns them, the pooled vector depending on the image (the text's side:
+    test_gradients_reach_both_modalities)."""
+    fusion, image = make(cls), features(V, seed=2)
+    text = features(T)
+    changed = Features(text.tokens.clone(), text.mask, text.pooled)
+    changed.tokens[:, -1] += 1.0  # the last text token only
+
+    def sees_the_future(**causal) -> bool:
+        before, after = fusion(text, image, **causal), fusion(changed, image, **causal)
+        return not torch.allclose(before.text_tokens[:, :-1], after.text_tokens[:, :-1], atol=1e-6)
+
+    assert sees_the_future()
+    if cls.capabilities.causal_text:
+        assert not sees_the_future(causal_text=True)
+    else:
+        with pytest.raises(ValueError, match="cannot run with causal_text=True"):
+            fusion(text, image, causal_text=True)
+    before, other_image = fusion(text, image), fusion(text, features(V, seed=3))
+    assert cls.capabilities.text_tokens and before.text_tokens is not None
+    assert cls.capabilities.joint_pooled and not torch.allclose(before.pooled, other_image.pooled)
 
 
 @pytest.mark.parametrize("prenorm", [False, True])

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "the composed config, its resolvers and the sweeps it names; ConfigError is raised by the data sources",
         ("mmbench.config", "mmbench.sweep"),
     ),
-    ("data schema", "the batch's columns and fields", ("mmbench.data", "mmbench.data.columns")),
+    ("data schema", "the batch's columns and fields", ("mmbench.data", "mmbench.data.columns", "mmbench.data.batch")),
     ("models", "encoders, fusions, language models and their import from the hub", ("mmbench.models.*",)),
     ("objectives", "the losses, through the model's three calls", ("mmbench.objectives.*",)),
     ("data sources", "reading, generating, caching and collating data", ("mmbench.data.*",)),

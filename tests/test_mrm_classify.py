@@ -411,20 +411,17 @@ HF_LABELLED = [
     "model, extra",
     [("vilt", ["objective.mrm.classification_weight=0"]), ("visualbert", []), ("vilbert", []), ("lxmert", [])],
 )
-def test_mrm_and_classify_accepted_with_image_tokens(model, extra):
-    # data with a label column (classify reads `labels`; Shapes has none) and object labels (MRM's
-    # classification term): only the config is checked here
-    validate(
-        compose_cfg(
-            [
-                f"model={model}",
-                "objective=[mrm,classify]",
-                *HF_LABELLED,
-                "data.source.columns.region_labels=labels",
-                *extra,
-            ]
-        )
-    )
+def test_mrm_and_classify_accepted_with_image_tokens_and_the_labels_they_read(model, extra):
+    """Data with a label column (classify reads `labels`; Shapes has none) and object labels (MRM's
+    classification term) is accepted from the config alone; without either column, the same run is refused
+    naming the column it lacks."""
+    args = [f"model={model}", "objective=[mrm,classify]", *HF_LABELLED, *extra]
+    validate(compose_cfg([*args, "data.source.columns.region_labels=labels"]))  # raises if refused
+    if "objective.mrm.classification_weight=0" not in extra:  # feature regression needs no object labels
+        with pytest.raises(ConfigError, match="objective 'mrm' reads region_labels"):
+            validate(compose_cfg(args))
+    with pytest.raises(ConfigError, match="objective 'classify' reads labels"):
+        validate(compose_cfg([*args, "data.source.columns.region_labels=labels", "~data.source.columns.label"]))
 
 
 def test_mrm_classification_with_patch_tokens_is_refused_before_anything_is_built():

@@ -9,10 +9,13 @@ two-image examples) are stacked and normalised to [-1, 1] (`pixel_values`).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
 from mmbench.data import columns as schema
+from mmbench.data.batch import Batch
 
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
@@ -37,10 +40,10 @@ class Collator:
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
         return ids, mask
 
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict]) -> Batch:
         fields = schema.fields_from(schema.columns_of_item(items[0]))
         B = len(items)
-        batch = {
+        batch: Batch = {
             "pixel_values": pixel_values([it["image"] for it in items]),
             "image_id": schema.values("image_id", [int(it["image_id"]) for it in items]),
         }
@@ -62,7 +65,7 @@ class Collator:
                 facts[i, : len(it["facts"])] = schema.values("image_facts", it["facts"])
             batch["image_facts"] = facts
         for name, key in schema.stacked_fields(fields):  # per-caption / per-image values, as they are
-            batch[name] = schema.values(name, [it[key] for it in items])
+            cast(dict, batch)[name] = schema.values(name, [it[key] for it in items])  # a name from the schema
         if "answer" in fields:
             batch["question_ids"], batch["question_mask"] = self._text([it["question"] for it in items])
             answer = schema.values("answer", [it["answer"] for it in items])

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmbench.metrics.common import Inputs, Unavailable, chunks, eval_mode
+from mmbench.objectives.base import CaptionGenerator
 
 TOKENIZERS = ("fast", "ptb")
 SCORERS = ("bleu", "meteor", "rouge", "cider", "spice")  # in COCOEvalCap.evaluate's order
@@ -236,9 +237,9 @@ def _fast_scores(gts: dict, res: dict, scorers: Sequence[str]) -> dict[str, floa
     return out
 
 
-def caption_objective(module):
-    """The objective that generates captions (has `generate`), or None."""
-    return next((o for o in module.objectives.values() if getattr(o, "captions", False)), None)
+def caption_objective(module) -> CaptionGenerator | None:
+    """The objective that generates captions, or None."""
+    return next((o for o in module.objectives.values() if isinstance(o, CaptionGenerator) and o.captions), None)
 
 
 def captioning(

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmbench.data.batch import Batch, to_device
 from mmbench.data.collate import Collator
 from mmbench.data.dataset import PairDataset
 from mmbench.models.outputs import Features
+from mmbench.objectives.base import Embedder, Objective
 
 
 @contextlib.contextmanager
@@ -67,7 +69,7 @@ class Corruption:
 
     name: str
     level: float
-    images: Callable[[dict, torch.Generator], dict] | None = None
+    images: Callable[[Batch, torch.Generator], Batch] | None = None
     texts: Callable[[list[str], np.random.Generator], list[str]] | None = None
 
 
@@ -109,7 +111,7 @@ class Inputs:
             raise ValueError("the tokenizer adds no start / end tokens; captioning needs both")
         return ids[0], ids[-1]
 
-    def images(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    def images(self, rows: Sequence[int]) -> Batch:
         """Image batch (pixel_values, image_id, regions if any) of the given split rows."""
         ds = self.dataset
         boxes, labels = column(ds, "boxes"), column(ds, "labels")
@@ -126,14 +128,14 @@ class Inputs:
             items.append(item)
         return self.image_items(items)
 
-    def image_items(self, items: list[dict]) -> dict[str, torch.Tensor]:
+    def image_items(self, items: list[dict]) -> Batch:
         """Image batch of items {"image", "image_id"[, "boxes", "labels"]} (e.g. rendered counterfactuals)."""
         batch = self.collate([{**it, "caption": ""} for it in items])
-        for key in ("input_ids", "attention_mask"):
-            batch.pop(key)
+        batch.pop("input_ids")
+        batch.pop("attention_mask")
         if self.corruption is not None and self.corruption.images is not None:
             batch = self.corruption.images(batch, self.generator)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return to_device(batch, self.device)
 
     def texts(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) (B, T) of the strings, padded to the longest or to `pad_to`."""
@@ -176,15 +178,15 @@ def _cat_padded(parts: list[Features]) -> Features:
     return Features(torch.cat(tokens), torch.cat(masks), torch.cat([p.pooled for p in parts]))
 
 
-def pair_scorer(module):
+def pair_scorer(module) -> Objective | None:
     """The objective that scores (image, text) pairs best (highest `pair_score_rank`), or None."""
-    scorers = [o for o in module.objectives.values() if getattr(o, "pair_score_rank", 0) > 0]
+    scorers = [o for o in module.objectives.values() if o.pair_score_rank > 0]
     return max(scorers, key=lambda o: o.pair_score_rank) if scorers else None
 
 
-def embedder(module):
-    """The objective that embeds text and image into one space (ITC: has `embed`), or None."""
-    return next((o for o in module.objectives.values() if hasattr(o, "embed")), None)
+def embedder(module) -> Embedder | None:
+    """The objective that embeds text and image into one space (ITC), or None."""
+    return next((o for o in module.objectives.values() if isinstance(o, Embedder)), None)
 
 
 ONE_IMAGE = ("pixel_values",)

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from mmbench.data.batch import to_device
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 def _count(params) -> int:
@@ -43,19 +48,19 @@ def parameter_counts(module) -> dict:
     }
 
 
-def _forward(model, batch: dict) -> None:
+def _forward(model, batch: Batch) -> None:
     model.fuse(model.encode_text(batch["input_ids"], batch["attention_mask"]), model.encode_image(batch))
 
 
 @torch.no_grad()
-def flops_per_sample(model, batch: dict) -> float:
+def flops_per_sample(model, batch: Batch) -> float:
     with FlopCounterMode(display=False) as counter:
         _forward(model, batch)
     return counter.get_total_flops() / batch["input_ids"].shape[0]
 
 
 @torch.no_grad()
-def inference_samples_per_s(model, batch: dict, repeats: int = 3) -> float:
+def inference_samples_per_s(model, batch: Batch, repeats: int = 3) -> float:
     _forward(model, batch)  # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -119,11 +124,11 @@ def utilisation(step_cost: dict[str, Any]) -> dict:
 
 
 def complexity(
-    module, batch: dict, train_seconds: float | None, train_samples: int, measure_inference: bool = True
+    module, batch: Batch, train_seconds: float | None, train_samples: int, measure_inference: bool = True
 ) -> dict:
     """The `complexity` block of metrics.json; `batch` is a batch of the test loader."""
     out = parameter_counts(module)
-    batch = {k: v.to(module.device) for k, v in batch.items()}
+    batch = to_device(batch, module.device)
     model = module.model
     was_training = model.training
     model.eval()

@@ -181,6 +181,8 @@ def score_pairs(module, inputs: Inputs, pairs: Sequence[tuple[ImageRef, str]], *
     texts paired with a chunk's images are encoded once per chunk; pairs are scored `batch_size` at a time.
     """
     scorer, model = pair_scorer(module), module.model
+    if scorer is None:
+        raise Unavailable("needs an objective that scores image-text pairs: itc or itm")
     size = int(inputs.dataset.image_size)
     images = list(dict.fromkeys(ref for ref, _ in pairs))  # distinct, in first-use order
     slot = {ref: k for k, ref in enumerate(images)}

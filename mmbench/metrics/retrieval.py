@@ -187,6 +187,7 @@ def retrieval(
         raise Unavailable("needs an objective that scores image-text pairs: itc or itm")
     if scorer is not itc and not isinstance(scorer, ITM):
         raise Unavailable(f"ranks by ITM's positive-class logit; {type(scorer).__name__} has no ITM head")
+    reranker = scorer if isinstance(scorer, ITM) else None  # ranks every pair (no ITC) or reranks ITC's top k
     dataset = inputs.dataset
     captions = dataset.captions
     n = len(captions)
@@ -203,22 +204,23 @@ def retrieval(
         image = encode_images(model, inputs, rows, batch_size)  # each image once
         text = encode_texts(model, inputs, texts, batch_size)  # each caption once
         if itc is None:  # ITM only: every pair, image-major
+            assert reranker is not None  # refused above otherwise
             ii = torch.arange(N_img, device=inputs.device).repeat_interleave(N_txt)  # (N_img*N_txt,)
             tt = torch.arange(N_txt, device=inputs.device).repeat(N_img)
-            i2t = match_logits(scorer, model, text, image, tt, ii, pair_batch_size).view(N_img, N_txt)
+            i2t = match_logits(reranker, model, text, image, tt, ii, pair_batch_size).view(N_img, N_txt)
             return {**out, **{f"retrieval/{k}": v for k, v in recall_metrics(i2t, txt2img).items()}}
         text_emb, image_emb = itc.embed(text.pooled, image.pooled)  # (N_txt, E), (N_img, E)
         sim = (image_emb @ text_emb.T).float()  # (N_img, N_txt) cosine similarities
         sim_t = sim.T.contiguous()  # (N_txt, N_img)
-        k_i2t, k_t2i = (0, 0) if scorer is itc else (min(rerank_k, N_txt), min(rerank_k, N_img))
+        k_i2t, k_t2i = (0, 0) if reranker is None else (min(rerank_k, N_txt), min(rerank_k, N_img))
         order_i2t = top_indices(sim, max(k_i2t, *KS))  # (N_img, n) the ITC rankings, one sort each
         order_t2i = top_indices(sim_t, max(k_t2i, *KS))  # (N_txt, n')
         by_itc = recall_from_orders(order_i2t, order_t2i, txt2img)
-        if k_i2t <= 0:
+        if reranker is None or k_i2t <= 0:
             return {**out, **{f"retrieval/{k}": v for k, v in by_itc.items()}}
         top_i2t, top_t2i = order_i2t[:, :k_i2t], order_t2i[:, :k_t2i]  # (N_img, k), (N_txt, k')
         pairs, which = candidate_pairs(top_i2t, top_t2i)
-        logits = match_logits(scorer, model, text, image, pairs % N_txt, pairs // N_txt, pair_batch_size)
+        logits = match_logits(reranker, model, text, image, pairs % N_txt, pairs // N_txt, pair_batch_size)
     itm = logits[which]  # (N_img * k + N_txt * k',)
     itm_i2t, itm_t2i = itm[: top_i2t.numel()].view_as(top_i2t), itm[top_i2t.numel() :].view_as(top_t2i)
     itc_i2t, itc_t2i = sim.gather(1, top_i2t), sim_t.gather(1, top_t2i)

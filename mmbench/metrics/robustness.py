@@ -25,23 +25,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mmbench.metrics.common import Corruption
 
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+
 # --------------------------------------------------------------------------- image corruptions
 
 
-def image_noise(batch: dict, generator: torch.Generator, level: float) -> dict:
+def image_noise(batch: Batch, generator: torch.Generator, level: float) -> Batch:
     x = batch["pixel_values"]
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     return {**batch, "pixel_values": (x + level * noise).clamp(-1.0, 1.0)}
 
 
-def patch_dropout(batch: dict, generator: torch.Generator, level: float, patch_size: int = 16) -> dict:
-    out = dict(batch)
+def patch_dropout(batch: Batch, generator: torch.Generator, level: float, patch_size: int = 16) -> Batch:
+    out = batch.copy()
     x = batch["pixel_values"]  # (B, 3, H, W)
     B, _, H, W = x.shape
     gh, gw = -(-H // patch_size), -(-W // patch_size)
@@ -54,8 +58,8 @@ def patch_dropout(batch: dict, generator: torch.Generator, level: float, patch_s
     return out
 
 
-def blank_image(batch: dict, generator: torch.Generator, level: float = 1.0) -> dict:
-    out = {**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}
+def blank_image(batch: Batch, generator: torch.Generator, level: float = 1.0) -> Batch:
+    out: Batch = {**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}
     if "region_mask" in batch:
         out["region_mask"] = torch.zeros_like(batch["region_mask"])
     return out
@@ -105,7 +109,7 @@ def empty_text(texts: list[str], rng: np.random.Generator, level: float = 1.0) -
 
 def corruption(name: str, level: float, patch_size: int = 16) -> Corruption:
     """The `Corruption` called `name` at `level`."""
-    images: dict[str, Callable[..., dict]] = {
+    images: dict[str, Callable[..., Batch]] = {
         "image_noise": image_noise,
         "patch_dropout": partial(patch_dropout, patch_size=patch_size),
         "blank_image": blank_image,

@@ -30,6 +30,7 @@ import torch
 
 from mmbench.metrics.common import Inputs, Unavailable, column, eval_mode, example_batches
 from mmbench.models.outputs import Features
+from mmbench.objectives.base import QuestionAnswerer
 
 # --------------------------------------------------------------------------- the official normalisation
 # The tables are vqaEval.py's `contractions`, `manualMap`, `articles` and `punct`, copied as they are
@@ -175,9 +176,9 @@ def question_batches(
         yield pairs, ids, mask, image
 
 
-def vqa_objective(module):
-    """The objective that answers questions (has `answer_logits`), or None."""
-    return next((o for o in module.objectives.values() if hasattr(o, "answer_logits")), None)
+def vqa_objective(module) -> QuestionAnswerer | None:
+    """The objective that answers questions from the answer vocabulary, or None."""
+    return next((o for o in module.objectives.values() if isinstance(o, QuestionAnswerer)), None)
 
 
 def best_answers(head, model, ids: torch.Tensor, mask: torch.Tensor, image: Features) -> list[int]:

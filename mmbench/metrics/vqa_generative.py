@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from mmbench.metrics.common import Inputs, Unavailable, column, eval_mode
 from mmbench.metrics.vqa import accuracy_by_type, normalize_answer, question_batches, vqa_score
+from mmbench.objectives.base import AnswerGenerator
 
 
-def answer_generator(module):
-    """The objective that answers by generation (has `generate_answers`), or None."""
-    return next((o for o in module.objectives.values() if hasattr(o, "generate_answers")), None)
+def answer_generator(module) -> AnswerGenerator | None:
+    """The objective that answers by generation, or None."""
+    return next((o for o in module.objectives.values() if isinstance(o, AnswerGenerator)), None)
 
 
 def vqa_generative(

@@ -20,11 +20,16 @@ plain reference. The LM objective reads its next-token head (`language_model.log
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from mmbench.models.decoder import Decoder
 from mmbench.models.outputs import Capabilities, Features, Fused, InputMask
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 PARTS = ("text_encoder", "vision_encoder", "fusion", "language_model")
 
@@ -96,7 +101,7 @@ class MultimodalModel(nn.Module):
         """Width of the vision encoder's `Features.inputs` (MRM's regression target); None when it has none."""
         return getattr(self.vision_encoder, "input_dim", None)
 
-    def encode_image(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+    def encode_image(self, batch: Batch, hide: InputMask | None = None) -> Features:
         if hide is None:
             return self.vision_encoder(batch)
         if not getattr(self.vision_encoder, "maskable_inputs", False):

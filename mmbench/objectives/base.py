@@ -9,6 +9,7 @@ validation can refuse an impossible pairing before any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.context import StepContext
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Objective(nn.Module):
     def forward(
         self,
         model: MultimodalModel,
-        batch: dict[str, torch.Tensor],
+        batch: Batch,
         text: Features,
         image: Features,
         context: StepContext,
@@ -77,3 +81,58 @@ class Objective(nn.Module):
     def pair_score(self, model: MultimodalModel, text: Features, image: Features) -> torch.Tensor:
         """Matching score (B,) of row-aligned pairs (text[i], image[i]); higher = better match."""
         raise NotImplementedError(f"{type(self).__name__} cannot score image-text pairs")
+
+
+# What an evaluation protocol asks of an objective, beyond the interface above: mmbench/metrics finds the
+# objective that has it with isinstance (attributes only are checked at run time; the type checker checks
+# the signatures where the result is used).
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Embeds pooled text and image features into one space (ITC): retrieval, zero-shot classification."""
+
+    def embed(self, text_pooled: torch.Tensor, image_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class QuestionAnswerer(Protocol):
+    """Scores the answer vocabulary for a question about an image (the VQA classifier): the `vqa` protocol."""
+
+    def answer_logits(self, model: MultimodalModel, batch: Batch, text: Features, image: Features) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AnswerGenerator(Protocol):
+    """Writes answers token by token (generative VQA): the `vqa_generative` protocol."""
+
+    def generate_answers(
+        self,
+        model: MultimodalModel,
+        image: Features,
+        question_ids: torch.Tensor,
+        question_mask: torch.Tensor,
+        max_len: int,
+        eos_id: int,
+        use_cache: bool = True,
+    ) -> list[torch.Tensor]: ...
+
+
+@runtime_checkable
+class CaptionGenerator(Protocol):
+    """Writes captions (LM with `captions` true): the `captioning` protocol."""
+
+    captions: bool
+
+    def generate(
+        self,
+        model: MultimodalModel,
+        batch: Batch,
+        max_len: int,
+        num_beams: int = 1,
+        *,
+        bos_id: int,
+        eos_id: int,
+        length_penalty: float = 1.0,
+        use_cache: bool = True,
+    ) -> torch.Tensor: ...

@@ -9,12 +9,20 @@ unless the config sets it. Metric: `acc`. The evaluation suite's `classification
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.data.batch import named_field
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.objectives.context import StepContext
 
 
 class MissingBatchFieldError(KeyError):
@@ -47,14 +55,16 @@ class Classify(Objective):
         """(B, num_labels) logits of the (text, image) pairs: the head on the fused pooled vector."""
         return self.head(model.fuse(text, image).pooled)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         if self.label_field not in batch:
             raise MissingBatchFieldError(
                 f"objective 'classify' reads batch['{self.label_field}'] (class indices (B,)) but the batch "
                 f"has only {sorted(batch)}; set objective.classify.label_field to one of them or use data "
                 f"with a '{self.label_field}' column"
             )
-        targets = batch[self.label_field].long()  # (B,)
+        targets = named_field(batch, self.label_field).long()  # (B,)
         if targets.numel() and int(targets.max()) >= self.num_labels:
             raise ValueError(
                 f"batch['{self.label_field}'] holds label {int(targets.max())} but num_labels={self.num_labels}; "

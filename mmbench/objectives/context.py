@@ -10,10 +10,14 @@ puts providers before users and otherwise sorts by name, so the order of the con
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmbench.models.outputs import Features
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 @dataclass
@@ -23,7 +27,7 @@ class StepContext:
     # the batch's hard-negative texts (`negative_ids`) that exist, encoded once per step (`encode_negatives`)
     negative_text: tuple[Features, torch.Tensor] | None = None
 
-    def encode_negatives(self, model, batch: dict) -> tuple[Features, torch.Tensor]:
+    def encode_negatives(self, model, batch: Batch) -> tuple[Features, torch.Tensor]:
         """(features of the captions' hard negatives (K, ...), their rows (K,)): the rows with
         `has_negative`, through the model's text encoder once per step, whichever objective asks first
         (ITC and ITM with `text_negatives` share them)."""

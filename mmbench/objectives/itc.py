@@ -13,6 +13,7 @@ momentum distillation, in training only). The formulas and the reasons: docs/obj
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,11 @@ from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.model import MultimodalModel
 from mmbench.objectives.base import Objective, ObjectiveOutput
 from mmbench.objectives.claims import claims_true
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.outputs import Features
+    from mmbench.objectives.context import StepContext
 
 
 def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -207,7 +213,9 @@ class ITC(Objective):
         """(B, D) pooled features -> (B, E) normalised embeddings in the shared space."""
         return F.normalize(self.text_proj(text_pooled), dim=-1), F.normalize(self.image_proj(image_pooled), dim=-1)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         text_emb, image_emb = self.embed(text.pooled, image.pooled)  # (B, E)
         temp = self.temperature.clamp(*self.bounds)
         ids = batch["image_id"]

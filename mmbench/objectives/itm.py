@@ -11,6 +11,8 @@ The details and the reasons: docs/objectives.md (ITM); why the warm-up: docs/res
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,11 @@ from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
 from mmbench.objectives.claims import claims_true
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.objectives.context import StepContext
 
 
 def true_pairs(image_ids: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,7 +45,7 @@ def true_pairs(image_ids: torch.Tensor, input_ids: torch.Tensor | None = None) -
     return (same_image.float() @ same_text.float()) > 0
 
 
-def known_true(batch: dict) -> torch.Tensor:
+def known_true(batch: Batch) -> torch.Tensor:
     """(B, B) bool: text j is known to be true of image i: `true_pairs` (same image, same words) or,
     when the data states what its texts claim, a claim among the image's facts (`claims_true`)."""
     true = true_pairs(batch["image_id"], batch.get("input_ids"))
@@ -125,7 +132,9 @@ class ITM(Objective):
             return 1.0
         return min(1.0, max(0.0, progress) / self.hard_negative_warmup)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         ids = batch["image_id"]
         sim = context.itc_sim_i2t if self.hard_negatives else None  # (B, B) image x text
         a = self.hardness(context.progress)

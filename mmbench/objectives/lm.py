@@ -12,7 +12,7 @@ The details and the reasons: docs/objectives.md (LM).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,10 @@ from mmbench.models.model import MultimodalModel
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
 from mmbench.objectives.mlm import MLMHead
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.objectives.context import StepContext
 
 
 class LM(Objective):
@@ -76,7 +80,9 @@ class LM(Objective):
         """Next-token logits (B, T, vocab): row t scores token t+1."""
         return self.head_logits(model, self.hidden(model, ids, mask, image))
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         ids, attn = batch["input_ids"], batch["attention_mask"]  # (B, T) "[CLS] caption [SEP] [PAD]..."
         h = self.hidden(model, ids, attn, image)  # (B, T, D); `text` (bidirectional) is deliberately unused
         valid = attn[:, 1:].bool()  # (B, T-1) position t predicts a real token t+1
@@ -105,7 +111,7 @@ class LM(Objective):
     def generate(
         self,
         model: MultimodalModel,
-        batch: dict[str, torch.Tensor],
+        batch: Batch,
         max_len: int,
         num_beams: int = 1,
         *,

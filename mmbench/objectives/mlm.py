@@ -8,12 +8,20 @@ head whose output layer is tied to the word embeddings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.objectives.base import Objective, ObjectiveOutput
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.models.outputs import Features
+    from mmbench.objectives.context import StepContext
 
 
 def mask_tokens(
@@ -79,10 +87,13 @@ class MLM(Objective):
         self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
         self.mask_id, self.vocab_size, self.mask_prob = mask_id, vocab_size, mask_prob
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         ids, attn = batch["input_ids"], batch["attention_mask"]
         masked_ids, selected = mask_tokens(ids, attn, self.special_ids, self.mask_id, self.vocab_size, self.mask_prob)
         joint = model.fuse(model.encode_text(masked_ids, attn), image)
+        assert joint.text_tokens is not None  # MLM requires text_tokens: validation refused any fusion without
         logits = self.head(joint.text_tokens[selected], model.word_embeddings)  # (N, vocab)
         targets = ids[selected]
         if targets.numel() == 0:  # nothing selected in a tiny batch: zero loss that keeps the graph

@@ -17,6 +17,7 @@ Why masking at the input, and what the target is for each vision input: docs/obj
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,11 @@ from torch import nn
 from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.outputs import Features, InputMask
 from mmbench.objectives.base import Objective, ObjectiveOutput
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.objectives.context import StepContext
 
 #: the encoder/vision options whose encoders declare `maskable_inputs` / make region tokens (for messages)
 MASKABLE_OPTIONS = "encoder/vision=patch, vit, conv, region or region_feats"
@@ -137,9 +143,7 @@ class MRM(Objective):
         self.regression_weight = float(regression_weight)
         self.classification_weight = float(classification_weight)
 
-    def predict(
-        self, model, batch: dict[str, torch.Tensor], text: Features, selected: torch.Tensor
-    ) -> MaskedPrediction:
+    def predict(self, model, batch: Batch, text: Features, selected: torch.Tensor) -> MaskedPrediction:
         """Encode the image again with the `selected` (B, V) tokens hidden at the vision encoder's input,
         fuse it with the intact text, and predict the hidden tokens' input features."""
         masked = model.encode_image(batch, hide=InputMask(selected, self.mask_embedding))  # second encoding
@@ -153,7 +157,7 @@ class MRM(Objective):
         target = masked.inputs.detach()[selected]  # (N, F)
         return MaskedPrediction(hidden, self.regression_head(hidden), target)
 
-    def token_labels(self, batch: dict[str, torch.Tensor], image: Features) -> torch.Tensor:
+    def token_labels(self, batch: Batch, image: Features) -> torch.Tensor:
         """(B, V) object label of each image token, -1 for the leading [IMG] token(s) and padding.
 
         Region encoders make V = E + R tokens [E learned tokens; region_1..region_R] in the order of
@@ -174,7 +178,9 @@ class MRM(Objective):
             )
         return torch.cat([labels.new_full((B, E), -1), labels], dim=1)  # (B, V)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         selected = mask_image_tokens(image.mask, self.mask_prob)  # (B, V)
         pred = self.predict(model, batch, text, selected)
         if pred.hidden.shape[0] == 0:  # no maskable token in the whole batch: zero loss that keeps the graph

@@ -22,12 +22,20 @@ are no regions of the right image). Metric: `acc`. The evaluation suite's `class
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from mmbench.data.batch import named_field
 from mmbench.models.outputs import Features
 from mmbench.objectives.base import Objective, ObjectiveOutput
 from mmbench.objectives.classify import labelled_cross_entropy
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.objectives.context import StepContext
 
 
 class NLVR2(Objective):
@@ -59,7 +67,7 @@ class NLVR2(Objective):
                 nn.init.zeros_(layer.bias)
 
     @staticmethod
-    def encode_right(model, batch: dict[str, torch.Tensor]) -> Features:
+    def encode_right(model, batch: Batch) -> Features:
         """The right images of the batch, encoded as the left ones are (`pixel_values` is all a pixel encoder reads)."""
         return model.encode_image({"pixel_values": batch["pixel_values_right"]})
 
@@ -70,8 +78,10 @@ class NLVR2(Objective):
         pair = torch.cat([joint[:B], joint[B:]], dim=-1)  # (B, 2D) = [left; right]
         return self.head(pair)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
-        targets = batch[self.label_field].long()  # (B,) 1 = True, 0 = False, -1 = unknown
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
+        targets = named_field(batch, self.label_field).long()  # (B,) 1 = True, 0 = False, -1 = unknown
         if targets.numel() and int(targets.max()) >= self.num_labels:
             raise ValueError(
                 f"batch['{self.label_field}'] holds label {int(targets.max())}, but NLVR2 labels are 0 (False) and "

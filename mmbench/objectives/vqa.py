@@ -11,10 +11,18 @@ The question is the text input: `question_field="question"` reads `question_ids`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn.functional as F
 from torch import nn
 
 from mmbench.objectives.base import Objective, ObjectiveOutput
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.models.outputs import Features
+    from mmbench.objectives.context import StepContext
 
 
 class VQA(Objective):
@@ -38,7 +46,9 @@ class VQA(Objective):
             text = model.encode_text(batch[f"{self.question_field}_ids"], batch[f"{self.question_field}_mask"])
         return self.head(model.fuse(text, image).pooled)  # (B, A)
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         logits = self.answer_logits(model, batch, text, image)  # (B, A)
         scores = batch["answer_scores"]  # (B, A)
         loss = F.binary_cross_entropy_with_logits(logits, scores, reduction="sum") / scores.shape[0]

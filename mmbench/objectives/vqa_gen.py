@@ -17,18 +17,28 @@ it is trained on answers, not captions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from mmbench.objectives.base import ObjectiveOutput
 from mmbench.objectives.lm import LM
 
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
+    from mmbench.models.model import MultimodalModel
+    from mmbench.models.outputs import Features
+    from mmbench.objectives.context import StepContext
+
 
 class GenerativeVQA(LM):
     batch_fields = ("qa_ids", "qa_mask", "answer_start")
     captions = False
 
-    def forward(self, model, batch, text, image, context) -> ObjectiveOutput:
+    def forward(
+        self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
+    ) -> ObjectiveOutput:
         ids, attn = batch["qa_ids"], batch["qa_mask"]  # (B, T) "[CLS] question answer [SEP] [PAD]..."
         h = self.hidden(model, ids, attn, image)  # (B, T, D) causal; `text` (the caption) is unused
         target_pos = torch.arange(1, ids.shape[1], device=ids.device)  # (T-1,) position of each target

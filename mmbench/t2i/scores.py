@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from mmbench.data.batch import Batch, to_device
 from mmbench.metrics.common import eval_mode
 
 
@@ -82,7 +83,7 @@ def frechet_distance(
 def agreement(
     model,
     itc,
-    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    collate: Callable[[list[dict]], Batch],
     images: np.ndarray | Sequence[np.ndarray],
     captions: Sequence[str],
     *,
@@ -103,7 +104,7 @@ def agreement(
                 {"image": np.asarray(images[i]), "image_id": -1 - i, "caption": captions[i]}
                 for i in range(start, min(start + batch_size, len(captions)))
             ]
-            batch = {k: v.to(device) for k, v in collate(items).items()}
+            batch = to_device(collate(items), device)
             text = model.encode_text(batch["input_ids"], batch["attention_mask"])
             image = model.encode_image(batch)
             text_emb, image_emb = itc.embed(text.pooled, image.pooled)  # (B, E) each, unit norm

@@ -37,7 +37,7 @@ from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.decoder import Decoder, DecoderCache
 from mmbench.models.fusion.gated_cross_attention import GatedCrossAttentionBlock
 from mmbench.models.fusion.resampler import PerceiverResampler
-from mmbench.models.layers import last_token_pool
+from mmbench.models.layers import attention_mask, last_token_pool
 from mmbench.models.outputs import Capabilities, Features, Fused
 
 
@@ -88,7 +88,7 @@ class GatedXAttnLMFusion(nn.Module):
     def _context(self, image: Features) -> tuple[torch.Tensor, torch.Tensor]:
         if self.resampler is not None:
             image = self.resampler(image)  # (B, N, Dv): a fixed number of visual tokens
-        return image.tokens, image.mask[:, None, None, :]  # (B, V, Dv), (B, 1, 1, V)
+        return image.tokens, attention_mask(image.mask)  # (B, V, Dv), (B, 1, 1, V)
 
     def _gate(self, context: torch.Tensor, context_mask: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
         """The hook before LM layer i: a gated block every `every` layers, the identity elsewhere."""

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
-from mmbench.models.layers import MLP, Attention
+from mmbench.models.layers import MLP, Attention, attention_mask
 from mmbench.models.outputs import Features
 
 
@@ -71,7 +71,7 @@ class PerceiverResampler(nn.Module):
         # padded image tokens may hold anything (even NaN): zero them so no arithmetic sees them
         media = image.tokens.masked_fill(~image.mask[..., None], 0.0)  # (B, V, D)
         keep = torch.ones(B, N, dtype=torch.bool, device=media.device)  # the latents are always attendable
-        mask = torch.cat([image.mask, keep], dim=1)[:, None, None, :]  # (B, 1, 1, V + N)
+        mask = attention_mask(torch.cat([image.mask, keep], dim=1))  # (B, 1, 1, V + N)
         # a copy, not an expand(): a view of a parameter made under no_grad still requires grad without
         # a grad_fn, which module hooks (torch's FlopCounterMode, used for complexity) refuse
         x = self.latents.repeat(B, 1, 1)  # (B, N, D)

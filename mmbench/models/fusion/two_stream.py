@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mmbench.models.layers import attention_mask
 from mmbench.models.outputs import Features
 
 
@@ -37,8 +38,8 @@ class TwoStreamFusion(nn.Module):
                 "merged for LM"
             )
         t, v = text.tokens, image.tokens  # (B, T, D), (B, V, D)
-        text_mask = text.mask[:, None, None, :]  # (B, 1, 1, T)
-        image_mask = image.mask[:, None, None, :]  # (B, 1, 1, V)
+        text_mask = attention_mask(text.mask)  # (B, 1, 1, T)
+        image_mask = attention_mask(image.mask)  # (B, 1, 1, V)
         for layer in self.layers:
             t, v = layer(t, v, text_mask, image_mask)
         return self.text_norm(t), self.image_norm(v)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from torchvision.models.resnet import BasicBlock
 from mmbench.models.layers import Pooling, masked_mean
 from mmbench.models.outputs import Features, InputMask
 from mmbench.models.vision.patch import PatchEncoder
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -160,7 +163,7 @@ class ConvEncoder(nn.Module):
         )
         self.input_dim = self.grid_encoder.input_dim  # width of Features.inputs: a cell's CNN feature
 
-    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+    def forward(self, batch: Batch, hide: InputMask | None = None) -> Features:
         grid = self.backbone(batch["pixel_values"])  # (B, C, h, w)
         if grid.shape[-2:] != (self.grid_size, self.grid_size):
             raise ValueError(

@@ -11,6 +11,7 @@ is the model's own pooler output (ViT pooler, CLIP post-LayerNorm [CLS]) unless 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from mmbench.models.layers import Pooling
 from mmbench.models.outputs import Features
 from mmbench.models.pretrained.hub import load_hf_json, load_hf_model
 from mmbench.models.vision.preprocess import PixelAdapter
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class HFVisionEncoder(nn.Module):
         self.proj = nn.Linear(config.hidden_size, dim) if config.hidden_size != dim else nn.Identity()
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+    def forward(self, batch: Batch) -> Features:
         out = self.model(pixel_values=self.preprocess(batch["pixel_values"]))
         hidden = out.last_hidden_state  # (B, N, H)
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)

@@ -17,6 +17,8 @@ patch's pixels as the patch projection sees them (after `preprocess`), flattened
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,9 @@ from torch import nn
 from mmbench.models.layers import Activation, Pooling, TransformerStack, cls_pool
 from mmbench.models.outputs import Features, InputMask, hide_inputs
 from mmbench.models.vision.preprocess import PixelAdapter
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 class PatchEncoder(nn.Module):
@@ -74,7 +79,7 @@ class PatchEncoder(nn.Module):
         self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps, act_layer)
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+    def forward(self, batch: Batch, hide: InputMask | None = None) -> Features:
         pixels = self.preprocess(batch["pixel_values"])  # (B, C, H, W)
         B = pixels.shape[0]
         patches = F.unfold(pixels, self.patch_size, stride=self.patch_size).transpose(1, 2)  # (B, V-1, C*p*p)

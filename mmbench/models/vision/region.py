@@ -15,6 +15,8 @@ boxes. The reference models' options and the reasons: docs/models.md (Region inp
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -22,6 +24,9 @@ from torchvision.ops import roi_align
 from mmbench.models.layers import Pooling, TransformerStack, masked_mean
 from mmbench.models.outputs import Features, InputMask, hide_inputs
 from mmbench.models.vision.conv import Backbone
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 class BoxEmbedding(nn.Module):
@@ -101,7 +106,7 @@ class RegionFeatureEncoder(nn.Module):
         self.stack = TransformerStack(dim, depth, heads, mlp_ratio, prenorm, dropout, norm_eps)
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+    def forward(self, batch: Batch, hide: InputMask | None = None) -> Features:
         region_mask = batch["region_mask"].bool()  # (B, R)
         B, E = region_mask.shape[0], self.num_extra
         real = region_mask[..., None]  # (B, R, 1)
@@ -173,7 +178,7 @@ class RegionEncoder(nn.Module):
         )  # (B*R, C, r, r)
         return pooled.mean(dim=(2, 3)).view(B, R, C)
 
-    def forward(self, batch: dict[str, torch.Tensor], hide: InputMask | None = None) -> Features:
+    def forward(self, batch: Batch, hide: InputMask | None = None) -> Features:
         pixels, region_mask = batch["pixel_values"], batch["region_mask"].bool()  # (B, 3, H, W), (B, R)
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(

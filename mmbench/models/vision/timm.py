@@ -12,7 +12,7 @@ size when the model needs a fixed one.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from mmbench.models.layers import Pooling
 from mmbench.models.outputs import Features
 from mmbench.models.vision.preprocess import PixelAdapter
+
+if TYPE_CHECKING:
+    from mmbench.data.batch import Batch
 
 
 class TimmModel(Protocol):
@@ -74,7 +77,7 @@ class TimmEncoder(nn.Module):
         self.proj = nn.Linear(width, dim) if width != dim else nn.Identity()
         self.pooling = pooling
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Features:
+    def forward(self, batch: Batch) -> Features:
         feats = self.model.forward_features(self.preprocess(batch["pixel_values"]))
         pooled = self.model.forward_head(feats, pre_logits=True) if self.pooling is None else None  # (B, C)
         if feats.dim() == 4:  # CNN feature map (B, C, h, w) -> one token per cell
