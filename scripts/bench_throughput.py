@@ -9,9 +9,13 @@ Each preset is composed like `mmbench-train model=<preset>` (trailing arguments 
 overrides), its module built on the default Shapes data, and timed on real training batches: `--steps`
 optimizer steps after two warm-up steps, `--repeats` times, presets alternating so that machine noise
 hits all of them; the median is printed with the spread, next to FLOPs per sample (a forward pass of the
-three calls, torch's FlopCounterMode) and parameters. It sizes sweeps: a job's training time is about
-steps x 64 / (samples/s) at its thread count. `--profile ROWS` then prints where the time of 4 steps
-goes, operator by operator (torch.profiler, self CPU time).
+three calls, torch's FlopCounterMode), FLOPs of a whole training step per sample (every objective's
+forward and backward, as `StepFlops` counts them in a run), model FLOPs utilisation (MFU: step FLOPs x
+samples/s over this CPU's measured fp32 GEMM peak at the thread count, mmbench/metrics/peak.py) and
+parameters. It sizes sweeps: a job's training time is about steps x 64 / (samples/s) at its thread count.
+`--profile ROWS` then prints where the time of 4 steps goes: the share spent in matmul-like operators (the
+ones FLOPs are counted in) and the GEMM rate they reach there, then operator by operator (torch.profiler,
+self CPU time).
 
 `--hf` (or `--reference-only`) instead compares each family that has a Hugging Face counterpart
 (`REFERENCES`) with it at identical dims and identical weights: a random HF model is built from a
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import statistics
 import sys
 import tempfile
@@ -90,12 +95,20 @@ def preset_table(args) -> None:
 
     warnings.filterwarnings("ignore", message=".*self.log.*")  # shared_step logs; no Trainer is attached here
     torch.manual_seed(0)
-    parts, flops, params, warmup = {}, {}, {}, {}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmbench.metrics.peak import peak_flops
+
+    peak, peak_source = peak_flops(torch.device("cpu"), args.cache_dir)
+    parts, flops, step_flops, params, warmup = {}, {}, {}, {}, {}
     for preset in args.models.split(","):
         module, optimizer, batches = build(preset, args.objectives, args.size, args.batch_size, args.overrides)
         module.eval()
         flops[preset] = flops_per_sample(module.model, batches[0])  # eager: the counter does not see compiled code
         module.train()
+        with FlopCounterMode(display=False) as counter:  # one whole step, as StepFlops counts it in a run
+            step(module, optimizer, batches[0])
+        step_flops[preset] = counter.get_total_flops() / args.batch_size
         t0 = time.perf_counter()
         if args.compile:
             for part in (
@@ -119,20 +132,25 @@ def preset_table(args) -> None:
             rates[preset].append(args.steps * args.batch_size / (time.perf_counter() - t0))
     print(
         f"torch {torch.__version__}{' compiled' if args.compile else ''}, {args.threads} thread(s), objectives [{args.objectives}], batch {args.batch_size}, "
-        f"size {args.size}, median of {args.repeats} x {args.steps} steps"
+        f"size {args.size}, median of {args.repeats} x {args.steps} steps; peak {peak / 1e9:.1f} GFLOP/s ({peak_source})"
     )
-    print("| preset | params | FLOPs/sample (fwd) | samples/s | s/step | range samples/s | warm-up s (2 steps) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| preset | params | FLOPs/sample (fwd) | step FLOPs/sample | samples/s | s/step | MFU | range samples/s "
+        "| warm-up s (2 steps) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset, r in rates.items():
         med = statistics.median(r)
         print(
-            f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {med:.1f} | "
-            f"{args.batch_size / med:.3f} | {min(r):.1f}-{max(r):.1f} | {warmup[preset]:.1f} |"
+            f"| {preset} | {params[preset] / 1e6:.2f}M | {flops[preset]:.3g} | {step_flops[preset]:.3g} | {med:.1f} | "
+            f"{args.batch_size / med:.3f} | {step_flops[preset] * med / peak:.1%} | {min(r):.1f}-{max(r):.1f} | "
+            f"{warmup[preset]:.1f} |"
         )
     sys.stdout.flush()
     if args.profile:
         for preset, (module, optimizer, batches) in parts.items():
-            print_profile(preset, functools.partial(steps, module, optimizer, batches), args.profile)
+            run = functools.partial(steps, module, optimizer, batches)
+            print_profile(preset, run, args.profile, step_flops[preset] * args.batch_size * len(batches), peak)
 
 
 def steps(module, optimizer, batches) -> None:
@@ -140,15 +158,30 @@ def steps(module, optimizer, batches) -> None:
         step(module, optimizer, batch)
 
 
-def print_profile(name: str, run: Callable[[], object], rows: int) -> None:
-    """Where a step's time goes: torch.profiler's operators by self CPU time, with their share."""
+# operators whose FLOPs torch.utils.flop_counter counts (matmuls, convolutions, attention), as the profiler
+# names them: the time outside them is what MFU loses to memory-bound work and framework overhead
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "convolution", "scaled_dot_product")
+
+
+def print_profile(
+    name: str, run: Callable[[], object], rows: int, flops: float | None = None, peak: float | None = None
+) -> None:
+    """Where a step's time goes: the matmul-like operators' share (and, given the FLOPs `run` does, the GEMM rate
+    they reach against `peak`), then torch.profiler's operators by self CPU time, with their share."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
+    matmul = sum(e.self_cpu_time_total for e in ops if any(k in e.key for k in MATMUL_OPS))
     print(f"\n{name}: self CPU time by operator, {total / 1e6:.2f} s over the profiled steps")
+    if flops and peak and matmul:
+        rate = flops / (matmul / 1e6)
+        print(
+            f"matmul-like operators: {matmul / total:.1%} of the time, at {rate / 1e9:.1f} GFLOP/s "
+            f"({rate / peak:.0%} of the peak); the rest: {1 - matmul / total:.1%}"
+        )
     print("| operator | share | calls |")
     print("|---|---|---|")
     for e in ops[:rows]:
@@ -507,6 +540,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64; with --hf: 32")
     parser.add_argument("--size", default="tiny")
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get("MMBENCH_CACHE", ".cache/mmbench"), help="where the measured CPU peak is cached (a run's paths.cache_dir)"
+    )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)"
     )
