@@ -541,7 +541,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64; with --hf: 32")
     parser.add_argument("--size", default="tiny")
     parser.add_argument(
-        "--cache-dir", default=os.environ.get("MMBENCH_CACHE", ".cache/mmbench"), help="where the measured CPU peak is cached (a run's paths.cache_dir)"
+        "--cache-dir",
+        default=os.environ.get("MMBENCH_CACHE", ".cache/mmbench"),
+        help="where the measured CPU peak is cached (a run's paths.cache_dir)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoders, fusion and objectives (time reported)"
