@@ -127,6 +127,17 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["objective=[itc,itm]", "objective.itm.hard_negative_warmup=2"], REFUSED, ("hard_negative_warmup=2", "[0, 1]")),
     (["model=blip2", "objective=[itc,itm,lm]", "objective.lm.label_smoothing=1.0"], REFUSED, ("label_smoothing=1.0",)),
     (["objective=[itc,mrm]", "objective.mrm.mask_prob=0"], REFUSED, ("objective.mrm.mask_prob=0",)),
+    (
+        ["objective=[t2i_diffusion]", "objective.t2i_diffusion.caption_dropout=1"],
+        REFUSED,
+        ("objective.t2i_diffusion.caption_dropout=1", "[0, 1)"),
+    ),
+    (
+        ["objective=[t2i_diffusion]", "model=concat", "data.image_size=42"],  # 3 U-Net levels: halved twice
+        REFUSED,
+        ("divisible by 4, but it is 42",),
+    ),
+    (["objective=[t2i_diffusion]", "model=llava"], ACCEPTED, ()),
     (["model=blip2", "model.fusion_depth=0"], REFUSED, ("fusion.qformer.depth=0", "model.fusion_depth")),
     (["model=blip2", "fusion.qformer.num_queries=0"], REFUSED, ("fusion.qformer.num_queries=0",)),
     (["model=blip2", "fusion.qformer.cross_attention_freq=0"], REFUSED, ("cross_attention_freq=0",)),

@@ -100,7 +100,10 @@ def _cli(args, cwd, timeout=600):
     [
         ("model=nope", "Available options in 'model'"),
         ("fusion=nope", "Available options in 'fusion'"),
-        ("objective=[itc,nope]", "available options in 'objective': classify, itc, itm, lm, mlm, mrm, nlvr2, vqa"),
+        (
+            "objective=[itc,nope]",
+            "available options in 'objective': classify, itc, itm, lm, mlm, mrm, nlvr2, t2i_diffusion, vqa",
+        ),
         ("model.sizes.tiny.patch_size=7", "not divisible by patch size 7"),
         ("objective.mlm.weight=-1", "objective.mlm.weight=-1"),
         ("objective=[]", "objective list is empty"),

@@ -136,3 +136,21 @@ class CaptionGenerator(Protocol):
         length_penalty: float = 1.0,
         use_cache: bool = True,
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """Draws images from captions (text-to-image: `t2i_diffusion`): the `t2i` protocol. Returns (B, 3, H, W) in the
+    data's `pixel_values` normalisation ([-1, 1]), seeded by `generator` (one, or one per caption); guidance / steps
+    None = the objective's configured ones. (Not `generate`: `CaptionGenerator` has that name, and a runtime
+    Protocol check compares names only.)"""
+
+    def generate_images(
+        self,
+        model: MultimodalModel,
+        batch: Batch,
+        *,
+        generator: torch.Generator | list[torch.Generator],
+        guidance: float | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor: ...
