@@ -449,6 +449,7 @@ def test_evaluation_settings_have_one_default_each():
         "aro_relation",
         "aro_attribution",
         "sugarcrepe",
+        "t2i",
     ]
     for name in clean_protocols(yaml):
         node = yaml[name]

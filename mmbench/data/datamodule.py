@@ -135,6 +135,7 @@ class VLDataModule(pl.LightningDataModule):
         offline: bool = False,
         counterfactuals: Callable | None = None,
         zeroshot_classes: Callable | None = None,
+        t2i_oracle: Callable | None = None,
         root: str | None = None,
         num_proc: int | None = None,
         augment: dict | None = None,
@@ -151,6 +152,8 @@ class VLDataModule(pl.LightningDataModule):
         # what it offers the zeroshot protocol: classes(split, fields, n) -> (classes, labels per image)
         # (Shapes: its objects' attributes, mmbench/data/object_classes.py)
         self.zeroshot_classes = zeroshot_classes
+        # ... and the t2i protocol: () -> an oracle that reads generated images into scenes (Shapes: mmbench/t2i/)
+        self.t2i_oracle = t2i_oracle
         self.image_size = image_size
         self.num_region_labels = num_region_labels
         self.batch_size = batch_size

@@ -91,12 +91,14 @@ class Inputs:
         answers: Sequence[str] = (),
         counterfactuals: Callable | None = None,
         zeroshot_classes: Callable | None = None,
+        t2i_oracle: Callable | None = None,
     ):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.answers = list(answers)  # the model's answer vocabulary (index -> string), for VQA
         self.counterfactuals = counterfactuals  # the data's counterfactual renderer (Shapes), else None
         self.zeroshot_classes = zeroshot_classes  # the data's zero-shot classes (Shapes' objects), else None
+        self.t2i_oracle = t2i_oracle  # () -> the data's scene oracle (Shapes: mmbench.t2i.SceneOracle), else None
         self.collate = Collator(tokenizer, num_answers=0)
         self.pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
         self.device = torch.device(device)

@@ -12,6 +12,7 @@ Protocols (one file each in this package) run when the model can serve them:
 | diagnostics | a pair scorer, `match_*` columns (Winoground: the data's counterfactual renderer) | `<split>/diagnostics/...`               |
 | captioning  | a caption generator (`generate`)        | `<split>/captioning/...`                |
 | zeroshot    | ITC, the data's classes (`data.zeroshot_classes`) | `<split>/zeroshot/...`                  |
+| t2i         | an ImageGenerator (t2i_diffusion), the data's oracle (`data.t2i_oracle`) | `<split>/t2i/...`  |
 | robustness  | any of the above                        | `<split>/robustness/...`                |
 
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out
@@ -99,6 +100,7 @@ def run_protocols(
     # what the data offers protocols beyond its columns (nodes of its data config; docs/design.md)
     counterfactuals = getattr(datamodule, "counterfactuals", None)
     zeroshot_classes = getattr(datamodule, "zeroshot_classes", None)
+    t2i_oracle = getattr(datamodule, "t2i_oracle", None)
     cap = lambda n: n if max_images is None else (max_images if n is None else min(n, max_images))
     out: dict[str, float] = {}
     timings = {}
@@ -115,6 +117,7 @@ def run_protocols(
             answers=answers,
             counterfactuals=counterfactuals,
             zeroshot_classes=zeroshot_classes,
+            t2i_oracle=t2i_oracle,
         )
         keep = samples is not None and name in PREDICTIONS
         t0 = time.perf_counter()

@@ -1,0 +1,108 @@
+"""The t2i protocol (mmbench/metrics/t2i.py): generated images read back by the data's oracle and scored exactly.
+
+A stand-in generator that returns the true image of each caption scores every caption true (and a Frechet distance
+of ~0); one that returns the next row's image does not (at the same Frechet distance: the same set of images); a model with no generator, or data with no oracle, is
+told so; and a tiny run with itc + t2i_diffusion reports every metric through the evaluation suite."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmbench.builder import build_datamodule
+from mmbench.data.collate import pixel_values
+from mmbench.metrics.common import Inputs, Unavailable
+from mmbench.metrics.t2i import t2i
+from mmbench.pipeline import run
+from tests.conftest import compose_cfg
+from tests.test_t2i_diffusion import SMALL_ARGS
+
+
+class TrueImages(nn.Module):
+    """An ImageGenerator that draws, for the k-th caption it is asked for, image `images[k + shift]`; records seeds."""
+
+    def __init__(self, images: list[np.ndarray], shift: int = 0):
+        super().__init__()
+        self.images, self.shift, self.drawn, self.seeds = images, shift, 0, []
+
+    def generate_images(self, model, batch, *, generator, guidance=None, steps=None):
+        B = batch["input_ids"].shape[0]
+        rows = [(self.drawn + k + self.shift) % len(self.images) for k in range(B)]
+        self.drawn += B
+        self.seeds += [g.initial_seed() for g in generator]
+        return pixel_values([self.images[r] for r in rows])
+
+
+class Holder(nn.Module):
+    def __init__(self, objectives: dict[str, nn.Module]):
+        super().__init__()
+        self.model = nn.Identity()
+        self.objectives = nn.ModuleDict(objectives)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    # 48 px: the oracle reads Shapes' 3x3 grid exactly there (at 24 px, 8-px cells, 94% of cells)
+    args = [a for a in SMALL_ARGS if not a.startswith("data.image_size")] + ["data.image_size=48"]
+    cfg = compose_cfg([*args, f"paths.cache_dir={tmp_path_factory.mktemp('cache')}"])
+    return build_datamodule(cfg)
+
+
+def _caption_images(dm, n: int) -> list[np.ndarray]:
+    ds = dm.datasets["test"]
+    return [np.asarray(ds.images[r]) for r in range(n) for _ in ds.column("captions")[r]]
+
+
+def test_the_true_images_meet_every_claim_and_the_next_rows_do_not(shapes):
+    inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
+    truth = TrueImages(_caption_images(shapes, 6))
+    out = t2i(Holder({"gen": truth}), inputs, batch_size=5, max_images=6, guidance=None, steps=None, seed=7)
+    assert out["t2i/overall/images"] == len(truth.images) == 24  # 4 captions of each of 6 images
+    assert out["t2i/overall/caption_true"] == 1.0 and out["t2i/overall/faithful"] == 1.0
+    assert out["t2i/oracle/cell"] > 0.99
+    assert abs(out["t2i/frechet"]) < 1e-3  # the same images on both sides
+    assert truth.seeds == list(range(7, 7 + 24))  # caption k from seed + k, whatever the batch
+    shifted = t2i(
+        Holder({"gen": TrueImages(truth.images, shift=4)}),  # caption k drawn as caption k+4's image: the next row's
+        inputs,
+        batch_size=5,
+        max_images=6,
+        guidance=None,
+        steps=None,
+        seed=7,
+    )
+    assert shifted["t2i/overall/caption_true"] < 0.5
+    # ... while the Frechet distance, a distance between distributions, sees the same set of images (a permutation)
+    assert abs(shifted["t2i/frechet"]) < 1e-3
+
+
+def test_without_a_generator_or_an_oracle_the_protocol_says_what_it_needs(shapes):
+    inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
+    kwargs = dict(batch_size=4, max_images=2, guidance=None, steps=None, seed=0)
+    with pytest.raises(Unavailable, match="needs an image generator"):
+        t2i(Holder({}), inputs, **kwargs)
+    with pytest.raises(Unavailable, match="no scene oracle"):
+        t2i(Holder({"gen": TrueImages([])}), Inputs(shapes.datasets["test"], shapes.tokenizer), **kwargs)
+
+
+def test_a_tiny_run_reports_the_t2i_metrics_through_the_suite(cache_dir, tmp_path):
+    args = [
+        *[a for a in SMALL_ARGS if not a.startswith("objective=")],
+        "objective=[itc,t2i_diffusion]",
+        "objective.itc.embed_dim=16",
+        "eval.protocols=[t2i]",
+        "eval.t2i.max_images=2",
+        "eval.t2i.steps=2",
+    ]
+    record = run(compose_cfg(args, tmp_path / "run"))
+    assert record["status"] == "completed", record.get("error")
+    metrics = record["metrics"]
+    assert metrics["test/t2i/overall/images"] == 8
+    assert all(0 <= metrics[f"test/t2i/overall/{k}"] <= 1 for k in ("present", "faithful", "caption_true"))
+    assert 0.5 < metrics["test/t2i/oracle/cell"] <= 1  # 24 px: an imperfect oracle, and the run reports it
+    assert math.isfinite(metrics["test/t2i/frechet"]) and -1 <= metrics["test/t2i/agreement"] <= 1
+    assert torch.isfinite(torch.tensor(metrics["test/t2i_diffusion/loss"]))
