@@ -304,8 +304,8 @@ class StepFlops(pl.Callback):
     - Time: every other training step of this process, from batch start to batch end (forward, backward,
       optimizer; not the data loading or validation between them), timed with CUDA events on a GPU, so nothing
       waits for the device inside the loop.
-    - The device's peak FLOP/s (mmbench/metrics/peak.py: a GPU's spec, or the CPU's GEMM rate measured once and
-      cached in `cache_dir`), before the first step.
+    - The device's peak FLOP/s (mmbench/metrics/peak.py: a GPU's spec, or the best CPU GEMM rate measured on the
+      machine, kept in `cache_dir`), before the first step.
     Results go to the LightningModule's `step_cost` (flops_per_sample, seconds, samples, steps, peak_flops,
     peak_flops_source); counting runs the step unchanged, so a counted run equals an uncounted one.
     """

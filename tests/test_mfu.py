@@ -1,8 +1,10 @@
 """Model FLOPs utilisation (`complexity.mfu`): the FLOPs of a whole training step counted by StepFlops equal a
-hand count, MFU is achieved FLOP/s over the device's peak, the CPU's peak is measured once and cached, a GPU's
+hand count, MFU is achieved FLOP/s over the device's peak, the CPU's peak is the best GEMM rate measured on the machine, a GPU's
 comes from its spec, and counting a step changes nothing the run computes."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import pytorch_lightning as pl
@@ -63,13 +65,18 @@ def test_mfu_is_achieved_flops_over_the_peak():
     assert utilisation({}) == {}  # nothing trained here (mmbench-eval)
 
 
-def test_the_cpu_peak_is_measured_once_per_machine_and_threads(monkeypatch, tmp_path):
+def test_the_cpu_peak_is_the_best_rate_measured_on_the_machine(monkeypatch, tmp_path):
+    """A run measured beside other work (a lower rate) keeps the best one seen: its MFU is not overstated."""
     monkeypatch.delenv("MMBENCH_PEAK_FLOPS", raising=False)
-    calls = []
-    monkeypatch.setattr(peak, "measure_cpu_gemm", lambda: calls.append(1) or 7e10)
+    rates = iter([7e10, 4e10, 9e10])  # idle, loaded, idle again
+    monkeypatch.setattr(peak, "measure_cpu_gemm", lambda: next(rates))
     first = peak.peak_flops(torch.device("cpu"), tmp_path)
-    assert first[0] == 7e10 and "measured" in first[1] and calls == [1]
-    assert peak.peak_flops(torch.device("cpu"), tmp_path) == first and calls == [1]  # read from the cache
+    assert first[0] == 7e10 and "measured" in first[1]
+    loaded = peak.peak_flops(torch.device("cpu"), tmp_path)
+    assert loaded[0] == 7e10 and "40.0 GFLOP/s" in loaded[1]  # the cached best, the run's own rate said
+    assert peak.peak_flops(torch.device("cpu"), tmp_path)[0] == 9e10  # a better measurement raises it
+    other_threads = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert list(other_threads) == [f"{peak.cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}"]
 
 
 def test_the_real_cpu_gemm_rate_is_plausible():

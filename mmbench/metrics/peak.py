@@ -2,10 +2,13 @@
 
 - A CUDA GPU: its dense bf16 tensor-core rate from the vendor's spec (`GPU_PEAK_BF16`, matched by device
   name); a GPU not in the table has no peak (MFU null) unless `MMBENCH_PEAK_FLOPS` gives one.
-- The CPU: measured, the best of a few 1024 x 1024 fp32 matmuls at the run's torch thread count, once per
-  machine (CPU model), thread count and torch version, cached in `<cache>/peak_flops.json`. The CPU's
-  vendor peak assumes every vector unit busy every cycle, which no fp32 GEMM reaches; the measured GEMM is
-  the rate training can hope for (docs/performance.md).
+- The CPU: measured, the fastest of a few 1024 x 1024 fp32 matmuls at the run's torch thread count (~0.1 s),
+  at every run's start, and the best rate ever measured for this CPU model, thread count and torch version
+  is kept in `<cache>/peak_flops.json` and used. A measurement beside other work only underestimates the
+  peak (one measured while four processes shared this 2-core machine read 84 GFLOP/s; idle, 154), and an
+  underestimated peak overstates MFU, so one measurement cached for good is not enough. The CPU's vendor
+  peak assumes every vector unit busy every cycle, which no fp32 GEMM reaches; the measured GEMM is the
+  rate training can hope for (docs/performance.md).
 - `MMBENCH_PEAK_FLOPS=<FLOP/s>` overrides both (a machine whose peak you know better).
 """
 
@@ -52,13 +55,16 @@ def peak_flops(device: torch.device, cache_dir: str | os.PathLike) -> tuple[floa
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key not in cached:
-        cached[key] = measure_cpu_gemm()
+    now = measure_cpu_gemm()
+    if now > cached.get(key, 0.0):
+        cached[key] = now
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
         tmp.replace(path)  # atomic: two jobs measuring at once both leave a whole file
-    return float(cached[key]), f"measured: {GEMM_SIZE}^3 fp32 GEMM, {threads} thread(s), {path}"
+    best = float(cached[key])
+    source = f"measured: best {GEMM_SIZE}^3 fp32 GEMM rate seen, {threads} thread(s), {path}"
+    return best, f"{source}; this run's start: {now / 1e9:.1f} GFLOP/s"
 
 
 def measure_cpu_gemm(size: int = GEMM_SIZE, repeats: int = 8) -> float:
