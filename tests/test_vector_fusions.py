@@ -152,6 +152,18 @@ def test_bilinear_matches_einsum():
     assert sum(p.numel() for p in fusion.parameters()) == 6 * 10 * D + D
 
 
+def test_bilinear_equals_nn_bilinear_with_its_gradients():
+    """The one-GEMM form computes nn.Bilinear's function: outputs and every gradient equal torch's own forward."""
+    fusion = build(BilinearFusion, text_dim=6, image_dim=10, act_layer=nn.Identity)
+    t, v = (x.requires_grad_() for x in vectors(6, 10))
+    ours = fuse(fusion, t, v)
+    torch_s = fusion.bilinear(t, v)
+    torch.testing.assert_close(ours, torch_s)
+    grads = lambda out: torch.autograd.grad((out * torch.arange(D)).sum(), [t, v, *fusion.parameters()])
+    for a, b in zip(grads(ours), grads(torch_s), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_low_rank_bilinear_is_a_bilinear_form_of_the_squashed_projections():
     """MLB: z_k = sum_j P_jk tanh(u_j) tanh(v_j) = tanh(u)^T diag(P_k) tanh(v)."""
     fusion = build(LowRankBilinearFusion, text_dim=6, image_dim=10, rank=12, act_layer=nn.Identity)
