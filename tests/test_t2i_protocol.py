@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mmbench.builder import build_datamodule
@@ -66,6 +67,11 @@ def test_the_true_images_meet_every_claim_and_the_next_rows_do_not(shapes):
     assert out["t2i/oracle/cell"] > 0.99
     assert abs(out["t2i/frechet"]) < 1e-3  # the same images on both sides
     assert truth.seeds == list(range(7, 7 + 24))  # caption k from seed + k, whatever the batch
+    kwargs = dict(batch_size=5, max_images=6, guidance=None, steps=None, seed=7, return_predictions=True)
+    again, kept = t2i(Holder({"gen": TrueImages(truth.images)}), inputs, **kwargs)
+    assert again == out and len(kept) == 16  # the first 16 images are kept for the run's grid
+    assert [row for row, *_ in kept] == [k // 4 for k in range(16)]  # 4 captions per image row
+    assert all(np.array_equal(image, truth.images[k]) and ok for k, (_, _, image, ok) in enumerate(kept))
     shifted = t2i(
         Holder({"gen": TrueImages(truth.images, shift=4)}),  # caption k drawn as caption k+4's image: the next row's
         inputs,
@@ -106,3 +112,12 @@ def test_a_tiny_run_reports_the_t2i_metrics_through_the_suite(cache_dir, tmp_pat
     assert 0.5 < metrics["test/t2i/oracle/cell"] <= 1  # 24 px: an imperfect oracle, and the run reports it
     assert math.isfinite(metrics["test/t2i/frechet"]) and -1 <= metrics["test/t2i/agreement"] <= 1
     assert torch.isfinite(torch.tensor(metrics["test/t2i_diffusion/loss"]))
+    # the images are saved as a grid beside the report, each caption listed with the oracle's verdict
+    grid = Image.open(tmp_path / "run" / "t2i_samples.png")
+    assert grid.size[0] > 4 * 48 and grid.size[1] > 2 * 48  # 8 images in 2 rows of 4, with titles
+    report = (tmp_path / "run" / "report.md").read_text()
+    listed = report.split("## Generated images", 1)[1].split("\n\n", 2)  # ["", the grid, the table]
+    assert "t2i_samples.png" in listed[1]
+    assert [line.split(" | ")[0] for line in listed[2].split("\n\n")[0].splitlines()[2:]] == [
+        f"| {i}" for i in range(8)
+    ]

@@ -12,6 +12,7 @@ from mmbench.metrics.suite import Samples
 log = logging.getLogger(__name__)
 
 PLOT = "robustness.png"
+T2I_GRID = "t2i_samples.png"  # the images the t2i protocol generated, with their captions
 
 
 HEADLINE = (
@@ -133,6 +134,10 @@ def write_report(
     if samples is not None and samples.captioning:
         lines += ["", "## Sample captions", "", "| image | reference | generated |", "|---|---|---|"]
         lines += [f"| {r} | {refs[0]} | {g} |" for r, refs, g in samples.captioning[:max_samples]]
+    if samples is not None and samples.t2i:
+        lines += ["", "## Generated images", "", f"![generated images]({T2I_GRID})", ""]
+        lines += ["| # | image row | caption | oracle: caption true |", "|---|---|---|---|"]
+        lines += [f"| {i} | {r} | {c} | {ok} |" for i, (r, c, _, ok) in enumerate(samples.t2i)]
     if samples is not None and samples.unavailable:
         lines += ["", "## Protocols not run", "", "| protocol | why |", "|---|---|"]
         lines += [f"| {name} | {why} |" for name, why in samples.unavailable.items()]
@@ -153,6 +158,31 @@ def write_report(
 
 def make_plot(out_dir: str | Path, metrics: dict[str, float], title: str = "") -> Path | None:
     return plot_robustness(metrics, Path(out_dir) / PLOT, title=title)
+
+
+def t2i_grid(out_dir: str | Path, generated: list, columns: int = 4) -> Path | None:
+    """The t2i protocol's images as one PNG grid, each titled with its caption (green: the oracle judged the
+    caption true of the image, red: not); None when nothing was generated."""
+    if not generated:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(generated) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, caption, image, ok) in zip(axes.flat, generated, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=7, wrap=True, color="green" if ok else "red")
+    path = Path(out_dir) / T2I_GRID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def log_to_loggers(
@@ -184,6 +214,12 @@ def _log_wandb(lg, metrics, samples, datamodule, split, plot, max_samples) -> No
     lg.experiment.summary.update(metrics)
     if plot is not None and Path(plot).exists():
         lg.log_image(key="eval/robustness", images=[str(plot)])
+    if samples is not None and samples.t2i:
+        lg.log_image(
+            key="eval/t2i_samples",
+            images=[image for _, _, image, _ in samples.t2i],
+            caption=[f"{caption} ({'true' if ok else 'false'})" for _, caption, _, ok in samples.t2i],
+        )
     if samples is None or datamodule is None:
         return
     images = datamodule.datasets[split].images
@@ -215,6 +251,7 @@ def publish(
 ) -> Path:
     """Plot, report.md, and the loggers (CSV, W&B) in one call; returns the report's path."""
     plot = make_plot(out_dir, metrics, title=title)
+    t2i_grid(out_dir, samples.t2i if samples is not None else [])
     report = write_report(
         out_dir, metrics, complexity, samples, title=title, info=info, plot=plot, max_samples=min(max_samples, 8)
     )

@@ -71,10 +71,11 @@ class Samples:
 
     vqa: list = field(default_factory=list)  # (row, question, answer, prediction)
     captioning: list = field(default_factory=list)  # (row, references, generated)
+    t2i: list = field(default_factory=list)  # (row, caption, generated image (H, W, 3) uint8, judged true)
     unavailable: dict[str, str] = field(default_factory=dict)  # protocol -> what it lacks
 
 
-PREDICTIONS = ("vqa", "captioning")  # protocols whose sample predictions `Samples` keeps
+PREDICTIONS = ("vqa", "captioning", "t2i")  # protocols whose sample predictions `Samples` keeps
 
 
 def run_protocols(

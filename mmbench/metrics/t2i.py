@@ -15,6 +15,9 @@ generator seeded `seed + k` (an image does not depend on the captions generated 
 * `t2i/agreement`: the mean ITC cosine of each generated image with its caption, CLIPScore's analogue, when the
   run also trains an embedder (itc).
 
+With `return_predictions` (the suite's `Samples`) it also returns the first `SAMPLES` images with their captions
+and whether the oracle judged each caption true: the grid `t2i_samples.png` of the run directory and W&B.
+
 Needs an `ImageGenerator` objective (t2i_diffusion) and a data config that offers an oracle (`data.t2i_oracle`);
 otherwise `Unavailable` says which.
 """
@@ -31,9 +34,11 @@ from mmbench.data.batch import Batch
 from mmbench.metrics.common import Inputs, Unavailable, chunks, embedder, eval_mode, required_column
 from mmbench.objectives.base import ImageGenerator
 from mmbench.objectives.t2i_diffusion import to_uint8
-from mmbench.t2i import agreement, compositional_scores, frechet_distance
+from mmbench.t2i import agreement, compositional_scores, frechet_distance, judge
 
 log = logging.getLogger(__name__)
+
+SAMPLES = 16  # generated images kept for the run's sample grid
 
 
 def image_generator(module) -> ImageGenerator | None:
@@ -59,8 +64,16 @@ def generate(module, inputs: Inputs, captions: list[str], *, batch_size: int, gu
 
 
 def t2i(
-    module, inputs: Inputs, *, batch_size: int, max_images: int | None, guidance, steps, seed: int
-) -> dict[str, float]:
+    module,
+    inputs: Inputs,
+    *,
+    batch_size: int,
+    max_images: int | None,
+    guidance,
+    steps,
+    seed: int,
+    return_predictions: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], list]:
     if image_generator(module) is None:
         raise Unavailable("needs an image generator: the t2i_diffusion objective")
     if inputs.t2i_oracle is None:
@@ -81,7 +94,8 @@ def t2i(
         )
     with eval_mode(module):
         images = generate(module, inputs, captions, batch_size=batch_size, guidance=guidance, steps=steps, seed=seed)
-    out = {f"t2i/{k}": v for k, v in compositional_scores(oracle.read(images), claims).items()}
+    scenes = oracle.read(images)
+    out = {f"t2i/{k}": v for k, v in compositional_scores(scenes, claims).items()}
     out |= {f"t2i/oracle/{k}": float(v) for k, v in (oracle.accuracy or {}).items()}
     real = np.stack([np.asarray(dataset.images[r]) for r in rows])  # the true image of each caption
     if len(real) >= 2 and len(images) >= 2:
@@ -92,4 +106,8 @@ def t2i(
     if itc is not None:
         scores = agreement(module.model, itc, inputs.collate, images, captions, batch_size=batch_size)
         out["t2i/agreement"] = scores.mean().item()
+    if return_predictions:  # (row, caption, image (H, W, 3) uint8, the caption judged true of the scene read)
+        kept = range(min(SAMPLES, len(images)))
+        truth = [bool(judge(scenes[k], claims[k]).get("caption_true")) for k in kept]
+        return out, [(rows[k], captions[k], images[k], truth[i]) for i, k in enumerate(kept)]
     return out
