@@ -216,6 +216,58 @@ def test_mfu_gets_a_column_when_the_runs_recorded_it_and_survives_runs_csv(tmp_p
     assert "| vilt | 2 | - | - | 59% |" in (tmp_path / "again" / "table.md").read_text()
 
 
+def test_paper_cells_known_answers_losses_unscaled_csv_at_full_precision(tmp_path):
+    """One row, three seeds: an accuracy of mean 0.79785, std 0.02472 is `79.8 ± 2.5` in table.md (`79.785 ±
+    2.472` at --digits 3), AUROC and BLEU-4 in percent too; a loss, a perplexity and CIDEr-D (x10, not a fraction)
+    unscaled; table_detail.md keeps 4 significant digits and the CI, table.csv every statistic exactly."""
+    acc = (0.79785 - 0.02472, 0.79785, 0.79785 + 0.02472)  # mean 0.79785, std (ddof=1) 0.02472
+    sweep = tmp_path / "sweep"
+    for seed, a in enumerate(acc):
+        metrics = {
+            "test/vqa/acc": a,
+            "test/classification/auroc": 0.70 + seed / 50,  # 0.70, 0.72, 0.74
+            "test/captioning/bleu4": 0.30 + seed / 100,  # 0.30, 0.31, 0.32
+            "test/captioning/cider": 1.1 + seed / 10,  # 1.1, 1.2, 1.3
+            "test/loss": 2.0 + seed / 2,  # 2.0, 2.5, 3.0
+            "test/lm/ppl": 12.0 + seed,  # 12, 13, 14
+        }
+        complexity = {"params": 1.2e6, "flops_per_sample": 3.8e7}
+        _job(
+            sweep,
+            ["model", "seed"],
+            "vilt",
+            seed,
+            {"status": "completed", "metrics": metrics, "complexity": complexity},
+        )
+    names = ["test/vqa/acc", "test/classification/auroc", "test/captioning/bleu4", "test/captioning/cider"]
+    names += ["test/loss", "test/lm/ppl"]
+    out = report.report([sweep], out=tmp_path / "rep", metrics=names, plots=False)
+    md = (tmp_path / "rep" / "table.md").read_text()
+    # one row, so every cell is the best of its column: bold in both styles
+    cells = "**79.8 ± 2.5** | **72.0 ± 2.0** | **31.0 ± 1.0** | **1.2 ± 0.1** | **2.5 ± 0.5** | **13.0 ± 1.0** |"
+    assert "| all | 3 | 1.2M | 38M | " + cells in md and "0.7364" not in md
+    # the detail table: 4 significant digits and the t-interval 0.79785 ± 4.3027 * 0.02472 / sqrt(3)
+    detail = (tmp_path / "rep" / "table_detail.md").read_text()
+    assert "| all | 3 | 1.2M | 38M | **0.7978 ± 0.02472** [0.7364, 0.8593] | " in detail
+    assert "**2.5 ± 0.5** [1.258, 3.742]" in detail  # a loss: no clipping, no percent
+
+    with open(tmp_path / "rep" / "table.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    s = out["rows"][0].stats["test/vqa/acc"]
+    for key in ("mean", "std", "ci_lo", "ci_hi"):  # every digit of the statistics: float(str(x)) == x
+        assert float(row[f"test/vqa/acc/{key}"]) == s[key]
+    assert s["mean"] == pytest.approx(0.79785, abs=1e-15) and s["std"] == pytest.approx(0.02472, abs=1e-15)
+    assert row["test/loss/mean"] == "2.5" and row["test/lm/ppl/std"] == "1.0"  # unscaled
+
+    assert (
+        report.main([str(sweep), "--out", str(tmp_path / "d3"), "--metrics", *names, "--no-plots", "--digits", "3"])
+        == 0
+    )
+    assert "| **79.785 ± 2.472** | **72.000 ± 2.000** |" in (tmp_path / "d3" / "table.md").read_text()
+    with open(tmp_path / "d3" / "table.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [row]  # --digits leaves the CSV alone
+
+
 def test_paper_cells_of_one_seed_small_values_and_fewer_seeds():
     style = report.PaperStyle(digits=1)
     one = {"mean": 0.7, "std": 0.0, "n": 1, "ci_lo": None, "ci_hi": None, "vs_best": "untestable"}
@@ -847,9 +899,20 @@ def test_fraction_intervals_stay_inside_0_1():
         "test/vqa/question_prior_baseline_color",
         "test/robustness/image_noise/vqa/acc/auc",
         "test/robustness/text_typos/retrieval/rmean/l25",
+        "test/classification/auroc",
+        "test/captioning/bleu4",
+        "test/captioning/rouge_l",
+        "test/captioning/exact_match",
     ):
         assert unit_range(name) == (0.0, 1.0), name
-    for name in ("test/loss", "test/lm/ppl", "test/itc/temperature", "test/diagnostics/winoground_pairs", "wall_s"):
+    for name in (
+        "test/loss",
+        "test/lm/ppl",
+        "test/itc/temperature",
+        "test/diagnostics/winoground_pairs",
+        "wall_s",
+        "test/captioning/cider",
+    ):
         assert unit_range(name) is None, name
     # three seeds at the ceiling: the plain t-interval is [0.99652, 1.00148]; the clipped one ends at 1
     raw = t_ci([0.998, 0.999, 1.0])

@@ -97,7 +97,7 @@ class PaperStyle:
     def caption(self, metrics: list[str], tex: bool = False) -> str:
         fractions = [m for m in metrics if unit_range(m)]
         pm = "$\\pm$" if tex else "±"
-        unit = " (accuracies, recalls and scores in percent)" if self.percent and fractions else ""
+        unit = " (accuracies, recalls, scores and other fractions in percent)" if self.percent and fractions else ""
         return (
             f"cells are mean {pm} std over seeds{unit}, {self.digits} decimal(s); one seed: the mean alone. 95% "
             f"confidence intervals: table_detail"

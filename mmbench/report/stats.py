@@ -18,8 +18,12 @@ def lower_is_better(metric: str) -> bool:
 
 
 # a path component naming a fraction in [0, 1]: accuracies (acc, acc_color, swap_acc), recalls (i2t_r5),
-# retrieval rmean, top-1, Winoground-style scores, baselines, the area under a robustness curve (auc)
-_FRACTION = re.compile(r"(acc(_\w+)?|\w+_acc|rmean|top\d+(_\w+)?|[it]2[it]_r\d+|\w*_score|\w*baseline(_\w+)?|auc)")
+# retrieval rmean, top-1, Winoground-style scores, baselines, the area under a robustness curve (auc), AUROC,
+# the captioning scores in [0, 1] (BLEU-n, METEOR, ROUGE-L, SPICE, exact match; not CIDEr-D, which is x10)
+_FRACTION = re.compile(
+    r"(acc(_\w+)?|\w+_acc|rmean|top\d+(_\w+)?|[it]2[it]_r\d+|\w*_score|\w*baseline(_\w+)?|auc|auroc"
+    r"|bleu\d|meteor|rouge_l|spice|exact_match)"
+)
 
 
 def unit_range(metric: str) -> tuple[float, float] | None:
