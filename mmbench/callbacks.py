@@ -294,6 +294,24 @@ class ProgressLog(pl.Callback):
         return f"  MFU {100 * flops * samples_per_s / peak:.0f}%" if flops is not None and peak else ""
 
 
+class ValidationTime(pl.Callback):
+    """Seconds spent in validation during `trainer.fit` (the sanity check included), summed over every
+    validation of this process, so a run can say how its time splits between training and evaluation
+    (`timing` in metrics.json). Lightning's `Timer` keeps only the last validation's interval."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._t0 is not None:
+            self.seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+
 class StepFlops(pl.Callback):
     """The cost of a training step, for model FLOPs utilisation (`complexity.mfu`, mmbench/metrics/peak.py).
 

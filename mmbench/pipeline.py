@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         validate(cfg)
         check_wandb_reachable(cfg)
-        record.metrics, record.complexity = _train(cfg, out_dir, config_hash, launch)
+        record.metrics, record.complexity, record.timing = _train(cfg, out_dir, config_hash, launch)
         record.status = "completed"
     except (ConfigError, CheckpointError) as err:
         record.status, record.error = "failed", str(err)
@@ -87,7 +87,9 @@ def check_wandb_reachable(cfg: DictConfig) -> None:
         )
 
 
-def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch) -> tuple[dict, dict]:
+def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch) -> tuple[dict, dict, dict]:
+    """Returns (metrics, complexity, timing): `timing` is where this process's time went (`log_timing`)."""
+    entered = time.time()
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -118,9 +120,11 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from mmbench.callbacks import LastCheckpoint, MidEpochResume, RNGState
+    from mmbench.callbacks import LastCheckpoint, MidEpochResume, RNGState, ValidationTime
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [RNGState(), MidEpochResume()]
+    validation_time = ValidationTime()
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks += [RNGState(), MidEpochResume(), validation_time]
     callbacks.append(checkpoint_stamp(config_hash))  # checkpoint["config_hash"]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer_cfg = cast(dict, OmegaConf.to_container(cfg.trainer, resolve=True))  # a DictConfig becomes a dict
@@ -142,8 +146,13 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     t0 = time.time()
     with _interrupts(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    train_seconds = time.time() - t0
+    fit_seconds = time.time() - t0
+    # training throughput without the validations inside fit, over the steps this process ran (a resumed
+    # run's earlier steps were timed by the process that ran them)
+    train_seconds = fit_seconds - validation_time.seconds
+    steps_run = trainer.global_step - (resume_step or 0)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    t_test = time.time()
     if cfg.get("test", True):
         # best.ckpt, not last.ckpt (also a ModelCheckpoint, and maybe the first one)
         best = next(
@@ -158,8 +167,10 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
             results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
+    test_seconds = time.time() - t_test
     # the evaluation suite (docs/metrics.md) on the best weights that trainer.test loaded
-    metrics, comp, _ = evaluate_and_publish(
+    t_finish = time.time()
+    metrics, comp, suite_seconds = evaluate_and_publish(
         module,
         dm,
         cast(dict, OmegaConf.to_container(cfg.eval, resolve=True)) if cfg.get("eval") else {},
@@ -170,12 +181,40 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
         title=f"mmbench run {out_dir.name}",
         info={"choices": choices_of(cfg)},
         train_seconds=train_seconds,
-        samples_seen=trainer.global_step * dm.batch_size * trainer.accumulate_grad_batches,
+        samples_seen=steps_run * dm.batch_size * trainer.accumulate_grad_batches,
         evaluate=bool(cfg.get("test", True)),
         publish=trainer.is_global_zero,
     )
+    timing = {
+        "setup_s": t0 - entered,  # data, model, memory check, loggers
+        "train_s": train_seconds,  # trainer.fit without its validations
+        "validation_s": validation_time.seconds,  # the validations inside trainer.fit (sanity check included)
+        "test_s": test_seconds,  # trainer.test
+        "suite_s": suite_seconds or 0.0,  # the evaluation suite
+        "finish_s": time.time() - t_finish - (suite_seconds or 0.0),  # complexity, report.md, loggers' tables
+    }
+    timing = {k: round(v, 3) for k, v in timing.items()}
+    log_timing(timing)
     log.info("metrics: %s", metrics)
-    return metrics, comp
+    return metrics, comp, timing
+
+
+def log_timing(timing: dict[str, float]) -> None:
+    """One line saying where a run's time went, and the share of evaluation (validation, test, suite)."""
+    total = sum(timing.values())
+    evaluation = timing["validation_s"] + timing["test_s"] + timing["suite_s"]
+    log.info(
+        "time: setup %.0f s, training %.0f s, validation %.0f s, test %.0f s, evaluation suite %.0f s, "
+        "finish %.0f s; evaluation %.0f%% of %.0f s",
+        timing["setup_s"],
+        timing["train_s"],
+        timing["validation_s"],
+        timing["test_s"],
+        timing["suite_s"],
+        timing["finish_s"],
+        100 * evaluation / total if total else 0.0,
+        total,
+    )
 
 
 @contextmanager

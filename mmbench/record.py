@@ -191,6 +191,9 @@ class RunRecord:
     run_dir: str | None = None  # the training run the checkpoint is from
     eval_s: float | None = None
     vqa_server_file: str | None = None  # answers for the VQA evaluation server (`vqa_server.questions`)
+    # a training run: where this process's seconds went (pipeline._train: setup_s, train_s, validation_s,
+    # test_s, suite_s, finish_s)
+    timing: dict[str, float] | None = None
     # how a run that did not complete ended
     error: str | None = None
     traceback: str | None = None
@@ -204,7 +207,7 @@ class RunRecord:
                  "versions", "git", "machine", "eval_s", "wall_s"),
     }
     # fmt: on
-    WHEN_SET: ClassVar[tuple[str, ...]] = ("error", "traceback", "vqa_server_file")
+    WHEN_SET: ClassVar[tuple[str, ...]] = ("error", "traceback", "vqa_server_file", "timing")
 
     @classmethod
     def training(cls, *, config_hash: str, choices: dict, overrides: list[str], seed: Any, config: dict) -> RunRecord:

@@ -5,13 +5,14 @@ comes from its spec, and counting a step changes nothing the run computes."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mmbench.callbacks import StepFlops
+from mmbench.callbacks import StepFlops, ValidationTime
 from mmbench.metrics import peak
 from mmbench.metrics.complexity import utilisation
 from mmbench.pipeline import run
@@ -55,6 +56,31 @@ def test_a_training_step_counts_forward_and_backward_flops_by_hand(monkeypatch, 
     assert module.step_cost["steps"] == 3 and module.step_cost["samples"] == 3 * B  # the counted step not timed
     assert module.step_cost["seconds"] > 0
     assert (module.step_cost["peak_flops"], module.step_cost["peak_flops_source"]) == (1e10, "MMBENCH_PEAK_FLOPS")
+
+
+class _SlowValidation(_MLP):
+    """Each validation batch sleeps 0.1 s: the validation time of a fit is known in advance."""
+
+    def validation_step(self, batch, batch_idx):
+        time.sleep(0.1)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader([{"input_ids": x} for x in torch.randn(3 * B, IN)], batch_size=B)
+
+
+def test_validation_time_sums_every_validation_of_a_fit():
+    """2 epochs' validations of 3 batches plus a 2-batch sanity check: 8 sleeps of 0.1 s, nothing of training."""
+    timer = ValidationTime()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        num_sanity_val_steps=2,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(_SlowValidation())
+    assert 0.8 <= timer.seconds < 1.6  # >= the sleeps; the 10 training steps of the tiny MLP are not counted
 
 
 def test_mfu_is_achieved_flops_over_the_peak():

@@ -66,6 +66,9 @@ def test_a_training_record_has_its_keys_in_their_order_and_its_ending_after_them
     record.traceback = "Traceback ..."
     assert list(record.as_dict()) == [*TRAIN_KEYS, "error", "traceback"]
     assert {"torch", "mmbench"} <= set(record.as_dict()["versions"])  # this process's provenance
+    done = _training()
+    done.status, done.timing = "completed", {"setup_s": 1.0, "train_s": 9.0}
+    assert list(done.as_dict()) == [*TRAIN_KEYS, "timing"]  # after the keys metrics.json always had
 
 
 def test_an_evaluation_record_has_its_keys_and_the_server_file_only_when_written():

@@ -119,6 +119,17 @@ def test_named_experiment_on_joblib_runs_jobs_in_parallel_with_one_thread_each(c
     cores = os.cpu_count() or 1
     for name in jobs:
         assert f"torch threads per job: {max(1, cores // 2)}" in (sweep / name / "train.log").read_text()
+    # scripts/sweep_time.py: where the sweep's time went, from the jobs' own `timing`
+    times = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sweep_time.py"), str(sweep), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert times.returncode == 0, times.stderr[-2000:]
+    total = sum(j["wall_s"] for j in jobs.values())
+    assert f"2 jobs; their wall times sum to {total:.0f} s: {total / 2 / 60:.1f} min over 2 workers" in times.stdout
+    assert "| all | 2 |" in times.stdout  # the seed is the only swept key: one group
 
 
 def test_killed_run_resumes_to_the_same_metrics(cache_dir, tmp_path):

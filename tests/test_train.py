@@ -37,6 +37,10 @@ def test_train_and_test_through_compose_api(tiny_cfg):
         assert key in saved["metrics"], key
     assert saved["complexity"]["params"] > 0 and saved["complexity"]["flops_per_sample"] > 0
     assert saved["versions"]["torch"] and saved["seed"] == 0 and saved["wall_s"] > 0
+    timing = saved["timing"]  # where the run's seconds went, each part once: together at most the wall time
+    assert list(timing) == ["setup_s", "train_s", "validation_s", "test_s", "suite_s", "finish_s"]
+    assert min(timing.values()) >= 0 and timing["train_s"] > 0 and timing["validation_s"] > 0
+    assert timing["suite_s"] > 0 and sum(timing.values()) <= saved["wall_s"]
     assert saved["machine"] == machine()  # where the numbers came from (same seed, same machine: same numbers)
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "checkpoints" / "best.ckpt").exists()
     assert (out / "csv" / "metrics.csv").exists()
