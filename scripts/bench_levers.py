@@ -1,4 +1,4 @@
-"""Two speed levers of issue 15 measured on their own, before anything is changed in the models:
+"""Speed levers measured on their own, before anything is changed in the models (issues 15 and 36):
 
     .venv/bin/python scripts/bench_levers.py [--threads 2] [--repeats 7] [--steps 10]
 
@@ -8,6 +8,10 @@
   32 text tokens + 16 patches + [CLS], D=256, 8 heads) and at base width (B=8, D=768, 12 heads);
 * channels-last: the region/grid CNN (`ConvBackbone`, width 32, 3 stages: the default run's) on a
   Shapes-sized batch (B=64, 3 x 48 x 48), NCHW against `torch.channels_last` weights and inputs.
+* seeds in one step: the seeds of one sweep setting (3 copies of a part with their own weights and inputs)
+  trained one after the other, against one step over their stacked weights with `torch.func.vmap`
+  (`stack_module_state` + `functional_call`), for the CNN above and for 4 transformer blocks at the tiny
+  presets' width (D=128, 25 tokens, B=64).
 
 Both sides of a lever start from the same weights (the max |difference| of their first outputs is
 printed, the check that they compute one function), alternate within each repeat, and are timed
@@ -126,6 +130,70 @@ def channels_last(batch: int, image_size: int, width: int, steps: int, repeats: 
     return _compare("channels-last CNN", setting, trainer(nchw, x), trainer(nhwc, x_last), diff, steps, repeats)
 
 
+def seeds_vmap(kind: str, batch: int, seeds: int, steps: int, repeats: int, width: int = 32, dim: int = 128) -> Lever:
+    """`seeds` copies of one part (different weights and inputs, as the seeds of one setting) trained one after
+    the other, against one step over their stacked weights (`torch.func.stack_module_state` + `vmap`; AdamW is
+    elementwise, so one optimizer over the stacked weights is the seeds' optimizers side by side)."""
+    import copy
+
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    if kind == "cnn":
+        from mmbench.models.vision.conv import ConvBackbone
+
+        models = [ConvBackbone(width=width, stages=3) for _ in range(seeds)]
+        inputs = torch.randn(seeds, batch, 3, 48, 48)
+        setting = f"{seeds} x ConvBackbone width {width}, B={batch}, 3x48x48"
+    else:
+        from torch import nn
+
+        from mmbench.models.layers import Block
+
+        def stack() -> nn.Module:
+            return nn.Sequential(*[Block(dim, heads=4) for _ in range(4)])
+
+        models = [stack() for _ in range(seeds)]
+        inputs = torch.randn(seeds, batch, 25, dim)
+        setting = f"{seeds} x 4 Blocks D={dim}, B={batch}, T=25"
+
+    def sequential():
+        opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
+
+        def step():
+            for m, opt, x in zip(models, opts, inputs):
+                opt.zero_grad(set_to_none=True)
+                m(x).pow(2).mean().backward()
+                opt.step()
+
+        return step
+
+    params, buffers = stack_module_state(models)  # name -> (seeds, ...) leaves
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def loss(p, b, x):
+        return functional_call(base, (p, b), (x,)).pow(2).mean()
+
+    batched = vmap(loss)
+
+    def stacked():
+        opt = torch.optim.AdamW(list(params.values()), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            batched(params, buffers, inputs).sum().backward()
+            opt.step()
+
+        return step
+
+    with torch.no_grad():
+        first = torch.stack([models[i](inputs[i]).pow(2).mean() for i in range(seeds)])
+        diff = (first - batched(params, buffers, inputs)).abs().max().item()
+    name = f"seeds in one step (vmap), {'CNN' if kind == 'cnn' else 'transformer'}"
+    return _compare(name, setting, sequential(), stacked(), diff, steps, repeats)
+
+
 def print_table(rows: list[Lever], threads: int) -> None:
     import torch
 
@@ -151,11 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.tiny:
         rows = [fused_qkv(2, 5, 16, 2, args.steps, args.repeats), channels_last(2, 16, 8, args.steps, args.repeats)]
+        rows += [seeds_vmap(k, 2, 2, args.steps, args.repeats, width=8, dim=16) for k in ("cnn", "transformer")]
     else:
         rows = [
             fused_qkv(32, 49, 256, 8, args.steps, args.repeats),
             fused_qkv(8, 49, 768, 12, args.steps, args.repeats),
             channels_last(64, 48, 32, args.steps, args.repeats),
+            seeds_vmap("cnn", 64, 3, args.steps, args.repeats),
+            seeds_vmap("transformer", 64, 3, args.steps, args.repeats),
         ]
     print_table(rows, args.threads)
 

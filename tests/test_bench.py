@@ -55,7 +55,10 @@ def test_levers_compare_one_function_at_tiny_size():
     try:
         spec.loader.exec_module(levers)
         rows = [levers.fused_qkv(2, 5, 16, 2, steps=1, repeats=1), levers.channels_last(2, 16, 8, steps=1, repeats=1)]
+        # seeds stacked and vmapped: each seed's loss is its own model's on its own inputs
+        rows += [levers.seeds_vmap(k, 2, 2, steps=1, repeats=1, width=8, dim=16) for k in ("cnn", "transformer")]
     finally:
         sys.modules.pop(spec.name, None)
     assert rows[0].max_diff <= 1e-6 and rows[1].max_diff <= 1e-4, rows
+    assert rows[2].max_diff <= 1e-6 and rows[3].max_diff <= 1e-6, rows
     assert all(math.isfinite(r.old_ms) and math.isfinite(r.new_ms) and r.old_ms > 0 < r.new_ms for r in rows)
