@@ -431,7 +431,7 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     if cfg.model.get("init_from_required") and not init_from:
         problems.append(
             "this is a later training stage (model.init_from_required): give the run it starts from, its "
-            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the stage-1 run>"
+            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the earlier stage's run>"
         )
     elif cfg.model.get("init_map") and not init_from:
         problems.append(
@@ -439,6 +439,19 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
             "is not set: give the run this stage starts from (its directory or a .ckpt), "
             "e.g. model.init_from=outputs/runs/<the stage-1 run>"
         )
+    init_parts = cfg.model.get("init_parts")
+    if init_parts is not None:
+        unknown = [p for p in init_parts if p not in PART_KEYS] if OmegaConf.is_list(init_parts) else [init_parts]
+        if unknown or not init_parts:
+            problems.append(
+                f"model.init_parts={init_parts}: give a non-empty list of model parts, from {list(PART_KEYS)} "
+                f"(e.g. model.init_parts=[language_model]), or null for every part"
+            )
+        elif not init_from and not cfg.model.get("init_from_required"):  # else said above
+            problems.append(
+                "model.init_parts chooses the parts taken from the run model.init_from starts from, but "
+                "model.init_from is not set: give that run (its directory or a .ckpt)"
+            )
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
         problems.append(
             f"model.init_from={init_from}: no such directory; give a directory written by "
@@ -496,8 +509,8 @@ LM_USERS = {"encoder/text": "encoder.text", "encoder/vision": "encoder.vision", 
 
 
 def _language_model_problems(cfg: DictConfig) -> list[str]:
-    """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix) needs one
-    configured; a configured language model needs a part that runs it (else it is dead weight)."""
+    """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix), or an objective
+    that requires one (a parameter `lm` without a default, e.g. lm_text), needs one configured; a configured language model needs a part that runs it (else it is dead weight)."""
     import inspect
 
     users, needs = [], []
@@ -510,6 +523,10 @@ def _language_model_problems(cfg: DictConfig) -> list[str]:
             users.append(f"{group} '{target.rsplit('.', 1)[-1]}'")
             if param.default is inspect.Parameter.empty:
                 needs.append(users[-1])
+    for name, ocfg in (cfg.get("objective") or {}).items():  # an objective that trains the LM alone (lm_text)
+        param = inspect.signature(get_class(ocfg._target_)).parameters.get("lm") if ocfg.get("_target_") else None
+        if param is not None and param.default is inspect.Parameter.empty:
+            needs.append(f"objective '{name}'")
     has_lm = language_model_node(cfg) is not None
     if needs and not has_lm:
         return [
