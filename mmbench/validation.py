@@ -48,6 +48,39 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def stage_problems(cfg: DictConfig) -> list[str]:
+    """A later training stage without the run it starts from, and the options that need that run
+    (`model.init_map`, `model.init_parts`). Read from the config alone; a multirun checks them once, before any
+    job starts (mmbench/sweep.py, `SweepSummary.on_multirun_start`), as every job would refuse the same."""
+    problems: list[str] = []
+    init_from = cfg.model.get("init_from")
+    if cfg.model.get("init_from_required") and not init_from:
+        problems.append(
+            "this is a later training stage (model.init_from_required): give the run it starts from, its "
+            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the earlier stage's run>"
+        )
+    elif cfg.model.get("init_map") and not init_from:
+        problems.append(
+            "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
+            "is not set: give the run this stage starts from (its directory or a .ckpt), "
+            "e.g. model.init_from=outputs/runs/<the stage-1 run>"
+        )
+    init_parts = cfg.model.get("init_parts")
+    if init_parts is not None:
+        unknown = [p for p in init_parts if p not in PART_KEYS] if OmegaConf.is_list(init_parts) else [init_parts]
+        if unknown or not init_parts:
+            problems.append(
+                f"model.init_parts={init_parts}: give a non-empty list of model parts, from {list(PART_KEYS)} "
+                f"(e.g. model.init_parts=[language_model]), or null for every part"
+            )
+        elif not init_from and not cfg.model.get("init_from_required"):  # else said above
+            problems.append(
+                "model.init_parts chooses the parts taken from the run model.init_from starts from, but "
+                "model.init_from is not set: give that run (its directory or a .ckpt)"
+            )
+    return problems
+
+
 def _size_problems(cfg: DictConfig) -> list[str]:
     sizes = cfg.model.get("sizes")
     size = cfg.model.get("size")
@@ -427,31 +460,8 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _eval_problems(cfg)
     problems += _monitor_problems(cfg)
     problems += _search_problems(cfg)
+    problems += stage_problems(cfg)
     init_from = cfg.model.get("init_from")
-    if cfg.model.get("init_from_required") and not init_from:
-        problems.append(
-            "this is a later training stage (model.init_from_required): give the run it starts from, its "
-            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the earlier stage's run>"
-        )
-    elif cfg.model.get("init_map") and not init_from:
-        problems.append(
-            "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
-            "is not set: give the run this stage starts from (its directory or a .ckpt), "
-            "e.g. model.init_from=outputs/runs/<the stage-1 run>"
-        )
-    init_parts = cfg.model.get("init_parts")
-    if init_parts is not None:
-        unknown = [p for p in init_parts if p not in PART_KEYS] if OmegaConf.is_list(init_parts) else [init_parts]
-        if unknown or not init_parts:
-            problems.append(
-                f"model.init_parts={init_parts}: give a non-empty list of model parts, from {list(PART_KEYS)} "
-                f"(e.g. model.init_parts=[language_model]), or null for every part"
-            )
-        elif not init_from and not cfg.model.get("init_from_required"):  # else said above
-            problems.append(
-                "model.init_parts chooses the parts taken from the run model.init_from starts from, but "
-                "model.init_from is not set: give that run (its directory or a .ckpt)"
-            )
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
         problems.append(
             f"model.init_from={init_from}: no such directory; give a directory written by "

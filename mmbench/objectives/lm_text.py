@@ -79,12 +79,16 @@ class TextLM(LM):
         super().__init__(dim, vocab_size, pad_id, label_smoothing=label_smoothing, weight=weight, lm=lm)
         self.texts, self.max_offset = tuple(texts), int(max_offset)
 
+    def draw_offset(self) -> int:
+        """The first position of this batch's texts: uniform in [0, max_offset] in training, 0 in evaluation."""
+        return int(torch.randint(0, self.max_offset + 1, ()).item()) if self.training and self.max_offset else 0
+
     def text_states(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The language model's states (B, T, H) of texts ids (B, T), alone, from position `offset` on."""
         lm = model.language_model
         assert lm is not None  # the constructor refused a model without one
         embeds, keys = lm.embed(ids), mask.bool()  # (B, T, H), (B, T)
-        offset = int(torch.randint(0, self.max_offset + 1, ()).item()) if self.training and self.max_offset else 0
+        offset = self.draw_offset()
         if offset:  # masked padding first: the text's positions start at `offset`, its attention is unchanged
             B, T, H = embeds.shape
             embeds = torch.cat([embeds.new_zeros(B, offset, H), embeds], 1)  # (B, offset + T, H)
