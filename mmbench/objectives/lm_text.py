@@ -22,7 +22,7 @@ text of the frozen LM (10 tokens for LLaVA's prefix at Shapes' 48 px). Evaluatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,9 +100,10 @@ class TextLM(LM):
     ) -> ObjectiveOutput:
         # `text` and `image` (the step's shared features) are unused: the language model reads the ids alone
         logits, targets, answer = [], [], None
+        fields = cast("dict[str, torch.Tensor]", batch)  # read by the names in TEXTS
         for name in self.texts:
             ids_key, mask_key = TEXTS[name]
-            ids, mask = batch[ids_key], batch[mask_key]  # (B, T) "[CLS] text [SEP] [PAD]..."
+            ids, mask = fields[ids_key], fields[mask_key]  # (B, T) "[CLS] text [SEP] [PAD]..."
             h = self.text_states(model, ids, mask)  # (B, T, H)
             valid = mask[:, 1:].bool()  # (B, T-1) position t predicts a real token t+1
             logits.append(self.head_logits(model, h[:, :-1][valid]))  # (N, vocab)

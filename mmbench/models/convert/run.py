@@ -84,12 +84,16 @@ class RunInit:
         state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
         theirs = {self._renamed(k[len("model.") :]): v for k, v in state.items() if k.startswith("model.")}
         ours = model.state_dict()
-        chosen = (lambda key: True) if self.parts is None else (lambda key: key.split(".")[0] in self.parts)
-        if self.parts is not None:
+        parts = self.parts
+
+        def chosen(key: str) -> bool:  # a tensor of a part model.init_parts takes
+            return parts is None or key.split(".")[0] in parts
+
+        if parts is not None:
             missing = sorted(k for k in ours if chosen(k) and k not in theirs)
             if missing:
                 raise ValueError(
-                    f"model.init_from={self.path}: model.init_parts={list(self.parts)} takes these parts from the "
+                    f"model.init_from={self.path}: model.init_parts={list(parts)} takes these parts from the "
                     f"checkpoint, but it lacks {len(missing)} of their tensors, e.g. {missing[0]}; give a run that "
                     f"trained them, or leave the part out of model.init_parts (it then starts from its initialisation)"
                 )
