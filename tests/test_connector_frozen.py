@@ -95,6 +95,32 @@ def test_lm_text_loss_is_the_next_token_cross_entropy_of_every_text_token_and_se
     )
 
 
+def test_lm_text_in_the_stage_zero_model_reads_no_pixel(cache_dir, tmp_path):
+    """Through experiment=lm_stage0's whole model (ViT and connector built): other pixel_values give other
+    image features and the same loss, metrics and gradients of the LM."""
+    cfg = compose_cfg(["experiment=lm_stage0", *TINY_PARTS], tmp_path)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.info).eval()
+    objective = module.objectives["lm_text"]
+    batch = next(iter(dm.val_dataloader()))
+    other = {**batch, "pixel_values": torch.randn_like(batch["pixel_values"])}
+    outs, grads = [], []
+    for b in (batch, other):
+        text, image = module.model.encode_text(b["input_ids"], b["attention_mask"]), module.model.encode_image(b)
+        out = objective(module.model, b, text, image, StepContext())
+        module.model.zero_grad()
+        out.loss.backward()
+        outs.append((out, image.tokens.detach()))
+        lm_params = module.model.language_model.parameters()
+        grads.append(torch.cat([p.grad.flatten() for p in lm_params if p.grad is not None]))
+    (first, image_a), (second, image_b) = outs
+    assert not torch.allclose(image_a, image_b)  # the images differ where the model encodes them
+    assert torch.equal(first.loss, second.loss) and torch.equal(grads[0], grads[1])
+    assert all(torch.equal(first.metrics[k], second.metrics[k]) for k in first.metrics)
+    assert len(grads[0]) == sum(p.numel() for p in module.model.language_model.parameters())
+    assert all(p.grad is None for p in module.model.vision_encoder.parameters())  # no gradient reaches the ViT
+
+
 def test_lm_text_offset_puts_the_texts_at_later_positions_and_nothing_else():
     """Training texts at offset k, after k masked positions, score as the same LM with its position table
     shifted by k runs them at 0: the padding before them is not attended to."""
