@@ -302,3 +302,14 @@ def test_cli_chain_stage_zero_then_stage_one(cache_dir, tmp_path):
         record = json.loads((job / "metrics.json").read_text())
         assert record["status"] == "completed" and "test/vqa_generative/acc" in record["metrics"]
         assert json.loads((job / "init_from.json").read_text())["parts"] == ["language_model"]
+
+
+def test_lm_text_without_a_language_model_is_refused_by_validation():
+    from mmbench.config import ConfigError
+    from mmbench.validation import validate
+
+    with pytest.raises(ConfigError, match="objective 'lm_text' use a language model but none is configured"):
+        validate(compose_cfg(["model=vilt", "objective=[lm_text]"]))
+    with pytest.raises(ConfigError, match=r"texts=\['nope'\]: give a non-empty list from \['caption', 'qa'\]"):
+        validate(compose_cfg(["experiment=lm_stage0", "objective.lm_text.texts=[nope]"]))
+    validate(compose_cfg(["experiment=lm_stage0"]))
