@@ -148,9 +148,8 @@ def summarize(sweep_dir: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 class SweepSummary(Callback):
-    """Names the sweep directory at the start of a multirun, and refuses (exit code 2) a sweep whose every job
-    would refuse its config for the same reason (a later stage without `model.init_from`); at its end prints
-    every failed or unfinished job with its error and exits with code 1 if there is any."""
+    """Names the sweep directory at the start of a multirun; at its end prints every failed or
+    unfinished job with its error and exits with code 1 if there is any."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         task = list(config.hydra.overrides.task)
@@ -161,13 +160,6 @@ class SweepSummary(Callback):
         # interpreter (joblib, submitit), which inherit the environment
         os.environ[_SWEEP_ENV], os.environ[_SWEPT_ENV] = name, "\n".join(swept)
         os.environ[_REFUSALS_ENV] = str(_refusals_file(config))
-        if not {"model.init_from", "model.init_parts", "model.init_map"} & set(swept):
-            from mmbench.validation import stage_problems
-
-            problems = stage_problems(config)  # what every job would refuse: once, before any job starts (exit 2)
-            if problems:
-                print("mmbench: invalid configuration:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-                sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

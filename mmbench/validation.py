@@ -16,9 +16,11 @@ training step that would not fit in memory after the model is built (mmbench/mem
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,7 +53,7 @@ def validate(cfg: DictConfig) -> None:
 def stage_problems(cfg: DictConfig) -> list[str]:
     """A later training stage without the run it starts from, and the options that need that run
     (`model.init_map`, `model.init_parts`). Read from the config alone; a multirun checks them once, before any
-    job starts (mmbench/sweep.py, `SweepSummary.on_multirun_start`), as every job would refuse the same."""
+    job starts (`StageCheck`), as every job would refuse the same."""
     problems: list[str] = []
     init_from = cfg.model.get("init_from")
     if cfg.model.get("init_from_required") and not init_from:
@@ -79,6 +81,27 @@ def stage_problems(cfg: DictConfig) -> list[str]:
                 "model.init_from is not set: give that run (its directory or a .ckpt)"
             )
     return problems
+
+
+class StageCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): refuses a multirun whose every job would refuse its config for
+    the same reason, a later stage without the run it starts from (`stage_problems`), once and before any job
+    starts or any data is prepared: one message and exit code 2, as a single run. Skipped when the sweep varies
+    `model.init_from`, `model.init_parts` or `model.init_map` itself (each job then checks its own)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mmbench.sweep import swept_keys
+
+        params = config.hydra.sweeper.get("params")
+        swept = swept_keys(
+            list(config.hydra.overrides.task), cast(dict, OmegaConf.to_container(params)) if params else {}
+        )
+        if {"model.init_from", "model.init_parts", "model.init_map"} & set(swept):
+            return
+        problems = stage_problems(config)
+        if problems:
+            print("mmbench: invalid configuration:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+            sys.exit(2)
 
 
 def _size_problems(cfg: DictConfig) -> list[str]:
