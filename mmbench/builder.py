@@ -85,7 +85,8 @@ def pretrained_init(cfg: DictConfig):
 
     checkpoint = run_checkpoint(str(name))
     if checkpoint is not None:
-        return RunInit(checkpoint, dict(cfg.model.get("init_map") or {}))
+        parts = cfg.model.get("init_parts")
+        return RunInit(checkpoint, dict(cfg.model.get("init_map") or {}), None if parts is None else tuple(parts))
     from mmbench.models.convert import PretrainedInit
 
     return PretrainedInit.resolve(name)
@@ -125,8 +126,8 @@ def _build_model(cfg: DictConfig, info: DataInfo, init) -> MultimodalModel:
         if mult != 1.0:
             lr_mult[name] = mult
     model = MultimodalModel(**built, dim=cfg.model.dim, frozen=tuple(frozen), lr_mult=lr_mult)
-    if init is not None:
-        init.load(model)
+    if init is not None:  # what was loaded and what was not: written by the run to init_from.json
+        model.init_report = init.load(model)
     for name, settings in lora.items():  # after the pretrained weights: the adapters wrap the loaded layers
         if settings.r:
             _add_lora(model, name, settings)

@@ -21,7 +21,7 @@ from mmbench.checkpoints import CheckpointError, csv_history, load_checkpoint, r
 from mmbench.config import ConfigError, choices_of
 from mmbench.distributed import SavedLaunch, ddp_cleanup, ddp_single_run, global_rank
 from mmbench.finish import close_wandb, evaluate_and_publish
-from mmbench.record import Diverged, Interrupted, RunRecord
+from mmbench.record import Diverged, Interrupted, RunRecord, write_metrics
 from mmbench.rundir import checkpoint_stamp, config_identity
 from mmbench.validation import validate
 
@@ -113,6 +113,8 @@ def _train(cfg: DictConfig, out_dir: Path, config_hash: str, launch: SavedLaunch
     assert dm.info is not None  # set by the datamodule's setup
     dm.check_train_batch()  # a batch larger than the training split, once its size is known: before any model
     module = build_module(cfg, dm.info)
+    if module.model.init_report is not None and global_rank() == 0:  # a load from a run: what it took, what it did not
+        write_metrics(out_dir / "init_from.json", module.model.init_report)
     if cfg.trainer.get("memory_check", True):  # a step that would not fit in memory, before training (memory.py)
         from mmbench.memory import check_memory
 

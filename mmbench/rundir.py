@@ -114,11 +114,14 @@ def _drop_ignored(tree: dict) -> dict:
 
 # Options that compute nothing when switched off: dropped from the identity while off, so a run started before
 # the option existed keeps its identity and resumes after an upgrade. `data.augment` (no crop, no flip) and
-# every model part's `lora` node (r = 0).
+# every model part's `lora` node (r = 0), `model.init_parts` (null: every part).
 def _drop_inert(tree: dict) -> dict:
     augment = _get(tree, "data.augment")
     if isinstance(augment, dict) and augment.get("crop_scale") is None and not augment.get("flip"):
         tree["data"].pop("augment")
+    model = tree.get("model")
+    if isinstance(model, dict) and "init_parts" in model and model["init_parts"] is None:  # every part: as before it
+        model.pop("init_parts")
     for node in _dicts(tree):
         if isinstance(node.get("lora"), dict) and not node["lora"].get("r"):
             node.pop("lora")

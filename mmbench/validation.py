@@ -16,9 +16,11 @@ training step that would not fit in memory after the model is built (mmbench/mem
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +48,60 @@ def validate(cfg: DictConfig) -> None:
         problems = _pairing_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def stage_problems(cfg: DictConfig) -> list[str]:
+    """A later training stage without the run it starts from, and the options that need that run
+    (`model.init_map`, `model.init_parts`). Read from the config alone; a multirun checks them once, before any
+    job starts (`StageCheck`), as every job would refuse the same."""
+    problems: list[str] = []
+    init_from = cfg.model.get("init_from")
+    if cfg.model.get("init_from_required") and not init_from:
+        problems.append(
+            "this is a later training stage (model.init_from_required): give the run it starts from, its "
+            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the earlier stage's run>"
+        )
+    elif cfg.model.get("init_map") and not init_from:
+        problems.append(
+            "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
+            "is not set: give the run this stage starts from (its directory or a .ckpt), "
+            "e.g. model.init_from=outputs/runs/<the stage-1 run>"
+        )
+    init_parts = cfg.model.get("init_parts")
+    if init_parts is not None:
+        unknown = [p for p in init_parts if p not in PART_KEYS] if OmegaConf.is_list(init_parts) else [init_parts]
+        if unknown or not init_parts:
+            problems.append(
+                f"model.init_parts={init_parts}: give a non-empty list of model parts, from {list(PART_KEYS)} "
+                f"(e.g. model.init_parts=[language_model]), or null for every part"
+            )
+        elif not init_from and not cfg.model.get("init_from_required"):  # else said above
+            problems.append(
+                "model.init_parts chooses the parts taken from the run model.init_from starts from, but "
+                "model.init_from is not set: give that run (its directory or a .ckpt)"
+            )
+    return problems
+
+
+class StageCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): refuses a multirun whose every job would refuse its config for
+    the same reason, a later stage without the run it starts from (`stage_problems`), once and before any job
+    starts or any data is prepared: one message and exit code 2, as a single run. Skipped when the sweep varies
+    `model.init_from`, `model.init_parts` or `model.init_map` itself (each job then checks its own)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mmbench.sweep import swept_keys
+
+        params = config.hydra.sweeper.get("params")
+        swept = swept_keys(
+            list(config.hydra.overrides.task), cast(dict, OmegaConf.to_container(params)) if params else {}
+        )
+        if {"model.init_from", "model.init_parts", "model.init_map"} & set(swept):
+            return
+        problems = stage_problems(config)
+        if problems:
+            print("mmbench: invalid configuration:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+            sys.exit(2)
 
 
 def _size_problems(cfg: DictConfig) -> list[str]:
@@ -427,18 +483,8 @@ def _pairing_problems(cfg: DictConfig) -> list[str]:
     problems += _eval_problems(cfg)
     problems += _monitor_problems(cfg)
     problems += _search_problems(cfg)
+    problems += stage_problems(cfg)
     init_from = cfg.model.get("init_from")
-    if cfg.model.get("init_from_required") and not init_from:
-        problems.append(
-            "this is a later training stage (model.init_from_required): give the run it starts from, its "
-            "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the stage-1 run>"
-        )
-    elif cfg.model.get("init_map") and not init_from:
-        problems.append(
-            "model.init_map renames the tensors of the run model.init_from starts from, but model.init_from "
-            "is not set: give the run this stage starts from (its directory or a .ckpt), "
-            "e.g. model.init_from=outputs/runs/<the stage-1 run>"
-        )
     if init_from and _looks_like_path(str(init_from)) and not Path(str(init_from)).expanduser().exists():
         problems.append(
             f"model.init_from={init_from}: no such directory; give a directory written by "
@@ -496,8 +542,8 @@ LM_USERS = {"encoder/text": "encoder.text", "encoder/vision": "encoder.vision", 
 
 
 def _language_model_problems(cfg: DictConfig) -> list[str]:
-    """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix) needs one
-    configured; a configured language model needs a part that runs it (else it is dead weight)."""
+    """A part that runs a language model (a constructor parameter `lm`, e.g. fusion=prefix), or an objective
+    that requires one (a parameter `lm` without a default, e.g. lm_text), needs one configured; a configured language model needs a part that runs it (else it is dead weight)."""
     import inspect
 
     users, needs = [], []
@@ -510,6 +556,10 @@ def _language_model_problems(cfg: DictConfig) -> list[str]:
             users.append(f"{group} '{target.rsplit('.', 1)[-1]}'")
             if param.default is inspect.Parameter.empty:
                 needs.append(users[-1])
+    for name, ocfg in (cfg.get("objective") or {}).items():  # an objective that trains the LM alone (lm_text)
+        param = inspect.signature(get_class(ocfg._target_)).parameters.get("lm") if ocfg.get("_target_") else None
+        if param is not None and param.default is inspect.Parameter.empty:
+            needs.append(f"objective '{name}'")
     has_lm = language_model_node(cfg) is not None
     if needs and not has_lm:
         return [

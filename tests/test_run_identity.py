@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import open_dict
 
 from mmbench.rundir import IDENTITY_FILE, config_identity, wandb_run_id
 from tests.conftest import ROOT, TINY, compose_cfg
@@ -95,16 +96,24 @@ def test_a_matched_size_row_is_part_of_its_own_runs_identity_only(tmp_path):
 
 
 def test_options_switched_off_leave_the_identity_of_a_run_from_before_they_existed():
-    """`data.augment` with no crop and no flip, and a part's `lora` with r=0, compute nothing: a config without
+    """`data.augment` with no crop and no flip, a part's `lora` with r=0 and `model.init_parts=null`, compute nothing: a config without
     the nodes (a run started before they existed) has the same identity, so it resumes after an upgrade;
     switched on, they change it."""
     for preset in ([], ["model=llava"]):
         today = config_identity(compose_cfg(preset))[0]
         before = ["~data.augment", *(["~language_model.lora"] if preset else [])]
         assert config_identity(compose_cfg([*preset, *before]))[0] == today
+        without = compose_cfg(preset)
+        with open_dict(without):  # `~model.init_parts` cannot delete it in composition (conf/train.yaml sets it)
+            del without.model["init_parts"]
+        assert config_identity(without)[0] == today
         assert config_identity(compose_cfg([*preset, "data.augment.crop_scale=[0.5,1.0]"]))[0] != today
     assert (
         config_identity(compose_cfg(["model=llava", "language_model.lora.r=8"]))[0]
+        != config_identity(compose_cfg(["model=llava"]))[0]
+    )
+    assert (
+        config_identity(compose_cfg(["model=llava", "model.init_parts=[language_model]"]))[0]
         != config_identity(compose_cfg(["model=llava"]))[0]
     )
 

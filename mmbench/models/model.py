@@ -69,6 +69,8 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"unknown model part(s) {unknown}; this model's parts are {present}")
         self.frozen = tuple(frozen)
         self.lr_mult = {part: float(m) for part, m in (lr_mult or {}).items()}
+        #: what `model.init_from` loaded into this model and what it did not (mmbench/models/convert/run.py); None: no run
+        self.init_report: dict | None = None
         for part in self.frozen:
             getattr(self, part).requires_grad_(False)
         self.train()

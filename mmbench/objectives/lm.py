@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class LM(Objective):
-    requires = ("text_tokens", "causal_text")
+    requires: tuple[str, ...] = ("text_tokens", "causal_text")
     #: generates captions for the captioning protocol (a subclass trained on other texts sets False)
     captions = True
 

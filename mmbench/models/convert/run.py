@@ -12,6 +12,15 @@ tuning everything. Each stage is a run; the next one starts from the previous ru
 * the model's other tensors keep their fresh initialisation (e.g. the projector into the LM), and the
   checkpoint's tensors this model has no place for are dropped (e.g. stage 1's text tower); one log line
   lists both, by part. Objective heads are not carried over (each stage trains its own objectives).
+* `model.init_parts` (a list of part names, e.g. `[language_model]`; default null: every part) takes the
+  tensors of those parts only, and each of them must be in the checkpoint (a missing one is an error):
+  a partial load by choice. The checkpoint's tensors of the other parts are left out even where this model
+  has a place for them (e.g. the untrained vision encoder and connector of a text-only LM pretraining run,
+  experiment=lm_stage0), and those parts keep their fresh initialisation.
+
+`load` returns a report (the checkpoint, the chosen parts, and the names loaded, left fresh, left out by
+`init_parts`, and not in this model); the run writes it to `init_from.json` in its directory
+(mmbench/pipeline.py) and logs one line of it by part, so no partial load is silent.
 
 The sizes, vocabulary and parts come from this run's config, unchanged (`adjust` is the identity); the
 tokenizer is the same as long as both stages use the same data (the Shapes tokenizer is cached per data
@@ -52,6 +61,7 @@ def _parts(keys) -> str:
 class RunInit:
     path: Path  # the checkpoint file
     rename: dict[str, str]  # old prefix -> new prefix
+    parts: tuple[str, ...] | None = None  # the parts whose tensors are taken (model.init_parts); None: all
 
     @property
     def name(self) -> str:
@@ -70,11 +80,24 @@ class RunInit:
         return key
 
     def load(self, model) -> dict:
-        """Load the matching tensors into `model`; returns the loaded and the skipped names."""
+        """Load the matching tensors into `model`; returns the report (see the module docstring)."""
         state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
         theirs = {self._renamed(k[len("model.") :]): v for k, v in state.items() if k.startswith("model.")}
         ours = model.state_dict()
-        loaded = {k: v for k, v in theirs.items() if k in ours}
+        parts = self.parts
+
+        def chosen(key: str) -> bool:  # a tensor of a part model.init_parts takes
+            return parts is None or key.split(".")[0] in parts
+
+        if parts is not None:
+            missing = sorted(k for k in ours if chosen(k) and k not in theirs)
+            if missing:
+                raise ValueError(
+                    f"model.init_from={self.path}: model.init_parts={list(parts)} takes these parts from the "
+                    f"checkpoint, but it lacks {len(missing)} of their tensors, e.g. {missing[0]}; give a run that "
+                    f"trained them, or leave the part out of model.init_parts (it then starts from its initialisation)"
+                )
+        loaded = {k: v for k, v in theirs.items() if k in ours and chosen(k)}
         wrong = [
             f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in loaded.items() if v.shape != ours[k].shape
         ]
@@ -85,13 +108,24 @@ class RunInit:
             )
         model.load_state_dict(loaded, strict=False)
         fresh = sorted(k for k in ours if k not in loaded)
+        excluded = sorted(k for k in theirs if k in ours and not chosen(k))
         dropped = sorted(k for k in theirs if k not in ours)
         log.info(
-            "model.init_from=%s: loaded %d tensors: %s; initialised fresh: %s; not in this model: %s",
+            "model.init_from=%s (model.init_parts=%s): loaded %d tensors: %s; initialised fresh: %s; "
+            "left out by model.init_parts: %s; not in this model: %s",
             self.path,
+            "all" if self.parts is None else list(self.parts),
             len(loaded),
             _parts(loaded),
             _parts(fresh),
+            _parts(excluded),
             _parts(dropped),
         )
-        return {"loaded": sorted(loaded), "fresh": fresh, "dropped": dropped}
+        return {
+            "checkpoint": str(self.path),
+            "parts": None if self.parts is None else list(self.parts),
+            "loaded": sorted(loaded),
+            "fresh": fresh,
+            "excluded": excluded,
+            "dropped": dropped,
+        }
