@@ -69,7 +69,7 @@ def test_lm_text_loss_is_the_next_token_cross_entropy_of_every_text_token_and_se
     out = objective(model, batch, _no_image(), _no_image(), StepContext())
 
     # by hand: each text run alone, unpadded; token t+1 scored from position t, every token after [CLS]
-    nll, hits, n, answer_hits, answer_n = 0.0, 0, 0, 0, 0
+    nll, hits, n, answer_hits, answer_n, first_hits = 0.0, 0, 0, 0, 0, 0
     for ids_key, mask_key in (("input_ids", "attention_mask"), ("qa_ids", "qa_mask")):
         for row in range(2):
             ids = batch[ids_key][row][batch[mask_key][row].bool()]  # (L,) real tokens only
@@ -81,11 +81,14 @@ def test_lm_text_loss_is_the_next_token_cross_entropy_of_every_text_token_and_se
                 hits, n = hits + hit, n + 1
                 if ids_key == "qa_ids" and t + 1 >= batch["answer_start"][row]:
                     answer_hits, answer_n = answer_hits + hit, answer_n + 1
+                if ids_key == "qa_ids" and t + 1 == batch["answer_start"][row]:
+                    first_hits += hit
     assert n == 4 + 3 + 4 + 4  # the question tokens are targets too, the answers and [SEP]
     assert out.loss.item() == pytest.approx(nll / n, rel=1e-5)
     assert out.metrics["ppl"].item() == pytest.approx(math.exp(nll / n), rel=1e-5)
     assert out.metrics["acc"].item() == pytest.approx(hits / n)
     assert out.metrics["answer_acc"].item() == pytest.approx(answer_hits / answer_n)
+    assert out.metrics["first_answer_acc"].item() == pytest.approx(first_hits / 2)  # one first token per row
 
     # a known number: with no word embeddings the tied head scores every token 0, so the loss is log(vocab)
     with torch.no_grad():

@@ -11,8 +11,9 @@ ignored). Teacher forcing on the texts `texts` names:
 Loss: the next-token cross-entropy over every real token after [CLS] of every text, one mean over all those
 tokens (a question's tokens are targets too, and its answer's: the LM learns the answers' prior from the
 questions alone). Metrics: `ppl` and `acc` over the same tokens, and with `qa`, `answer_acc`, next-token
-accuracy on the answer tokens and [SEP] only, the tokens the vqa_gen objective scores: the text-only
-(blind) floor of generative VQA.
+accuracy on the answer tokens and [SEP] only, the tokens the vqa_gen objective scores, and `first_answer_acc`,
+on the answer's first token alone (a one-word answer's word, [SEP] left out): the text-only (blind) floor of
+generative VQA, comparable with the data's blind question prior.
 
 `max_offset` > 0 starts the texts of a training batch at a random position in [0, max_offset] (one draw per
 batch; masked padding before them, which no text token attends to), so the position embeddings after 0 learn
@@ -99,7 +100,7 @@ class TextLM(LM):
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
     ) -> ObjectiveOutput:
         # `text` and `image` (the step's shared features) are unused: the language model reads the ids alone
-        logits, targets, answer = [], [], None
+        logits, targets, answer, first = [], [], None, None
         fields = cast("dict[str, torch.Tensor]", batch)  # read by the names in TEXTS
         for name in self.texts:
             ids_key, mask_key = TEXTS[name]
@@ -111,6 +112,7 @@ class TextLM(LM):
             if name == "qa":  # the answer tokens and [SEP], as vqa_gen scores them
                 target_pos = torch.arange(1, ids.shape[1], device=ids.device)  # (T-1,)
                 answer = (target_pos[None, :] >= batch["answer_start"][:, None])[valid]  # (N,) bool
+                first = (target_pos[None, :] == batch["answer_start"][:, None])[valid]  # (N,) the answer's first token
         all_logits, all_targets = torch.cat(logits), torch.cat(targets)  # (N, vocab), (N,) over every text
         loss = F.cross_entropy(all_logits, all_targets, label_smoothing=self.label_smoothing)
         with torch.no_grad():
@@ -118,5 +120,7 @@ class TextLM(LM):
             metrics = {"ppl": nll.detach().exp(), "acc": (all_logits.argmax(-1) == all_targets).float().mean()}
             if answer is not None:
                 i = self.texts.index("qa")
-                metrics["answer_acc"] = (logits[i].argmax(-1) == targets[i])[answer].float().mean()
+                hit = logits[i].argmax(-1) == targets[i]  # (N,)
+                metrics["answer_acc"] = hit[answer].float().mean()
+                metrics["first_answer_acc"] = hit[first].float().mean()  # a one-word answer's word: the blind floor
         return ObjectiveOutput(loss, metrics)
