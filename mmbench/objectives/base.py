@@ -150,7 +150,7 @@ class CaptionGenerator(Protocol):
 
 @runtime_checkable
 class ImageGenerator(Protocol):
-    """Draws images from captions (text-to-image: `t2i_diffusion`): the `t2i` protocol. Returns (B, 3, H, W) in the
+    """Draws images from captions (text-to-image: `t2i_diffusion`, `t2i_ar`): the `t2i` protocol. Returns (B, 3, H, W) in the
     data's `pixel_values` normalisation ([-1, 1]), seeded by `generator` (one, or one per caption); guidance / steps
     None = the objective's configured ones. (Not `generate`: `CaptionGenerator` has that name, and a runtime
     Protocol check compares names only.)"""
