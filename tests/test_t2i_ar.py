@@ -59,7 +59,7 @@ def _cond(objective: T2IAR, text: Features):
 
 
 def test_nearest_code_and_the_codebook_and_commitment_losses_on_a_hand_made_case():
-    vq = VectorQuantizer(3, 2)
+    vq = VectorQuantizer(3, 2, normalize=False)
     with torch.no_grad():
         vq.codebook.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
     # two grid vectors (B=1, D=2, h=1, w=2): (0.9, 0.1) is nearest code 1 (squared distance 0.02, vs 0.82 and
@@ -83,6 +83,20 @@ def test_nearest_code_and_the_codebook_and_commitment_losses_on_a_hand_made_case
     torch.testing.assert_close(vq.codebook.weight.grad, expected)
 
 
+def test_the_normalised_lookup_is_by_cosine_and_gives_unit_codes():
+    vq = VectorQuantizer(2, 2, normalize=True)
+    with torch.no_grad():
+        vq.codebook.weight.copy_(torch.tensor([[10.0, 0.0], [0.6, 0.8]]))
+    # (1, 1): nearer (0.6, 0.8) in Euclidean distance as given, but by cosine (unit vectors) too; (3, 0.1): code 0
+    # by cosine although (0.6, 0.8) is nearer to it unnormalised (distance^2 6.25 vs 49.01)
+    z_e = torch.tensor([[1.0, 3.0], [1.0, 0.1]])[None, :, None, :]  # (1, 2, 1, 2)
+    q = vq(z_e)
+    assert q.codes.tolist() == [[[1, 0]]]
+    torch.testing.assert_close(q.z[0, :, 0].t(), torch.tensor([[0.6, 0.8], [1.0, 0.0]]))  # unit-length codes
+    unit = torch.nn.functional.normalize(z_e, dim=1)
+    torch.testing.assert_close(q.commitment_loss, ((unit - q.z) ** 2).mean())
+
+
 def test_the_straight_through_gradient_reaches_the_encoder_as_if_quantisation_were_the_identity():
     torch.manual_seed(0)
     tok = VQTokenizer(**TOKENIZER)
@@ -91,7 +105,9 @@ def test_the_straight_through_gradient_reaches_the_encoder_as_if_quantisation_we
     assert q.codes.shape == (2, 4, 4) and torch.equal(q.codes.flatten(1), tok.tokenize(x))
     recon.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tok.encoder.parameters())
-    # d loss / d z_e is exactly d loss / d z_q: the decoder's input gradient, passed through unchanged
+    # d loss / d z_e is exactly d loss / d z_q: the decoder's input gradient, passed through unchanged (without
+    # the normalisation, whose own Jacobian would come between)
+    tok = VQTokenizer(**TOKENIZER, normalize=False)
     z_e = tok.encoder(x).detach().requires_grad_(True)
     z_q = tok.quantizer.lookup(tok.quantizer.nearest(z_e.permute(0, 2, 3, 1))).detach().requires_grad_(True)
     tok.decoder(tok.quantizer(z_e).z).square().mean().backward()
@@ -235,7 +251,7 @@ def test_same_seed_same_images_and_per_caption_generators_do_not_depend_on_the_b
 
 def test_the_stage_two_tokenizer_defaults_are_the_stage_one_settings_and_bad_settings_are_refused():
     cfg = compose_cfg(["objective=[t2i_vqvae,t2i_ar]"])
-    assert {k: cfg.objective.t2i_vqvae[k] for k in ("channels", "codes", "code_dim")} == dict(
+    assert {k: cfg.objective.t2i_vqvae[k] for k in ("channels", "codes", "code_dim", "normalize")} == dict(
         cfg.objective.t2i_ar.tokenizer
     )
     for override, words in (

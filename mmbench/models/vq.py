@@ -40,25 +40,38 @@ class Quantized(NamedTuple):
     commitment_loss: torch.Tensor  # scalar, ||z_e - sg[z_q]||^2 (mean): keeps the encoder near its codes
 
 
+class L2Norm(nn.Module):
+    """Each vector (along the last dimension) scaled to unit length."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour lookup into a learned codebook (K, D), with the VQ-VAE losses and the straight-through
-    estimator."""
+    estimator. With `normalize`, the encoder's vectors and the codes are scaled to unit length before the lookup
+    and the losses (ViT-VQGAN's l2-normalised codes, Yu et al., 2022): the nearest code is then the most similar
+    by cosine, and no code can sit unused far from every encoder output, the usual cause of codebook collapse.
+    Measured on Shapes at 48 px (batch 64, lr 1e-3, 300 steps, tokenizer alone): 37 of 512 codes used in a batch
+    with it, 22 without, at the same reconstruction error (0.016); both still far from the whole codebook."""
 
-    def __init__(self, codes: int, code_dim: int):
+    def __init__(self, codes: int, code_dim: int, normalize: bool = True):
         super().__init__()
         self.codebook = nn.Embedding(codes, code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / codes, 1.0 / codes)  # the reference implementation's init
+        self.norm = L2Norm() if normalize else nn.Identity()
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Code ids (...,) of the codebook entries nearest to vectors z (..., D), by squared Euclidean distance
         (ties: the lowest id)."""
-        e = self.codebook.weight  # (K, D)
-        flat = z.reshape(-1, z.shape[-1])  # (M, D)
+        e = self.norm(self.codebook.weight)  # (K, D)
+        flat = self.norm(z.reshape(-1, z.shape[-1]))  # (M, D)
         d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]  # (M, K)
         return d.argmin(1).view(z.shape[:-1])
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
         """z_e (B, D, h, w) -> `Quantized`."""
+        z_e = self.norm(z_e.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, D, h, w), unit length with `normalize`
         codes = self.nearest(z_e.permute(0, 2, 3, 1))  # (B, h, w)
         z_q = self.lookup(codes)  # (B, D, h, w)
         codebook_loss = F.mse_loss(z_q, z_e.detach())
@@ -67,8 +80,8 @@ class VectorQuantizer(nn.Module):
         return Quantized(z, codes, codebook_loss, commitment_loss)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Code ids (B, h, w) -> their codebook vectors (B, D, h, w)."""
-        return self.codebook(codes).permute(0, 3, 1, 2)
+        """Code ids (B, h, w) -> their codebook vectors (B, D, h, w) (unit length with `normalize`)."""
+        return self.norm(self.codebook(codes)).permute(0, 3, 1, 2)
 
 
 class VQTokenizer(nn.Module):
@@ -81,6 +94,7 @@ class VQTokenizer(nn.Module):
         channels: Sequence[int] = (32, 64),
         codes: int = 512,
         code_dim: int = 32,
+        normalize: bool = True,
         key: str = "",
     ) -> list[str]:
         widths = list(channels) if isinstance(channels, Sequence) and not isinstance(channels, str) else []
@@ -97,7 +111,9 @@ class VQTokenizer(nn.Module):
             )
         return problems
 
-    def __init__(self, channels: Sequence[int] = (32, 64), codes: int = 512, code_dim: int = 32):
+    def __init__(
+        self, channels: Sequence[int] = (32, 64), codes: int = 512, code_dim: int = 32, normalize: bool = True
+    ):
         super().__init__()
         widths = list(channels)
         self.levels, self.codes = len(widths), codes
@@ -106,7 +122,7 @@ class VQTokenizer(nn.Module):
             down += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         top = widths[-1]
         self.encoder = nn.Sequential(*down, nn.Conv2d(top, top, 3, padding=1), nn.ReLU(), nn.Conv2d(top, code_dim, 1))
-        self.quantizer = VectorQuantizer(codes, code_dim)
+        self.quantizer = VectorQuantizer(codes, code_dim, normalize)
         up: list[nn.Module] = [nn.Conv2d(code_dim, top, 3, padding=1), nn.ReLU()]
         for c_in, c_out in zip(widths[::-1], [*widths[-2::-1], widths[0]], strict=True):
             up += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]

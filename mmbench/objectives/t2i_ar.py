@@ -161,9 +161,12 @@ class T2IAR(Objective):
         **settings,
     ) -> list[str]:
         tokenizer = dict(tokenizer or {})
-        unknown = sorted(set(tokenizer) - {"channels", "codes", "code_dim"})
+        unknown = sorted(set(tokenizer) - {"channels", "codes", "code_dim", "normalize"})
         if unknown:
-            return [f"tokenizer.{unknown[0]}: not a tokenizer setting; the tokenizer takes channels, codes, code_dim"]
+            return [
+                f"tokenizer.{unknown[0]}: not a tokenizer setting; the tokenizer takes channels, codes, code_dim, "
+                "normalize"
+            ]
         problems = VQTokenizer.setting_problems(image_size, key="tokenizer.", **tokenizer)
         problems += problems_of(
             number_problem("dim", dim, "a width >= 1, e.g. 128", low=1, integer=True),

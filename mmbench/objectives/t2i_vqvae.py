@@ -63,6 +63,7 @@ class T2IVQVAE(Objective):
         channels: Sequence[int] = (32, 64),
         codes: int = 512,
         code_dim: int = 32,
+        normalize: bool = True,
         beta: float = 0.25,
         weight: float = 1.0,
     ):
@@ -73,7 +74,7 @@ class T2IVQVAE(Objective):
         )
         raise_problems("T2IVQVAE", problems)
         self.beta = float(beta)
-        self.tokenizer = VQTokenizer(channels, codes, code_dim)
+        self.tokenizer = VQTokenizer(channels, codes, code_dim, normalize)
 
     def forward(
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
