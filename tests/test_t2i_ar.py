@@ -325,6 +325,10 @@ def test_stage_one_then_stage_two_through_init_from_with_the_t2i_metrics(stage1,
     wrong = compose_cfg([*STAGE2, f"model.init_from={out1}", "objective.t2i_ar.tokenizer.codes=64"])
     with pytest.raises(ValueError, match="must be the earlier run's"):
         build_module(wrong, build_datamodule(wrong).info)
+    # ... and so is one that would read the codes otherwise (normalize, kept in the state dict as a flag)
+    other = compose_cfg([*STAGE2, f"model.init_from={out1}", "objective.t2i_ar.tokenizer.normalize=false"])
+    with pytest.raises(ValueError, match="normalized is False here but True in"):
+        build_module(other, build_datamodule(other).info)
 
 
 def test_a_stage_two_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(stage1, monkeypatch, tmp_path):

@@ -60,6 +60,8 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Embedding(codes, code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / codes, 1.0 / codes)  # the reference implementation's init
         self.norm = L2Norm() if normalize else nn.Identity()
+        # in the state dict, so that a later stage built with the other setting is refused when it loads these codes
+        self.register_buffer("normalized", torch.tensor(bool(normalize)))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Code ids (...,) of the codebook entries nearest to vectors z (..., D), by squared Euclidean distance

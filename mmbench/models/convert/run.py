@@ -54,6 +54,11 @@ def run_checkpoint(name: str) -> Path | None:
     return None
 
 
+def _described(tensor: torch.Tensor) -> str:
+    """A tensor's shape, or its value when it is a non-float scalar (a setting kept in the state dict)."""
+    return str(tensor.item()) if tensor.dim() == 0 and not tensor.is_floating_point() else str(tuple(tensor.shape))
+
+
 def _parts(keys) -> str:
     counts = Counter(k.split(".")[0] for k in keys)
     return ", ".join(f"{part} ({n})" for part, n in sorted(counts.items())) or "none"
@@ -156,9 +161,10 @@ class RunInit:
                     )
                 for k in needed:
                     tensor = state[theirs + k[len(own) :]]
-                    if tensor.shape != ours[k].shape:
+                    differs = not tensor.is_floating_point() and not torch.equal(tensor, ours[k])  # a setting's flag
+                    if tensor.shape != ours[k].shape or differs:
                         raise ValueError(
-                            f"objective '{name}': {k} is {tuple(ours[k].shape)} here but {tuple(tensor.shape)} in "
+                            f"objective '{name}': {k} is {_described(ours[k])} here but {_described(tensor)} in "
                             f"model.init_from={self.path}: its settings must be the earlier run's (the same sizes)"
                         )
                     found[k] = tensor
