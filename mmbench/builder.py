@@ -157,6 +157,21 @@ def _add_lora(model: MultimodalModel, name: str, settings: LoraSettings) -> None
     )
 
 
+def _load_inherited(init, objectives: dict[str, Objective]) -> None:
+    """The state that later-stage objectives take from the earlier run of `model.init_from` (`Objective.inherits`)."""
+    later = [name for name, o in objectives.items() if o.from_earlier_run]
+    if not later:
+        return
+    from mmbench.models.convert.run import RunInit
+
+    if not isinstance(init, RunInit):
+        raise ValueError(
+            f"objective '{later[0]}' is a later training stage: it loads part of its state from an earlier mmbench "
+            "run; give that run's directory (or a .ckpt) as model.init_from"
+        )
+    init.load_objectives(objectives)
+
+
 def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     init = pretrained_init(cfg)  # resolved once, for the model and the objectives
     if init is not None:  # objective heads are built at the checkpoint's widths and vocabulary too
@@ -171,6 +186,7 @@ def build_module(cfg: DictConfig, info: DataInfo) -> MMBenchModule:
     ) in order:  # sizes from the data (vocabulary, answers, labels) and from the built model (MRM's target width)
         ocfg = cfg.objective[name]
         objectives[name] = instantiate(ocfg, **data_kwargs(ocfg, info), **model_kwargs(ocfg, model))
+    _load_inherited(init, objectives)
     module = MMBenchModule(
         model=model,
         objectives=objectives,

@@ -51,12 +51,21 @@ def validate(cfg: DictConfig) -> None:
 
 
 def stage_problems(cfg: DictConfig) -> list[str]:
-    """A later training stage without the run it starts from, and the options that need that run
+    """A later training stage (`model.init_from_required`, or an objective that takes part of its state from the
+    earlier run, `Objective.from_earlier_run`) without the run it starts from, and the options that need that run
     (`model.init_map`, `model.init_parts`). Read from the config alone; a multirun checks them once, before any
     job starts (`StageCheck`), as every job would refuse the same."""
     problems: list[str] = []
     init_from = cfg.model.get("init_from")
-    if cfg.model.get("init_from_required") and not init_from:
+    objectives = cfg.get("objective") or {}
+    later = [name for name, ocfg in objectives.items() if getattr(get_class(ocfg._target_), "from_earlier_run", False)]
+    if later and not init_from:
+        problems.append(
+            f"objective '{later[0]}' is a later training stage: it loads part of its state from an earlier run "
+            "(e.g. t2i_ar its image tokenizer, trained by objective t2i_vqvae); give that run, its directory or a "
+            ".ckpt: model.init_from=outputs/runs/<the stage-1 run> (experiment=t2i_ar_stage1, then t2i_ar_stage2)"
+        )
+    elif cfg.model.get("init_from_required") and not init_from:
         problems.append(
             "this is a later training stage (model.init_from_required): give the run it starts from, its "
             "directory or a .ckpt, e.g. model.init_from=outputs/runs/<the earlier stage's run>"

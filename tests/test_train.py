@@ -106,7 +106,7 @@ def _cli(args, cwd, timeout=600):
         ("fusion=nope", "Available options in 'fusion'"),
         (
             "objective=[itc,nope]",
-            "available options in 'objective': classify, itc, itm, lm, mlm, mrm, nlvr2, t2i_diffusion, vqa",
+            "available options in 'objective': classify, itc, itm, lm, lm_text, mlm, mrm, nlvr2, t2i_ar, t2i_diffusion, t2i_vqvae, vqa",
         ),
         ("model.sizes.tiny.patch_size=7", "not divisible by patch size 7"),
         ("objective.mlm.weight=-1", "objective.mlm.weight=-1"),

@@ -12,7 +12,7 @@ Protocols (one file each in this package) run when the model can serve them:
 | diagnostics | a pair scorer, `match_*` columns (Winoground: the data's counterfactual renderer) | `<split>/diagnostics/...`               |
 | captioning  | a caption generator (`generate`)        | `<split>/captioning/...`                |
 | zeroshot    | ITC, the data's classes (`data.zeroshot_classes`) | `<split>/zeroshot/...`                  |
-| t2i         | an ImageGenerator (t2i_diffusion), the data's oracle (`data.t2i_oracle`) | `<split>/t2i/...`  |
+| t2i         | an ImageGenerator (t2i_diffusion, t2i_ar), the data's oracle (`data.t2i_oracle`) | `<split>/t2i/...`  |
 | robustness  | any of the above                        | `<split>/robustness/...`                |
 
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out

@@ -18,7 +18,7 @@ generator seeded `seed + k` (an image does not depend on the captions generated 
 With `return_predictions` (the suite's `Samples`) it also returns the first `SAMPLES` images with their captions
 and whether the oracle judged each caption true: the grid `t2i_samples.png` of the run directory and W&B.
 
-Needs an `ImageGenerator` objective (t2i_diffusion) and a data config that offers an oracle (`data.t2i_oracle`);
+Needs an `ImageGenerator` objective (t2i_diffusion, t2i_ar) and a data config that offers an oracle (`data.t2i_oracle`);
 otherwise `Unavailable` says which.
 """
 
@@ -42,7 +42,7 @@ SAMPLES = 16  # generated images kept for the run's sample grid
 
 
 def image_generator(module) -> ImageGenerator | None:
-    """The objective that draws images from captions (t2i_diffusion), or None."""
+    """The objective that draws images from captions (t2i_diffusion, t2i_ar), or None."""
     return next((o for o in module.objectives.values() if isinstance(o, ImageGenerator)), None)
 
 
@@ -75,7 +75,7 @@ def t2i(
     return_predictions: bool = False,
 ) -> dict[str, float] | tuple[dict[str, float], list]:
     if image_generator(module) is None:
-        raise Unavailable("needs an image generator: the t2i_diffusion objective")
+        raise Unavailable("needs an image generator: the t2i_diffusion or t2i_ar objective")
     if inputs.t2i_oracle is None:
         raise Unavailable("the data offers no scene oracle to read generated images (data.t2i_oracle; Shapes has one)")
     dataset = inputs.dataset

@@ -54,6 +54,16 @@ class Objective(nn.Module):
     #: (ITM, which sees both modalities jointly, outranks ITC's cosine similarity)
     pair_score_rank: int = 0
 
+    #: a later training stage: part of this objective's state comes from the run `model.init_from` names (`inherits`),
+    #: so config validation refuses the objective without model.init_from
+    from_earlier_run: bool = False
+
+    def inherits(self) -> dict[str, str]:
+        """{prefix of this objective's state dict: prefix of the earlier run's (Lightning) state dict} of the tensors
+        loaded from the run of `model.init_from` (mmbench/models/convert/run.py `RunInit.load_objectives`); every
+        tensor under these prefixes must be found there. Objective heads are otherwise not carried over."""
+        return {}
+
     @classmethod
     def setting_problems(cls, *, weight: float = 1.0, **settings) -> list[str]:
         """What is wrong with these constructor settings, from the settings alone (mmbench/checks.py): the
@@ -140,7 +150,7 @@ class CaptionGenerator(Protocol):
 
 @runtime_checkable
 class ImageGenerator(Protocol):
-    """Draws images from captions (text-to-image: `t2i_diffusion`): the `t2i` protocol. Returns (B, 3, H, W) in the
+    """Draws images from captions (text-to-image: `t2i_diffusion`, `t2i_ar`): the `t2i` protocol. Returns (B, 3, H, W) in the
     data's `pixel_values` normalisation ([-1, 1]), seeded by `generator` (one, or one per caption); guidance / steps
     None = the objective's configured ones. (Not `generate`: `CaptionGenerator` has that name, and a runtime
     Protocol check compares names only.)"""

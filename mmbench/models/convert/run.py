@@ -11,7 +11,9 @@ tuning everything. Each stage is a run; the next one starts from the previous ru
   its shape (the stages share their sizes: a different width is an error naming the tensor);
 * the model's other tensors keep their fresh initialisation (e.g. the projector into the LM), and the
   checkpoint's tensors this model has no place for are dropped (e.g. stage 1's text tower); one log line
-  lists both, by part. Objective heads are not carried over (each stage trains its own objectives).
+  lists both, by part. Objective heads are not carried over (each stage trains its own objectives), except
+  what an objective declares it takes from the earlier run (`Objective.inherits`, `load_objectives`: e.g.
+  objective t2i_ar's frozen image tokenizer, trained by stage 1's objective t2i_vqvae); all of that must be there.
 * `model.init_parts` (a list of part names, e.g. `[language_model]`; default null: every part) takes the
   tensors of those parts only, and each of them must be in the checkpoint (a missing one is an error):
   a partial load by choice. The checkpoint's tensors of the other parts are left out even where this model
@@ -50,6 +52,11 @@ def run_checkpoint(name: str) -> Path | None:
     if (path / "checkpoints").is_dir():
         return next((path / "checkpoints" / c for c in CHECKPOINTS if (path / "checkpoints" / c).is_file()), None)
     return None
+
+
+def _described(tensor: torch.Tensor) -> str:
+    """A tensor's shape, or its value when it is a non-float scalar (a setting kept in the state dict)."""
+    return str(tensor.item()) if tensor.dim() == 0 and not tensor.is_floating_point() else str(tuple(tensor.shape))
 
 
 def _parts(keys) -> str:
@@ -129,3 +136,39 @@ class RunInit:
             "excluded": excluded,
             "dropped": dropped,
         }
+
+    def load_objectives(self, objectives: dict) -> dict[str, list[str]]:
+        """Load into each objective the tensors it `inherits` from the checkpoint; every tensor under the
+        declared prefixes must be there at its shape. Returns the loaded names per objective."""
+        wanted = {name: o.inherits() for name, o in objectives.items() if o.inherits()}
+        if not wanted:
+            return {}
+        state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
+        loaded: dict[str, list[str]] = {}
+        for name, inherits in wanted.items():
+            objective = objectives[name]
+            ours = objective.state_dict()
+            found: dict[str, torch.Tensor] = {}
+            for own, theirs in inherits.items():
+                needed = [k for k in ours if k.startswith(own)]
+                missing = [k for k in needed if theirs + k[len(own) :] not in state]
+                if missing:
+                    raise ValueError(
+                        f"objective '{name}' takes its {own.rstrip('.')} from the run of model.init_from={self.path}, "
+                        f"but that checkpoint has no {theirs + missing[0][len(own) :]} ({len(missing)} of "
+                        f"{len(needed)} tensors missing): give a run that trained it (the stage-1 experiment of this "
+                        f"recipe, see its header comment)"
+                    )
+                for k in needed:
+                    tensor = state[theirs + k[len(own) :]]
+                    differs = not tensor.is_floating_point() and not torch.equal(tensor, ours[k])  # a setting's flag
+                    if tensor.shape != ours[k].shape or differs:
+                        raise ValueError(
+                            f"objective '{name}': {k} is {_described(ours[k])} here but {_described(tensor)} in "
+                            f"model.init_from={self.path}: its settings must be the earlier run's (the same sizes)"
+                        )
+                    found[k] = tensor
+            objective.load_state_dict(found, strict=False)
+            loaded[name] = sorted(found)
+            log.info("model.init_from=%s: objective %s loaded %d tensors (%s)", self.path, name, len(found), inherits)
+        return loaded
