@@ -39,6 +39,9 @@ STAGE2 = ["experiment=t2i_ar_stage2", *BASE, "objective.t2i_ar.tokenizer.channel
 STAGE2 += ["objective.t2i_ar.tokenizer.codes=32", "objective.t2i_ar.tokenizer.code_dim=8"]
 STAGE2 += ["objective.t2i_ar.dim=16", "objective.t2i_ar.depth=1", "objective.t2i_ar.heads=2"]
 STAGE2 += ["eval.t2i.max_images=2"]
+# last.ckpt after every step, so that a run stopped before step 3 (of 4) resumes mid-epoch from step 3's state
+# (at the default interval of 100 steps it would have no checkpoint and rerun from scratch)
+MID_EPOCH_CHECKPOINTS = ["callbacks.last_checkpoint.every_n_train_steps=1"]
 
 
 def _objective(**settings) -> T2IAR:
@@ -437,9 +440,9 @@ def test_stage_one_then_stage_two_through_init_from_with_the_t2i_metrics(stage1,
 
 
 def test_a_stage_two_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(stage1, monkeypatch, tmp_path):
-    args = [*STAGE2, f"model.init_from={stage1[0]}", "eval.protocols=[]"]
+    args = [*STAGE2, f"model.init_from={stage1[0]}", "eval.protocols=[]", *MID_EPOCH_CHECKPOINTS]
     reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
-    resumed = stopped_then_resumed(args, tmp_path / "stopped", 2, monkeypatch)
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 3, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU
 
@@ -449,7 +452,8 @@ def test_a_stage_one_run_with_ema_codes_stopped_mid_epoch_resumes_to_the_uninter
 ):
     # the EMA statistics are buffers (in the checkpoint) and the restarts draw from torch's generator, whose state
     # the checkpoint holds too: the resumed run's codes are the uninterrupted run's
-    reference = run(compose_cfg(STAGE1, tmp_path / "uninterrupted"))
-    resumed = stopped_then_resumed(STAGE1, tmp_path / "stopped", 2, monkeypatch)
+    args = [*STAGE1, *MID_EPOCH_CHECKPOINTS]
+    reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 3, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU
