@@ -128,8 +128,10 @@ class VectorQuantizer(nn.Module):
         K, d = self.codebook.num_embeddings, self.ema_decay
         z = z.float()
         onehot = F.one_hot(codes, K).type_as(z)  # (M, K)
+        with torch.autocast(z.device.type, enabled=False):  # the sums in float32 under mixed precision too
+            sums = onehot.t() @ z  # (K, D) s_k
         self.cluster_size.mul_(d).add_(onehot.sum(0), alpha=1 - d)  # N_k <- d N_k + (1 - d) n_k
-        self.cluster_sum.mul_(d).add_(onehot.t() @ z, alpha=1 - d)  # S_k <- d S_k + (1 - d) s_k
+        self.cluster_sum.mul_(d).add_(sums, alpha=1 - d)  # S_k <- d S_k + (1 - d) s_k
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (total + K * self.eps) * total  # (K,) Laplace smoothing
         self.codebook.weight.copy_(self.cluster_sum / smoothed[:, None])
