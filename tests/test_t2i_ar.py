@@ -1,7 +1,8 @@
 """objective=t2i_vqvae then objective=t2i_ar (DALL-E-style text-to-image in two stages): the VQ-VAE's lookup and losses
 on a hand-made codebook, the straight-through gradient, the transformer's causality and padding invariance, the KV
 cache against the full pass, guidance, top-k and seeds of the sampler, and the two stages chained through
-model.init_from (the t2i protocol scoring stage 2; a stage-2 run stopped and resumed; refusals)."""
+model.init_from (the t2i protocol scoring stage 2; a stage-2 run stopped and resumed; refusals); the EMA codebook
+update and dead-code restarts on hand-made batches, and a stage-1 run with them stopped and resumed."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ STAGE2 = ["experiment=t2i_ar_stage2", *BASE, "objective.t2i_ar.tokenizer.channel
 STAGE2 += ["objective.t2i_ar.tokenizer.codes=32", "objective.t2i_ar.tokenizer.code_dim=8"]
 STAGE2 += ["objective.t2i_ar.dim=16", "objective.t2i_ar.depth=1", "objective.t2i_ar.heads=2"]
 STAGE2 += ["eval.t2i.max_images=2"]
+# last.ckpt after every step, so that a run stopped before step 3 (of 4) resumes mid-epoch from step 3's state
+# (at the default interval of 100 steps it would have no checkpoint and rerun from scratch)
+MID_EPOCH_CHECKPOINTS = ["callbacks.last_checkpoint.every_n_train_steps=1"]
 
 
 def _objective(**settings) -> T2IAR:
@@ -120,7 +124,7 @@ def test_code_statistics_and_the_stage_one_loss():
     torch.testing.assert_close(perplexity, torch.tensor(2**1.5))  # exp(1.5 ln 2)
     assert usage.item() == 0.75
     torch.manual_seed(0)
-    objective = T2IVQVAE(image_size=16, **TOKENIZER, beta=0.25)
+    objective = T2IVQVAE(image_size=16, **TOKENIZER, beta=0.25).eval()  # eval: the EMA would move the codes
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     out = objective(None, {"pixel_values": x}, None, None, StepContext())
     recon, q = objective.tokenizer(x)
@@ -128,6 +132,88 @@ def test_code_statistics_and_the_stage_one_loss():
     torch.testing.assert_close(out.loss, expected)
     assert set(out.metrics) == {"recon", "codebook", "commitment", "perplexity", "usage"}
     assert 1 <= out.metrics["perplexity"] <= K and 0 < out.metrics["usage"] <= 1
+    # the default codebook_update=ema has no codebook term; loss has it
+    assert out.metrics["codebook"].item() == 0 and not objective.tokenizer.quantizer.codebook.weight.requires_grad
+    torch.manual_seed(0)
+    by_loss = T2IVQVAE(image_size=16, **TOKENIZER, beta=0.25, codebook_update="loss")  # train mode: no EMA
+    out = by_loss(None, {"pixel_values": x}, None, None, StepContext())
+    recon, q = by_loss.tokenizer(x)
+    torch.testing.assert_close(out.loss, ((recon - x) ** 2).mean() + q.codebook_loss + 0.25 * q.commitment_loss)
+    assert q.codebook_loss > 0 and by_loss.tokenizer.quantizer.codebook.weight.requires_grad
+    assert "cluster_size" not in dict(by_loss.tokenizer.quantizer.named_buffers())
+
+
+def test_the_ema_update_on_a_hand_made_batch_is_the_smoothed_moving_average():
+    vq = VectorQuantizer(3, 2, normalize=False, ema_decay=0.5, dead_below=0.0)  # 0: no restarts here
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    with torch.no_grad():
+        vq.codebook.weight.copy_(codebook)
+        vq.cluster_size.copy_(torch.tensor([2.0, 1.0, 3.0]))
+        vq.cluster_sum.copy_(torch.tensor([[0.2, 0.2], [1.0, 0.0], [0.0, 6.0]]))
+    # three grid vectors: (0.9, 0.1) and (1.1, -0.1) nearest code 1, (0.2, 1.5) code 2; none code 0
+    z_e = torch.tensor([[0.9, 1.1, 0.2], [0.1, -0.1, 1.5]])[None, :, None, :]  # (1, 2, 1, 3)
+    q = vq.train()(z_e)
+    assert q.codes.tolist() == [[[1, 1, 2]]]
+    torch.testing.assert_close(q.z[0, :, 0].t(), codebook[[1, 1, 2]])  # the codes before the update
+    assert q.codebook_loss.item() == 0 and not vq.codebook.weight.requires_grad  # no codebook loss term
+    # n = (0, 2, 1), s = (0, 0), (2, 0), (0.2, 1.5); N = 0.5 N + 0.5 n, S = 0.5 S + 0.5 s
+    size = torch.tensor([1.0, 1.5, 2.0])
+    total = torch.tensor([[0.1, 0.1], [1.5, 0.0], [0.1, 3.75]])
+    torch.testing.assert_close(vq.cluster_size, size)
+    torch.testing.assert_close(vq.cluster_sum, total)
+    eps = vq.eps
+    smoothed = (size + eps) / (4.5 + 3 * eps) * 4.5  # Laplace smoothing, sum of N = 4.5
+    torch.testing.assert_close(vq.codebook.weight, total / smoothed[:, None])
+    torch.testing.assert_close(vq.codebook.weight[1], torch.tensor([1.0, 0.0]), atol=1e-4, rtol=0)  # ~ S / N
+    # evaluation mode, and the stage-2 entry points, update nothing
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    vq.eval()(z_e)
+    vq.train().nearest(z_e.permute(0, 2, 3, 1))
+    assert all(torch.equal(v, before[k]) for k, v in vq.state_dict().items())
+
+
+def test_a_dead_code_restarts_at_an_encoder_output_of_the_batch_and_live_codes_are_untouched():
+    def quantizer() -> VectorQuantizer:
+        vq = VectorQuantizer(3, 2, normalize=False, ema_decay=0.9, dead_below=1.0).train()
+        with torch.no_grad():
+            vq.codebook.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+            vq.cluster_size.copy_(torch.tensor([5.0, 5.0, 1.05]))  # code 2: 0.9 * 1.05 < 1 when unused
+            vq.cluster_sum.copy_(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 2.1]]))
+        return vq
+
+    z_e = torch.tensor([[0.1, 0.9, 1.1, -0.1], [0.0, 0.1, -0.1, 0.1]])[None, :, None, :]  # codes 0, 1, 1, 0
+    vectors = z_e[0, :, 0].t()  # (4, 2)
+    vq = quantizer()
+    torch.manual_seed(0)
+    q = vq(z_e)
+    assert q.codes.tolist() == [[[0, 1, 1, 0]]]
+    size = torch.tensor([0.9 * 5 + 0.1 * 2, 0.9 * 5 + 0.1 * 2, 1.0])  # code 2 restarted: N = dead_below
+    torch.testing.assert_close(vq.cluster_size, size)
+    restarted = vq.codebook.weight[2].clone()
+    assert any(torch.equal(restarted, v) for v in vectors), restarted  # one of the batch's encoder outputs
+    torch.testing.assert_close(vq.cluster_sum[2], restarted)  # S = dead_below * e: the code is its own mean
+    live = torch.tensor([[0.0, 0.01], [0.9 * 5 + 0.1 * 2.0, 0.0]])  # S of codes 0 and 1: 0.9 S + 0.1 s
+    torch.testing.assert_close(vq.cluster_sum[:2], live)
+    total = size.sum()
+    smoothed = (size[:2] + vq.eps) / (total + 3 * vq.eps) * total
+    torch.testing.assert_close(vq.codebook.weight[:2], live / smoothed[:, None])  # the EMA means, not restarted
+    # the draw is from torch's global generator (seeded by Lightning): the same seed restarts at the same vector
+    again = quantizer()
+    torch.manual_seed(0)
+    again(z_e)
+    assert torch.equal(again.codebook.weight, vq.codebook.weight)
+
+
+def test_the_first_training_batch_starts_every_code_at_the_data():
+    torch.manual_seed(0)
+    tok = VQTokenizer(**TOKENIZER, ema_decay=0.99).train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    tok(x)
+    z = torch.nn.functional.normalize(tok.encoder(x).permute(0, 2, 3, 1).flatten(0, 2), dim=-1)  # (32, D)
+    assert torch.equal(tok.quantizer.cluster_size, torch.ones(K))  # all K were below 1 after one step: restarted
+    distance = (tok.quantizer.codebook.weight[:, None] - z[None]).norm(dim=-1)  # (K, 32)
+    assert (distance.min(1).values < 1e-6).all()  # every code is one of the batch's (unit) encoder outputs
+    assert len({tuple(v.tolist()) for v in tok.quantizer.codebook.weight}) == K  # distinct ones (32 >= 16)
 
 
 # ---- stage 2: the transformer
@@ -182,6 +268,19 @@ def test_the_loss_is_the_cross_entropy_of_the_tokenizer_codes():
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes.flatten()))
     assert not any(p.requires_grad for p in objective.tokenizer.parameters())  # frozen
     assert isinstance(objective, ImageGenerator)
+
+
+def test_the_stage_two_tokenizer_is_bit_identical_after_training_steps_in_train_mode():
+    objective = _objective(caption_dropout=0.5).train()
+    assert not any("cluster" in k for k in objective.tokenizer.state_dict())  # no EMA state: nothing to update
+    before = {k: v.clone() for k, v in objective.tokenizer.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(3):
+        text, x = _text(4, seed=step), torch.rand(4, 3, 16, 16) * 2 - 1
+        objective(None, {"pixel_values": x}, text, text, StepContext()).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(v, before[k]) for k, v in objective.tokenizer.state_dict().items())
 
 
 def test_caption_dropout_gives_the_null_condition_in_training_only():
@@ -266,6 +365,13 @@ def test_the_stage_two_tokenizer_defaults_are_the_stage_one_settings_and_bad_set
         assert words in str(err.value), str(err.value)
     with pytest.raises(ConfigError, match="divisible by 8, but it is 44"):
         validate(compose_cfg(["objective=[t2i_vqvae]", "data.image_size=44", "objective.t2i_vqvae.channels=[8,8,8]"]))
+    for override, words in (
+        ("objective.t2i_vqvae.codebook_update=kmeans", "codebook_update=kmeans: one of ema, loss"),
+        ("objective.t2i_vqvae.ema_decay=1", "ema_decay=1"),
+        ("objective.t2i_vqvae.dead_below=-1", "dead_below=-1"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            validate(compose_cfg(["objective=[t2i_vqvae]", override]))
 
 
 def test_stage_two_without_init_from_exits_2_before_any_data(tmp_path):
@@ -303,7 +409,9 @@ def test_stage_one_then_stage_two_through_init_from_with_the_t2i_metrics(stage1,
     metrics1 = record1["metrics"]
     assert math.isfinite(metrics1["test/t2i_vqvae/recon"]) and 1 <= metrics1["test/t2i_vqvae/perplexity"] <= 32
     trained = _tokenizer_state(out1 / "checkpoints" / "best.ckpt", "objectives.t2i_vqvae.tokenizer.")
-    assert len(trained) > 0
+    statistics = {"quantizer.cluster_size", "quantizer.cluster_sum"}  # stage 1's EMA state (codebook_update=ema)
+    assert statistics <= set(trained) and trained["quantizer.cluster_size"].sum() > 0
+    trained = {k: v for k, v in trained.items() if k not in statistics}  # stage 2 takes the codes, not the EMA
 
     cfg = compose_cfg([*STAGE2, f"model.init_from={out1}"], tmp_path / "stage2")
     validate(cfg)
@@ -332,8 +440,20 @@ def test_stage_one_then_stage_two_through_init_from_with_the_t2i_metrics(stage1,
 
 
 def test_a_stage_two_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(stage1, monkeypatch, tmp_path):
-    args = [*STAGE2, f"model.init_from={stage1[0]}", "eval.protocols=[]"]
+    args = [*STAGE2, f"model.init_from={stage1[0]}", "eval.protocols=[]", *MID_EPOCH_CHECKPOINTS]
     reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
-    resumed = stopped_then_resumed(args, tmp_path / "stopped", 2, monkeypatch)
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 3, monkeypatch)
+    assert resumed["status"] == "completed"
+    assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU
+
+
+def test_a_stage_one_run_with_ema_codes_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(
+    cache_dir, monkeypatch, tmp_path
+):
+    # the EMA statistics are buffers (in the checkpoint) and the restarts draw from torch's generator, whose state
+    # the checkpoint holds too: the resumed run's codes are the uninterrupted run's
+    args = [*STAGE1, *MID_EPOCH_CHECKPOINTS]
+    reference = run(compose_cfg(args, tmp_path / "uninterrupted"))
+    resumed = stopped_then_resumed(args, tmp_path / "stopped", 3, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU

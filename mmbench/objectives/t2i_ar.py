@@ -3,7 +3,9 @@
 The image tokenizer is stage 1's VQ-VAE (mmbench/models/vq.py, trained by `objective=t2i_vqvae`), loaded from
 that run through `model.init_from` (its `objectives.<tokenizer_from>.tokenizer.*` tensors; `inherits` below,
 mmbench/models/convert/run.py) and frozen: requires_grad False, and it has no train-time behaviour to switch off
-(no dropout, no batch norm, no EMA buffers). An image (B, 3, H, W) becomes N = h * w code ids, row-major.
+(no dropout, no batch norm; it is built without stage 1's EMA codebook update, so it loads the codes, encoder and
+decoder and leaves stage 1's `cluster_size` / `cluster_sum` statistics behind, and only `tokenize` and `decode`
+are called). An image (B, 3, H, W) becomes N = h * w code ids, row-major.
 
 The sequence is [caption condition ; image codes]: the condition is the text encoder's tokens (the step's shared
 `text`, so every text encoder composes with it) projected to the transformer's width, with a learned position
