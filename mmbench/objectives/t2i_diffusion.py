@@ -42,7 +42,7 @@ from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.outputs import Features
-from mmbench.objectives.base import Objective, ObjectiveOutput
+from mmbench.objectives.base import Objective, ObjectiveOutput, null_condition
 
 if TYPE_CHECKING:
     from mmbench.data.batch import Batch
@@ -228,14 +228,8 @@ class T2IDiffusion(Objective):
         return self.noise_scheduler.add_noise(x0, noise, t)
 
     def condition(self, text: Features, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context (B, T, D), mask (B, T)): the caption tokens, the null condition in the rows where `drop` (B,) is
-        True (the learned token at position 0, every other position zero and masked out)."""
-        B, T, D = text.tokens.shape
-        null = torch.cat([self.null_token.to(text.tokens.dtype).expand(B, 1, D), text.tokens.new_zeros(B, T - 1, D)], 1)
-        null_mask = torch.arange(T, device=text.mask.device)[None, :].expand(B, T) == 0  # (B, T) position 0 only
-        context = torch.where(drop[:, None, None], null, text.tokens)  # (B, T, D)
-        mask = torch.where(drop[:, None], null_mask, text.mask.bool())  # (B, T)
-        return context, mask
+        """(tokens (B, T, D), mask (B, T)): the caption tokens, the null condition where `drop` (B,) is True."""
+        return null_condition(text, self.null_token, drop)
 
     def forward(
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
