@@ -38,7 +38,7 @@ def _capabilities(target: str):
 def validate(cfg: DictConfig) -> None:
     """Refuse a config that cannot run, from the config alone (no data is read, nothing is built):
     every problem found, in one `ConfigError`."""
-    problems = _size_problems(cfg)
+    problems = missing_problems(cfg) or _size_problems(cfg)
     if problems:  # every model width interpolates the chosen size: nothing else can be read
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     problems = _value_problems(cfg)
@@ -48,6 +48,17 @@ def validate(cfg: DictConfig) -> None:
         problems = _pairing_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def missing_problems(cfg: DictConfig) -> list[str]:
+    """The experiment's own required values (a top-level `???`, e.g. experiment=t2i_sweep's `t2i_tokenizer`) that
+    nobody gave: checked first, as whatever interpolates them cannot be read."""
+    return [
+        f"{key} has no value, and this experiment needs one: give it on the command line, {key}=... (the "
+        f"experiment's config file, conf/experiment/, says what it names)"
+        for key in map(str, cfg)
+        if key != "hydra" and OmegaConf.is_missing(cfg, key)
+    ]
 
 
 def stage_problems(cfg: DictConfig) -> list[str]:
@@ -107,7 +118,7 @@ class StageCheck(Callback):
         )
         if {"model.init_from", "model.init_parts", "model.init_map"} & set(swept):
             return
-        problems = stage_problems(config)
+        problems = missing_problems(config) or stage_problems(config)
         if problems:
             print("mmbench: invalid configuration:\n  - " + "\n  - ".join(problems), file=sys.stderr)
             sys.exit(2)

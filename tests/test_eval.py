@@ -450,6 +450,7 @@ def test_evaluation_settings_have_one_default_each():
         "aro_attribution",
         "sugarcrepe",
         "t2i",
+        "t2i_unguided",
     ]
     for name in clean_protocols(yaml):
         node = yaml[name]

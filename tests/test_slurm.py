@@ -226,8 +226,11 @@ def _submitit_log(job: Path) -> str:
 
 
 def _shorten_time_limit(job_id: str, env: dict) -> None:
-    """Bring a running job's time limit to 1-2 min from now: SLURM's warning signal (submitit's --signal=USR2@90)
-    then comes at its next time-limit check (every 30 s), instead of ~3 min after the start."""
+    """Bring a running job's time limit to 2-3 min from now, its whole minutes elapsed + 3: SLURM's warning signal
+    (submitit's --signal=USR2@90) then comes on time, at least 90 s before the limit, instead of ~3.5 min after
+    the start. (With + 2 the warning could come late, at the next time-limit check, as little as 30 s before the
+    limit; under load the job then stopped its process and was still running `scontrol requeue` when the limit's
+    SIGTERM came, which killed it: not requeued.)"""
     deadline = time.time() + 30
     while not re.fullmatch(r"[\d:-]+", elapsed := _squeue(env, "-j", job_id, "-o", "%M")):  # [H:]M:SS
         assert time.time() < deadline, f"squeue lists no elapsed time for job {job_id!r}: {elapsed!r}\n" + _diagnosis(
@@ -236,7 +239,7 @@ def _shorten_time_limit(job_id: str, env: dict) -> None:
         time.sleep(0.5)
     parts = [int(p) for p in re.split(r"[:-]", elapsed)]
     minutes = (parts[-3] * 60 if len(parts) >= 3 else 0) + parts[-2]
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes + 2}"], env=env, check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes + 3}"], env=env, check=True)
 
 
 def _diagnosis(env: dict) -> str:
@@ -250,10 +253,10 @@ def _diagnosis(env: dict) -> str:
 def _restore_time_limit_once_requeued(job_id: str, env: dict, sweep: Sweep, minutes: int = 5) -> None:
     """The shortened limit stays with a requeued job: give the next attempt its `minutes` back while it waits to
     start again (SLURM holds a requeued job for cred_expire = 10 s, scripts/slurm_cluster.sh)."""
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while _squeue(env, "-j", job_id, "-o", "%T") != "PENDING":
         assert sweep.running(), f"the sweep ended before its job was requeued: {sweep.stderr()[-3000:]}"
-        assert time.time() < deadline, "the job was not requeued within 120 s of its shortened time limit"
+        assert time.time() < deadline, "the job was not requeued within 240 s of shortening its time limit"
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], env=env, check=True)
 

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mmbench.builder import build_datamodule, build_module
 from mmbench.config import ConfigError
@@ -457,3 +458,44 @@ def test_a_stage_one_run_with_ema_codes_stopped_mid_epoch_resumes_to_the_uninter
     resumed = stopped_then_resumed(args, tmp_path / "stopped", 3, monkeypatch)
     assert resumed["status"] == "completed"
     assert resumed["metrics"] == reference["metrics"]  # ==: bit-identical on CPU
+
+
+# ---- experiment=t2i_sweep: both families (conf/experiment/t2i_arm/), 3 seeds, scored with and without guidance
+
+
+def test_t2i_sweep_without_its_tokenizer_run_exits_2_before_any_job(tmp_path):
+    env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    sweep_dir = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "mmbench.train", "experiment=t2i_sweep", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "t2i_tokenizer has no value" in done.stderr
+    assert not sweep_dir.exists() and not (tmp_path / "cache").exists()  # no job started, no data prepared
+
+
+def test_t2i_sweep_arms_share_everything_but_the_generator_and_the_ar_arm_loads_the_stage_one_tokenizer(stage1):
+    out1, _ = stage1
+    common = ["experiment=t2i_sweep", f"t2i_tokenizer={out1}", "hydra.mode=RUN"]
+    sweep = OmegaConf.load(ROOT / "conf" / "experiment" / "t2i_sweep.yaml")
+    assert dict(sweep.hydra.sweeper.params) == {"+experiment/t2i_arm": "ar,diffusion", "seed": "0,1,2"}
+    arms = {arm: compose_cfg([*common, f"+experiment/t2i_arm={arm}"]) for arm in ("ar", "diffusion")}
+    assert list(arms["ar"].objective) == ["t2i_ar"] and list(arms["diffusion"].objective) == ["t2i_diffusion"]
+    assert arms["ar"].model.init_from == str(out1) and arms["diffusion"].model.init_from is None
+    for key in ("data", "trainer", "eval", "model.text_dim", "model.name", "optimizer"):  # the same footing
+        assert OmegaConf.select(arms["ar"], key) == OmegaConf.select(arms["diffusion"], key), key
+    assert list(arms["ar"].eval.protocols) == ["t2i", "t2i_unguided"]
+    validate(arms["diffusion"])
+    # the ar arm reads its frozen tokenizer from the stage-1 run (at that run's tiny sizes here)
+    tiny = ["objective.t2i_ar.tokenizer.channels=[8,16]", "objective.t2i_ar.tokenizer.codes=32"]
+    ar = compose_cfg([*common, "+experiment/t2i_arm=ar", *tiny, "objective.t2i_ar.tokenizer.code_dim=8", *BASE])
+    validate(ar)
+    module = build_module(ar, build_datamodule(ar).info)
+    trained = _tokenizer_state(out1 / "checkpoints" / "best.ckpt", "objectives.t2i_vqvae.tokenizer.")
+    loaded = module.objectives["t2i_ar"].tokenizer.state_dict()
+    assert set(loaded) and all(torch.equal(v, trained[k]) for k, v in loaded.items())

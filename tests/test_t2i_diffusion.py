@@ -160,6 +160,51 @@ def test_the_loss_is_the_noise_prediction_error():
     torch.testing.assert_close(loss, expected)
 
 
+class OracleDenoiser(nn.Module):
+    """Knows the clean images x0 (B, C, H, W): predicts exactly what `prediction_type` asks for at (x_t, t)."""
+
+    def __init__(self, x0: torch.Tensor, abar: torch.Tensor, prediction_type: str):
+        super().__init__()
+        self.x0, self.abar, self.prediction_type = x0, abar, prediction_type
+
+    def forward(self, x, t, context, mask):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        x0 = self.x0.repeat(x.shape[0] // self.x0.shape[0], 1, 1, 1)  # guidance: conditional and null rows
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()  # the noise that took x0 to x_t
+        if self.prediction_type == "sample":
+            return x0
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * eps - (1 - a).sqrt() * x0
+        return eps
+
+
+def _cosine_schedule_abar() -> torch.Tensor:
+    betas = torch.tensor([min(1 - _cosine_abar((i + 1) / T) / _cosine_abar(i / T), 0.999) for i in range(T)])
+    return torch.cumprod(1 - betas.double(), 0).float()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_type_learns_its_target_and_an_exact_prediction_samples_the_image(prediction_type):
+    """The loss is the MSE to eps, x_0 or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 by the formula; and a
+    denoiser that predicts its target exactly makes DDIM (cosine schedule, abar_T ~ 0) land on the clean images
+    from pure noise, with guidance or without: the sampler reads each prediction by its type."""
+    abar = _cosine_schedule_abar()
+    x0 = torch.rand(2, 3, 8, 8) * 1.6 - 0.8  # inside the pixel range: clipping changes nothing
+    objective = _objective(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, caption_dropout=0.0)
+    objective.denoiser = OracleDenoiser(x0, abar, prediction_type)
+    torch.manual_seed(3)
+    loss = objective(None, {"pixel_values": x0}, _text(2), _text(2), StepContext()).loss
+    assert loss.item() < 1e-9  # the exact prediction of its own target
+    torch.manual_seed(3)
+    noise, t = torch.randn_like(x0), torch.randint(0, T, (2,))
+    a = abar[t].view(-1, 1, 1, 1)
+    target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}
+    torch.testing.assert_close(objective.target(x0, noise, t), target[prediction_type], atol=1e-5, rtol=1e-5)
+    for guidance in (1.0, 3.0):
+        images = objective.sample(_text(2), generator=torch.Generator().manual_seed(0), guidance=guidance, steps=10)
+        torch.testing.assert_close(images, x0, atol=1e-3, rtol=1e-3)
+
+
 def test_to_uint8_inverts_the_pixel_normalisation_and_is_an_image_generator():
     images = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
     assert np.array_equal(to_uint8(pixel_values(list(images))).numpy(), images)

@@ -17,6 +17,7 @@ from torch import nn
 from mmbench.builder import build_datamodule
 from mmbench.data.collate import pixel_values
 from mmbench.metrics.common import Inputs, Unavailable
+from mmbench.metrics.suite import protocol
 from mmbench.metrics.t2i import t2i
 from mmbench.pipeline import run
 from tests.conftest import compose_cfg
@@ -28,9 +29,10 @@ class TrueImages(nn.Module):
 
     def __init__(self, images: list[np.ndarray], shift: int = 0):
         super().__init__()
-        self.images, self.shift, self.drawn, self.seeds = images, shift, 0, []
+        self.images, self.shift, self.drawn, self.seeds, self.guidance = images, shift, 0, [], set()
 
     def generate_images(self, model, batch, *, generator, guidance=None, steps=None):
+        self.guidance.add(guidance)
         B = batch["input_ids"].shape[0]
         rows = [(self.drawn + k + self.shift) % len(self.images) for k in range(B)]
         self.drawn += B
@@ -61,13 +63,13 @@ def _caption_images(dm, n: int) -> list[np.ndarray]:
 def test_the_true_images_meet_every_claim_and_the_next_rows_do_not(shapes):
     inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
     truth = TrueImages(_caption_images(shapes, 6))
-    out = t2i(Holder({"gen": truth}), inputs, batch_size=5, max_images=6, guidance=None, steps=None, seed=7)
+    out = t2i(Holder({"gen": truth}), inputs, batch_size=5, max_images=6, guidance=None, steps=None, seed=7, name="t2i")
     assert out["t2i/overall/images"] == len(truth.images) == 24  # 4 captions of each of 6 images
     assert out["t2i/overall/caption_true"] == 1.0 and out["t2i/overall/faithful"] == 1.0
     assert out["t2i/oracle/cell"] > 0.99
     assert abs(out["t2i/frechet"]) < 1e-3  # the same images on both sides
     assert truth.seeds == list(range(7, 7 + 24))  # caption k from seed + k, whatever the batch
-    kwargs = dict(batch_size=5, max_images=6, guidance=None, steps=None, seed=7, return_predictions=True)
+    kwargs = dict(batch_size=5, max_images=6, guidance=None, steps=None, seed=7, name="t2i", return_predictions=True)
     again, kept = t2i(Holder({"gen": TrueImages(truth.images)}), inputs, **kwargs)
     assert again == out and len(kept) == 16  # the first 16 images are kept for the run's grid
     assert [row for row, *_ in kept] == [k // 4 for k in range(16)]  # 4 captions per image row
@@ -80,15 +82,29 @@ def test_the_true_images_meet_every_claim_and_the_next_rows_do_not(shapes):
         guidance=None,
         steps=None,
         seed=7,
+        name="t2i",
     )
     assert shifted["t2i/overall/caption_true"] < 0.5
     # ... while the Frechet distance, a distance between distributions, sees the same set of images (a permutation)
     assert abs(shifted["t2i/frechet"]) < 1e-3
 
 
+def test_t2i_unguided_is_the_protocol_at_guidance_one_under_its_own_names(shapes):
+    """The no-guidance arm: protocol t2i_unguided of conf/eval/default.yaml asks the generator for guidance 1 and
+    names its metrics t2i_unguided/...; t2i leaves the guidance to the objective (None)."""
+    inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
+    images = _caption_images(shapes, 2)
+    guided, unguided = TrueImages(images), TrueImages(images)
+    out = protocol("t2i")(Holder({"gen": guided}), inputs, batch_size=4, max_images=2)
+    plain = protocol("t2i_unguided")(Holder({"gen": unguided}), inputs, batch_size=4, max_images=2)
+    assert guided.guidance == {None} and unguided.guidance == {1.0}
+    assert plain == {k.replace("t2i/", "t2i_unguided/", 1): v for k, v in out.items()}
+    assert plain["t2i_unguided/overall/caption_true"] == 1.0
+
+
 def test_without_a_generator_or_an_oracle_the_protocol_says_what_it_needs(shapes):
     inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
-    kwargs = dict(batch_size=4, max_images=2, guidance=None, steps=None, seed=0)
+    kwargs = dict(batch_size=4, max_images=2, guidance=None, steps=None, seed=0, name="t2i")
     with pytest.raises(Unavailable, match="needs an image generator"):
         t2i(Holder({}), inputs, **kwargs)
     with pytest.raises(Unavailable, match="no scene oracle"):

@@ -13,6 +13,7 @@ Protocols (one file each in this package) run when the model can serve them:
 | captioning  | a caption generator (`generate`)        | `<split>/captioning/...`                |
 | zeroshot    | ITC, the data's classes (`data.zeroshot_classes`) | `<split>/zeroshot/...`                  |
 | t2i         | an ImageGenerator (t2i_diffusion, t2i_ar), the data's oracle (`data.t2i_oracle`) | `<split>/t2i/...`  |
+| t2i_unguided | as t2i (the same protocol at guidance 1: no classifier-free guidance) | `<split>/t2i_unguided/...` |
 | robustness  | any of the above                        | `<split>/robustness/...`                |
 
 The in-distribution split (`split`, default test) gets every protocol; the compositional hold-out

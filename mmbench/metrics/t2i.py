@@ -15,6 +15,10 @@ generator seeded `seed + k` (an image does not depend on the captions generated 
 * `t2i/agreement`: the mean ITC cosine of each generated image with its caption, CLIPScore's analogue, when the
   run also trains an embedder (itc).
 
+Protocol `t2i_unguided` (conf/eval/default.yaml) is the same with guidance 1 (the conditional model alone, no
+classifier-free guidance), its metrics named `t2i_unguided/...`: the no-guidance arm of a sweep, read from the
+same trained generator rather than a second training run.
+
 With `return_predictions` (the suite's `Samples`) it also returns the first `SAMPLES` images with their captions
 and whether the oracle judged each caption true: the grid `t2i_samples.png` of the run directory and W&B.
 
@@ -72,8 +76,10 @@ def t2i(
     guidance,
     steps,
     seed: int,
+    name: str,
     return_predictions: bool = False,
 ) -> dict[str, float] | tuple[dict[str, float], list]:
+    """The metrics above, named `<name>/...` (`t2i_unguided`: the same protocol at guidance 1)."""
     if image_generator(module) is None:
         raise Unavailable("needs an image generator: the t2i_diffusion or t2i_ar objective")
     if inputs.t2i_oracle is None:
@@ -95,17 +101,17 @@ def t2i(
     with eval_mode(module):
         images = generate(module, inputs, captions, batch_size=batch_size, guidance=guidance, steps=steps, seed=seed)
     scenes = oracle.read(images)
-    out = {f"t2i/{k}": v for k, v in compositional_scores(scenes, claims).items()}
-    out |= {f"t2i/oracle/{k}": float(v) for k, v in (oracle.accuracy or {}).items()}
+    out = {f"{name}/{k}": v for k, v in compositional_scores(scenes, claims).items()}
+    out |= {f"{name}/oracle/{k}": float(v) for k, v in (oracle.accuracy or {}).items()}
     real = np.stack([np.asarray(dataset.images[r]) for r in rows])  # the true image of each caption
     if len(real) >= 2 and len(images) >= 2:
-        out["t2i/frechet"] = frechet_distance(
+        out[f"{name}/frechet"] = frechet_distance(
             oracle.features, real, images, num_features=int(oracle.features(real[:1]).shape[1])
         )
     itc = embedder(module)
     if itc is not None:
         scores = agreement(module.model, itc, inputs.collate, images, captions, batch_size=batch_size)
-        out["t2i/agreement"] = scores.mean().item()
+        out[f"{name}/agreement"] = scores.mean().item()
     if return_predictions:  # (row, caption, image (H, W, 3) uint8, the caption judged true of the scene read)
         kept = range(min(SAMPLES, len(images)))
         truth = [bool(judge(scenes[k], claims[k]).get("caption_true")) for k in kept]

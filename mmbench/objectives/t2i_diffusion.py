@@ -7,7 +7,11 @@ timestep t by a sinusoidal embedding and an MLP. Training (DDPM, Ho et al., 2020
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,    eps ~ N(0, I),  t ~ U{0, ..., T-1}
     loss = || eps - eps_theta(x_t, t, c) ||^2
 
-with x_0 the batch's `pixel_values` ((B, 3, H, W) in [-1, 1], the data's normalisation x / 127.5 - 1).
+with x_0 the batch's `pixel_values` ((B, 3, H, W) in [-1, 1], the data's normalisation x / 127.5 - 1). With
+`prediction_type` the denoiser predicts x_0 ("sample") or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+("v_prediction", Salimans & Ho, 2022) instead, and the loss is the MSE to that target; the DDIM sampler reads the
+prediction by the same type. Guidance is the same weighted difference on any of the three (each is affine in the
+others at a given x_t and t, with the same coefficients).
 Caption dropout: in training each caption is replaced by the null condition with probability `caption_dropout`,
 so the same network is also the unconditional model eps_theta(x_t, t, null). The null condition is one learned
 token (`null_token`, in the text features' space) at position 0, every other position masked out; cross-
@@ -55,6 +59,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 #: how DDIM spaces its steps over [0, T): "trailing" starts at t = T-1 (Lin et al., 2024, "Common Diffusion Noise
 #: Schedules and Sample Steps are Flawed"), "leading" (Stable Diffusion's) at T - T/steps, "linspace" between
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+#: what the denoiser predicts (diffusers' names): the noise eps (DDPM), the clean image x_0 ("sample"), or the
+#: velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho, 2022; Stable Diffusion 2)
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -115,6 +122,7 @@ class T2IDiffusion(Objective):
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
         caption_dropout: float = 0.1,
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -143,6 +151,8 @@ class T2IDiffusion(Objective):
             problems.append(f"beta_schedule={beta_schedule}: one of {', '.join(BETA_SCHEDULES)}")
         elif beta_schedule != "squaredcos_cap_v2" and not problems and beta_start >= beta_end:
             problems.append(f"beta_start={beta_start} >= beta_end={beta_end}: the noise must grow with t")
+        if prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type={prediction_type}: one of {', '.join(PREDICTION_TYPES)}")
         if timestep_spacing not in TIMESTEP_SPACINGS:
             problems.append(f"timestep_spacing={timestep_spacing}: one of {', '.join(TIMESTEP_SPACINGS)}")
         widths = list(channels) if isinstance(channels, Sequence) and not isinstance(channels, str) else []
@@ -174,6 +184,7 @@ class T2IDiffusion(Objective):
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
         caption_dropout: float = 0.1,
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -196,6 +207,7 @@ class T2IDiffusion(Objective):
             beta_schedule=beta_schedule,
             beta_start=beta_start,
             beta_end=beta_end,
+            prediction_type=prediction_type,
             caption_dropout=caption_dropout,
             sample_steps=sample_steps,
             eta=eta,
@@ -212,7 +224,8 @@ class T2IDiffusion(Objective):
         self.caption_dropout, self.sample_steps, self.eta, self.guidance = caption_dropout, sample_steps, eta, guidance
         # the schedule: betas and their cumulative products, in float32 on the CPU (the schedulers move them)
         schedule = dict(num_train_timesteps=timesteps, beta_schedule=beta_schedule, beta_start=beta_start)
-        schedule |= dict(beta_end=beta_end, prediction_type="epsilon")
+        schedule |= dict(beta_end=beta_end, prediction_type=prediction_type)
+        self.prediction_type = prediction_type
         self.noise_scheduler = DDPMScheduler(**schedule)
         self.sampler_settings = dict(
             schedule, clip_sample=clip_sample, set_alpha_to_one=True, steps_offset=0, timestep_spacing=timestep_spacing
@@ -241,9 +254,17 @@ class T2IDiffusion(Objective):
         drop_p = self.caption_dropout if self.training else 0.0  # validation and test: the conditional loss
         drop = torch.rand(B, device=x0.device) < drop_p  # (B,)
         cond, mask = self.condition(text, drop)
-        eps = self.denoiser(self.q_sample(x0, t, noise), t, cond, mask)  # (B, 3, H, W)
-        loss = F.mse_loss(eps.float(), noise.float())
+        prediction = self.denoiser(self.q_sample(x0, t, noise), t, cond, mask)  # (B, 3, H, W)
+        loss = F.mse_loss(prediction.float(), self.target(x0, noise, t).float())
         return ObjectiveOutput(loss)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict at x_t = q_sample(x0, t, noise): eps, x_0, or v (PREDICTION_TYPES)."""
+        if self.prediction_type == "sample":
+            return x0
+        if self.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(x0, noise, t)
+        return noise
 
     def guided_noise(
         self,

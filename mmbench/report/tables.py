@@ -65,6 +65,17 @@ HEADLINE_METRICS = (
     "test/captioning/cider",
     "test/classification/acc",  # NLVR2, SNLI-VE, Hateful Memes
     "test/classification/auroc",  # Hateful Memes' challenge metric
+    # text-to-image, every caption type together: each criterion, the caption true of the image, the Frechet
+    # distance; with and without classifier-free guidance
+    "test/t2i/overall/caption_true",
+    "test/t2i/overall/present",
+    "test/t2i/overall/color",
+    "test/t2i/overall/count",
+    "test/t2i/overall/relation",
+    "test/t2i/overall/extra",
+    "test/t2i/frechet",
+    "test/t2i_unguided/overall/caption_true",
+    "test/t2i_unguided/frechet",
 )
 
 
