@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,25 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
+
+
+def user_env(extra: dict | None = None) -> dict:
+    """The environment of a command as a user runs it from this checkout: W&B offline and silent, this checkout on
+    PYTHONPATH, `extra` laid over it."""
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(extra or {})}
+
+
+def cli(
+    args: list[str],
+    cwd: Path | str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+    module: str = "mmbench.train",
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in `cwd`, in `user_env(env)`; its output captured as text."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, cwd=cwd, env=user_env(env), capture_output=True, text=True, timeout=timeout)
+
 
 # a small Shapes benchmark and a tiny model: a full run takes seconds
 # every objective of the ViLT-style recipe (the default run leaves ITM out for time); tiny_cfg runs use it

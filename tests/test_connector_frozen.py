@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from mmbench.models.outputs import Features
 from mmbench.objectives.context import StepContext
 from mmbench.objectives.lm_text import TextLM
 from mmbench.pipeline import run
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, cli, compose_cfg
 
 TINY_PARTS = [o for o in TINY if not o.startswith("objective.")]
 ARMS = ["prefix", "prefix_pooled", "prefix_qformer", "prefix_resampler", "gated_xattn_lm", "prefix_lora"]
@@ -272,8 +270,7 @@ def test_every_arm_composes_with_the_lm_frozen_and_its_own_connector(arm):
 
 
 def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MMBENCH_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.run([sys.executable, "-m", "mmbench.train", *args], capture_output=True, text=True, env=env)
+    return cli(args, env={"MMBENCH_CACHE": str(cache)}, timeout=600)
 
 
 def test_stage_one_without_a_stage_zero_run_exits_2_before_any_data(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from mmbench.launch import death_cause, record_death
 from mmbench.record import write_metrics
 from mmbench.rundir import config_identity
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import TINY, cli, compose_cfg, user_env
 
 CLI = [sys.executable, "-m", "mmbench.train"]
 # two jobs that differ only in when KillAtEpoch fires (with MMBENCH_TEST_KILL=1): at the start of epoch 1,
@@ -34,12 +34,7 @@ ARGS = [
 KILLED, OTHER = "+callbacks.kill.epoch=1", "+callbacks.kill.epoch=9"
 
 
-def _env(extra: dict | None = None) -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(extra or {})}
-
-
-def _cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + args, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=300)
+_env, _cli = user_env, cli
 
 
 def _record(job: Path) -> dict:

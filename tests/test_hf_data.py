@@ -7,9 +7,6 @@ that do not exist with a timeout.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from mmbench.data.hf import build as hf_build
 from mmbench.data.image_codec import decode_pixels
 from mmbench.pipeline import run
 from mmbench.validation import validate
-from tests.conftest import ROOT, compose_cfg
+from tests.conftest import cli, compose_cfg
 
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (240, 200, 20)}
 SHAPE_WORDS = ("square", "stripe")
@@ -231,15 +228,7 @@ def test_soft_scores_and_capped_answer_vocabulary(tmp_path, cache_dir):
 
 
 def _cli(args, cwd, timeout=600, **env):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "mmbench.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli(args, cwd, env, timeout)
 
 
 def test_cli_trains_and_tests_on_an_imagefolder(tmp_path, cache_dir):

@@ -19,6 +19,7 @@ from mmbench.data import release
 from mmbench.data.errors import DataError
 from mmbench.data.release.layouts import VQA_FILES
 from mmbench.data.release.write import answer_type, write_release_layout
+from tests.conftest import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(release.LAYOUTS)
@@ -225,21 +226,7 @@ def test_missing_image_is_named(tmp_path):
 
 
 def _cli(args: list[str], cwd: Path, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MMBENCH_CACHE": str(cache),
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "mmbench.train", *args, f"hydra.run.dir={cwd / 'run'}"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli([*args, f"hydra.run.dir={cwd / 'run'}"], cwd, {"MMBENCH_CACHE": str(cache)}, timeout)
 
 
 @pytest.mark.parametrize(

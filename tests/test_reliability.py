@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +18,14 @@ from mmbench import report
 from mmbench.pipeline import run
 from mmbench.record import Diverged, write_metrics
 from mmbench.sweep import summarize
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import TINY, cli, compose_cfg
 
 FAST = [*TINY, "test=false"]  # train + val only
 TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=2"]  # epoch 0's checkpoint is at global step 2
 
 
 def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return cli(args, cwd, env, timeout, module=module)
 
 
 def strict_json(path: Path) -> dict:

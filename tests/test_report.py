@@ -886,7 +886,7 @@ def test_learning_curves_mean_over_seeds_distinct_styles(tmp_path):
 
 
 def test_fraction_intervals_stay_inside_0_1():
-    from mmbench.report.stats import t_ci, unit_range
+    from mmbench.report.stats import lower_is_better, t_ci, unit_range
 
     for name in (
         "test/vqa/acc",
@@ -903,6 +903,10 @@ def test_fraction_intervals_stay_inside_0_1():
         "test/captioning/bleu4",
         "test/captioning/rouge_l",
         "test/captioning/exact_match",
+        "test/t2i/overall/caption_true",
+        "test/t2i/relation/color",
+        "test/t2i_unguided/count/count",
+        "t2i/oracle/cell",
     ):
         assert unit_range(name) == (0.0, 1.0), name
     for name in (
@@ -912,8 +916,18 @@ def test_fraction_intervals_stay_inside_0_1():
         "test/diagnostics/winoground_pairs",
         "wall_s",
         "test/captioning/cider",
+        "test/t2i/overall/images",  # a count
+        "test/t2i/frechet",  # a distance: lower is better
+        "test/t2i/agreement",  # a cosine
+        "test/vqa/count",  # not a t2i criterion
     ):
         assert unit_range(name) is None, name
+    assert lower_is_better("test/t2i_unguided/frechet") and not lower_is_better("test/t2i/overall/count")
+    # the report's list of t2i shares is the criteria module's, plus the oracle's two accuracies
+    from mmbench.report.stats import T2I_FRACTIONS
+    from mmbench.t2i.criteria import CRITERIA, SUMMARIES
+
+    assert T2I_FRACTIONS == {*CRITERIA, *SUMMARIES, "cell", "scene"}
     # three seeds at the ceiling: the plain t-interval is [0.99652, 1.00148]; the clipped one ends at 1
     raw = t_ci([0.998, 0.999, 1.0])
     assert raw[1] > 1.0

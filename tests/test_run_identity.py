@@ -6,7 +6,6 @@ config still skips a completed run and resumes an unfinished one. Tiny configs, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,20 +16,17 @@ import torch
 from omegaconf import open_dict
 
 from mmbench.rundir import IDENTITY_FILE, config_identity, wandb_run_id
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import TINY, cli, compose_cfg, user_env
 
 FAST = [*TINY, "test=false"]  # train + val only
 KILL = ["+callbacks.kill._target_=tests.sweep_faults.KillAtEpoch", "+callbacks.kill.epoch=1"]
 
 
-def _env(extra: dict | None = None) -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(extra or {})}
+_env = user_env
 
 
 def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout
-    )
+    return cli(args, cwd, env, timeout, module=module)
 
 
 def _files(run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:

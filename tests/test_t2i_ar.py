@@ -7,9 +7,6 @@ update and dead-code restarts on hand-made batches, and a stage-1 run with them 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,7 +23,7 @@ from mmbench.objectives.t2i_ar import T2IAR, guide, pick
 from mmbench.objectives.t2i_vqvae import T2IVQVAE, code_statistics
 from mmbench.pipeline import run
 from mmbench.validation import validate
-from tests.conftest import ROOT, TINY, compose_cfg, stopped_then_resumed
+from tests.conftest import ROOT, TINY, cli, compose_cfg, stopped_then_resumed
 
 D, K = 8, 16  # text width, codebook size of the unit tests
 TOKENIZER = {"channels": [4, 8], "codes": K, "code_dim": 4}  # 16 px -> a 4x4 grid
@@ -39,7 +36,7 @@ STAGE1 += ["objective.t2i_vqvae.channels=[8,16]", "objective.t2i_vqvae.codes=32"
 STAGE2 = ["experiment=t2i_ar_stage2", *BASE, "objective.t2i_ar.tokenizer.channels=[8,16]"]
 STAGE2 += ["objective.t2i_ar.tokenizer.codes=32", "objective.t2i_ar.tokenizer.code_dim=8"]
 STAGE2 += ["objective.t2i_ar.dim=16", "objective.t2i_ar.depth=1", "objective.t2i_ar.heads=2"]
-STAGE2 += ["eval.t2i.max_images=2"]
+STAGE2 += ["eval.t2i.max_images=2", "eval.t2i_unguided.max_images=2"]
 # last.ckpt after every step, so that a run stopped before step 3 (of 4) resumes mid-epoch from step 3's state
 # (at the default interval of 100 steps it would have no checkpoint and rerun from scratch)
 MID_EPOCH_CHECKPOINTS = ["callbacks.last_checkpoint.every_n_train_steps=1"]
@@ -377,15 +374,8 @@ def test_the_stage_two_tokenizer_defaults_are_the_stage_one_settings_and_bad_set
 
 def test_stage_two_without_init_from_exits_2_before_any_data(tmp_path):
     cache = tmp_path / "cache"
-    env = {**os.environ, "MMBENCH_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "mmbench.train", "experiment=t2i_ar_stage2", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    args = ["experiment=t2i_ar_stage2", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = cli(args, ROOT, {"MMBENCH_CACHE": str(cache)}, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "objective 't2i_ar' is a later training stage" in done.stderr
     assert "model.init_from=" in done.stderr
@@ -425,6 +415,7 @@ def test_stage_one_then_stage_two_through_init_from_with_the_t2i_metrics(stage1,
     metrics = record["metrics"]
     assert 0 < metrics["test/t2i_ar/loss"] < 2 * math.log(32)
     assert metrics["test/t2i/overall/images"] == 8  # 4 captions of 2 images
+    assert metrics["test/t2i_unguided/overall/images"] == 8  # and again without guidance
     assert all(0 <= metrics[f"test/t2i/overall/{k}"] <= 1 for k in ("present", "faithful", "caption_true"))
     assert math.isfinite(metrics["test/t2i/frechet"])
     after = _tokenizer_state(tmp_path / "stage2" / "checkpoints" / "last.ckpt", "objectives.t2i_ar.tokenizer.")
@@ -464,16 +455,9 @@ def test_a_stage_one_run_with_ema_codes_stopped_mid_epoch_resumes_to_the_uninter
 
 
 def test_t2i_sweep_without_its_tokenizer_run_exits_2_before_any_job(tmp_path):
-    env = {**os.environ, "MMBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     sweep_dir = tmp_path / "sweep"
-    done = subprocess.run(
-        [sys.executable, "-m", "mmbench.train", "experiment=t2i_sweep", f"hydra.sweep.dir={sweep_dir}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    args = ["experiment=t2i_sweep", f"hydra.sweep.dir={sweep_dir}"]
+    done = cli(args, ROOT, {"MMBENCH_CACHE": str(tmp_path / "cache")}, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "t2i_tokenizer has no value" in done.stderr
     assert not sweep_dir.exists() and not (tmp_path / "cache").exists()  # no job started, no data prepared

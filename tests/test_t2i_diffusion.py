@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,7 +21,7 @@ from mmbench.objectives.base import CaptionGenerator, ImageGenerator
 from mmbench.objectives.context import StepContext
 from mmbench.objectives.t2i_diffusion import T2IDiffusion, to_uint8
 from mmbench.validation import validate
-from tests.conftest import ROOT, TINY, compose_cfg, stopped_then_resumed
+from tests.conftest import TINY, cli, compose_cfg, stopped_then_resumed
 
 T, D = 1000, 8
 #: a denoiser small enough for a 2-core machine: two levels of 8 and 16 channels, cross-attention at the second
@@ -40,6 +37,8 @@ SMALL_ARGS = [
     "objective.t2i_diffusion.heads=2",
     "objective.t2i_diffusion.norm_groups=4",
     "objective.t2i_diffusion.sample_steps=3",
+    # the t2i protocols (in the default list: they run for a generator) on 2 test images, 2 DDIM steps
+    *[f"eval.{p}.{k}=2" for p in ("t2i", "t2i_unguided") for k in ("max_images", "steps")],
 ]
 
 
@@ -287,7 +286,8 @@ def test_validation_accepts_the_objective_on_every_text_encoder_and_refuses_bad_
         ("objective.t2i_diffusion.sample_steps=2000", "sample_steps=2000"),
         ("objective.t2i_diffusion.guidance=-1", "guidance=-1"),
         ("objective.t2i_diffusion.beta_schedule=cosine", "squaredcos_cap_v2"),
-        ("objective.t2i_diffusion.channels=[8,8,8,8,8,8]", "attention=[False, True, True]"),
+        ("objective.t2i_diffusion.channels=[8,8,8,8,8,8]", "attention=[False, False, True]"),
+        ("objective.t2i_diffusion.prediction_type=eps", "one of epsilon, sample, v_prediction"),
         ("objective.t2i_diffusion.norm_groups=5", "norm_groups=5"),
     ):
         with pytest.raises(ConfigError, match=None) as err:
@@ -299,22 +299,18 @@ def test_validation_accepts_the_objective_on_every_text_encoder_and_refuses_bad_
         validate(compose_cfg(["objective=[t2i_diffusion]", *six]))
 
 
-def test_a_tiny_run_through_the_cli_completes_with_a_finite_loss(cache_dir, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(
-        [sys.executable, "-m", "mmbench.train", *SMALL_ARGS],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_experiment_t2i_diffusion_trains_and_scores_with_and_without_guidance_in_one_command(cache_dir, tmp_path):
+    args = [a for a in SMALL_ARGS if not a.startswith(("objective=", "model="))]  # the experiment's
+    res = cli(["experiment=t2i_diffusion", *args], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = (tmp_path / "outputs" / "runs").glob("*/metrics.json")
     record = json.loads(path.read_text())
     assert record["status"] == "completed"
     loss = record["metrics"]["test/t2i_diffusion/loss"]
     assert math.isfinite(loss) and 0 < loss < 10
+    for name in ("t2i", "t2i_unguided"):  # 4 captions of each of 2 test images, read back by the oracle
+        assert record["metrics"][f"test/{name}/overall/images"] == 8
+    assert (path.parent / "t2i_samples.png").exists()
 
 
 def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(cache_dir, monkeypatch, tmp_path):

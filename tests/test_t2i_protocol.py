@@ -116,9 +116,7 @@ def test_a_tiny_run_reports_the_t2i_metrics_through_the_suite(cache_dir, tmp_pat
         *[a for a in SMALL_ARGS if not a.startswith("objective=")],
         "objective=[itc,t2i_diffusion]",
         "objective.itc.embed_dim=16",
-        "eval.protocols=[t2i]",
-        "eval.t2i.max_images=2",
-        "eval.t2i.steps=2",
+        "eval.protocols=[t2i]",  # (SMALL_ARGS: 2 images, 2 DDIM steps)
     ]
     record = run(compose_cfg(args, tmp_path / "run"))
     assert record["status"] == "completed", record.get("error")

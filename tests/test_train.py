@@ -13,7 +13,7 @@ import yaml
 
 from mmbench.pipeline import run
 from mmbench.record import machine
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import ROOT, TINY, cli, compose_cfg
 
 CLI = [sys.executable, "-m", "mmbench.train"]
 
@@ -95,8 +95,7 @@ def test_failed_run_records_status(tiny_cfg):
 
 
 def _cli(args, cwd, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return cli(args, cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize(

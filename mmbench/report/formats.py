@@ -127,7 +127,7 @@ def write_markdown(
     )
     lines.append(
         f"Grouped by {', '.join(keys) if keys else '(nothing varies but the seed)'}; {cells_are}; best per column "
-        "in bold (lower is better for *loss/*ppl). params and FLOPs/sample: mean `complexity.params` and "
+        "in bold (lower is better for *loss/*ppl/*frechet). params and FLOPs/sample: mean `complexity.params` and "
         "`complexity.flops_per_sample` (one forward pass) over the row's runs."
     )
     lines.append(significance_caption(rows, metrics, alpha, holm_over=holm_over))

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "frechet")  # frechet: the t2i protocol's distance to real images
 
 
 def lower_is_better(metric: str) -> bool:
@@ -26,6 +26,13 @@ _FRACTION = re.compile(
 )
 
 
+# the t2i protocols' metrics (<split>/t2i/<caption type>/<criterion>, .../oracle/cell): the criteria and summaries of
+# mmbench/t2i/criteria.py and the oracle's accuracies are shares of images; `images` (a count), `frechet` and
+# `agreement` (a cosine) are not
+T2I_PROTOCOLS = {"t2i", "t2i_unguided"}
+T2I_FRACTIONS = {"present", "color", "size", "count", "relation", "extra", "faithful", "caption_true", "cell", "scene"}
+
+
 def unit_range(metric: str) -> tuple[float, float] | None:
     """(0, 1) for a metric whose name says it is a fraction (an accuracy, recall, score, ...), else None.
 
@@ -33,7 +40,10 @@ def unit_range(metric: str) -> tuple[float, float] | None:
     an accuracy above 1. `table` clips the interval of such metrics to [0, 1] (and its captions say so)."""
     if lower_is_better(metric):
         return None
-    return (0.0, 1.0) if any(_FRACTION.fullmatch(part) for part in metric.lower().split("/")) else None
+    parts = metric.lower().split("/")
+    if T2I_PROTOCOLS & set(parts[:2]):  # text-to-image: the shares of images meeting a criterion, the oracle's accuracy
+        return (0.0, 1.0) if parts[-1] in T2I_FRACTIONS else None
+    return (0.0, 1.0) if any(_FRACTION.fullmatch(part) for part in parts) else None
 
 
 def mean_std(values) -> tuple[float, float]:
