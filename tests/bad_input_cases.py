@@ -175,6 +175,8 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
     (["model.heads=3"], REFUSED, ("not divisible by model.heads=3", "model.heads=2")),
     (["model.vision_heads=5"], REFUSED, ("model.vision_heads=5",)),
     (["model.patch_size=7"], REFUSED, ("not divisible by patch size 7",)),
+    (["encoder.vision.positions=rotary"], REFUSED, ("encoder.vision.positions=rotary: one of learned, sincos",)),
+    (["encoder/vision=conv", "encoder.vision.positions=sincos"], ACCEPTED, ()),
     (["model.size=huge"], REFUSED, ("model.size=huge", "tiny, small, base")),
     (["model.size=Tiny"], REFUSED, ("tiny, small, base",)),
     # encoders / objectives x data: a field the data does not have

@@ -498,3 +498,41 @@ def test_region_encoder_without_boxes_sees_place_only_through_its_roi_features()
         mask = batch["region_mask"]
         same = torch.allclose(tokens[:, 1:][mask], tokens_moved[:, 1:][mask], atol=1e-5)
         assert same is (not boxes), boxes
+
+
+def test_sincos_positions_match_timm_and_depend_only_on_the_offset():
+    from mmbench.models.vision.patch import sincos_2d
+
+    timm_pos = pytest.importorskip("timm.layers.pos_embed_sincos")
+    pos = sincos_2d(grid=5, dim=D)  # (25, D), row-major
+    torch.testing.assert_close(pos, timm_pos.build_sincos2d_pos_embed([5, 5], dim=D))
+    cells = [(r, c) for r in range(5) for c in range(5)]
+    by_offset: dict[tuple[int, int], list[float]] = {}
+    for i, (r1, c1) in enumerate(cells):
+        for j, (r2, c2) in enumerate(cells):
+            by_offset.setdefault((r2 - r1, c2 - c1), []).append(float(pos[i] @ pos[j]))
+    # <PE(p), PE(q)> is a function of q - p alone: every pair at one offset has the same dot product
+    assert all(max(v) - min(v) < 1e-4 for v in by_offset.values())
+    assert by_offset[(0, 0)][0] == pytest.approx(D / 2)  # sin^2 + cos^2 over dim/2 pairs
+    assert by_offset[(0, 1)][0] < by_offset[(0, 0)][0] - 1e-3  # neighbours differ from the cell itself
+
+
+def test_sincos_positions_are_fixed_and_added_to_the_patch_embeddings():
+    from mmbench.models.vision.patch import sincos_2d
+
+    torch.manual_seed(0)
+    enc = PatchEncoder(D, image_size=16, patch_size=8, depth=0, heads=H, positions="sincos").eval()
+    assert not any("position" in name for name, _ in enc.named_parameters())
+    assert "position_embeddings" not in enc.state_dict()  # recomputed, never trained or saved
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = enc({"pixel_values": pixels})
+        patches = enc.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, 4, D)
+    torch.testing.assert_close(out.tokens[:, 1:], patches + sincos_2d(2, D))  # depth 0: the embeddings themselves
+    torch.testing.assert_close(out.tokens[:, 0], enc.cls_token[0].expand(2, -1))  # [CLS]: no position added
+    conv = ConvEncoder(D, ConvBackbone(width=8, stages=2), image_size=S, heads=H, positions="sincos")
+    assert conv.grid_encoder.position_embeddings.shape == (1, 1 + (S // 4) ** 2, D)
+    with pytest.raises(ValueError, match="positions=rotary: one of learned, sincos"):
+        PatchEncoder(D, image_size=16, patch_size=8, positions="rotary")
+    with pytest.raises(ValueError, match="dim=30: positions=sincos needs a width divisible by 4"):
+        PatchEncoder(30, image_size=16, patch_size=8, heads=2, positions="sincos")

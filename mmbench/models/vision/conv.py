@@ -124,10 +124,12 @@ class ConvBackbone(nn.Module):
 
 class ConvEncoder(nn.Module):
     """Hybrid ViT: CNN grid features -> PatchEncoder with patch size 1 (projection, [CLS], positions,
-    `depth` blocks). `image_size` fixes the grid, hence the number of position embeddings."""
+    `depth` blocks). `image_size` fixes the grid, hence the number of position embeddings; `positions` is
+    PatchEncoder's (learned or fixed 2-D sin-cos)."""
 
     needs_regions = False
     maskable_inputs = True  # forward(batch, hide=InputMask) hides grid cells before the blocks
+    setting_problems = PatchEncoder.setting_problems
 
     def __init__(
         self,
@@ -140,6 +142,7 @@ class ConvEncoder(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         pooling: Pooling = masked_mean,
+        positions: str = "learned",
     ):
         super().__init__()
         if image_size % backbone.stride != 0:
@@ -160,6 +163,7 @@ class ConvEncoder(nn.Module):
             dropout=dropout,
             in_channels=backbone.out_channels,
             pooling=pooling,
+            positions=positions,
         )
         self.input_dim = self.grid_encoder.input_dim  # width of Features.inputs: a cell's CNN feature
 
