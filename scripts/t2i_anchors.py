@@ -14,30 +14,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from torch import nn
-
-
-class RealImages(nn.Module):
-    """An ImageGenerator that draws the k-th caption asked for as real image `images[(k + shift) % n]`."""
-
-    def __init__(self, images: list[np.ndarray], shift: int):
-        super().__init__()
-        self.images, self.shift, self.drawn = images, shift, 0
-
-    def generate_images(self, model, batch, *, generator, guidance=None, steps=None):
-        from mmbench.data.collate import pixel_values
-
-        B = batch["input_ids"].shape[0]
-        rows = [(self.drawn + k + self.shift) % len(self.images) for k in range(B)]
-        self.drawn += B
-        return pixel_values([self.images[r] for r in rows])
-
-
-class Holder(nn.Module):
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.model = nn.Identity()
-        self.objectives = nn.ModuleDict({"gen": generator})
 
 
 def main() -> None:
@@ -50,7 +26,7 @@ def main() -> None:
     from mmbench.builder import build_datamodule
     from mmbench.config import compose_train
     from mmbench.metrics.common import Inputs
-    from mmbench.metrics.t2i import t2i
+    from mmbench.metrics.t2i import Holding, RealImages, t2i
 
     dm = build_datamodule(compose_train(["data.image_size=48", *args.overrides]))
     ds = dm.datasets["test"]
@@ -60,7 +36,7 @@ def main() -> None:
     rows = {}
     settings = dict(batch_size=64, max_images=n, guidance=None, steps=None, seed=0, name="t2i")
     for row, shift in (("true image", 0), ("another row's image (caption-blind)", args.shift)):
-        rows[row] = t2i(Holder(RealImages(images, shift)), inputs, **settings)
+        rows[row] = t2i(Holding({"gen": RealImages(images, shift)}), inputs, **settings)
     types = sorted({k.split("/")[1] for k in next(iter(rows.values())) if k.endswith("/caption_true")} - {"overall"})
     criteria = ["caption_true", "present", "color", "count", "relation", "extra"]
     print("| images | " + " | ".join(f"overall {c}" for c in criteria) + " | " + " | ".join(types) + " |")

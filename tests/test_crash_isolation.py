@@ -34,9 +34,6 @@ ARGS = [
 KILLED, OTHER = "+callbacks.kill.epoch=1", "+callbacks.kill.epoch=9"
 
 
-_env, _cli = user_env, cli
-
-
 def _record(job: Path) -> dict:
     return json.loads((job / "metrics.json").read_text())
 
@@ -44,7 +41,7 @@ def _record(job: Path) -> dict:
 @pytest.mark.parametrize("launcher", ["sequential", "parallel", "local"])
 def test_a_sigkilled_job_fails_alone_and_the_same_command_resumes_it(launcher, cache_dir, tmp_path):
     args = [*ARGS, f"hydra/launcher={launcher}"]
-    res = _cli(args, tmp_path, env={"MMBENCH_TEST_KILL": "1"})
+    res = cli(args, tmp_path, env={"MMBENCH_TEST_KILL": "1"})
     assert res.returncode == 1, res.stderr[-3000:]  # as for a job that raises: the sweep ran, a job failed
     (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
     killed, other = sweep / KILLED, sweep / OTHER
@@ -58,7 +55,7 @@ def test_a_sigkilled_job_fails_alone_and_the_same_command_resumes_it(launcher, c
 
     if launcher == "local":  # resuming does not depend on the launcher: checked under the other two
         return
-    res = _cli(args, tmp_path)  # the same command, nothing killed
+    res = cli(args, tmp_path)  # the same command, nothing killed
     assert res.returncode == 0 and "2/2 completed, 0 failed" in res.stderr, res.stderr[-3000:]
     assert "resuming from" in (killed / "train.log").read_text()
     assert "skipping" in (other / "train.log").read_text()
@@ -76,7 +73,7 @@ def test_sigterm_to_the_sweep_reaches_the_job_and_stops_the_sweep(cache_dir, tmp
     sweep = subprocess.Popen(
         CLI + [*args, "hydra/launcher=sequential"],
         cwd=tmp_path,
-        env=_env({"MMBENCH_TEST_WAIT": str(wait)}),
+        env=user_env({"MMBENCH_TEST_WAIT": str(wait)}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

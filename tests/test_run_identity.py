@@ -22,13 +22,6 @@ FAST = [*TINY, "test=false"]  # train + val only
 KILL = ["+callbacks.kill._target_=tests.sweep_faults.KillAtEpoch", "+callbacks.kill.epoch=1"]
 
 
-_env = user_env
-
-
-def _cli(module: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    return cli(args, cwd, env, timeout, module=module)
-
-
 def _files(run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file of a run directory with its content (the lock file aside: it is the process's, not the run's)."""
     return {
@@ -133,7 +126,7 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
 ):
     run_dir = tmp_path / "run"
     args = [*FAST, f"hydra.run.dir={run_dir}"]
-    res = _cli("mmbench.train", args, tmp_path)
+    res = cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     record, identity = _read(run_dir / "metrics.json"), _read(run_dir / IDENTITY_FILE)
     assert record["status"] == "completed" and record["config_hash"] == identity["config_hash"]
@@ -143,7 +136,7 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
     before = _files(run_dir)
 
     # another model width and learning rate: refused with exit 2, before anything is written
-    res = _cli("mmbench.train", [*args, "optimizer.lr=2e-3", "model.sizes.tiny.dim=48"], tmp_path)
+    res = cli([*args, "optimizer.lr=2e-3", "model.sizes.tiny.dim=48"], tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"{run_dir} holds a completed run of another config" in res.stderr
     assert "optimizer.lr: 0.001 -> 0.002" in res.stderr and "model.dim: 32 -> 48" in res.stderr
@@ -151,7 +144,7 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
     assert _files(run_dir) == before
 
     # only evaluation settings differ: pointed to mmbench-eval
-    res = _cli("mmbench.train", [*args, "eval.retrieval.rerank_k=8"], tmp_path)
+    res = cli([*args, "eval.retrieval.rerank_k=8"], tmp_path)
     assert (
         res.returncode == 2
         and "only evaluation settings differ" in res.stderr
@@ -160,22 +153,22 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
     assert _files(run_dir) == before
 
     # resume=false never overwrites a run, not even one of the same config
-    res = _cli("mmbench.train", [*args, "resume=false"], tmp_path)
+    res = cli([*args, "resume=false"], tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"resume=false starts a new run, but {run_dir} already holds a completed run" in res.stderr
     assert _files(run_dir) == before
 
     # the same config: skipped, as before (its log says so; nothing else changes)
-    res = _cli("mmbench.train", [*args, "torch_threads=1"], tmp_path)  # how to run: the same run
+    res = cli([*args, "torch_threads=1"], tmp_path)  # how to run: the same run
     assert res.returncode == 0, res.stderr[-3000:]
     assert "skipping" in (run_dir / "train.log").read_text()
     assert _files(run_dir, skip=("train.log",)) == {k: v for k, v in before.items() if k != "train.log"}
 
     # the run's own checkpoint still evaluates with the run's own .hydra/config.yaml
-    res = _cli(
-        "mmbench.evaluate",
+    res = cli(
         [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "logger=csv", "eval.protocols=[retrieval,vqa]"],
         tmp_path,
+        module="mmbench.evaluate",
     )
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -183,23 +176,23 @@ def test_another_config_or_resume_false_on_a_completed_run_is_refused_and_its_ch
 def test_another_config_on_an_unfinished_run_is_refused_and_the_same_one_resumes_it(cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = [*FAST, "trainer.max_epochs=2", *KILL, f"hydra.run.dir={run_dir}"]
-    killed = _cli("mmbench.train", args, tmp_path, env={"MMBENCH_TEST_KILL": "1"})
+    killed = cli(args, tmp_path, env={"MMBENCH_TEST_KILL": "1"})
     assert killed.returncode != 0
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "metrics.json").exists()
     identity = _read(run_dir / IDENTITY_FILE)
     before = _files(run_dir)
 
-    res = _cli("mmbench.train", [*args, "optimizer.lr=2e-3", "seed=1"], tmp_path)
+    res = cli([*args, "optimizer.lr=2e-3", "seed=1"], tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"{run_dir} holds an unfinished run of another config" in res.stderr
     assert "optimizer.lr: 0.001 -> 0.002" in res.stderr and "seed: 0 -> 1" in res.stderr
     assert _files(run_dir) == before
 
-    res = _cli("mmbench.train", [*args, "resume=false"], tmp_path)
+    res = cli([*args, "resume=false"], tmp_path)
     assert res.returncode == 2 and "already holds an unfinished run" in res.stderr
     assert _files(run_dir) == before
 
-    res = _cli("mmbench.train", args, tmp_path)
+    res = cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in (run_dir / "train.log").read_text()
     record = _read(run_dir / "metrics.json")
@@ -212,17 +205,17 @@ def test_a_run_directory_from_before_identity_files_is_checked_against_its_hydra
     saved it, unresolved) is compared instead."""
     run_dir = tmp_path / "run"
     args = [*FAST, f"hydra.run.dir={run_dir}"]
-    saved = _cli("mmbench.train", [*args, "--cfg", "job"], tmp_path)
+    saved = cli([*args, "--cfg", "job"], tmp_path)
     assert saved.returncode == 0, saved.stderr[-3000:]
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(saved.stdout)
     (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "metrics": {"val/loss": 1.5}}))
     before = _files(run_dir)
 
-    res = _cli("mmbench.train", [*args, "optimizer.lr=2e-3"], tmp_path)
+    res = cli([*args, "optimizer.lr=2e-3"], tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "optimizer.lr: 0.001 -> 0.002" in res.stderr and _files(run_dir) == before
-    res = _cli("mmbench.train", args, tmp_path)
+    res = cli(args, tmp_path)
     assert res.returncode == 0 and "skipping" in (run_dir / "train.log").read_text()
 
 
@@ -233,12 +226,12 @@ def test_sweep_jobs_with_another_config_are_refused_and_the_sweep_goes_on(cache_
     """The same sweep name with another learning rate finds job directories of the first sweep (named
     by the swept seed): every job is refused, none stops the sweep, and the summary lists them."""
     args = ["-m", "sweep_name=ident", "seed=7,8", *FAST]
-    res = _cli("mmbench.train", args, tmp_path)
+    res = cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     sweep = tmp_path / "outputs" / "multiruns" / "ident"
     before = {job: _files(sweep / job) for job in ("seed=7", "seed=8")}
 
-    res = _cli("mmbench.train", [*args, "optimizer.lr=2e-3"], tmp_path)
+    res = cli([*args, "optimizer.lr=2e-3"], tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "0/2 completed, 0 failed, 0 unfinished, 2 refused" in res.stderr
     assert "refused: seed=7:" in res.stderr and "refused: seed=8:" in res.stderr
@@ -246,7 +239,7 @@ def test_sweep_jobs_with_another_config_are_refused_and_the_sweep_goes_on(cache_
     assert {job: _files(sweep / job) for job in before} == before
     assert not list(sweep.glob(".refused*"))
 
-    res = _cli("mmbench.train", args, tmp_path)  # the sweep's own config: completed jobs are skipped
+    res = cli(args, tmp_path)  # the sweep's own config: completed jobs are skipped
     assert res.returncode == 0 and "2/2 completed" in res.stderr, res.stderr[-3000:]
 
 
@@ -270,7 +263,7 @@ def test_one_process_per_run_directory(cache_dir, tmp_path):
         [sys.executable, "-m", "mmbench.train", *args],
         cwd=tmp_path,
         text=True,
-        env=_env({"MMBENCH_TEST_WAIT": str(wait)}),
+        env=user_env({"MMBENCH_TEST_WAIT": str(wait)}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -283,14 +276,14 @@ def test_one_process_per_run_directory(cache_dir, tmp_path):
         (job,) = [p for p in (tmp_path / "outputs" / "multiruns").glob("*/*") if p.is_dir()]
         before = _files(job)
 
-        second = _cli("mmbench.train", args, tmp_path)
+        second = cli(args, tmp_path)
         assert second.returncode == 1, second.stderr[-3000:]
         trainer = _trainer_pid(second.stderr, first.pid)
         assert (
             "0/1 completed, 0 failed, 0 unfinished, 1 busy" in second.stderr and f"busy: {job.name}:" in second.stderr
         )
 
-        single = _cli("mmbench.train", [*args[1:], f"hydra.run.dir='{job}'"], tmp_path)
+        single = cli([*args[1:], f"hydra.run.dir='{job}'"], tmp_path)
         assert single.returncode == 2, single.stderr[-3000:]
         assert f"run directory {job} is being trained by process {trainer}" in single.stderr
         assert _files(job) == before

@@ -12,39 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from mmbench.builder import build_datamodule
-from mmbench.data.collate import pixel_values
 from mmbench.metrics.common import Inputs, Unavailable
 from mmbench.metrics.suite import protocol
-from mmbench.metrics.t2i import t2i
+from mmbench.metrics.t2i import Holding, RealImages, t2i
 from mmbench.pipeline import run
 from tests.conftest import compose_cfg
 from tests.test_t2i_diffusion import SMALL_ARGS
-
-
-class TrueImages(nn.Module):
-    """An ImageGenerator that draws, for the k-th caption it is asked for, image `images[k + shift]`; records seeds."""
-
-    def __init__(self, images: list[np.ndarray], shift: int = 0):
-        super().__init__()
-        self.images, self.shift, self.drawn, self.seeds, self.guidance = images, shift, 0, [], set()
-
-    def generate_images(self, model, batch, *, generator, guidance=None, steps=None):
-        self.guidance.add(guidance)
-        B = batch["input_ids"].shape[0]
-        rows = [(self.drawn + k + self.shift) % len(self.images) for k in range(B)]
-        self.drawn += B
-        self.seeds += [g.initial_seed() for g in generator]
-        return pixel_values([self.images[r] for r in rows])
-
-
-class Holder(nn.Module):
-    def __init__(self, objectives: dict[str, nn.Module]):
-        super().__init__()
-        self.model = nn.Identity()
-        self.objectives = nn.ModuleDict(objectives)
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +37,22 @@ def _caption_images(dm, n: int) -> list[np.ndarray]:
 
 def test_the_true_images_meet_every_claim_and_the_next_rows_do_not(shapes):
     inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
-    truth = TrueImages(_caption_images(shapes, 6))
-    out = t2i(Holder({"gen": truth}), inputs, batch_size=5, max_images=6, guidance=None, steps=None, seed=7, name="t2i")
+    truth = RealImages(_caption_images(shapes, 6))
+    out = t2i(
+        Holding({"gen": truth}), inputs, batch_size=5, max_images=6, guidance=None, steps=None, seed=7, name="t2i"
+    )
     assert out["t2i/overall/images"] == len(truth.images) == 24  # 4 captions of each of 6 images
     assert out["t2i/overall/caption_true"] == 1.0 and out["t2i/overall/faithful"] == 1.0
     assert out["t2i/oracle/cell"] > 0.99
     assert abs(out["t2i/frechet"]) < 1e-3  # the same images on both sides
     assert truth.seeds == list(range(7, 7 + 24))  # caption k from seed + k, whatever the batch
     kwargs = dict(batch_size=5, max_images=6, guidance=None, steps=None, seed=7, name="t2i", return_predictions=True)
-    again, kept = t2i(Holder({"gen": TrueImages(truth.images)}), inputs, **kwargs)
+    again, kept = t2i(Holding({"gen": RealImages(truth.images)}), inputs, **kwargs)
     assert again == out and len(kept) == 16  # the first 16 images are kept for the run's grid
     assert [row for row, *_ in kept] == [k // 4 for k in range(16)]  # 4 captions per image row
     assert all(np.array_equal(image, truth.images[k]) and ok for k, (_, _, image, ok) in enumerate(kept))
     shifted = t2i(
-        Holder({"gen": TrueImages(truth.images, shift=4)}),  # caption k drawn as caption k+4's image: the next row's
+        Holding({"gen": RealImages(truth.images, shift=4)}),  # caption k drawn as caption k+4's image: the next row's
         inputs,
         batch_size=5,
         max_images=6,
@@ -94,9 +71,9 @@ def test_t2i_unguided_is_the_protocol_at_guidance_one_under_its_own_names(shapes
     names its metrics t2i_unguided/...; t2i leaves the guidance to the objective (None)."""
     inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
     images = _caption_images(shapes, 2)
-    guided, unguided = TrueImages(images), TrueImages(images)
-    out = protocol("t2i")(Holder({"gen": guided}), inputs, batch_size=4, max_images=2)
-    plain = protocol("t2i_unguided")(Holder({"gen": unguided}), inputs, batch_size=4, max_images=2)
+    guided, unguided = RealImages(images), RealImages(images)
+    out = protocol("t2i")(Holding({"gen": guided}), inputs, batch_size=4, max_images=2)
+    plain = protocol("t2i_unguided")(Holding({"gen": unguided}), inputs, batch_size=4, max_images=2)
     assert guided.guidance == {None} and unguided.guidance == {1.0}
     assert plain == {k.replace("t2i/", "t2i_unguided/", 1): v for k, v in out.items()}
     assert plain["t2i_unguided/overall/caption_true"] == 1.0
@@ -106,9 +83,9 @@ def test_without_a_generator_or_an_oracle_the_protocol_says_what_it_needs(shapes
     inputs = Inputs(shapes.datasets["test"], shapes.tokenizer, t2i_oracle=shapes.t2i_oracle)
     kwargs = dict(batch_size=4, max_images=2, guidance=None, steps=None, seed=0, name="t2i")
     with pytest.raises(Unavailable, match="needs an image generator"):
-        t2i(Holder({}), inputs, **kwargs)
+        t2i(Holding({}), inputs, **kwargs)
     with pytest.raises(Unavailable, match="no scene oracle"):
-        t2i(Holder({"gen": TrueImages([])}), Inputs(shapes.datasets["test"], shapes.tokenizer), **kwargs)
+        t2i(Holding({"gen": RealImages([])}), Inputs(shapes.datasets["test"], shapes.tokenizer), **kwargs)
 
 
 def test_a_tiny_run_reports_the_t2i_metrics_through_the_suite(cache_dir, tmp_path):

@@ -148,16 +148,24 @@ class CaptionGenerator(Protocol):
     ) -> torch.Tensor: ...
 
 
-def null_condition(text: Features, null_token: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, T, D), mask (B, T)) of a text-to-image objective's condition: the caption tokens, and in the rows
-    where `drop` (B,) is True the null condition of classifier-free guidance (the learned `null_token` (D,) at
-    position 0, every other position zero and masked out). Shared by t2i_diffusion and t2i_ar."""
-    B, T, D = text.tokens.shape
-    null = torch.cat([null_token.to(text.tokens.dtype).expand(B, 1, D), text.tokens.new_zeros(B, T - 1, D)], 1)
-    null_mask = torch.arange(T, device=text.mask.device)[None, :].expand(B, T) == 0  # (B, T) position 0 only
-    tokens = torch.where(drop[:, None, None], null, text.tokens)  # (B, T, D)
-    mask = torch.where(drop[:, None], null_mask, text.mask.bool())  # (B, T)
-    return tokens, mask
+class CaptionConditioned(Objective):
+    """A text-to-image objective (t2i_diffusion, t2i_ar): draws images conditioned on the caption tokens, with
+    classifier-free guidance's null condition, the learned `null_token` (D,) in the text features' space."""
+
+    null_token: nn.Parameter
+
+    def init_null_token(self, text_dim: int) -> None:
+        self.null_token = nn.Parameter(torch.randn(text_dim) * 0.02)
+
+    def condition(self, text: Features, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, T, D), mask (B, T)): the caption tokens, and in the rows where `drop` (B,) is True the null
+        condition (`null_token` at position 0, every other position zero and masked out)."""
+        B, T, D = text.tokens.shape
+        null = torch.cat([self.null_token.to(text.tokens.dtype).expand(B, 1, D), text.tokens.new_zeros(B, T - 1, D)], 1)
+        null_mask = torch.arange(T, device=text.mask.device)[None, :].expand(B, T) == 0  # (B, T) position 0 only
+        tokens = torch.where(drop[:, None, None], null, text.tokens)  # (B, T, D)
+        mask = torch.where(drop[:, None], null_mask, text.mask.bool())  # (B, T)
+        return tokens, mask
 
 
 @runtime_checkable

@@ -41,7 +41,7 @@ from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.layers import Block, KVCache, attention_mask
 from mmbench.models.outputs import Features
 from mmbench.models.vq import VQTokenizer
-from mmbench.objectives.base import Objective, ObjectiveOutput, null_condition
+from mmbench.objectives.base import CaptionConditioned, ObjectiveOutput
 
 if TYPE_CHECKING:
     from mmbench.data.batch import Batch
@@ -141,7 +141,7 @@ def pick(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_k: in
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(logits.shape[-1] - 1)
 
 
-class T2IAR(Objective):
+class T2IAR(CaptionConditioned):
     batch_fields = ("pixel_values",)  # the images whose codes are predicted (through the frozen tokenizer)
     from_earlier_run = True  # the tokenizer comes from the run of model.init_from (`inherits`)
 
@@ -216,7 +216,7 @@ class T2IAR(Objective):
         self.grid = self.tokenizer.grid(image_size)
         self.caption_dropout, self.guidance = caption_dropout, guidance
         self.temperature, self.top_k = temperature, top_k
-        self.null_token = nn.Parameter(torch.randn(text_dim) * 0.02)  # the null condition (caption dropout)
+        self.init_null_token(text_dim)  # the null condition (caption dropout)
         self.transformer = ARImageTransformer(
             text_dim, max_text_len, self.tokenizer.codes, self.grid * self.grid, **settings
         )
@@ -224,10 +224,6 @@ class T2IAR(Objective):
     def inherits(self) -> dict[str, str]:
         """{prefix of this objective's state: prefix of the earlier run's state dict} (model.init_from)."""
         return {"tokenizer.": f"objectives.{self.tokenizer_from}.tokenizer."}
-
-    def condition(self, text: Features, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, T, D), mask (B, T)): the caption tokens, the null condition where `drop` (B,) is True."""
-        return null_condition(text, self.null_token, drop)
 
     def forward(
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext

@@ -46,7 +46,7 @@ from torch import nn
 
 from mmbench.checks import number_problem, problems_of, raise_problems
 from mmbench.models.outputs import Features
-from mmbench.objectives.base import Objective, ObjectiveOutput, null_condition
+from mmbench.objectives.base import CaptionConditioned, ObjectiveOutput
 
 if TYPE_CHECKING:
     from mmbench.data.batch import Batch
@@ -110,7 +110,7 @@ class UNetDenoiser(nn.Module):
         return self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask, return_dict=False)[0]
 
 
-class T2IDiffusion(Objective):
+class T2IDiffusion(CaptionConditioned):
     batch_fields = ("pixel_values",)  # the images to generate (read by the loss, not through the vision encoder)
 
     @classmethod
@@ -230,8 +230,7 @@ class T2IDiffusion(Objective):
         self.sampler_settings = dict(
             schedule, clip_sample=clip_sample, set_alpha_to_one=True, steps_offset=0, timestep_spacing=timestep_spacing
         )
-        # (the null condition: one learned token where a caption's first token would be)
-        self.null_token = nn.Parameter(torch.randn(text_dim) * 0.02)
+        self.init_null_token(text_dim)  # the null condition: one learned token where a caption's first token would be
         if denoiser is None:  # (a stand-in denoiser: tests)
             denoiser = UNetDenoiser(image_size, text_dim, channels, attention, layers_per_block, heads, norm_groups)
         self.denoiser = denoiser
@@ -239,10 +238,6 @@ class T2IDiffusion(Objective):
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, for x0 and noise (B, C, H, W) and t (B,)."""
         return self.noise_scheduler.add_noise(x0, noise, t)
-
-    def condition(self, text: Features, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, T, D), mask (B, T)): the caption tokens, the null condition where `drop` (B,) is True."""
-        return null_condition(text, self.null_token, drop)
 
     def forward(
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
