@@ -142,6 +142,36 @@ def test_lm_text_offset_puts_the_texts_at_later_positions_and_nothing_else():
     assert TextLM.draw_offset(offset.eval()) == 0  # evaluation at position 0
 
 
+def test_lm_text_qa_context_reads_the_caption_before_each_question():
+    """qa_context: in training each question-answer text follows its example's caption, scored as the LM runs the
+    two as one text; in evaluation the loss stays the blind one and context_* score the answers after the caption."""
+    lm = _decoder()
+    batch = {k: v[:1] for k, v in _texts().items()}
+    batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :5], batch["attention_mask"][:, :5]  # unpadded
+    objective = _objective(lm, texts=["qa"], qa_context=True)
+    out = objective.train()(_LMOnly(lm), batch, _no_image(), _no_image(), StepContext())
+    caption, qa = batch["input_ids"][0], batch["qa_ids"][0]  # (5,), (5,)
+    C, seq = len(caption), torch.cat([caption, qa])[None]  # by hand: one text, the caption then the question
+    with torch.no_grad():
+        logp = lm.logits(lm.run(lm.embed(seq), torch.ones_like(seq).bool()))[0].log_softmax(-1)  # (10, vocab)
+    targets = range(len(qa) - 1)  # position C + t predicts qa[t + 1]
+    assert out.loss.item() == pytest.approx(-sum(logp[C + t, qa[t + 1]].item() for t in targets) / 4, rel=1e-5)
+    other = {**batch, "input_ids": batch["input_ids"].flip(1)}  # another caption: another loss
+    moved = objective(_LMOnly(lm), other, _no_image(), _no_image(), StepContext()).loss.item() - out.loss.item()
+    assert abs(moved) > 1e-5  # (a random 8-wide LM reads little of it, but above float noise, ~1e-7)
+
+    evaluated = objective.eval()(_LMOnly(lm), batch, _no_image(), _no_image(), StepContext())
+    blind = _objective(lm, texts=["qa"]).eval()(_LMOnly(lm), batch, _no_image(), _no_image(), StepContext())
+    assert torch.equal(evaluated.loss, blind.loss) and "context_answer_acc" not in blind.metrics
+    hits = [int(logp[C + t].argmax().item() == qa[t + 1].item()) for t in targets]  # answer from qa position 3 on
+    start = int(batch["answer_start"][0])
+    answer_hits = [h for t, h in zip(targets, hits, strict=True) if t + 1 >= start]
+    assert evaluated.metrics["context_answer_acc"].item() == pytest.approx(sum(answer_hits) / len(answer_hits))
+    assert evaluated.metrics["context_first_answer_acc"].item() == hits[start - 1]
+    with pytest.raises(ValueError, match="qa_context=true: needs the qa texts"):
+        _objective(lm, texts=["caption"], qa_context=True)
+
+
 @pytest.fixture(scope="module")
 def stage0(cache_dir, tmp_path_factory) -> Path:
     """A tiny experiment=lm_stage0 run directory."""

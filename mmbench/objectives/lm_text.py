@@ -19,6 +19,14 @@ generative VQA, comparable with the data's blind question prior.
 batch; masked padding before them, which no text token attends to), so the position embeddings after 0 learn
 what a text looks like there: a connector later puts an image prefix of up to `max_offset` tokens before the
 text of the frozen LM (10 tokens for LLaVA's prefix at Shapes' 48 px). Evaluation runs at offset 0.
+
+`qa_context=True` puts something readable in that room for the question-answer texts: each "[CLS] question answer
+[SEP]" is preceded by the same example's caption "[CLS] caption [SEP]" (its padding masked), so the LM learns to
+read facts about the image from the positions in front of the question, as a pretrained LM has learnt to read
+its context; a frozen LM trained so can be told the image by a connector's prefix in those positions. The loss
+and `answer_acc` stay the blind ones in evaluation (the question alone, comparable across runs); with
+`qa_context`, `context_answer_acc` and `context_first_answer_acc` score the answers after the caption: the
+gain over the blind ones says how much the LM reads from its prefix.
 """
 
 from __future__ import annotations
@@ -52,11 +60,15 @@ class TextLM(LM):
         return ("qa_ids", "qa_mask", "answer_start") if "qa" in texts else ()
 
     @classmethod
-    def setting_problems(cls, *, texts=tuple(TEXTS), max_offset: int = 0, **settings) -> list[str]:
+    def setting_problems(
+        cls, *, texts=tuple(TEXTS), max_offset: int = 0, qa_context: bool = False, **settings
+    ) -> list[str]:
         problems = []
         unknown = [t for t in texts if t not in TEXTS]
         if unknown or not texts:
             problems.append(f"texts={list(texts)}: give a non-empty list from {list(TEXTS)}")
+        if qa_context and "qa" not in texts:
+            problems.append(f"qa_context=true: needs the qa texts (texts={list(texts)}), it puts a caption before them")
         offset = number_problem("max_offset", max_offset, "an integer >= 0 (0: every text at position 0)", low=0)
         return problems + problems_of(offset) + super().setting_problems(**settings)
 
@@ -68,33 +80,44 @@ class TextLM(LM):
         lm: Decoder | None,
         texts: tuple[str, ...] | list[str] = tuple(TEXTS),
         max_offset: int = 0,
+        qa_context: bool = False,
         label_smoothing: float = 0.0,
         weight: float = 1.0,
     ):
-        raise_problems(type(self).__name__, self.setting_problems(texts=texts, max_offset=max_offset))
+        problems = self.setting_problems(texts=texts, max_offset=max_offset, qa_context=qa_context)
+        raise_problems(type(self).__name__, problems)
         if lm is None:
             raise ValueError(
                 "objective lm_text trains the model's language model part and this model has none; use a model "
                 "with one (e.g. model=llava, or language_model=gpt with a connector that runs it)"
             )
         super().__init__(dim, vocab_size, pad_id, label_smoothing=label_smoothing, weight=weight, lm=lm)
-        self.texts, self.max_offset = tuple(texts), int(max_offset)
+        self.texts, self.max_offset, self.qa_context = tuple(texts), int(max_offset), bool(qa_context)
 
     def draw_offset(self) -> int:
         """The first position of this batch's texts: uniform in [0, max_offset] in training, 0 in evaluation."""
         return int(torch.randint(0, self.max_offset + 1, ()).item()) if self.training and self.max_offset else 0
 
-    def text_states(self, model: MultimodalModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The language model's states (B, T, H) of texts ids (B, T), alone, from position `offset` on."""
+    def text_states(
+        self,
+        model: MultimodalModel,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The language model's states (B, T, H) of texts ids (B, T): after the `context` texts (ids, mask) (B, C)
+        when given, else alone from position `offset` on (masked padding before them)."""
         lm = model.language_model
         assert lm is not None  # the constructor refused a model without one
         embeds, keys = lm.embed(ids), mask.bool()  # (B, T, H), (B, T)
-        offset = self.draw_offset()
-        if offset:  # masked padding first: the text's positions start at `offset`, its attention is unchanged
-            B, T, H = embeds.shape
-            embeds = torch.cat([embeds.new_zeros(B, offset, H), embeds], 1)  # (B, offset + T, H)
-            keys = torch.cat([keys.new_zeros(B, offset), keys], 1)  # (B, offset + T)
-        return lm.run(embeds, keys)[:, offset:]  # (B, T, H)
+        B, T, H = embeds.shape
+        if context is not None:
+            before, before_keys = lm.embed(context[0]), context[1].bool()  # (B, C, H), (B, C)
+        else:  # the text's positions start at `offset`, its attention is unchanged
+            offset = self.draw_offset()
+            before, before_keys = embeds.new_zeros(B, offset, H), keys.new_zeros(B, offset)
+        start = before.shape[1]
+        return lm.run(torch.cat([before, embeds], 1), torch.cat([before_keys, keys], 1))[:, start:]  # (B, T, H)
 
     def forward(
         self, model: MultimodalModel, batch: Batch, text: Features, image: Features, context: StepContext
@@ -102,10 +125,12 @@ class TextLM(LM):
         # `text` and `image` (the step's shared features) are unused: the language model reads the ids alone
         logits, targets, answer, first = [], [], None, None
         fields = cast("dict[str, torch.Tensor]", batch)  # read by the names in TEXTS
+        caption = (fields["input_ids"], fields["attention_mask"])  # (B, C) each: the qa texts' context
         for name in self.texts:
             ids_key, mask_key = TEXTS[name]
             ids, mask = fields[ids_key], fields[mask_key]  # (B, T) "[CLS] text [SEP] [PAD]..."
-            h = self.text_states(model, ids, mask)  # (B, T, H)
+            before = caption if name == "qa" and self.qa_context and self.training else None
+            h = self.text_states(model, ids, mask, before)  # (B, T, H)
             valid = mask[:, 1:].bool()  # (B, T-1) position t predicts a real token t+1
             logits.append(self.head_logits(model, h[:, :-1][valid]))  # (N, vocab)
             targets.append(ids[:, 1:][valid])  # (N,)
@@ -123,4 +148,10 @@ class TextLM(LM):
                 hit = logits[i].argmax(-1) == targets[i]  # (N,)
                 metrics["answer_acc"] = hit[answer].float().mean()
                 metrics["first_answer_acc"] = hit[first].float().mean()  # a one-word answer's word: the blind floor
+                if self.qa_context and not self.training:  # the same answers read after the caption
+                    ids, mask = fields["qa_ids"], fields["qa_mask"]
+                    h = self.text_states(model, ids, mask, caption)[:, :-1][mask[:, 1:].bool()]  # (N, H)
+                    hit = self.head_logits(model, h).argmax(-1) == targets[i]  # (N,)
+                    metrics["context_answer_acc"] = hit[answer].float().mean()
+                    metrics["context_first_answer_acc"] = hit[first].float().mean()
         return ObjectiveOutput(loss, metrics)
