@@ -381,7 +381,7 @@ def record_death(
 
     from mmbench.config import choices_of, register_resolvers
     from mmbench.record import RunRecord, read_record
-    from mmbench.rundir import config_identity, read_identity
+    from mmbench.rundir import config_identity, holds, read_identity
 
     path = out_dir / "metrics.json"
     record = read_record(out_dir)
@@ -390,7 +390,7 @@ def record_death(
     register_resolvers()  # this config's ${mmbench.*} (a joblib worker resolves it here)
     config_hash, config = config_identity(cfg)
     held = read_identity(out_dir) or record
-    if held is not None and held.get("config_hash") != config_hash:
+    if held is not None and not holds(held, config_hash, config):
         return False
     dead = RunRecord.training(
         config_hash=config_hash,

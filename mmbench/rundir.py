@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -323,7 +324,10 @@ def _decide(
     else:
         old = current = {}
     old_overrides = (stored or {}).get("overrides") or []
-    diffs = differences(old, current, first=tuple(override_key(str(o)) for o in [*overrides, *old_overrides]))
+    first = tuple(override_key(str(o)) for o in [*overrides, *old_overrides])
+    diffs = differences(old, current, first=first)
+    if diffs and any(old_value == _show(_ABSENT) for _, old_value, _ in diffs):
+        diffs = differences(with_defaults(old, current), current, first=first)
     if diffs:
         raise RunDirError(_mismatch(run_dir, status, diffs, old_overrides, multirun), "refused")
     state = "completed" if status == "completed" else "resume"
@@ -331,6 +335,60 @@ def _decide(
         return state, {}  # the run's own identity.json stays; a skipped run gets nothing written
     # taken over from an older mmbench: no run id, so its W&B run id stays the one derived from the path
     return state, {**new, "run_id": None}
+
+
+def holds(held: dict, config_hash: str, config: dict) -> bool:
+    """Whether a stored identity (identity.json, or a metrics.json record) is a run of this config: the same
+    hash, or the same config once the options added since it was written are filled in at their defaults
+    (`with_defaults`)."""
+    stored = held.get("config")
+    if held.get("config_hash") == config_hash:
+        return True
+    return isinstance(stored, dict) and not differences(with_defaults(_refiltered(stored), config), config)
+
+
+def with_defaults(old: dict, new: dict) -> dict:
+    """`old` (a stored config) with every argument it lacks that `new` passes to the same `_target_` at that
+    target's own default. An option added to a class after a run was written keeps the run's identity while it
+    is at its default, without a rule per option: the convention (docs/sweeps.md §8) is that a new argument's
+    default is the behaviour from before it existed. Set to anything else, it is another config. Imports the
+    targets' modules (torch), so it runs only when a stored config lacks a key."""
+    old = copy.deepcopy(old)
+    for path, node in _target_nodes(new):
+        before = _get(old, path) if path else old
+        if not isinstance(before, dict) or before.get("_target_") != node["_target_"]:
+            continue  # a node added or replaced since: nothing to fill in
+        missing = [key for key in node if key not in before]
+        defaults = _target_defaults(node["_target_"]) if missing else {}
+        for key in missing:
+            if key in defaults and _plain(defaults[key]) == node[key]:
+                before[key] = node[key]
+    return old
+
+
+def _target_nodes(tree: dict, prefix: str = ""):
+    """(dotted path, node) for every node of `tree` with a `_target_`."""
+    if "_target_" in tree:
+        yield prefix.rstrip("."), tree
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _target_nodes(value, f"{prefix}{key}.")
+
+
+def _target_defaults(target: Any) -> dict[str, Any]:
+    """The keyword defaults of a `_target_` (a class's __init__, or a function); {} for one that does not import."""
+    from hydra.utils import get_object
+
+    try:
+        parameters = inspect.signature(get_object(str(target))).parameters
+    except Exception:  # moved or renamed since: nothing counts as its default
+        return {}
+    return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _plain(value: Any) -> Any:
+    """A Python default as the config holds it (a tuple is a list)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _refiltered(config: dict) -> dict:

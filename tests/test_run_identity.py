@@ -5,6 +5,7 @@ config still skips a completed run and resumes an unfinished one. Tiny configs, 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -12,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import open_dict
 
-from mmbench.rundir import IDENTITY_FILE, config_identity, wandb_run_id
+from mmbench.rundir import IDENTITY_FILE, RunDirError, claim, config_identity, holds, wandb_run_id
 from tests.conftest import TINY, cli, compose_cfg, user_env
 
 FAST = [*TINY, "test=false"]  # train + val only
@@ -105,6 +107,33 @@ def test_options_switched_off_leave_the_identity_of_a_run_from_before_they_exist
         config_identity(compose_cfg(["model=llava", "model.init_parts=[language_model]"]))[0]
         != config_identity(compose_cfg(["model=llava"]))[0]
     )
+
+
+def test_an_option_added_since_a_run_was_written_keeps_its_identity_at_its_default(tmp_path):
+    """A run written before `encoder.vision.positions` existed (its stored config lacks the key) is the same
+    config as today's default, `learned` (PatchEncoder's own default): skipped when completed, not refused. At
+    `sincos` it is another config. A key missing outside a `_target_` node is still a difference."""
+    run_dir = tmp_path / "run"
+    cfg = compose_cfg(["model=vilt"], run_dir)
+    config_hash, config = config_identity(cfg)
+    assert config["encoder"]["vision"]["positions"] == "learned"
+    old = copy.deepcopy(config)
+    del old["encoder"]["vision"]["positions"]
+    stored = {"config_hash": "0123456789abcdef", "run_id": "abc", "config": old, "overrides": ["model=vilt"]}
+    run_dir.mkdir()
+    (run_dir / IDENTITY_FILE).write_text(json.dumps(stored))
+    (run_dir / "metrics.json").write_text(json.dumps({**stored, "status": "completed"}))
+    with claim(run_dir, cfg) as claimed:
+        assert claimed.state == "completed" and claimed.identity == {}  # skipped, nothing written
+    assert holds(stored, config_hash, config)
+
+    sincos = compose_cfg(["model=vilt", "encoder.vision.positions=sincos"], run_dir)
+    with pytest.raises(RunDirError, match=r"encoder\.vision\.positions: \(not set\) -> sincos"):
+        claim(run_dir, sincos)
+    assert not holds(stored, *config_identity(sincos))
+    no_epochs = copy.deepcopy(config)
+    del no_epochs["trainer"]["max_epochs"]
+    assert not holds({**stored, "config": no_epochs}, config_hash, config)
 
 
 def test_wandb_run_id_is_stable_for_a_run_and_new_for_a_new_run_in_the_same_path(tmp_path):
