@@ -257,3 +257,25 @@ def torch_threads(value: Any) -> int | None:
     n_jobs = int(launcher.get("n_jobs") or -1)
     n_jobs = cores if n_jobs < 0 else n_jobs
     return max(1, cores // max(1, n_jobs))
+
+
+def oversubscribed(threads: int | None) -> str | None:
+    """A warning when a run's torch threads would share busy cores: the 1-minute load average before the run
+    already fills every core and the run asks for more than one thread (None: torch's default, one per core).
+    Several threads on cores that other processes keep busy spin at each parallel region's barrier: a run at 2
+    threads beside two one-thread jobs on 2 cores ran at 27 samples/s, at `torch_threads=1` at 374 (14x; milder
+    cases ~5x, docs/sweeps.md). Only a warning: the load may be about to end, and the thread count changes
+    floating-point sums, so it is not changed behind the user's back."""
+    cores = os.cpu_count() or 1
+    threads = threads or cores
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return None
+    if threads < 2 or load < cores:
+        return None
+    return (
+        f"load average {load:.1f} on {cores} cores before this run: its {threads} torch threads will share cores that "
+        f"other processes keep busy, which can make it several times slower (14x measured, docs/sweeps.md); "
+        f"torch_threads=1 (or the number of idle cores) avoids it"
+    )

@@ -90,7 +90,7 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
     from mmbench.checkpoints import CheckpointError
     from mmbench.config import ConfigError
     from mmbench.record import Diverged, Interrupted, read_record
-    from mmbench.sweep import torch_threads
+    from mmbench.sweep import oversubscribed, torch_threads
 
     if run_dir.state == "completed":
         log.info(
@@ -117,6 +117,9 @@ def _job(cfg: DictConfig, out_dir: Path, run_dir: RunDir, multirun: bool) -> flo
 
         torch.set_num_threads(threads)
         log.info("torch threads per job: %d", threads)
+    warning = oversubscribed(threads)
+    if warning:
+        log.warning(warning)
 
     from mmbench.models.pretrained.hub import PretrainedNotFound
     from mmbench.pipeline import run

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mmbench import report
-from mmbench.sweep import job_dirname, sweep_name, swept_keys, torch_threads
+from mmbench.sweep import job_dirname, oversubscribed, sweep_name, swept_keys, torch_threads
 from tests.conftest import ROOT, TINY, cli
 
 CLI = [sys.executable, "-m", "mmbench.train"]
@@ -247,3 +247,16 @@ def test_auto_threads_in_a_slurm_job_are_its_task_cpus(monkeypatch):
     assert torch_threads("auto") is None and torch_threads(3) == 3
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
     assert torch_threads("auto") == 6 and torch_threads(2) == 2  # an explicit number wins
+
+
+def test_a_run_whose_threads_would_share_busy_cores_is_warned(monkeypatch):
+    """More than one torch thread while the load average already fills every core: a warning naming the load and
+    torch_threads=1; one thread, or an idle core, none."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (2.1, 1.0, 1.0))
+    warning = oversubscribed(None)  # torch's default: a thread per core
+    assert warning is not None and "load average 2.1 on 2 cores" in warning and "torch_threads=1" in warning
+    assert oversubscribed(2) is not None
+    assert oversubscribed(1) is None
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert oversubscribed(None) is None
