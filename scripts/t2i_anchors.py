@@ -26,7 +26,8 @@ def main() -> None:
     from mmbench.builder import build_datamodule
     from mmbench.config import compose_train
     from mmbench.metrics.common import Inputs
-    from mmbench.metrics.t2i import Holding, RealImages, t2i
+    from mmbench.metrics.t2i import t2i
+    from mmbench.metrics.t2i_anchors import Holding, RealImages
 
     dm = build_datamodule(compose_train(["data.image_size=48", *args.overrides]))
     ds = dm.datasets["test"]

@@ -16,7 +16,8 @@ from PIL import Image
 from mmbench.builder import build_datamodule
 from mmbench.metrics.common import Inputs, Unavailable
 from mmbench.metrics.suite import protocol
-from mmbench.metrics.t2i import Holding, RealImages, t2i
+from mmbench.metrics.t2i import t2i
+from mmbench.metrics.t2i_anchors import Holding, RealImages
 from mmbench.pipeline import run
 from tests.conftest import compose_cfg
 from tests.test_t2i_diffusion import SMALL_ARGS
