@@ -9,6 +9,7 @@ work`, e.g. "mask_prob=0: must be a fraction of tokens in (0, 1]".
 
 from __future__ import annotations
 
+import inspect
 import math
 
 
@@ -53,3 +54,21 @@ def raise_problems(owner: str, problems: list[str]) -> None:
     """The constructor's side of a `setting_problems` check: one ValueError naming every problem."""
     if problems:
         raise ValueError(f"{owner}: " + "; ".join(problems))
+
+
+def flag_problems(owner, settings: dict) -> list[str]:
+    """Why a setting that `owner` (a class, or a function) declares as `name: bool = <default>` is not true or false,
+    for each such setting in `settings`: a constructor's `bool(value)` would read "maybe", "no" or 0.5 as on.
+    Written once for every part and objective, from the signature, so a new flag needs no check of its own."""
+    try:
+        parameters = inspect.signature(owner).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return []
+    return [
+        f"{name}={value}: must be true or false"
+        for name, value in settings.items()
+        if name in parameters
+        and isinstance(parameters[name].default, bool)
+        and parameters[name].annotation in (bool, "bool")
+        and not isinstance(value, bool)
+    ]

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
-from mmbench.checks import as_number
+from mmbench.checks import as_number, flag_problems
 from mmbench.config import PART_KEYS, ConfigError, language_model_node
 
 if TYPE_CHECKING:
@@ -246,8 +246,10 @@ def _constructor_problems(cfg: DictConfig) -> list[str]:
     problems = []
     for name, ocfg in (cfg.get("objective") or {}).items():
         # the objective's own check of its settings (weight, mask_prob, temperatures, ...), as its constructor runs it
-        check = getattr(get_class(ocfg._target_), "setting_problems", None)
-        problems += [f"objective.{name}.{problem}" for problem in (check(**_ctor_kwargs(ocfg)) if check else [])]
+        owner, settings = get_class(ocfg._target_), _ctor_kwargs(ocfg)
+        check = getattr(owner, "setting_problems", None)
+        found = [*flag_problems(owner, settings), *(check(**settings) if check else [])]
+        problems += [f"objective.{name}.{problem}" for problem in found]
     problems += _trainer_problems(cfg)
     for key in PART_KEYS.values():
         node = OmegaConf.select(cfg, key)
@@ -357,14 +359,15 @@ def _part_problems(cfg: DictConfig, node: DictConfig, path: str) -> list[str]:
     the node at `path` and the nodes nested in it; a value interpolated from another key names that key."""
     problems = []
     target = node.get("_target_")
-    check = getattr(_class_or_none(target), "setting_problems", None) if target else None
-    if check is not None:
+    owner = _class_or_none(target) if target else None
+    if owner is not None:
         settings = {
             str(k): node[k]
             for k in node
             if not str(k).startswith("_") and not OmegaConf.is_missing(node, k) and not OmegaConf.is_config(node[k])
         }
-        for problem in check(**settings):
+        check = getattr(owner, "setting_problems", None)
+        for problem in [*flag_problems(owner, settings), *(check(**settings) if check else [])]:
             alias = _alias_of(cfg, f"{path}.{problem.split('=', 1)[0]}")
             problems.append(f"{path}.{problem}" + (f" (set it through {alias})" if alias else ""))
     for key in node:
@@ -583,7 +586,7 @@ def _language_model_problems(cfg: DictConfig) -> list[str]:
     has_lm = language_model_node(cfg) is not None
     if needs and not has_lm:
         return [
-            f"{' and '.join(needs)} use a language model but none is configured; add one: "
+            f"{' and '.join(needs)} {'uses' if len(needs) == 1 else 'use'} a language model but none is configured; add one: "
             f"language_model=gpt (from scratch) or language_model=hf language_model.name=<dir or hub id>"
         ]
     if has_lm and not users:

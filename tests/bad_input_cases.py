@@ -167,6 +167,32 @@ CASES: list[tuple[list[str], str, tuple[str, ...]]] = [
         REFUSED,
         ("language_model.lora.rank: unknown setting", "r, alpha"),
     ),
+    # training stages: the stage-0 LM recipe, the frozen-LM connectors, text-to-image's second stage
+    (
+        ["experiment=lm_stage0", "objective.lm_text.texts=[caption,answers]"],
+        REFUSED,
+        ("objective.lm_text.texts=", "['caption', 'qa']"),
+    ),
+    (["experiment=lm_stage0", "objective.lm_text.qa_context=maybe"], REFUSED, ("qa_context=maybe", "true or false")),
+    (
+        ["experiment=lm_stage0", "objective.lm_text.qa_context=true", "objective.lm_text.texts=[caption]"],
+        REFUSED,
+        ("qa_context=true", "needs the qa texts"),
+    ),
+    (["experiment=lm_stage0", "objective.lm_text.max_offset=-1"], REFUSED, ("objective.lm_text.max_offset=-1", ">= 0")),
+    (["experiment=lm_stage0", "objective.lm_text.qa_context=true"], ACCEPTED, ()),
+    (
+        ["model=concat", "objective=[lm_text]"],
+        REFUSED,
+        ("objective 'lm_text' uses a language model", "language_model=gpt"),
+    ),
+    (["experiment=connector_frozen", "hydra.mode=RUN"], REFUSED, ("later training stage", "model.init_from=")),
+    (
+        ["experiment=t2i_ar_stage2", "hydra.mode=RUN"],
+        REFUSED,
+        ("'t2i_ar' is a later training stage", "model.init_from="),
+    ),
+    (["objective=[itc,itm]", "objective.itm.text_negatives=maybe"], REFUSED, ("text_negatives=maybe", "true or false")),
     # a batch larger than the training split (Shapes: scenes x captions per image (image, caption) examples)
     (["data.batch_size=100000"], REFUSED, ("data.batch_size=100000", "32000 (image, caption) examples", "<= 32000")),
     (["data.source.num_train=10", "data.batch_size=64"], REFUSED, ("40 (image, caption) examples",)),

@@ -338,7 +338,7 @@ def test_lm_text_without_a_language_model_is_refused_by_validation():
     from mmbench.config import ConfigError
     from mmbench.validation import validate
 
-    with pytest.raises(ConfigError, match="objective 'lm_text' use a language model but none is configured"):
+    with pytest.raises(ConfigError, match="objective 'lm_text' uses a language model but none is configured"):
         validate(compose_cfg(["model=vilt", "objective=[lm_text]"]))
     with pytest.raises(ConfigError, match=r"texts=\['nope'\]: give a non-empty list from \['caption', 'qa'\]"):
         validate(compose_cfg(["experiment=lm_stage0", "objective.lm_text.texts=[nope]"]))

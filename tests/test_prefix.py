@@ -310,7 +310,7 @@ def test_an_hf_language_model_behind_the_connector(tmp_path):
 def test_refusals():
     with pytest.raises(ConfigError, match="objective 'mrm' needs a fusion with image_tokens"):
         validate(compose_cfg(["model=llava", "objective=[mrm]"]))
-    with pytest.raises(ConfigError, match="use a language model but none is configured; add one: language_model=gpt"):
+    with pytest.raises(ConfigError, match="uses? a language model but none is configured; add one: language_model=gpt"):
         validate(compose_cfg(["model=frozen", "language_model=none", "objective=[lm]"]))
     with pytest.raises(ConfigError, match="language_model=GPTDecoder is configured but no part runs it"):
         validate(compose_cfg(["model=vilt", "language_model=gpt", "objective=[lm]"]))
